@@ -1,0 +1,66 @@
+"""seqkv: store and move transformer KV caches as token sequences.
+
+Two layers: a concurrent prefix trie shared by every session (:class:`Trie`),
+and predictive coding of the tokens not already in it (:mod:`seqkv.codecs`).
+``import seqkv`` needs only NumPy; the parts that need torch, CuPy or redis
+import them when first used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .errors import (
+    CapacityError,
+    CorruptStreamError,
+    FormatVersionError,
+    InvalidInputError,
+    MissingExtraError,
+    ModelMismatchError,
+    NumericsMismatchError,
+    SeqkvError,
+    SessionNotFoundError,
+    StoreError,
+)
+
+__version__ = "0.1.0"
+
+# Public names resolved on first use, so that `import seqkv` stays light.
+_LAZY = {
+    "Trie": "seqkv.trie",
+    "Match": "seqkv.trie",
+    "SessionStore": "seqkv.store",
+    "coder": "seqkv.coder",
+    "container": "seqkv.container",
+    "codecs": "seqkv.codecs",
+    "models": "seqkv.models",
+    "engine": "seqkv.engine",
+    "gpu": "seqkv.gpu",
+    "quantizers": "seqkv.quantizers",
+    "residual": "seqkv.residual",
+}
+
+__all__ = [
+    "SeqkvError",
+    "InvalidInputError",
+    "CorruptStreamError",
+    "FormatVersionError",
+    "ModelMismatchError",
+    "NumericsMismatchError",
+    "CapacityError",
+    "SessionNotFoundError",
+    "StoreError",
+    "MissingExtraError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'seqkv' has no attribute {name!r}")
+    module = import_module(module_name)
+    value = module if module_name.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value

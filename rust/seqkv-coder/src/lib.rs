@@ -1,0 +1,1 @@
+//! seqkv-coder (in progress)

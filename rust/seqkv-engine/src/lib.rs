@@ -1,0 +1,1 @@
+//! Batch-invariant CPU kernels (placeholder until the engine lands).

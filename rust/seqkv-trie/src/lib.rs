@@ -1,0 +1,1 @@
+//! seqkv-trie (in progress)
