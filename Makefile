@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(HOME)/.cargo/bin:$(PATH)
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 NATIVE := python/seqkv/_native.abi3.so
 
-.PHONY: demo test test-rust test-python venv build wheel bench bench-quick report docs fuzz clean
+.PHONY: demo test test-rust test-python test-wheel stubtest venv build wheel bench bench-quick report docs fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -29,13 +29,33 @@ build: $(NATIVE)
 demo: build
 	$(PY) -m seqkv demo
 
-test: build test-rust test-python
+test: build test-rust test-python stubtest test-wheel
 
 test-rust:
 	cargo nextest run --workspace --exclude seqkv-py --release --no-fail-fast 2>&1 | tail -n 40; exit $${PIPESTATUS[0]}
 
 test-python: build
 	$(PY) -m pytest -q tests
+
+stubtest: build
+	$(PY) -m mypy.stubtest seqkv._native --concise
+
+# Builds the abi3 wheel and the sdist into dist/.
+wheel: $(VENV)/.installed
+	rm -rf dist
+	$(VENV)/bin/maturin build --release --sdist -o dist -q
+
+# Installs the freshly built wheel into a new empty venv and runs the public-API smoke tests there,
+# so a file missing from the wheel fails the build.
+test-wheel: wheel
+	rm -rf target/wheel-venv
+	python3 -m venv target/wheel-venv
+	target/wheel-venv/bin/python -m pip install -q dist/*.whl pytest
+	cd tests/wheel && ../../target/wheel-venv/bin/python -m pytest -q -p no:cacheprovider -c /dev/null --confcutdir=. test_installed_wheel.py
+
+docs: build
+	$(PIP) install -q pdoc
+	$(PY) -m pdoc seqkv -o site --docformat google
 
 bench-quick: build
 	for b in benches/*.py; do $(PY) $$b --quick || exit 1; done

@@ -12,3 +12,5 @@ __version__: str
 # --- trie (rust/seqkv-py/src/trie.rs) ---
 
 # --- engine (rust/seqkv-py/src/engine.rs) ---
+
+# --- ppm (rust/seqkv-py/src/ppm.rs) ---

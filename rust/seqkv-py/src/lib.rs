@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod coder;
 mod engine;
+mod ppm;
 mod errors;
 mod trie;
 
@@ -14,5 +15,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     coder::register(m)?;
     trie::register(m)?;
     engine::register(m)?;
+    ppm::register(m)?;
     Ok(())
 }

@@ -1,0 +1,1 @@
+//! seqkv-ppm (in progress)

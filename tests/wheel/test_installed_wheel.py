@@ -1,0 +1,87 @@
+"""Smoke tests of the public API, run against the freshly built wheel in an empty venv (`make test-wheel`).
+
+They catch files missing from the wheel (stubs, py.typed, kernels, submodules) and build leftovers in it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sysconfig
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import seqkv
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_imports_the_installed_copy_not_the_checkout():
+    installed = Path(seqkv.__file__).resolve()
+    assert Path(sysconfig.get_paths()["purelib"]).resolve() in installed.parents
+    assert REPO / "python" not in installed.parents
+
+
+def test_wheel_contents_are_the_package_and_nothing_else():
+    wheels = glob.glob(str(REPO / "dist" / "*.whl"))
+    if not wheels:
+        pytest.skip("run through `make test-wheel`, which builds dist/*.whl first")
+    (wheel,) = wheels
+    assert "abi3" in os.path.basename(wheel)
+    names = zipfile.ZipFile(wheel).namelist()
+    for required in ("seqkv/__init__.py", "seqkv/py.typed", "seqkv/_native.pyi", "seqkv/errors.py"):
+        assert required in names
+    assert any(n.startswith("seqkv/_native") and n.endswith(".so") for n in names)
+    forbidden = (".gguf", ".json", ".skv", ".sqlite", "benches/", "tests/", "target/", ".pyc")
+    assert not [n for n in names if any(f in n for f in forbidden)]
+
+
+def test_version_matches_metadata():
+    assert seqkv.__version__ == metadata.version("seqkv")
+
+
+def test_error_hierarchy():
+    assert issubclass(seqkv.InvalidInputError, seqkv.SeqkvError)
+    assert issubclass(seqkv.InvalidInputError, ValueError)
+    assert issubclass(seqkv.CorruptStreamError, seqkv.SeqkvError)
+
+
+def test_coder_round_trip_from_logits():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(32, 1000)).astype(np.float32)
+    symbols = rng.integers(0, 1000, size=32)
+    data = seqkv.coder.encode_logits(symbols, logits)
+    np.testing.assert_array_equal(seqkv.coder.decode_logits(data, logits), symbols)
+    freqs = seqkv.coder.quantize_logits(logits)
+    assert (freqs.sum(axis=1) == 1 << 24).all()
+
+
+def test_container_rejects_garbage():
+    with pytest.raises(seqkv.CorruptStreamError):
+        seqkv.container.unpack(b"SQKV" + b"\x00" * 8)
+
+
+def test_trie_shares_prefixes():
+    trie = seqkv.Trie()
+    assert trie.insert([1, 2, 3, 4]) == 4
+    assert trie.insert([1, 2, 9]) == 1
+    match = trie.match_prefix([1, 2, 3, 7])
+    assert match.length == 3
+    assert len(trie) == 5
+
+
+@pytest.mark.parametrize("name", ["raw", "plt"])
+def test_model_free_codecs_round_trip(name):
+    tokens = np.array([5, 9, 5, 9, 5, 9, 1, 2, 3] * 20, dtype=np.int64)
+    codec = seqkv.codecs.get(name, vocab_size=64)
+    np.testing.assert_array_equal(codec.decode(codec.encode(tokens)), tokens)
+
+
+def test_lazy_extras_do_not_load_torch():
+    import sys
+
+    assert "torch" not in sys.modules
