@@ -11,7 +11,12 @@
 //! * [`container`]: the `SQKV` container format (`docs/format.md`).
 
 pub mod adaptive;
+pub mod container;
+pub mod crc32c;
 pub mod error;
+pub mod exp2_table;
+pub mod quantize;
 pub mod range;
+pub mod table;
 
 pub use error::{Error, Result};

@@ -1,1 +1,34 @@
-//! Batch-invariant CPU kernels (placeholder until the engine lands).
+//! Batch-invariant CPU forward pass for Llama-family causal language models.
+//!
+//! Every result a token gets — its keys and values in every layer and its
+//! next-token logits — is the same bits however the tokens are scheduled: one
+//! prefill, any chunking, single decode steps, alone or batched with other
+//! sequences. This holds by construction: each kernel fixes the order of every
+//! floating-point reduction per output element (see [`matmul`], [`ops`]), and
+//! nothing a kernel computes for one row depends on the other rows. The scalar
+//! and AVX2 code paths implement the same operation sequence, so the bits do not
+//! depend on the instruction set either (tested).
+//!
+//! Weights are stored in bf16 (or f32) and accumulated in f32.
+
+pub mod bf16;
+pub mod isa;
+pub mod kv;
+pub mod math;
+pub mod matmul;
+pub mod model;
+pub mod ops;
+pub mod probe;
+
+pub use isa::Isa;
+pub use kv::{KvDtype, KvLayout, Page, Sequence};
+pub use matmul::{matmul, PackedMatrix, WeightDtype};
+pub use model::{Config, Logits, Model};
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// An argument is out of range or inconsistent.
+    #[error("{0}")]
+    InvalidInput(String),
+}

@@ -1,5 +1,256 @@
-use pyo3::prelude::*;
+//! Bindings of `seqkv-engine`: `EngineCore` (weights) and `SequenceCore` (KV pages).
+//! The Python layer (`seqkv.engine`) wraps these with a friendlier API.
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::errors::invalid;
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use seqkv_engine::{Config, EngineError, Isa, KvDtype, KvLayout, Logits, Model, Sequence, WeightDtype};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn map_err(e: EngineError) -> PyErr {
+    match e {
+        EngineError::InvalidInput(m) => invalid(m),
+    }
+}
+
+/// Model weights in the engine's layout (immutable, shared by threads).
+#[pyclass(name = "EngineCore", module = "seqkv._native", frozen)]
+pub struct PyEngine {
+    model: Arc<Model>,
+    isa: Isa,
+}
+
+/// One sequence's cached positions (KV pages).
+#[pyclass(name = "SequenceCore", module = "seqkv._native")]
+pub struct PySequence {
+    seq: Sequence,
+    layout: KvLayout,
+}
+
+fn cfg_get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+    match d.get_item(key)? {
+        Some(v) => v.extract::<T>().map_err(|e| invalid(format!("config[{key:?}]: {}", Into::<PyErr>::into(e)))),
+        None => Err(invalid(format!("config is missing {key:?}"))),
+    }
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (config, tensors, dtype = "bf16", kv_dtype = "f32", page_tokens = 64))]
+    fn new(
+        py: Python<'_>,
+        config: &Bound<'_, PyDict>,
+        tensors: &Bound<'_, PyDict>,
+        dtype: &str,
+        kv_dtype: &str,
+        page_tokens: usize,
+    ) -> PyResult<Self> {
+        let dtype = WeightDtype::parse(dtype).ok_or_else(|| invalid(format!("dtype must be 'bf16' or 'f32', not {dtype:?}")))?;
+        let kv_dtype =
+            KvDtype::parse(kv_dtype).ok_or_else(|| invalid(format!("kv_dtype must be 'bf16' or 'f32', not {kv_dtype:?}")))?;
+        let cfg = Config {
+            vocab_size: cfg_get(config, "vocab_size")?,
+            hidden_size: cfg_get(config, "hidden_size")?,
+            intermediate_size: cfg_get(config, "intermediate_size")?,
+            num_layers: cfg_get(config, "num_layers")?,
+            num_heads: cfg_get(config, "num_heads")?,
+            num_kv_heads: cfg_get(config, "num_kv_heads")?,
+            head_dim: cfg_get(config, "head_dim")?,
+            rms_norm_eps: cfg_get(config, "rms_norm_eps")?,
+            rope_inv_freq: cfg_get(config, "rope_inv_freq")?,
+            rope_attention_scaling: cfg_get(config, "rope_attention_scaling")?,
+            attention_scale: cfg_get(config, "attention_scale")?,
+        };
+        let mut arrays: Vec<(String, PyReadonlyArrayDyn<'_, f32>)> = Vec::new();
+        for (k, v) in tensors.iter() {
+            let name: String = k.extract()?;
+            let arr = v
+                .cast::<PyArrayDyn<f32>>()
+                .map_err(|_| invalid(format!("tensor {name:?} must be a float32 numpy array")))?
+                .readonly();
+            if !arr.is_c_contiguous() {
+                return Err(invalid(format!("tensor {name:?} must be C-contiguous")));
+            }
+            arrays.push((name, arr));
+        }
+        let map: HashMap<&str, &[f32]> =
+            arrays.iter().map(|(n, a)| (n.as_str(), a.as_slice().expect("contiguous"))).collect();
+        let model = py
+            .detach(|| {
+                let get = |name: &str| map.get(name).copied();
+                Model::new(cfg, &get, dtype, kv_dtype, page_tokens)
+            })
+            .map_err(map_err)?;
+        Ok(PyEngine { model: Arc::new(model), isa: Isa::detect() })
+    }
+
+    /// The same weights, computing with another instruction set ("scalar" or "avx2-fma").
+    /// Results are bit-identical; only speed differs.
+    fn with_isa(&self, name: &str) -> PyResult<PyEngine> {
+        let isa = Isa::parse(name).ok_or_else(|| invalid(format!("unknown isa {name:?}")))?;
+        if !isa.available() {
+            return Err(invalid(format!("isa {name:?} is not available on this machine")));
+        }
+        Ok(PyEngine { model: self.model.clone(), isa })
+    }
+
+    fn new_sequence(&self) -> PySequence {
+        PySequence { seq: self.model.new_sequence(), layout: *self.model.kv_layout() }
+    }
+
+    /// Appends `tokens[offsets[i]:offsets[i+1]]` to `seqs[i]` for every i in one batched
+    /// pass and returns the requested logits rows (`"all"`, `"last"` or `"none"`),
+    /// float32 `[rows, vocab]`. The GIL is released while it runs.
+    #[pyo3(signature = (seqs, tokens, lengths, logits = "all"))]
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        seqs: &Bound<'py, PyList>,
+        tokens: PyReadonlyArray1<'py, u32>,
+        lengths: Vec<usize>,
+        logits: &str,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let sel = match logits {
+            "all" => Logits::All,
+            "last" => Logits::Last,
+            "none" => Logits::None,
+            other => return Err(invalid(format!("logits must be 'all', 'last' or 'none', not {other:?}"))),
+        };
+        if lengths.len() != seqs.len() {
+            return Err(invalid("one length per sequence is required"));
+        }
+        let toks: Vec<u32> = tokens.as_slice().map_err(|e| invalid(e.to_string()))?.to_vec();
+        if lengths.iter().sum::<usize>() != toks.len() {
+            return Err(invalid("lengths must sum to the number of tokens"));
+        }
+        let mut guards: Vec<PyRefMut<'py, PySequence>> = Vec::with_capacity(seqs.len());
+        for item in seqs.iter() {
+            let s = item.cast::<PySequence>().map_err(|_| invalid("seqs must hold SequenceCore objects"))?;
+            let g = s.try_borrow_mut().map_err(|_| invalid("a sequence appears twice in one batch (or is in use)"))?;
+            guards.push(g);
+        }
+        let mut pieces: Vec<&[u32]> = Vec::with_capacity(lengths.len());
+        let mut at = 0;
+        for &l in &lengths {
+            pieces.push(&toks[at..at + l]);
+            at += l;
+        }
+        let mut refs: Vec<&mut Sequence> = guards.iter_mut().map(|g| &mut g.seq).collect();
+        let model = self.model.clone();
+        let isa = self.isa;
+        let out = py.detach(|| model.forward(isa, &mut refs, &pieces, sel)).map_err(map_err)?;
+        let vocab = model.config().vocab_size;
+        let rows = out.len() / vocab;
+        PyArray1::from_vec(py, out).reshape(vec![rows, vocab])
+    }
+
+    #[getter]
+    fn isa(&self) -> &'static str {
+        self.isa.name()
+    }
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.model.dtype().name()
+    }
+    #[getter]
+    fn kv_dtype(&self) -> &'static str {
+        self.model.kv_layout().dtype.name()
+    }
+    #[getter]
+    fn page_tokens(&self) -> usize {
+        self.model.kv_layout().page_tokens
+    }
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+    #[getter]
+    fn num_layers(&self) -> usize {
+        self.model.config().num_layers
+    }
+    /// Bytes of weights one decode step reads.
+    #[getter]
+    fn step_weight_bytes(&self) -> usize {
+        self.model.step_weight_bytes()
+    }
+    /// Bytes of KV storage per cached position.
+    #[getter]
+    fn kv_bytes_per_token(&self) -> usize {
+        self.model.kv_layout().bytes_per_token()
+    }
+    /// Largest number of rows one internal pass computes (results do not depend on it).
+    #[getter]
+    fn max_rows(&self) -> usize {
+        self.model.max_rows
+    }
+}
+
+#[pymethods]
+impl PySequence {
+    fn __len__(&self) -> usize {
+        self.seq.len()
+    }
+
+    /// A new sequence holding the first `n` positions (default: all), sharing pages.
+    #[pyo3(signature = (n = None))]
+    fn fork(&self, n: Option<usize>) -> PySequence {
+        let n = n.unwrap_or(self.seq.len());
+        PySequence { seq: self.seq.fork(n, &self.layout), layout: self.layout }
+    }
+
+    /// Forgets positions `n..`.
+    fn truncate(&mut self, n: usize) {
+        self.seq.truncate(n, &self.layout);
+    }
+
+    /// One layer's (keys, values) as float32 `[kv_heads, len, head_dim]` (keys after RoPE).
+    fn export_layer<'py>(
+        &self,
+        py: Python<'py>,
+        layer: usize,
+    ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f32>>)> {
+        if layer >= self.layout.layers {
+            return Err(invalid(format!("layer {layer} out of range ({} layers)", self.layout.layers)));
+        }
+        let (k, v) = py.detach(|| self.seq.export_layer(&self.layout, layer));
+        let shape = vec![self.layout.kv_heads, self.seq.len(), self.layout.head_dim];
+        Ok((PyArray1::from_vec(py, k).reshape(shape.clone())?, PyArray1::from_vec(py, v).reshape(shape)?))
+    }
+
+    /// Number of KV pages, and how many of them are shared with other sequences.
+    fn page_stats(&self) -> (usize, usize) {
+        let pages = self.seq.pages();
+        (pages.len(), pages.iter().filter(|p| Arc::strong_count(p) > 1).count())
+    }
+}
+
+/// Streaming read bandwidth of this machine in bytes/s (all threads of the pool).
+#[pyfunction]
+#[pyo3(signature = (nbytes = 1 << 29, repeats = 5))]
+fn engine_read_bandwidth(py: Python<'_>, nbytes: usize, repeats: usize) -> f64 {
+    py.detach(|| seqkv_engine::probe::read_bandwidth(nbytes, repeats))
+}
+
+/// The instruction set the engine picks on this machine.
+#[pyfunction]
+fn engine_isa() -> &'static str {
+    Isa::detect().name()
+}
+
+/// Number of worker threads of the engine's pool.
+#[pyfunction]
+fn engine_threads() -> usize {
+    seqkv_engine::probe::threads()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEngine>()?;
+    m.add_class::<PySequence>()?;
+    m.add_function(wrap_pyfunction!(engine_read_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_threads, m)?)?;
     Ok(())
 }

@@ -1,0 +1,337 @@
+"""GPU kernel throughput (run on the device machine): quantize+gather, residual pack/unpack,
+per-vector quantizers, and an lm-like end-to-end loop with SmolLM2's shape (random weights).
+
+    PYTHONPATH=python python3 benches/gpu_kernels.py [--quick] [-o benches/results/gpu_kernels.json]
+
+Bandwidth figures count the bytes a kernel must move at least (inputs read once, outputs written
+once); fractions divide by the device-to-device copy bandwidth measured in the same run (a copy
+of N bytes moves 2N: read and write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))
+
+from seqkv import gpu  # noqa: E402
+from seqkv import quantizers as Q  # noqa: E402
+
+V = 49152
+P = 24
+
+
+def _timeit(cp: Any, fn: Callable[[], Any], reps: int, warmup: int = 2) -> float:
+    """Median seconds per call over `reps` calls (CUDA events around each; includes host syncs)."""
+    for _ in range(warmup):
+        fn()
+    cp.cuda.Device().synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = cp.cuda.Event(), cp.cuda.Event()
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(cp.cuda.get_elapsed_time(s, e) / 1e3)
+    return float(np.median(times))
+
+
+def machine(cp: Any) -> dict[str, Any]:
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    info: dict[str, Any] = {
+        "gpu": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+        "sm_count": props["multiProcessorCount"],
+        "l2_bytes": props["l2CacheSize"],
+        "memory_bytes": props["totalGlobalMem"],
+        "smem_per_block_optin": props.get("sharedMemPerBlockOptin"),
+        "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+        "cuda_driver": cp.cuda.runtime.driverGetVersion(),
+        "cupy": cp.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def copy_bandwidth(cp: Any, nbytes: int = 1 << 30) -> float:
+    a = cp.ones(nbytes // 4, dtype=cp.float32)
+    b = cp.empty_like(a)
+
+    def run() -> None:
+        b[...] = a
+
+    t = _timeit(cp, run, 10)
+    return 2 * nbytes / t
+
+
+def bench_quantize(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {"V": V, "precision": P, "configs": {}, "best": {}}
+    ns = [1, 64, 4096] if not quick else [1, 64, 512]
+    for dtype in ("f32", "bf16"):
+        for n in ns:
+            x = cp.asarray((rng.standard_normal((n, V)) * 3).astype(np.float32))
+            if dtype == "bf16":
+                xb = ((x.view(cp.uint32) + cp.uint32(0x8000)) >> 16).astype(cp.uint16)  # round to bf16
+                arr, kind = xb, "bf16"
+            else:
+                arr, kind = x, None
+            sym = cp.asarray(rng.integers(0, V, n))
+            item = 4 if dtype == "f32" else 2
+            nbytes = n * V * item + 8 * n
+            best = None
+            for block in (256, 512, 1024):
+                for cache in (0, 1, 2):
+                    reps = 20 if n >= 4096 else 50
+
+                    def call() -> Any:
+                        return gpu.gather_cdf(arr, sym, P, kind=kind, block=block, cache=cache)
+
+                    t_call = _timeit(cp, call, reps)
+                    # kernel only: preallocated outputs, no host copy
+                    outbuf = cp.empty((n, 2), dtype=cp.uint32)
+                    a2, k2, _, _ = gpu._rows(arr, kind)
+
+                    def kern() -> Any:
+                        return gpu._launch_rows(a2, k2, n, V, P, 1, sym, outbuf, block, cache)
+
+                    t_k = _timeit(cp, kern, reps)
+                    key = f"{dtype}/n={n}/block={block}/cache={int(cache)}"
+                    rec = {
+                        "tokens_per_s": n / t_call,
+                        "call_s": t_call,
+                        "kernel_s": t_k,
+                        "kernel_GBps": nbytes / t_k / 1e9,
+                        "kernel_tokens_per_s": n / t_k,
+                        "quantize_gather_bw_fraction": nbytes / t_k / copy_bw,
+                    }
+                    out["configs"][key] = rec
+                    if best is None or t_k < best[1]["kernel_s"]:
+                        best = (key, rec)
+            assert best is not None
+            out["best"][f"{dtype}/n={n}"] = {"config": best[0], **best[1]}
+            print(f"quantize+gather {dtype} n={n}: {best[0]} {best[1]['kernel_GBps']:.0f} GB/s "
+                  f"fraction {best[1]['quantize_gather_bw_fraction']:.2f} tokens/s {best[1]['tokens_per_s']:.3g}", flush=True)
+            del x, arr
+    # search (decode side), default config
+    for n in ns:
+        x = cp.asarray((rng.standard_normal((n, V)) * 3).astype(np.float32))
+        targets = rng.integers(0, 1 << P, n)
+        t = _timeit(cp, lambda: gpu.search_cdf(x, targets, P), 20)
+        out[f"search/f32/n={n}"] = {"call_s": t, "tokens_per_s": n / t, "GBps": n * V * 4 / t / 1e9}
+    return out
+
+
+def bench_residual(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
+    from seqkv import residual as R
+
+    rng = np.random.default_rng(1)
+    out: dict[str, Any] = {}
+    n = (1 << 26) if not quick else (1 << 22)
+    for kind, frac in (("bf16", 0.05), ("f32", 0.96)):
+        if kind == "bf16":
+            base = cp.asarray(rng.standard_normal(n, dtype=np.float32))
+            orig = ((base.view(cp.uint32) + cp.uint32(0x8000)) >> 16).astype(cp.uint16)
+            width, dt, item = 16, cp.uint16, 2
+        else:
+            orig = cp.asarray(rng.standard_normal(n, dtype=np.float32)).view(cp.uint32)
+            width, dt, item = 32, cp.uint32, 4
+        step = cp.asarray(np.where(rng.random(n) < frac, rng.choice([-2, -1, 1, 2], n), 0))
+        key = cp.asarray(R.ordered_key(cp.asnumpy(orig), width))
+        recomp = cp.asarray(R.ordered_key(cp.asnumpy((key.astype(cp.int64) + step).astype(dt)), width))
+        packed = gpu.residual_pack(orig, recomp, kind=kind, host=False)
+        pbytes = int(packed[2].nbytes + packed[3].nbytes)
+        t_pack = _timeit(cp, lambda: gpu.residual_pack(orig, recomp, kind=kind, host=False), 10)
+        t_unpack = _timeit(cp, lambda: gpu.residual_unpack(packed, recomp, kind=kind), 10)
+        back = gpu.residual_unpack(packed, recomp, kind=kind)
+        assert bool((back == orig).all())
+        pack_bytes = 2 * n * item + pbytes
+        unpack_bytes = 2 * n * item + pbytes
+        rec = {
+            "n": n,
+            "changed_fraction": frac,
+            "packed_bits_per_component": pbytes * 8 / n,
+            "pack_GBps": pack_bytes / t_pack / 1e9,
+            "unpack_GBps": unpack_bytes / t_unpack / 1e9,
+            "pack_bw_fraction": pack_bytes / t_pack / copy_bw,
+            "unpack_bw_fraction": unpack_bytes / t_unpack / copy_bw,
+        }
+        rec["residual_bw_fraction"] = min(rec["pack_bw_fraction"], rec["unpack_bw_fraction"])
+        out[kind] = rec
+        print(f"residual {kind}: pack {rec['pack_GBps']:.0f} GB/s unpack {rec['unpack_GBps']:.0f} GB/s "
+              f"fraction {rec['residual_bw_fraction']:.2f}", flush=True)
+        del orig, recomp, packed, key, step
+    return out
+
+
+def bench_quantizers(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
+    rng = np.random.default_rng(2)
+    # SmolLM2 KV of 4096 tokens: 30 layers x 3 heads x 4096 tokens x 64
+    shape = (30, 3, 4096 if not quick else 512, 64)
+    x = cp.asarray(rng.standard_normal(shape, dtype=np.float32))
+    xb = ((x.view(cp.uint32) + cp.uint32(0x8000)) >> 16).astype(cp.uint16)
+    try:
+        import torch
+
+        xt = torch.from_dlpack(xb.view(cp.int16)).view(torch.bfloat16)
+    except ImportError:
+        xt = None
+    out: dict[str, Any] = {"shape": list(shape)}
+    inb = x.size * 2  # bf16 input
+    for bits in (2, 3, 4):
+        tq = Q.TurboQuant(64, bits)
+        src = xt if xt is not None else x
+        q = tq.quantize(src)
+        tq_t = _timeit(cp, lambda: tq.quantize(src), 10)
+        dq_t = _timeit(cp, lambda: tq.dequantize(q), 10)
+        xh = tq.dequantize(q)
+        ref = xt.float() if xt is not None else x
+        refc = cp.from_dlpack(ref) if xt is not None else ref
+        rel = float(((refc - xh) ** 2).sum() / (refc**2).sum())
+        out[f"turbo{bits}"] = {"quantize_GBps": inb / tq_t / 1e9, "dequantize_GBps": x.size * 4 / dq_t / 1e9,
+                               "relative_mse": rel, "bits_per_component": q.nbytes * 8 / x.size}
+    kv = Q.KIVI(2, 32)
+    src = xt if xt is not None else x
+    for name, fn in (("kivi2_keys", kv.quantize_keys), ("kivi2_values", kv.quantize_values)):
+        c = fn(src)
+        t = _timeit(cp, lambda: fn(src), 10)
+        td = _timeit(cp, lambda: kv.dequantize(c), 10)
+        out[name] = {"quantize_GBps": inb / t / 1e9, "dequantize_GBps": x.size * 4 / td / 1e9,
+                     "bits_per_component": c.nbytes * 8 / x.size}
+    print("quantizers", {k: round(v.get("quantize_GBps", 0), 1) for k, v in out.items() if isinstance(v, dict)}, flush=True)
+    return out
+
+
+def bench_lm(cp: Any, quick: bool) -> dict[str, Any]:
+    """lm-like codec loop with SmolLM2-135M's shape and random weights on the GPU: encode = one
+    forward over the sequence + gather (+ range coding where seqkv.coder is built); decode =
+    one forward step per token with the KV cache + search."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+                      tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0)
+    out: dict[str, Any] = {"model": "LlamaConfig(SmolLM2-135M dims), random weights", "dtype": "float32"}
+    model = LlamaForCausalLM(cfg).to("cuda", torch.float32).eval()
+    T = 1024 if not quick else 128
+    ids = torch.randint(0, V, (1, T), device="cuda")
+    try:
+        from seqkv import coder  # noqa: F401
+
+        have_coder = hasattr(coder, "encode_cdf")
+    except Exception:
+        have_coder = False
+    out["range_coder_included"] = have_coder
+    with torch.inference_mode():
+        def encode() -> Any:
+            logits = model(ids).logits[0, :-1]
+            lo, fr = gpu.gather_cdf(logits, ids[0, 1:], P)
+            if have_coder:
+                from seqkv import coder
+
+                return coder.encode_cdf(lo, fr, P)
+            return lo, fr
+
+        encode()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        reps = 3
+        for _ in range(reps):
+            encode()
+        torch.cuda.synchronize()
+        t_enc = (time.perf_counter() - t0) / reps
+        out["encode_tokens_per_s"] = (T - 1) / t_enc
+        # decode: step by step with a KV cache (targets are random stand-ins for the decoder's)
+        steps = 128 if not quick else 32
+        rng = np.random.default_rng(0)
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        model(ids[:, :1], past_key_values=cache, use_cache=True)
+        tok = ids[:, :1]
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            logits = model(tok, past_key_values=cache, use_cache=True).logits[0, -1:]
+            s, lo, fr = gpu.search_cdf(logits, [int(rng.integers(0, 1 << P))], P)
+            tok = torch.tensor([[int(s[0])]], device="cuda")
+        torch.cuda.synchronize()
+        out["decode_tokens_per_s"] = steps / (time.perf_counter() - t0)
+        # the forward alone, for scale
+        cache = DynamicCache()
+        model(ids[:, :1], past_key_values=cache, use_cache=True)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model(tok, past_key_values=cache, use_cache=True)
+        torch.cuda.synchronize()
+        out["decode_forward_only_tokens_per_s"] = steps / (time.perf_counter() - t0)
+    out["encode_T"] = T
+    print("lm", out, flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("-o", "--output", default=str(ROOT / "benches/results/gpu_kernels.json"))
+    ap.add_argument("--only", default="quantize,residual,quantizers,lm")
+    args = ap.parse_args()
+    if not gpu.available():
+        print("no CUDA GPU / CuPy: nothing to measure")
+        return
+    import cupy as cp
+
+    res: dict[str, Any] = {"machine": machine(cp), "quick": args.quick}
+    bw = copy_bandwidth(cp)
+    res["copy_bandwidth_GBps"] = bw / 1e9
+    print(f"device-to-device copy: {bw / 1e9:.0f} GB/s (read + write)", flush=True)
+    path = Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sections = {"quantize": lambda: bench_quantize(cp, bw, args.quick),
+                "residual": lambda: bench_residual(cp, bw, args.quick),
+                "quantizers": lambda: bench_quantizers(cp, bw, args.quick),
+                "lm": lambda: bench_lm(cp, args.quick)}
+    for name in args.only.split(","):
+        try:
+            res[name] = sections[name]()
+        except Exception as exc:  # keep the other sections' numbers
+            traceback.print_exc()
+            res[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        cp.get_default_memory_pool().free_all_blocks()
+        path.write_text(json.dumps(res, indent=1))
+    q = res.get("quantize", {}).get("best", {}).get("f32/n=4096", {})
+    r = res.get("residual", {})
+    res["summary"] = {
+        "quantize_gather_bw_fraction": q.get("quantize_gather_bw_fraction"),
+        "quantize_gather_tokens_per_s": q.get("kernel_tokens_per_s"),
+        "residual_bw_fraction": min((v["residual_bw_fraction"] for v in r.values() if isinstance(v, dict) and "residual_bw_fraction" in v), default=None),
+    }
+    path.write_text(json.dumps(res, indent=1))
+    print(json.dumps(res["summary"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Token codecs behind one interface: ``seqkv.codecs.get(name, **options)``.
+
+Every codec has ``.name``, ``.encode(tokens) -> bytes`` and ``.decode(data) -> np.ndarray``
+(``uint32`` ids), and every stream it writes is a seqkv container (``seqkv.container``).
+
+==============  ======================================================================
+``raw``         ⌈log2 V⌉ bits per token (:class:`~seqkv.codecs.raw.RawCodec`)
+``plt``         integer context model over the trie's counts, no model (``seqkv.codecs.plt``)
+``lm``          range coding under a causal LM (:class:`~seqkv.codecs.lm.LMCodec`)
+``lm-robust``   ``lm`` that tolerates logits differing by up to ε between the two ends
+                (:class:`~seqkv.codecs.robust.RobustLMCodec`)
+==============  ======================================================================
+
+Codec modules are imported on first use, so ``import seqkv.codecs`` needs only NumPy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import import_module
+from typing import Any, Callable
+
+from ..errors import InvalidInputError
+from .base import Codec, CodingStats, as_tokens
+
+__all__ = ["Codec", "CodingStats", "StreamInfo", "as_tokens", "available", "get", "register", "stream_info"]
+
+_REGISTRY: dict[str, tuple[str, str] | Callable[..., Codec]] = {
+    "raw": ("seqkv.codecs.raw", "RawCodec"),
+    "plt": ("seqkv.codecs.plt", "PLTCodec"),
+    "lm": ("seqkv.codecs.lm", "LMCodec"),
+    "lm-robust": ("seqkv.codecs.robust", "RobustLMCodec"),
+}
+
+
+def register(name: str, factory: Callable[..., Codec]) -> None:
+    """Add (or replace) a codec factory under ``name``."""
+    _REGISTRY[name] = factory
+
+
+def _factory(name: str) -> Callable[..., Codec]:
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise InvalidInputError(f"unknown codec {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    if isinstance(entry, tuple):
+        module_name, attr = entry
+        try:
+            module = import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                raise InvalidInputError(f"codec {name!r} is not available in this build ({module_name} is missing)") from exc
+            raise
+        return getattr(module, attr)
+    return entry
+
+
+def get(name: str, **options: Any) -> Codec:
+    """A codec instance: ``get("raw", vocab_size=49152)``, ``get("lm", model=m)``,
+    ``get("plt", **opts)``, ``get("lm-robust", model=m, epsilon=1e-3)``."""
+    return _factory(name)(**options)
+
+
+def available() -> list[str]:
+    """Names of the codecs whose modules import in this installation."""
+    names = []
+    for name in sorted(_REGISTRY):
+        try:
+            _factory(name)
+        except (InvalidInputError, ImportError):
+            continue
+        names.append(name)
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamInfo:
+    """What a stream's container says about it, without decoding it."""
+
+    codec: str
+    tokens: int
+    vocab_size: int
+    precision: int
+    blocks: int
+    payload_bits: int
+    container_bits: int
+    model_fingerprint: bytes
+    numerics_profile: str
+    schedule: tuple[int, ...]
+
+    @property
+    def payload_bits_per_token(self) -> float:
+        return self.payload_bits / self.tokens if self.tokens else 0.0
+
+    @property
+    def container_bits_per_token(self) -> float:
+        return self.container_bits / self.tokens if self.tokens else 0.0
+
+
+def stream_info(data: bytes) -> StreamInfo:
+    """Parse (and checksum) a stream's container and summarise it."""
+    from .. import container
+
+    c = container.unpack(data)
+    h = c.header
+    return StreamInfo(
+        codec=h.codec,
+        tokens=int(h.token_count),
+        vocab_size=int(h.vocab_size),
+        precision=int(h.precision),
+        blocks=len(c.blocks),
+        payload_bits=8 * sum(len(b.payload) for b in c.blocks),
+        container_bits=8 * len(data),
+        model_fingerprint=bytes(h.model_fingerprint),
+        numerics_profile=h.numerics_profile,
+        schedule=tuple(h.schedule),
+    )

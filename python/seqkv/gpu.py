@@ -1,0 +1,536 @@
+"""CUDA paths through CuPy: logits → integer CDF (quantizer v1), gather, search, KV residual
+pack/unpack and the per-vector quantizers.
+
+The kernels live in ``cuda_kernels/*.cu`` and are compiled on first use by NVRTC (CuPy caches the
+binaries). Every kernel has a CPU reference that the tests compare with bit for bit:
+``seqkv._quantize_ref`` / ``seqkv.coder.quantize_logits`` for the tables,
+:mod:`seqkv.residual` and :mod:`seqkv.quantizers` for the rest.
+
+Inputs stay on the GPU: torch CUDA tensors (through DLPack, on torch's current stream), CuPy
+arrays and anything with ``__cuda_array_interface__``. Logits may be f32, bf16 or f16 (widened to
+f32 exactly in the kernel). Only the small results come back to the host: 8 bytes per token for
+:func:`gather_cdf`, 12 for :func:`search_cdf`.
+
+The coding loop of the ``lm`` codec on a GPU model::
+
+    cum_low, freq = seqkv.gpu.gather_cdf(logits, tokens, precision)   # encode, all rows at once
+    # decode, one step:
+    sym, cum_low, freq = seqkv.gpu.search_cdf(logits_row[None], [decoder_target], precision)
+
+CuPy is the ``seqkv[cuda]`` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError, MissingExtraError, SeqkvError
+
+__all__ = [
+    "available",
+    "is_device_array",
+    "kernel_dir",
+    "quantize_logits_gpu",
+    "gather_cdf",
+    "search_cdf",
+    "residual_pack",
+    "residual_unpack",
+    "turbo_quantize",
+    "turbo_dequantize",
+    "kivi_quantize",
+    "kivi_dequantize",
+    "QUANTIZE_BLOCK",
+]
+
+#: threads per row of the quantize kernels, by row length (tuned on an H100, see
+#: benches/results/gpu_kernels.json); rows longer than the shared-memory cache recompute instead.
+QUANTIZE_BLOCK = {4096: 256, 1 << 30: 512}
+
+_lock = threading.Lock()
+_modules: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _cupy() -> Any:
+    try:
+        import cupy
+    except ImportError as exc:
+        raise MissingExtraError("the GPU paths need CuPy: pip install 'seqkv[cuda]'") from exc
+    return cupy
+
+
+def available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        cp = _cupy()
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def kernel_dir() -> Path:
+    """Folder of the ``.cu`` sources: ``$SEQKV_CUDA_KERNELS``, else ``cuda_kernels/`` of the checkout."""
+    env = os.environ.get("SEQKV_CUDA_KERNELS")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve()
+    candidates += [here.parent / "cuda_kernels", here.parents[2] / "cuda_kernels"]
+    for c in candidates:
+        if (c / "quantize.cu").is_file():
+            return c
+    raise SeqkvError(f"CUDA kernel sources not found (looked in {[str(c) for c in candidates]}); set SEQKV_CUDA_KERNELS")
+
+
+def _function(source: str, name: str) -> Any:
+    """The kernel ``name`` (a template instantiation expression) of ``cuda_kernels/<source>``."""
+    key = (source, (name,))
+    with _lock:
+        mod = _modules.get(key)
+        if mod is None:
+            cp = _cupy()
+            code = (kernel_dir() / source).read_text()
+            mod = cp.RawModule(code=code, options=("-std=c++17",), name_expressions=(name,))
+            _modules[key] = mod
+    return mod.get_function(name)
+
+
+# --- input handling ---------------------------------------------------------------------------
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "is_cuda")
+
+
+def is_device_array(x: Any) -> bool:
+    """True for a torch CUDA tensor, a CuPy array or an object with ``__cuda_array_interface__``."""
+    if _is_torch(x):
+        return bool(x.is_cuda)
+    return hasattr(x, "__cuda_array_interface__")
+
+
+@contextlib.contextmanager
+def _on_stream_of(x: Any) -> Iterator[None]:
+    """Run CuPy work on the device of ``x`` and, for a torch tensor, on torch's current stream."""
+    cp = _cupy()
+    if _is_torch(x):
+        import torch
+
+        dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        with cp.cuda.Device(dev):
+            with cp.cuda.ExternalStream(torch.cuda.current_stream(dev).cuda_stream, dev):
+                yield
+    else:
+        dev = x.device.id if hasattr(x, "device") and hasattr(x.device, "id") else cp.cuda.Device().id
+        with cp.cuda.Device(dev):
+            yield
+
+
+_TORCH_KINDS = {"torch.float32": "f32", "torch.bfloat16": "bf16", "torch.float16": "f16"}
+
+
+def _device_view(x: Any, kind: str | None, allowed: tuple[str, ...] = ("f32", "bf16", "f16")) -> tuple[Any, str]:
+    """``(cupy array, kind)`` sharing memory with ``x``; bf16 comes back as uint16 bits."""
+    cp = _cupy()
+    if _is_torch(x):
+        import torch
+
+        k = _TORCH_KINDS.get(str(x.dtype))
+        if k is None or k not in allowed:
+            raise InvalidInputError(f"expected a {'/'.join(allowed)} tensor, got {x.dtype}")
+        t = x.detach()
+        if k == "bf16":
+            t = t.view(torch.int16)
+        arr = cp.from_dlpack(t)
+        return (arr.view(cp.uint16) if k == "bf16" else arr), k
+    if not hasattr(x, "__cuda_array_interface__"):
+        raise InvalidInputError(f"expected a CUDA array (torch, CuPy or __cuda_array_interface__), got {type(x).__name__}")
+    arr = x if isinstance(x, cp.ndarray) else cp.asarray(x)
+    if arr.dtype == cp.float32:
+        k = "f32"
+    elif arr.dtype == cp.float16:
+        k = "f16"
+    elif arr.dtype == cp.uint16 and kind in ("bf16", "f16"):
+        k = kind
+    elif arr.dtype == cp.uint32 and kind == "f32":
+        k = "f32"
+    else:
+        raise InvalidInputError(f"cannot read {arr.dtype} as {'/'.join(allowed)} (pass kind= for raw bits)")
+    if k not in allowed:
+        raise InvalidInputError(f"expected {'/'.join(allowed)}, got {k}")
+    return arr, k
+
+
+_CTYPE = {"f32": "float", "bf16": "bf16_t", "f16": "f16_t"}
+
+
+# --- quantizer v1: tables, gather, search -------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def _exp2_table_host() -> np.ndarray:
+    from . import _quantize_ref
+
+    tab = np.asarray(_quantize_ref.EXP2, dtype=np.uint32)
+    if tab.shape != (1024,) or int(tab[0]) != 1 << 31:
+        raise SeqkvError("seqkv._quantize_ref.EXP2 is not the quantizer v1 table")
+    return tab
+
+
+_exp2_dev: dict[int, Any] = {}
+
+
+def _exp2_table() -> Any:
+    cp = _cupy()
+    dev = cp.cuda.Device().id
+    t = _exp2_dev.get(dev)
+    if t is None:
+        t = _exp2_dev[dev] = cp.asarray(_exp2_table_host())
+    return t
+
+
+def _rows(logits: Any, kind: str | None) -> tuple[Any, str, int, int]:
+    arr, k = _device_view(logits, kind)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise InvalidInputError(f"logits must be [n, V], got shape {arr.shape}")
+    if arr.strides[1] != arr.itemsize:
+        arr = _cupy().ascontiguousarray(arr)
+    n, V = arr.shape
+    return arr, k, n, V
+
+
+def _check_precision(V: int, precision: int) -> None:
+    if not 1 <= precision <= 24:
+        raise InvalidInputError(f"precision must be in 1..24, got {precision}")
+    if not 1 <= V <= (1 << precision):
+        raise InvalidInputError(f"vocabulary of {V} does not fit precision {precision} (needs 1 <= V <= 2^{precision})")
+
+
+def _block_for(V: int, block: int | None) -> int:
+    if block is not None:
+        if block not in (256, 512, 1024):
+            raise InvalidInputError("block must be 256, 512 or 1024")
+        return block
+    for vmax, b in sorted(QUANTIZE_BLOCK.items()):
+        if V <= vmax:
+            return b
+    return 512
+
+
+def _max_dyn_smem() -> int:
+    cp = _cupy()
+    return int(cp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]) - 8192  # static part
+
+
+def _allow_smem(fn: Any, nbytes: int) -> None:
+    """Raise a kernel's dynamic shared-memory limit above the default 48 KiB."""
+    try:
+        fn.max_dynamic_shared_size_bytes = nbytes
+    except AttributeError:  # older CuPy: through the driver
+        cp = _cupy()
+        cp.cuda.driver.funcSetAttribute(
+            fn.ptr, cp.cuda.driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes)
+
+
+#: shared-memory cache of the quantize kernels: 0 none, 1 u (2 bytes per entry), 2 the row
+#: itself then its weights (4 bytes per entry; the row is read from device memory once)
+CACHE_BYTES_PER_ENTRY = {0: 0, 1: 2, 2: 4}
+#: preferred cache modes, best first (each used when the row fits in shared memory)
+CACHE_ORDER = (2, 1, 0)
+
+
+def _launch_rows(arr: Any, k: str, n: int, V: int, precision: int, mode: int, aux: Any, out: Any,
+                 block: int | None, cache: int | None) -> Any:
+    cp = _cupy()
+    b = _block_for(V, block)
+    fn = _function("quantize.cu", f"qv1_rows<{_CTYPE[k]},{b},{mode}>")
+    v4 = (V + 3) // 4 * 4
+    if cache is None:
+        limit = _max_dyn_smem()
+        cache = next(c for c in CACHE_ORDER if v4 * CACHE_BYTES_PER_ENTRY[c] <= limit)
+    if cache not in CACHE_BYTES_PER_ENTRY:
+        raise InvalidInputError("cache must be 0, 1 or 2")
+    smem = v4 * CACHE_BYTES_PER_ENTRY[cache]
+    if smem > 48 * 1024:
+        _allow_smem(fn, smem)
+    vec = (arr.data.ptr % 16 == 0) and ((arr.strides[0] // arr.itemsize) % 4 == 0)
+    status = cp.empty(n, dtype=cp.int32)
+    if n:
+        fn((n,), (b,), (arr, np.int64(arr.strides[0] // arr.itemsize), np.int32(V), np.int32(precision),
+                         _exp2_table(), np.int32(cache), np.int32(vec), aux, out, status),
+           shared_mem=smem)
+    return status
+
+
+def _raise_status(status: np.ndarray) -> None:
+    bad = np.flatnonzero(status)
+    if bad.size:
+        r = int(bad[0])
+        if status[r] == 1:
+            raise InvalidInputError(f"logits row {r} holds NaN or +inf")
+        raise InvalidInputError(f"row {r}: symbol or target out of range")
+
+
+def quantize_logits_gpu(logits: Any, precision: int, *, kind: str | None = None, block: int | None = None,
+                        cache: int | None = None) -> tuple[Any, Any]:
+    """``(freqs, cum)``: CuPy uint32 ``[n, V]`` frequency tables (quantizer v1) and their exclusive
+    cumulative sums, computed on the GPU from ``logits`` ``[n, V]`` (or ``[V]``)."""
+    cp = _cupy()
+    with _on_stream_of(logits):
+        arr, k, n, V = _rows(logits, kind)
+        _check_precision(V, precision)
+        freqs = cp.empty((n, V), dtype=cp.uint32)
+        status = _launch_rows(arr, k, n, V, precision, 0, np.intp(0), freqs, block, cache)
+        _raise_status(cp.asnumpy(status))
+        cum = cp.cumsum(freqs, axis=1, dtype=cp.uint32) - freqs
+    return freqs, cum
+
+
+def _aux_symbols(symbols: Any, n: int) -> Any:
+    cp = _cupy()
+    if _is_torch(symbols):
+        symbols = cp.from_dlpack(symbols.detach()) if symbols.is_cuda else symbols.cpu().numpy()
+    s = cp.asarray(symbols).astype(cp.int64, copy=False).ravel()
+    if s.size != n:
+        raise InvalidInputError(f"{s.size} symbols for {n} rows")
+    return cp.ascontiguousarray(s)
+
+
+def gather_cdf(logits: Any, symbols: Any, precision: int, *, kind: str | None = None, block: int | None = None,
+               cache: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(cum_low, freq)`` (NumPy uint32 ``[n]``) of ``symbols[i]`` in row ``i``'s quantizer-v1
+    table, for encoding; only these 8 bytes per row leave the GPU."""
+    cp = _cupy()
+    with _on_stream_of(logits):
+        arr, k, n, V = _rows(logits, kind)
+        _check_precision(V, precision)
+        aux = _aux_symbols(symbols, n)
+        out = cp.empty((n, 2), dtype=cp.uint32)
+        status = _launch_rows(arr, k, n, V, precision, 1, aux, out, block, cache)
+        host = cp.asnumpy(out)
+        if n and not host[:, 1].all():
+            _raise_status(cp.asnumpy(status))
+    return host[:, 0].copy(), host[:, 1].copy()
+
+
+def search_cdf(logits: Any, targets: Any, precision: int, *, kind: str | None = None, block: int | None = None,
+               cache: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(symbols int64, cum_low u32, freq u32)``: per row, the symbol whose slice
+    ``[cum_low, cum_low + freq)`` of the quantizer-v1 table holds ``targets[i]`` (< 2^precision)."""
+    cp = _cupy()
+    with _on_stream_of(logits):
+        arr, k, n, V = _rows(logits, kind)
+        _check_precision(V, precision)
+        t = cp.asarray(np.asarray(targets, dtype=np.uint64) if not is_device_array(targets) else targets)
+        if t.size != n:
+            raise InvalidInputError(f"{t.size} targets for {n} rows")
+        if bool((t >= (1 << precision)).any()):
+            raise InvalidInputError(f"a target is >= 2^{precision}")
+        aux = cp.ascontiguousarray(t.astype(cp.uint32).ravel())
+        out = cp.empty((n, 3), dtype=cp.uint32)
+        status = _launch_rows(arr, k, n, V, precision, 2, aux, out, block, cache)
+        host = cp.asnumpy(out)
+        if n and not host[:, 2].all():
+            _raise_status(cp.asnumpy(status))
+    return host[:, 0].astype(np.int64), host[:, 1].copy(), host[:, 2].copy()
+
+
+# --- residual pack / unpack -------------------------------------------------------------------
+
+_RES_BLOCK = 32
+_RES_WARPS = 8  # cuda_kernels/residual.cu: WARPS
+#: 32-blocks per warp in the residual kernels (a tile is 8 warps of these)
+RESIDUAL_BPW = 8
+
+
+def _residual_view(x: Any, kind: str | None) -> tuple[Any, str]:
+    arr, k = _device_view(x, kind)
+    cp = _cupy()
+    arr = cp.ascontiguousarray(arr).ravel()
+    return arr.view(cp.uint32 if k == "f32" else cp.uint16), k
+
+
+def residual_pack(orig: Any, recomp: Any, *, kind: str | None = None, host: bool = True,
+                  bpw: int | None = None) -> Any:
+    """Block-packed residual of two CUDA tensors/arrays (same bytes as
+    :func:`seqkv.residual.pack`). Returns a :class:`seqkv.residual.Packed` (NumPy) when ``host``,
+    else ``(kind, n, widths, words)`` as CuPy arrays."""
+    from .residual import Packed
+
+    cp = _cupy()
+    with _on_stream_of(orig):
+        o, k1 = _residual_view(orig, kind)
+        r, k2 = _residual_view(recomp, kind)
+        if k1 != k2 or o.size != r.size:
+            raise InvalidInputError("original and recomputed KV differ in kind or size")
+        n = int(o.size)
+        W = 32 if k1 == "f32" else 16
+        utype = "unsigned int" if W == 32 else "unsigned short"
+        bpw = bpw or RESIDUAL_BPW
+        tile_blocks = _RES_WARPS * bpw
+        nb = -(-n // _RES_BLOCK)
+        ntiles = -(-nb // tile_blocks)
+        widths = cp.empty(nb, dtype=cp.uint8)
+        if ntiles == 0:
+            words = cp.empty(0, dtype=cp.uint32)
+        else:
+            scratch = cp.empty(ntiles * tile_blocks * W, dtype=cp.uint32)
+            tile_words = cp.empty(ntiles, dtype=cp.uint32)
+            _function("residual.cu", f"residual_pack<{utype},{bpw}>")(
+                (ntiles,), (256,), (o, r, np.int64(n), np.int64(nb), widths, scratch, tile_words))
+            ends = cp.cumsum(tile_words, dtype=cp.uint64)
+            total = int(ends[-1])
+            offsets = ends - tile_words
+            words = cp.empty(total, dtype=cp.uint32)
+            _function("residual.cu", "residual_compact")(
+                (ntiles,), (128,), (scratch, tile_words, offsets, words, np.int32(tile_blocks * W)))
+        if not host:
+            return k1, n, widths, words
+        return Packed(k1, n, cp.asnumpy(widths), cp.asnumpy(words))
+
+
+def residual_unpack(packed: Any, recomp: Any, *, kind: str | None = None, bpw: int | None = None) -> Any:
+    """Original bits (CuPy uint16/uint32, shape of ``recomp``) from a packed residual
+    (:class:`~seqkv.residual.Packed` or the device tuple of :func:`residual_pack`) and the
+    recomputed KV on the GPU."""
+    cp = _cupy()
+    with _on_stream_of(recomp):
+        if isinstance(packed, tuple):
+            pk, n, widths, words = packed
+        else:
+            pk, n, widths, words = packed.kind, packed.n, cp.asarray(packed.widths), cp.asarray(packed.words)
+        r, k = _residual_view(recomp, kind or pk)
+        if k != pk or int(r.size) != n:
+            raise InvalidInputError(f"packed residual is {pk} x {n}, recomputed KV {k} x {r.size}")
+        W = 32 if k == "f32" else 16
+        utype = "unsigned int" if W == 32 else "unsigned short"
+        nb = int(widths.size)
+        if nb != -(-n // _RES_BLOCK):
+            raise InvalidInputError("packed residual: block count does not match n")
+        bpw = bpw or RESIDUAL_BPW
+        tile_blocks = _RES_WARPS * bpw
+        ntiles = -(-nb // tile_blocks)
+        out = cp.empty_like(r)
+        if ntiles:
+            tile_words = cp.empty(ntiles, dtype=cp.uint32)
+            _function("residual.cu", "residual_tile_sums")(
+                (-(-ntiles // 8),), (256,), (widths, np.int64(nb), tile_words, np.int64(ntiles), np.int32(tile_blocks)))
+            ends = cp.cumsum(tile_words, dtype=cp.uint64)
+            if int(ends[-1]) != int(words.size):
+                raise InvalidInputError("packed residual: widths do not match the words")
+            _function("residual.cu", f"residual_unpack<{utype},{bpw}>")(
+                (ntiles,), (256,), (r, np.int64(n), np.int64(nb), widths, words, ends - tile_words, out))
+        shape = recomp.shape
+        return out.reshape(shape)
+
+
+# --- per-vector quantizers --------------------------------------------------------------------
+
+
+def turbo_quantize(tq: Any, x: Any) -> Any:
+    """:meth:`seqkv.quantizers.TurboQuant.quantize` on the GPU (codes and norms stay there)."""
+    from .quantizers import TurboCodes
+
+    cp = _cupy()
+    with _on_stream_of(x):
+        arr, k = _device_view(x, None)
+        d = tq.dim
+        if arr.shape[-1] != d:
+            raise InvalidInputError(f"last axis must be {d}, got {arr.shape}")
+        lead = arr.shape[:-1]
+        flat = cp.ascontiguousarray(arr).reshape(-1)
+        nvec = flat.size // d
+        codes = cp.empty(flat.size, dtype=cp.uint8)
+        norms = cp.empty(nvec, dtype=cp.float32)
+        block = max(d, 256)
+        if nvec:
+            _function("quantizers.cu", f"turbo_quant<{_CTYPE[k]}>")(
+                (-(-nvec // (block // d)),), (block,),
+                (flat, np.int64(nvec), np.int32(d), cp.asarray(tq.signs), cp.asarray(tq.boundaries),
+                 np.int32(tq.boundaries.size), codes, norms),
+                shared_mem=block * 4)
+        return TurboCodes(codes.reshape(*lead, d), norms.reshape(lead), tq.bits)
+
+
+def turbo_dequantize(tq: Any, q: Any) -> Any:
+    """:meth:`seqkv.quantizers.TurboQuant.dequantize` on the GPU (f32 CuPy array)."""
+    cp = _cupy()
+    codes = cp.ascontiguousarray(q.codes)
+    d = tq.dim
+    nvec = codes.size // d
+    out = cp.empty(codes.shape, dtype=cp.float32)
+    block = max(d, 256)
+    if nvec:
+        _function("quantizers.cu", "turbo_dequant")(
+            (-(-nvec // (block // d)),), (block,),
+            (codes, cp.ascontiguousarray(q.norms), np.int64(nvec), np.int32(d), cp.asarray(tq.signs),
+             cp.asarray(tq.centroids), np.float32(tq.inv_d), out),
+            shared_mem=block * 4)
+    return out
+
+
+def _kivi_geom(shape: tuple[int, ...], axis: str, group: int, T_q: int) -> tuple[int, ...]:
+    """(A, B, C, sa, sb, sc, st) for contiguous ``[..., T, d]`` data (see GroupGeom in the .cu)."""
+    *lead, T, d = shape
+    outer = int(np.prod(lead)) if lead else 1
+    if axis == "channel":  # groups of `group` tokens of one channel; T_q tokens quantized
+        return (outer, T_q // group, d, T * d, group * d, 1, d)
+    return (outer * T, d // group, 1, d, group, 1, 1)
+
+
+def kivi_quantize(kv: Any, x: Any, axis: str) -> Any:
+    """:class:`seqkv.quantizers.KIVI` keys (``axis="channel"``) or values (``"token"``) on the GPU."""
+    from .quantizers import KiviCodes
+
+    cp = _cupy()
+    with _on_stream_of(x):
+        arr, k = _device_view(x, None)
+        arr = cp.ascontiguousarray(arr)
+        *lead, T, d = arr.shape
+        G = kv.group
+        if axis == "token" and d % G:
+            raise InvalidInputError(f"head dim {d} is not a multiple of the group {G}")
+        T_q = T - T % G if axis == "channel" else T
+        A, B, C, sa, sb, sc, st = _kivi_geom(arr.shape, axis, G, T_q)
+        codes = cp.zeros(arr.shape, dtype=cp.uint8)
+        scales = cp.empty(A * B * C, dtype=cp.float32)
+        mins = cp.empty(A * B * C, dtype=cp.float32)
+        ng = A * B * C
+        if ng:
+            _function("quantizers.cu", f"kivi_quant<{_CTYPE[k]}>")(
+                (-(-ng // 256),), (256,),
+                (arr, *(np.int64(v) for v in (A, B, C, sa, sb, sc, st)), np.int32(G), np.int32(kv.qmax),
+                 codes, scales, mins))
+        if axis == "channel":
+            gshape = (*lead, T_q // G, d)
+            tail = arr[..., T_q:, :]
+            tail = tail.astype(cp.float32) if k != "bf16" else (tail.astype(cp.uint32) << 16).view(cp.float32)
+            return KiviCodes(codes[..., :T_q, :], scales.reshape(gshape), mins.reshape(gshape), tail, kv.bits, axis)
+        gshape = (*lead, T, d // G)
+        return KiviCodes(codes, scales.reshape(gshape), mins.reshape(gshape), None, kv.bits, axis)
+
+
+def kivi_dequantize(kv: Any, c: Any) -> Any:
+    """:meth:`seqkv.quantizers.KIVI.dequantize` on the GPU (f32 CuPy array)."""
+    cp = _cupy()
+    codes = cp.ascontiguousarray(c.codes)
+    *lead, T, d = codes.shape
+    G = kv.group
+    A, B, C, sa, sb, sc, st = _kivi_geom(codes.shape, c.axis, G, T)
+    out = cp.empty(codes.shape, dtype=cp.float32)
+    ng = A * B * C
+    if ng:
+        _function("quantizers.cu", "kivi_dequant")(
+            (-(-ng // 256),), (256,),
+            (codes, cp.ascontiguousarray(c.scales).ravel(), cp.ascontiguousarray(c.mins).ravel(),
+             *(np.int64(v) for v in (A, B, C, sa, sb, sc, st)), np.int32(G), out))
+    if c.axis == "channel":
+        return cp.concatenate([out, c.tail], axis=-2)
+    return out

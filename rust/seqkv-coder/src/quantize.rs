@@ -1,0 +1,846 @@
+//! Quantizer v1: one row of `f32` logits → integer frequencies, exactly as `docs/numerics.md`
+//! specifies (every entry `>= 1`, the row summing to `2^precision`).
+//!
+//! Three ways to use it:
+//!
+//! * [`quantize_row`] / [`quantize_rows`]: materialise the table(s).
+//! * [`LogitsRowModel`]: the fused row model. From one row of logits it gives the
+//!   `(cum_low, freq)` slice of a symbol and finds the symbol of a decoder target *without*
+//!   materialising the table: one pass for the max, one for the weights and their sum (into a
+//!   reusable scratch), one for the floors summed per block of [`BLOCK`] symbols; a lookup then
+//!   recomputes a single block.
+//! * [`encode_logits`] / [`decode_logits`]: bulk coding of `n` rows, parallel over rows (rayon).
+//!
+//! Each pass has a scalar and an AVX2 implementation ([`Path`]), chosen at run time; they give
+//! identical bits because every step is an exact integer or a correctly rounded IEEE operation
+//! and all sums are integer.
+
+use rayon::prelude::*;
+
+use crate::error::{invalid, Result};
+use crate::exp2_table::EXP2;
+use crate::range::{check_precision, Decoder, Encoder};
+
+/// The quantizer version streams record in their header. Changing any constant or step below is
+/// a new version.
+pub const QUANTIZER_VERSION: u8 = 1;
+/// `F`: fraction bits of the log2 grid.
+pub const FRACTION_BITS: u32 = 10;
+/// `C`: `log2(e) * 2^F` rounded to `f32` (bits `0x44b8aa3b`).
+pub const LOG2E_SCALED: f32 = f32::from_bits(0x44b8_aa3b);
+/// `ZMIN = -32 * 2^F`: grid values at or below it get weight 0.
+pub const ZMIN: f32 = -32768.0;
+/// `K`: fixed-point shift of the scale factor.
+pub const SCALE_SHIFT: u32 = 39;
+/// Symbols per block of the fused model's prefix sums.
+pub const BLOCK: usize = 256;
+
+/// Which implementation of the passes runs. All give identical results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Portable Rust.
+    Scalar,
+    /// x86-64 AVX2 intrinsics (only where the CPU has AVX2).
+    Avx2,
+}
+
+impl Path {
+    /// The fastest path this CPU supports.
+    pub fn best() -> Path {
+        if Path::Avx2.is_available() {
+            Path::Avx2
+        } else {
+            Path::Scalar
+        }
+    }
+
+    /// Whether this path can run on this CPU.
+    pub fn is_available(self) -> bool {
+        match self {
+            Path::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Avx2 => false,
+        }
+    }
+
+    fn checked(self) -> Path {
+        if self.is_available() {
+            self
+        } else {
+            Path::Scalar
+        }
+    }
+}
+
+/// Checks `1 <= v <= 2^precision` and the precision.
+pub fn check_shape(v: usize, precision: u32) -> Result<()> {
+    check_precision(precision)?;
+    if v == 0 || v as u64 > 1u64 << precision {
+        return invalid(format!("vocabulary size {v} must be in 1..=2^precision = {}", 1u64 << precision));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar passes (the reference the AVX2 passes must match).
+
+/// Pass 1: rejects NaN/+inf; the max of the row, `None` if every entry is -inf.
+fn max_scalar(x: &[f32]) -> Result<Option<f32>> {
+    let mut m = f32::NEG_INFINITY;
+    let mut bad = false;
+    for &xi in x {
+        bad |= xi.is_nan() | (xi == f32::INFINITY);
+        m = if xi > m { xi } else { m };
+    }
+    finish_max(m, bad)
+}
+
+fn finish_max(m: f32, bad: bool) -> Result<Option<f32>> {
+    if bad {
+        return invalid("logits contain NaN or +inf");
+    }
+    Ok(if m == f32::NEG_INFINITY { None } else { Some(m) })
+}
+
+/// Steps 3–4 for one entry.
+#[inline(always)]
+fn weight(xi: f32, m: f32) -> u32 {
+    // Two separately rounded f32 operations (Rust never contracts them into an FMA).
+    let z = (xi - m) * LOG2E_SCALED;
+    if !(z > ZMIN) {
+        return 0;
+    }
+    // round_half_even(z): for z in (-32768, 0], z + 1.5 * 2^23 lies in [2^23, 2^24) where the
+    // float spacing is 1, so the addition rounds to an integer (nearest, ties to even) and the
+    // subtraction is exact. Two IEEE operations, no libm call.
+    const MAGIC: f32 = 12_582_912.0;
+    let t = (z + MAGIC) - MAGIC;
+    let u = (-t) as u32; // u in [0, 32768]
+    let q = u >> FRACTION_BITS;
+    if q < 32 {
+        EXP2[(u & 1023) as usize] >> q
+    } else {
+        0
+    }
+}
+
+/// Pass 2: `w[i]` and their sum.
+fn weights_scalar(x: &[f32], m: f32, w: &mut [u32]) -> u64 {
+    let mut sum = 0u64;
+    for (&xi, wi) in x.iter().zip(w.iter_mut()) {
+        *wi = weight(xi, m);
+        sum += *wi as u64;
+    }
+    sum
+}
+
+/// First index `i` with `x[i] == m` (IEEE equality), `x.len()` if none.
+fn first_equal_scalar(x: &[f32], m: f32) -> usize {
+    x.iter().position(|&xi| xi == m).unwrap_or(x.len())
+}
+
+#[inline(always)]
+fn floor_g(w: u32, k: u64) -> u64 {
+    (w as u64 * k) >> SCALE_SHIFT
+}
+
+/// Pass 3 for the fused model: `prefix[b]` = sum of `g` over the blocks before `b`.
+fn block_prefix_scalar(w: &[u32], k: u64, prefix: &mut Vec<u64>) -> u64 {
+    prefix.clear();
+    let mut total = 0u64;
+    for block in w.chunks(BLOCK) {
+        prefix.push(total);
+        total += block.iter().map(|&wi| floor_g(wi, k)).sum::<u64>();
+    }
+    prefix.push(total);
+    total
+}
+
+/// Pass 3 for a materialised table: `w[i] ← 1 + g[i]` in place; returns `Σ g`.
+fn floors_scalar(w: &mut [u32], k: u64) -> u64 {
+    let mut total = 0u64;
+    for wi in w.iter_mut() {
+        let g = floor_g(*wi, k);
+        total += g;
+        *wi = 1 + g as u32;
+    }
+    total
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 passes.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn max(x: &[f32]) -> Result<Option<f32>> {
+        let chunks = x.len() / 32;
+        let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 4];
+        let mut bad = _mm256_setzero_ps();
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let p = x.as_ptr();
+        for c in 0..chunks {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let v = _mm256_loadu_ps(p.add(c * 32 + j * 8));
+                bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_EQ_OQ>(v, inf));
+                *a = _mm256_max_ps(*a, v);
+            }
+        }
+        let v = _mm256_max_ps(_mm256_max_ps(acc[0], acc[1]), _mm256_max_ps(acc[2], acc[3]));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+        let mut m = f32::NEG_INFINITY;
+        for &l in &lanes {
+            m = if l > m { l } else { m };
+        }
+        let mut any_bad = _mm256_movemask_ps(bad) != 0;
+        for &xi in &x[chunks * 32..] {
+            any_bad |= xi.is_nan() | (xi == f32::INFINITY);
+            m = if xi > m { xi } else { m };
+        }
+        // A NaN lane may have poisoned `m`; the error below takes precedence anyway.
+        finish_max(m, any_bad)
+    }
+
+    /// Pass 2 (weights and their sum). Needs the default MXCSR (see [`super::MxcsrGuard`]): the
+    /// conversion rounds to nearest-even under it.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn weights(x: &[f32], m: f32, w: &mut [u32]) -> u64 {
+        let n = x.len().min(w.len());
+        let chunks = n / 8;
+        let mv = _mm256_set1_ps(m);
+        let cv = _mm256_set1_ps(LOG2E_SCALED);
+        let umax = _mm256_set1_ps(-ZMIN);
+        let mask1023 = _mm256_set1_epi32(1023);
+        let mask16 = _mm256_set1_epi32(0xffff);
+        let zero = _mm256_setzero_si256();
+        let table = EXP2.as_ptr() as *const i32;
+        let (px, pw) = (x.as_ptr(), w.as_mut_ptr());
+        let mut sum = 0u64;
+        let mut c = 0;
+        while c < chunks {
+            // The sums are kept as 16-bit halves in u32 lanes: exact for up to 2^16 vectors.
+            let end = (c + (1 << 15)).min(chunks);
+            let mut acc_lo = zero;
+            let mut acc_hi = zero;
+            while c < end {
+                let xv = _mm256_loadu_ps(px.add(c * 8));
+                // -z = (m - x) * C exactly (round-to-nearest-even is symmetric): two separately
+                // rounded operations, no FMA. Clamping -z at -ZMIN = 32768 maps every `z <= ZMIN`
+                // (including -inf) to u = 32768, whose shift q = 32 gives weight 0 below.
+                let nz = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(mv, xv), cv), umax);
+                let u = _mm256_cvtps_epi32(nz); // round to nearest even (default MXCSR)
+                let q = _mm256_srli_epi32::<10>(u);
+                let r = _mm256_and_si256(u, mask1023);
+                let e = _mm256_i32gather_epi32::<4>(table, r);
+                // srlv gives 0 for shift counts >= 32, as the spec's `q < 32` case requires.
+                let wv = _mm256_srlv_epi32(e, q);
+                _mm256_storeu_si256(pw.add(c * 8) as *mut __m256i, wv);
+                acc_lo = _mm256_add_epi32(acc_lo, _mm256_and_si256(wv, mask16));
+                acc_hi = _mm256_add_epi32(acc_hi, _mm256_srli_epi32::<16>(wv));
+                c += 1;
+            }
+            sum += hsum32(acc_lo) + (hsum32(acc_hi) << 16);
+        }
+        for i in chunks * 8..n {
+            w[i] = weight(x[i], m);
+            sum += w[i] as u64;
+        }
+        sum
+    }
+
+    /// First index `i` with `x[i] == m` (IEEE equality), `x.len()` if none.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn first_equal(x: &[f32], m: f32) -> usize {
+        let chunks = x.len() / 8;
+        let mv = _mm256_set1_ps(m);
+        for c in 0..chunks {
+            let eq = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_loadu_ps(x.as_ptr().add(c * 8)), mv));
+            if eq != 0 {
+                return c * 8 + eq.trailing_zeros() as usize;
+            }
+        }
+        chunks * 8 + first_equal_scalar(&x[chunks * 8..], m)
+    }
+
+    #[inline(always)]
+    unsafe fn hsum32(v: __m256i) -> u64 {
+        let mut lanes = [0u32; 8];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v);
+        lanes.iter().map(|&l| l as u64).sum()
+    }
+
+    #[inline(always)]
+    unsafe fn hsum64(v: __m256i) -> u64 {
+        let mut lanes = [0u64; 4];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v);
+        lanes.iter().sum()
+    }
+
+    /// `g` of 8 weights, as (even lanes, odd lanes) in u64.
+    #[inline(always)]
+    unsafe fn floors8(wv: __m256i, kv: __m256i) -> (__m256i, __m256i) {
+        let even = _mm256_srli_epi64::<39>(_mm256_mul_epu32(wv, kv));
+        let odd = _mm256_srli_epi64::<39>(_mm256_mul_epu32(_mm256_srli_epi64::<32>(wv), kv));
+        (even, odd)
+    }
+
+    /// Requires `k < 2^32` (true for every row with a finite entry).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn block_prefix(w: &[u32], k: u64, prefix: &mut Vec<u64>) -> u64 {
+        debug_assert!(k < 1 << 32);
+        prefix.clear();
+        let kv = _mm256_set1_epi64x(k as i64);
+        let mut total = 0u64;
+        for block in w.chunks(BLOCK) {
+            prefix.push(total);
+            let chunks = block.len() / 8;
+            let mut acc = _mm256_setzero_si256();
+            let p = block.as_ptr();
+            for c in 0..chunks {
+                let wv = _mm256_loadu_si256(p.add(c * 8) as *const __m256i);
+                let (even, odd) = floors8(wv, kv);
+                acc = _mm256_add_epi64(acc, _mm256_add_epi64(even, odd));
+            }
+            total += hsum64(acc);
+            total += block[chunks * 8..].iter().map(|&wi| floor_g(wi, k)).sum::<u64>();
+        }
+        prefix.push(total);
+        total
+    }
+
+    /// Requires `k < 2^32`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn floors(w: &mut [u32], k: u64) -> u64 {
+        debug_assert!(k < 1 << 32);
+        let kv = _mm256_set1_epi64x(k as i64);
+        let one = _mm256_set1_epi32(1);
+        let chunks = w.len() / 8;
+        let mut acc = _mm256_setzero_si256();
+        let p = w.as_mut_ptr();
+        for c in 0..chunks {
+            let wv = _mm256_loadu_si256(p.add(c * 8) as *const __m256i);
+            let (even, odd) = floors8(wv, kv);
+            acc = _mm256_add_epi64(acc, _mm256_add_epi64(even, odd));
+            let g = _mm256_or_si256(even, _mm256_slli_epi64::<32>(odd));
+            _mm256_storeu_si256(p.add(c * 8) as *mut __m256i, _mm256_add_epi32(g, one));
+        }
+        hsum64(acc) + floors_scalar(&mut w[chunks * 8..], k)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch.
+
+/// Holds the SSE control register at its default for the duration of a pass: round to nearest
+/// even, no flush-to-zero or denormals-are-zero, all exceptions masked. Another library may have
+/// changed it in this thread (e.g. `torch.set_flush_denormal`), which would change comparisons of
+/// denormal logits and the rounding of the AVX2 conversion.
+struct MxcsrGuard {
+    #[cfg(target_arch = "x86_64")]
+    saved: Option<u32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+const MXCSR_DEFAULT: u32 = 0x1f80;
+
+impl MxcsrGuard {
+    #[inline]
+    fn new() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut csr: u32 = 0;
+            // SAFETY: stmxcsr writes 4 bytes to a valid location.
+            unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack, preserves_flags)) };
+            if csr & !0x3f == MXCSR_DEFAULT {
+                return MxcsrGuard { saved: None };
+            }
+            let new = MXCSR_DEFAULT | (csr & 0x3f);
+            // SAFETY: loads a valid MXCSR value (reserved bits zero).
+            unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &new, options(nostack, preserves_flags)) };
+            MxcsrGuard { saved: Some(csr) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        MxcsrGuard {}
+    }
+}
+
+impl Drop for MxcsrGuard {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(csr) = self.saved {
+            // SAFETY: restores the value read in `new`.
+            unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags)) };
+        }
+    }
+}
+
+fn row_max(x: &[f32], path: Path) -> Result<Option<f32>> {
+    let _csr = MxcsrGuard::new();
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Path::checked` only yields Avx2 when the CPU has AVX2.
+        Path::Avx2 => unsafe { avx2::max(x) },
+        _ => max_scalar(x),
+    }
+}
+
+fn row_first_equal(x: &[f32], m: f32, path: Path) -> usize {
+    let _csr = MxcsrGuard::new();
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Path::Avx2 => unsafe { avx2::first_equal(x, m) },
+        _ => first_equal_scalar(x, m),
+    }
+}
+
+fn row_weights(x: &[f32], m: f32, w: &mut [u32], path: Path) -> u64 {
+    let _csr = MxcsrGuard::new();
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Path::Avx2 => unsafe { avx2::weights(x, m, w) },
+        _ => weights_scalar(x, m, w),
+    }
+}
+
+fn row_block_prefix(w: &[u32], k: u64, prefix: &mut Vec<u64>, path: Path) -> u64 {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; k < 2^32 for rows with a finite entry.
+        Path::Avx2 if k < 1 << 32 => unsafe { avx2::block_prefix(w, k, prefix) },
+        _ => block_prefix_scalar(w, k, prefix),
+    }
+}
+
+fn row_floors(w: &mut [u32], k: u64, path: Path) -> u64 {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Path::Avx2 if k < 1 << 32 => unsafe { avx2::floors(w, k) },
+        _ => floors_scalar(w, k),
+    }
+}
+
+/// Step 6: `k = floor(R * 2^K / S)`.
+#[inline]
+fn scale_factor(r: u64, s: u64) -> u64 {
+    (r << SCALE_SHIFT) / s
+}
+
+/// Steps 1–8 for one row, on a chosen [`Path`]: writes `f[0..V)` into `out` (`out.len() == V`).
+pub fn quantize_row_with(x: &[f32], precision: u32, out: &mut [u32], path: Path) -> Result<()> {
+    let v = x.len();
+    check_shape(v, precision)?;
+    if out.len() != v {
+        return invalid(format!("output row has {} entries, logits {v}", out.len()));
+    }
+    let path = path.checked();
+    let r = (1u64 << precision) - v as u64;
+    let (s, a) = match row_max(x, path)? {
+        Some(m) => (row_weights(x, m, out, path), row_first_equal(x, m, path)),
+        None => {
+            out.fill(1);
+            (v as u64, 0)
+        }
+    };
+    let k = scale_factor(r, s);
+    let g = row_floors(out, k, path);
+    out[a] += (r - g) as u32;
+    Ok(())
+}
+
+/// [`quantize_row_with`] on the fastest path.
+pub fn quantize_row(x: &[f32], precision: u32, out: &mut [u32]) -> Result<()> {
+    quantize_row_with(x, precision, out, Path::best())
+}
+
+/// Quantizes `n` rows of `v` logits (`x.len() == out.len() == n * v`), parallel over rows.
+pub fn quantize_rows(x: &[f32], v: usize, precision: u32, out: &mut [u32]) -> Result<()> {
+    check_shape(v, precision)?;
+    if x.len() % v != 0 || out.len() != x.len() {
+        return invalid(format!("logits ({}) and output ({}) must both hold n rows of {v}", x.len(), out.len()));
+    }
+    let path = Path::best();
+    x.par_chunks(v)
+        .zip(out.par_chunks_mut(v))
+        .with_min_len(4)
+        .try_for_each(|(row, o)| quantize_row_with(row, precision, o, path))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused row model.
+
+/// What the fused model keeps of one row after [`RowStats::compute`]: a few scalars and one
+/// prefix sum per [`BLOCK`] symbols (no table). Lookups take the same logits row again and
+/// recompute one block of weights.
+#[derive(Clone, Debug, Default)]
+pub struct RowStats {
+    v: usize,
+    precision: u32,
+    path: Option<Path>,
+    /// Max of the row (unused for all -inf rows).
+    m: f32,
+    /// First index of the max: it receives the remainder `L`.
+    a: usize,
+    k: u64,
+    /// Remainder `L = R - Σ g`.
+    l: u64,
+    /// Every entry is -inf: the table is uniform up to `L` on symbol 0.
+    uniform: bool,
+    /// `prefix[b]` = `Σ g` over the blocks before `b`.
+    prefix: Vec<u64>,
+}
+
+impl RowStats {
+    /// Passes 1–3 over one row. `scratch` is resized to `V` and overwritten (keep one per thread).
+    pub fn compute(&mut self, x: &[f32], precision: u32, path: Path, scratch: &mut Vec<u32>) -> Result<()> {
+        let v = x.len();
+        check_shape(v, precision)?;
+        let path = path.checked();
+        let r = (1u64 << precision) - v as u64;
+        self.v = v;
+        self.precision = precision;
+        self.path = Some(path);
+        match row_max(x, path)? {
+            None => {
+                self.uniform = true;
+                self.a = 0;
+                self.m = f32::NEG_INFINITY;
+                self.k = scale_factor(r, v as u64);
+                self.l = r - (self.k >> SCALE_SHIFT) * v as u64;
+                self.prefix.clear();
+            }
+            Some(m) => {
+                self.uniform = false;
+                self.m = m;
+                scratch.resize(v, 0);
+                let s = row_weights(x, m, scratch, path);
+                self.a = row_first_equal(x, m, path);
+                self.k = scale_factor(r, s);
+                let g = row_block_prefix(scratch, self.k, &mut self.prefix, path);
+                self.l = r - g;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of symbols of the row.
+    pub fn len(&self) -> usize {
+        self.v
+    }
+
+    /// True before the first [`compute`](Self::compute).
+    pub fn is_empty(&self) -> bool {
+        self.v == 0
+    }
+
+    fn block_weights<'b>(&self, x: &[f32], b: usize, buf: &'b mut [u32; BLOCK]) -> &'b [u32] {
+        let start = b * BLOCK;
+        let end = (start + BLOCK).min(self.v);
+        let w = &mut buf[..end - start];
+        row_weights(&x[start..end], self.m, w, self.path.unwrap_or(Path::Scalar));
+        w
+    }
+
+    #[inline]
+    fn freq_at(&self, i: usize, g: u64) -> u64 {
+        1 + g + if i == self.a { self.l } else { 0 }
+    }
+
+    /// `(cum_low, freq)` of `symbol` in the row's table. `x` must be the row given to
+    /// [`compute`](Self::compute).
+    pub fn range_of(&self, x: &[f32], symbol: usize) -> Result<(u32, u32)> {
+        if symbol >= self.v {
+            return invalid(format!("symbol {symbol} out of range for a row of {} logits", self.v));
+        }
+        let after_a = if symbol > self.a { self.l } else { 0 };
+        if self.uniform {
+            let g0 = self.k >> SCALE_SHIFT;
+            let cum = symbol as u64 * (1 + g0) + after_a;
+            return Ok((cum as u32, self.freq_at(symbol, g0) as u32));
+        }
+        let b = symbol / BLOCK;
+        let mut buf = [0u32; BLOCK];
+        let w = self.block_weights(x, b, &mut buf);
+        let off = symbol - b * BLOCK;
+        let below: u64 = w[..off].iter().map(|&wi| floor_g(wi, self.k)).sum();
+        let cum = symbol as u64 + self.prefix[b] + below + after_a;
+        Ok((cum as u32, self.freq_at(symbol, floor_g(w[off], self.k)) as u32))
+    }
+
+    /// `(symbol, cum_low, freq)` of the symbol whose slice contains `target` (`< 2^precision`).
+    pub fn find(&self, x: &[f32], target: u32) -> (usize, u32, u32) {
+        let t = target as u64;
+        if self.uniform {
+            let g0 = self.k >> SCALE_SHIFT;
+            let f0 = 1 + g0 + self.l;
+            if t < f0 {
+                return (0, 0, f0 as u32);
+            }
+            let s = (1 + (t - f0) / (1 + g0)).min(self.v as u64 - 1);
+            return (s as usize, (f0 + (s - 1) * (1 + g0)) as u32, (1 + g0) as u32);
+        }
+        // Cumulative frequency at the start of block b.
+        let start_cum = |b: usize| {
+            let s = b * BLOCK;
+            s as u64 + self.prefix[b] + if self.a < s { self.l } else { 0 }
+        };
+        let blocks = self.prefix.len() - 1;
+        let (mut lo, mut hi) = (0usize, blocks); // start_cum(lo) <= t; answer in [lo, hi)
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if start_cum(mid) <= t {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut buf = [0u32; BLOCK];
+        let w = self.block_weights(x, lo, &mut buf);
+        let mut cum = start_cum(lo);
+        let base = lo * BLOCK;
+        for (j, &wi) in w.iter().enumerate() {
+            let f = self.freq_at(base + j, floor_g(wi, self.k));
+            if t < cum + f || j + 1 == w.len() {
+                return (base + j, cum as u32, f as u32);
+            }
+            cum += f;
+        }
+        unreachable!("a block has at least one symbol")
+    }
+}
+
+/// The fused logits row model with its own scratch: [`load`](Self::load) a row, then ask for
+/// [`range_of`](Self::range_of) a symbol (encoding) or [`find`](Self::find) a target (decoding).
+#[derive(Clone, Debug)]
+pub struct LogitsRowModel {
+    stats: RowStats,
+    scratch: Vec<u32>,
+    path: Path,
+}
+
+impl Default for LogitsRowModel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LogitsRowModel {
+    /// A model on the fastest [`Path`].
+    pub fn new() -> Self {
+        Self::with_path(Path::best())
+    }
+
+    /// A model on a chosen path (falls back to scalar where unavailable).
+    pub fn with_path(path: Path) -> Self {
+        LogitsRowModel { stats: RowStats::default(), scratch: Vec::new(), path: path.checked() }
+    }
+
+    /// Analyses one row (NaN/+inf → `InvalidInput`).
+    pub fn load(&mut self, x: &[f32], precision: u32) -> Result<()> {
+        self.stats.compute(x, precision, self.path, &mut self.scratch)
+    }
+
+    /// The loaded row's statistics.
+    pub fn stats(&self) -> &RowStats {
+        &self.stats
+    }
+
+    /// `(cum_low, freq)` of `symbol`; `x` is the row given to [`load`](Self::load).
+    pub fn range_of(&self, x: &[f32], symbol: usize) -> Result<(u32, u32)> {
+        self.stats.range_of(x, symbol)
+    }
+
+    /// `(symbol, cum_low, freq)` for a decoder target; `x` is the row given to `load`.
+    pub fn find(&self, x: &[f32], target: u32) -> (usize, u32, u32) {
+        self.stats.find(x, target)
+    }
+
+    /// Loads `x` and encodes `symbol` under it.
+    pub fn encode(&mut self, encoder: &mut Encoder, x: &[f32], symbol: usize) -> Result<()> {
+        self.load(x, encoder.precision())?;
+        let (c, f) = self.range_of(x, symbol)?;
+        encoder.encode(c, f)
+    }
+
+    /// Loads `x` and decodes one symbol under it.
+    pub fn decode(&mut self, decoder: &mut Decoder, x: &[f32]) -> Result<usize> {
+        self.load(x, decoder.precision())?;
+        let t = decoder.target()?;
+        let (s, c, f) = self.find(x, t);
+        decoder.advance(c, f)?;
+        Ok(s)
+    }
+}
+
+fn check_rows(x: &[f32], v: usize, precision: u32) -> Result<usize> {
+    check_shape(v, precision)?;
+    if x.len() % v != 0 {
+        return invalid(format!("logits length {} is not a multiple of the row size {v}", x.len()));
+    }
+    Ok(x.len() / v)
+}
+
+/// Encodes `symbols[i]` under the table of logits row `i` (`x` holds `n` rows of `v`), without
+/// materialising tables; rows are analysed in parallel. Returns [`Encoder::finish_bytes`].
+pub fn encode_logits(symbols: &[u32], x: &[f32], v: usize, precision: u32) -> Result<Vec<u8>> {
+    let n = check_rows(x, v, precision)?;
+    if symbols.len() != n {
+        return invalid(format!("{} symbols for {n} rows of logits", symbols.len()));
+    }
+    let path = Path::best();
+    let slices: Vec<(u32, u32)> = x
+        .par_chunks(v)
+        .zip(symbols.par_iter())
+        .map_init(
+            || (RowStats::default(), Vec::new()),
+            |(stats, scratch), (row, &s)| {
+                stats.compute(row, precision, path, scratch)?;
+                stats.range_of(row, s as usize)
+            },
+        )
+        .collect::<Result<_>>()?;
+    let mut enc = Encoder::new(precision)?;
+    for (c, f) in slices {
+        enc.encode(c, f)?;
+    }
+    Ok(enc.finish_bytes())
+}
+
+/// Rows analysed per parallel batch while decoding.
+const DECODE_BATCH: usize = 256;
+
+/// Decodes one symbol per logits row (`x` holds `n` rows of `v`) from bytes written by
+/// [`encode_logits`] (or any encoder using the same tables); checks the stream ends there.
+pub fn decode_logits(bytes: &[u8], x: &[f32], v: usize, precision: u32) -> Result<Vec<u32>> {
+    let n = check_rows(x, v, precision)?;
+    let path = Path::best();
+    let mut dec = Decoder::from_bytes(bytes, precision)?;
+    let mut out = Vec::with_capacity(n);
+    let mut stats: Vec<RowStats> = Vec::new();
+    for batch in x.chunks(DECODE_BATCH * v) {
+        let rows = batch.len() / v;
+        stats.resize_with(rows, RowStats::default);
+        batch
+            .par_chunks(v)
+            .zip(stats.par_iter_mut())
+            .map_init(Vec::new, |scratch, (row, st)| st.compute(row, precision, path, scratch))
+            .collect::<Result<()>>()?;
+        for (row, st) in batch.chunks(v).zip(&stats) {
+            let t = dec.target()?;
+            let (s, c, f) = st.find(row, t);
+            dec.advance(c, f)?;
+            out.push(s as u32);
+        }
+    }
+    dec.finish()?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 11
+    }
+
+    #[test]
+    fn spec_example_rows() {
+        // V = 1: the whole mass on the only symbol.
+        let mut out = [0u32; 1];
+        quantize_row(&[3.5], 24, &mut out).unwrap();
+        assert_eq!(out[0], 1 << 24);
+        // V = 2^P: every entry 1.
+        let mut out = [0u32; 16];
+        quantize_row(&[0.0; 16], 4, &mut out).unwrap();
+        assert!(out.iter().all(|&f| f == 1));
+        // All -inf: uniform, remainder on symbol 0.
+        let mut out = [0u32; 3];
+        quantize_row(&[f32::NEG_INFINITY; 3], 4, &mut out).unwrap();
+        assert_eq!(out, [6, 5, 5]);
+        // NaN and +inf are rejected.
+        assert!(quantize_row(&[0.0, f32::NAN], 4, &mut [0; 2]).is_err());
+        assert!(quantize_row(&[0.0, f32::INFINITY], 4, &mut [0; 2]).is_err());
+    }
+
+    #[test]
+    fn fused_matches_table() {
+        let mut seed = 7u64;
+        for &v in &[1usize, 2, 7, 255, 256, 257, 1000, 5000] {
+            for p in [13u32, 17, 24] {
+                let x: Vec<f32> = (0..v)
+                    .map(|i| match lcg(&mut seed) % 10 {
+                        0 => f32::NEG_INFINITY,
+                        1 => 5.0,
+                        _ => ((lcg(&mut seed) % 4000) as f32 - 3000.0) / 100.0 + i as f32 * 1e-3,
+                    })
+                    .collect();
+                let mut table = vec![0u32; v];
+                quantize_row(&x, p, &mut table).unwrap();
+                let mut model = LogitsRowModel::new();
+                model.load(&x, p).unwrap();
+                let mut cum = 0u32;
+                for (s, &f) in table.iter().enumerate() {
+                    assert_eq!(model.range_of(&x, s).unwrap(), (cum, f));
+                    assert_eq!(model.find(&x, cum), (s, cum, f));
+                    assert_eq!(model.find(&x, cum + f - 1), (s, cum, f));
+                    cum += f;
+                }
+                assert_eq!(cum as u64, 1 << p);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    extern "C" {
+        fn clock_gettime(clk: i32, tp: *mut [i64; 2]) -> i32;
+    }
+    fn cpu() -> f64 {
+        let mut t = [0i64; 2];
+        unsafe { clock_gettime(3, &mut t) };
+        t[0] as f64 + t[1] as f64 * 1e-9
+    }
+    fn time<R>(name: &str, reps: usize, mut f: impl FnMut() -> R) -> R {
+        let t = cpu();
+        let mut r = f();
+        for _ in 1..reps {
+            r = f();
+        }
+        println!("{name}: {:.2} us (thread cpu)", (cpu() - t) / reps as f64 * 1e6);
+        r
+    }
+    #[test]
+    #[ignore]
+    fn pass_timing() {
+        let v = 49152usize;
+        let raw = std::fs::read("/tmp/logits64.f32").unwrap();
+        let x: Vec<f32> = raw[..4 * v].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let mut w = vec![0u32; v];
+        let mut prefix = Vec::new();
+        let reps = 1000;
+        use std::hint::black_box as bb;
+        let m = time("max", reps, || row_max(bb(&x), Path::Avx2).unwrap().unwrap());
+        time("max scalar", reps, || row_max(bb(&x), Path::Scalar).unwrap().unwrap());
+        let s = time("weights", reps, || row_weights(bb(&x), m, &mut w, Path::Avx2));
+        time("first_equal", reps, || row_first_equal(bb(&x), m, Path::Avx2));
+        time("weights scalar", reps / 4, || row_weights(bb(&x), m, &mut w, Path::Scalar));
+        let k = scale_factor((1 << 24) - v as u64, s);
+        time("prefix", reps, || row_block_prefix(bb(&w[..]), k, &mut prefix, Path::Avx2));
+        let mut model = LogitsRowModel::new();
+        time("load+range_of", reps, || { model.load(bb(&x), 24).unwrap(); model.range_of(&x, 1234).unwrap() });
+        time("find", reps, || model.find(&x, 1 << 23));
+    }
+}

@@ -1,0 +1,64 @@
+//! Quick speed check of the matmul kernel on SmolLM2 shapes: `cargo run --release --example matmul_speed`.
+use seqkv_engine::{matmul, Isa, PackedMatrix, WeightDtype};
+#[repr(C)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+extern "C" {
+    fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
+}
+/// Process CPU seconds (robust to other processes sharing the machine).
+fn cpu_now() -> f64 {
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    unsafe { clock_gettime(2, &mut ts) };
+    ts.sec as f64 + ts.nsec as f64 * 1e-9
+}
+
+fn main() {
+    let isa = Isa::detect();
+    println!("isa {:?}, threads {}", isa, rayon::current_num_threads());
+    let shapes = [(576usize, 960usize), (576, 576), (576, 3072), (1536, 576), (576, 49152)];
+    for dtype in [WeightDtype::Bf16, WeightDtype::F32] {
+        let mats: Vec<PackedMatrix> = shapes
+            .iter()
+            .map(|&(k, n)| {
+                let w: Vec<f32> = (0..k * n).map(|i| ((i * 2654435761usize) % 1000) as f32 * 1e-3 - 0.5).collect();
+                PackedMatrix::from_kn(&w, k, n, dtype)
+            })
+            .collect();
+        for rows in [1usize, 8, 64, 256] {
+            let mut macs = 0usize;
+            let mut bytes = 0usize;
+            let reps = if rows >= 64 { 3 } else { 20 };
+            let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; rows * m.n()]).collect();
+            let xs: Vec<Vec<f32>> = mats.iter().map(|m| (0..rows * m.k()).map(|i| (i % 7) as f32 * 0.1).collect()).collect();
+            // one model step = 30 layers of the first four + lm head
+            let t = cpu_now();
+            for _ in 0..reps {
+                for layer in 0..30 {
+                    for i in 0..4 {
+                        matmul(isa, &xs[i], rows, &mats[i], &mut outs[i]);
+                        if layer == 0 {}
+                    }
+                }
+                matmul(isa, &xs[4], rows, &mats[4], &mut outs[4]);
+            }
+            let dt = (cpu_now() - t) / reps as f64 / rayon::current_num_threads() as f64;
+            for i in 0..4 {
+                macs += 30 * rows * mats[i].k() * mats[i].n();
+                bytes += 30 * mats[i].nbytes();
+            }
+            macs += rows * mats[4].k() * mats[4].n();
+            bytes += mats[4].nbytes();
+            println!(
+                "{:?} rows {rows:4}: step {:7.2} ms  {:6.1} GMAC/s  {:5.1} GB/s  {:7.1} tok/s",
+                dtype,
+                dt * 1e3,
+                macs as f64 / dt / 1e9,
+                bytes as f64 / dt / 1e9,
+                rows as f64 / dt
+            );
+        }
+    }
+}

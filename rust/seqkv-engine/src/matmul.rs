@@ -1,0 +1,571 @@
+//! Row-invariant matrix product `out[r, n] = sum_k x[r, k] * w[k, n]`.
+//!
+//! **The definition** (what every code path computes, bit for bit): for each
+//! output element, one fused multiply-add chain over `k = 0, 1, ..., K-1` in
+//! increasing order, starting from `+0.0`:
+//! `acc = fma(x[r, k], w[k, n], acc)`. Nothing else touches the value, so the
+//! result of a row depends only on that row and the weights — not on how many
+//! rows are in the product, where the row sits, which thread computes it, how
+//! the columns are split into tasks, or which instruction set runs.
+//!
+//! Weights are packed once into panels of [`NR`] = 16 columns, `[panel][k][16]`,
+//! in f32 or bf16 (widened exactly to f32 on load). The AVX2 form keeps a tile
+//! of up to 6 rows x 16 columns (or 1 row x 64 columns for decode) of
+//! accumulators in registers, one broadcast of `x[r, k]` per row and one load
+//! of the weight row per k — the per-element chain is the same as the scalar
+//! definition's.
+
+use crate::bf16::{bf16_to_f32, f32_to_bf16};
+use crate::isa::Isa;
+use rayon::prelude::*;
+
+/// Columns per packed panel.
+pub const NR: usize = 16;
+
+/// Where column `j` of a panel's k-row sits in bf16 storage: 32-bit word `i`
+/// holds columns `i` and `i + 8`, so both halves widen with one shift or mask.
+#[inline]
+pub(crate) fn bf16_slot(j: usize) -> usize {
+    if j < 8 { 2 * j } else { 2 * (j - 8) + 1 }
+}
+
+/// Storage type of packed weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightDtype {
+    F32,
+    Bf16,
+}
+
+impl WeightDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::Bf16 => "bf16",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Some(WeightDtype::F32),
+            "bf16" | "bfloat16" => Some(WeightDtype::Bf16),
+            _ => None,
+        }
+    }
+    /// Rounds a value to what this dtype stores (identity for f32).
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            WeightDtype::F32 => x,
+            WeightDtype::Bf16 => crate::bf16::round_to_bf16(x),
+        }
+    }
+    pub fn bytes(self) -> usize {
+        match self {
+            WeightDtype::F32 => 4,
+            WeightDtype::Bf16 => 2,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Buf {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+/// A `[K, N]` weight matrix packed into column panels.
+#[derive(Clone)]
+pub struct PackedMatrix {
+    k: usize,
+    n: usize,
+    panels: usize,
+    buf: Buf,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedMatrix({}x{}, {})", self.k, self.n, self.dtype().name())
+    }
+}
+
+impl PackedMatrix {
+    /// Packs `w` given as `[N][K]` row-major (the layout of a `torch.nn.Linear` weight).
+    pub fn from_nk(w: &[f32], n: usize, k: usize, dtype: WeightDtype) -> Self {
+        assert_eq!(w.len(), n * k, "weight has {} values, expected {n}x{k}", w.len());
+        Self::pack(n, k, dtype, |col, kk| w[col * k + kk])
+    }
+
+    /// Packs `w` given as `[K][N]` row-major.
+    pub fn from_kn(w: &[f32], k: usize, n: usize, dtype: WeightDtype) -> Self {
+        assert_eq!(w.len(), n * k, "weight has {} values, expected {k}x{n}", w.len());
+        Self::pack(n, k, dtype, |col, kk| w[kk * n + col])
+    }
+
+    fn pack(n: usize, k: usize, dtype: WeightDtype, get: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        assert!(n > 0 && k > 0, "empty matrix");
+        let panels = n.div_ceil(NR);
+        let value = |p: usize, kk: usize, j: usize| {
+            let col = p * NR + j;
+            if col < n { get(col, kk) } else { 0.0 }
+        };
+        let buf = match dtype {
+            WeightDtype::F32 => {
+                let mut v = vec![0f32; panels * k * NR];
+                v.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
+                    for kk in 0..k {
+                        for j in 0..NR {
+                            panel[kk * NR + j] = value(p, kk, j);
+                        }
+                    }
+                });
+                Buf::F32(v)
+            }
+            WeightDtype::Bf16 => {
+                let mut v = vec![0u16; panels * k * NR];
+                v.par_chunks_mut(k * NR).enumerate().for_each(|(p, panel)| {
+                    for kk in 0..k {
+                        for j in 0..NR {
+                            panel[kk * NR + bf16_slot(j)] = f32_to_bf16(value(p, kk, j));
+                        }
+                    }
+                });
+                Buf::Bf16(v)
+            }
+        };
+        PackedMatrix { k, n, panels, buf }
+    }
+
+    /// Concatenates matrices with the same K along N (fused projections).
+    pub fn concat_n(parts: &[&PackedMatrix]) -> Self {
+        let k = parts[0].k;
+        let dtype = parts[0].dtype();
+        let n: usize = parts.iter().map(|p| p.n).sum();
+        let mut offsets = Vec::new();
+        let mut acc = 0;
+        for p in parts {
+            assert_eq!(p.k, k, "concat_n: different K");
+            assert_eq!(p.dtype(), dtype, "concat_n: different dtypes");
+            offsets.push(acc);
+            acc += p.n;
+        }
+        let locate = |col: usize| {
+            let i = offsets.partition_point(|&o| o <= col) - 1;
+            (i, col - offsets[i])
+        };
+        Self::pack(n, k, dtype, |col, kk| {
+            let (i, c) = locate(col);
+            parts[i].get(kk, c)
+        })
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn dtype(&self) -> WeightDtype {
+        match self.buf {
+            Buf::F32(_) => WeightDtype::F32,
+            Buf::Bf16(_) => WeightDtype::Bf16,
+        }
+    }
+    /// Bytes of packed storage (what one pass over the matrix reads).
+    pub fn nbytes(&self) -> usize {
+        self.panels * self.k * NR * self.dtype().bytes()
+    }
+
+    /// The stored value of `w[kk, col]` as f32.
+    pub fn get(&self, kk: usize, col: usize) -> f32 {
+        let row = ((col / NR) * self.k + kk) * NR;
+        match &self.buf {
+            Buf::F32(v) => v[row + col % NR],
+            Buf::Bf16(v) => bf16_to_f32(v[row + bf16_slot(col % NR)]),
+        }
+    }
+
+    /// Bytes of the stored matrix in canonical `[K][N]` order, for fingerprints.
+    pub fn canonical_bytes(&self, mut sink: impl FnMut(&[u8])) {
+        let mut row = Vec::with_capacity(self.n * 4);
+        for kk in 0..self.k {
+            row.clear();
+            for col in 0..self.n {
+                match &self.buf {
+                    Buf::F32(_) => row.extend_from_slice(&self.get(kk, col).to_le_bytes()),
+                    Buf::Bf16(v) => {
+                        let idx = ((col / NR) * self.k + kk) * NR + bf16_slot(col % NR);
+                        row.extend_from_slice(&v[idx].to_le_bytes())
+                    }
+                }
+            }
+            sink(&row);
+        }
+    }
+}
+
+/// `out[rows, n] = x[rows, k] @ w` (see the module docs for the exact definition).
+///
+/// `x` holds `rows * w.k()` values, `out` at least `rows * w.n()`.
+pub fn matmul(isa: Isa, x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
+    assert!(x.len() >= rows * w.k, "matmul: x too short");
+    assert!(out.len() >= rows * w.n, "matmul: out too short");
+    if rows == 0 {
+        return;
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma if Isa::Avx2Fma.available() => avx2::matmul(x, rows, w, out),
+        _ => scalar_matmul(x, rows, w, out),
+    }
+}
+
+/// The reference definition, used on machines without AVX2+FMA.
+fn scalar_matmul(x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
+    let (k, n) = (w.k, w.n);
+    out[..rows * n].par_chunks_mut(n).enumerate().for_each(|(r, orow)| {
+        let xr = &x[r * k..(r + 1) * k];
+        let mut acc = [0f32; NR];
+        for p in 0..w.panels {
+            acc.fill(0.0);
+            match &w.buf {
+                Buf::F32(v) => {
+                    let panel = &v[p * k * NR..(p + 1) * k * NR];
+                    for kk in 0..k {
+                        let xv = xr[kk];
+                        for j in 0..NR {
+                            acc[j] = xv.mul_add(panel[kk * NR + j], acc[j]);
+                        }
+                    }
+                }
+                Buf::Bf16(v) => {
+                    let panel = &v[p * k * NR..(p + 1) * k * NR];
+                    for kk in 0..k {
+                        let xv = xr[kk];
+                        for j in 0..NR {
+                            acc[j] = xv.mul_add(bf16_to_f32(panel[kk * NR + bf16_slot(j)]), acc[j]);
+                        }
+                    }
+                }
+            }
+            let c0 = p * NR;
+            let valid = (n - c0).min(NR);
+            orow[c0..c0 + valid].copy_from_slice(&acc[..valid]);
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    struct Ptrs {
+        x: *const f32,
+        w: *const u8,
+        out: *mut f32,
+    }
+    unsafe impl Send for Ptrs {}
+    unsafe impl Sync for Ptrs {}
+
+    /// Loads one k-row of a panel (16 weights) as two f32 vectors: columns 0..8 and 8..16.
+    /// bf16 rows are stored so that 32-bit word `i` holds columns `i` (low half) and
+    /// `i + 8` (high half): one load, one shift and one mask widen them exactly.
+    #[inline(always)]
+    unsafe fn load16<const BF: bool>(w: *const u8, idx: usize) -> (__m256, __m256) {
+        if BF {
+            let v = _mm256_loadu_si256((w as *const u16).add(idx) as *const __m256i);
+            let lo = _mm256_slli_epi32::<16>(v);
+            let hi = _mm256_and_si256(v, _mm256_set1_epi32(0xffff0000u32 as i32));
+            (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi))
+        } else {
+            let p = (w as *const f32).add(idx);
+            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+        }
+    }
+
+    /// Stores a row of 16 accumulators, or its first `ncols`.
+    #[inline(always)]
+    unsafe fn store16(dst: *mut f32, a: __m256, b: __m256, ncols: usize) {
+        if ncols >= NR {
+            _mm256_storeu_ps(dst, a);
+            _mm256_storeu_ps(dst.add(8), b);
+        } else {
+            let mut tmp = [0f32; NR];
+            _mm256_storeu_ps(tmp.as_mut_ptr(), a);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), b);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, ncols);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load_acc(src: *const f32, ncols: usize) -> (__m256, __m256) {
+        if ncols >= NR {
+            (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)))
+        } else {
+            let mut tmp = [0f32; NR];
+            std::ptr::copy_nonoverlapping(src, tmp.as_mut_ptr(), ncols);
+            (_mm256_loadu_ps(tmp.as_ptr()), _mm256_loadu_ps(tmp.as_ptr().add(8)))
+        }
+    }
+
+    /// Few-row tile straight from the packed weights (decode): `MR` rows x `NP`
+    /// panels, full K. `w0` is the element index of the first panel's start.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_direct<const BF: bool, const MR: usize, const NP: usize>(
+        k: usize,
+        x: *const f32,
+        ldx: usize,
+        w: *const u8,
+        w0: usize,
+        out: *mut f32,
+        ldo: usize,
+        ncols: usize,
+    ) {
+        let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
+        let pstride = k * NR;
+        for kk in 0..k {
+            let mut wv = [[_mm256_setzero_ps(); 2]; NP];
+            for p in 0..NP {
+                let (a, b) = load16::<BF>(w, w0 + p * pstride + kk * NR);
+                wv[p] = [a, b];
+            }
+            for r in 0..MR {
+                let xb = _mm256_broadcast_ss(&*x.add(r * ldx + kk));
+                for p in 0..NP {
+                    acc[r][p][0] = _mm256_fmadd_ps(xb, wv[p][0], acc[r][p][0]);
+                    acc[r][p][1] = _mm256_fmadd_ps(xb, wv[p][1], acc[r][p][1]);
+                }
+            }
+        }
+        for r in 0..MR {
+            for p in 0..NP {
+                let c = p * NR;
+                if c < ncols {
+                    store16(out.add(r * ldo + c), acc[r][p][0], acc[r][p][1], ncols - c);
+                }
+            }
+        }
+    }
+
+    /// Many-row tile over one K block: `MR` rows of packed x (`[k][MR]`) times one
+    /// f32 panel block (`[k][16]`), continuing the accumulators stored in `out`
+    /// unless `first`. Storing and reloading an f32 is exact, so the chain per
+    /// output is the same as in one pass over K.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_block<const MR: usize>(
+        kc: usize,
+        xp: *const f32,
+        wf: *const f32,
+        out: *mut f32,
+        ldo: usize,
+        ncols: usize,
+        first: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        if !first {
+            for r in 0..MR {
+                let (a, b) = load_acc(out.add(r * ldo), ncols);
+                acc[r] = [a, b];
+            }
+        }
+        for kk in 0..kc {
+            let w0 = _mm256_loadu_ps(wf.add(kk * NR));
+            let w1 = _mm256_loadu_ps(wf.add(kk * NR + 8));
+            for r in 0..MR {
+                let xb = _mm256_broadcast_ss(&*xp.add(kk * MR + r));
+                acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+            }
+        }
+        for r in 0..MR {
+            store16(out.add(r * ldo), acc[r][0], acc[r][1], ncols);
+        }
+    }
+
+    /// Rows `[r0, r1)` x panels `[p0, p1)` for few rows (at most 4): straight from memory.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_direct<const BF: bool>(ptr: Ptrs, k: usize, n: usize, rows: (usize, usize), panels: (usize, usize)) {
+        let (r0, r1) = rows;
+        let m = r1 - r0;
+        let x = ptr.x.add(r0 * k);
+        let mut p = panels.0;
+        while p < panels.1 {
+            let left = panels.1 - p;
+            let out = ptr.out.add(r0 * n + p * NR);
+            let ncols = n - p * NR;
+            let w0 = p * k * NR;
+            macro_rules! go {
+                ($mr:literal, $np:literal) => {{
+                    tile_direct::<BF, $mr, $np>(k, x, k, ptr.w, w0, out, n, ncols);
+                    p += $np;
+                }};
+            }
+            match (m, left) {
+                (1, 4..) => go!(1, 4),
+                (1, _) => go!(1, 1),
+                (2, 2..) => go!(2, 2),
+                (2, _) => go!(2, 1),
+                (3, 2..) => go!(3, 2),
+                (3, _) => go!(3, 1),
+                _ => go!(4, 1),
+            }
+        }
+    }
+
+    /// K block length of the many-row path (fits a 16-column f32 panel block in L1).
+    const KC: usize = 256;
+
+    /// Rows `[r0, r1)` x panels `[p0, p1)` for many rows: x packed per 6-row tile,
+    /// each panel's K block widened to f32 once and reused by every row tile.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_packed<const BF: bool>(ptr: Ptrs, k: usize, n: usize, rows: (usize, usize), panels: (usize, usize)) {
+        let (r0, r1) = rows;
+        let m = r1 - r0;
+        // Pack x: tile t holds rows r0+6t.. as [k][mr].
+        let mut xp = vec![0f32; m * k];
+        // Balanced tiles of at most 6 rows (8 rows -> 4 + 4, not 6 + 2).
+        let n_tiles = m.div_ceil(6);
+        let tile_rows = |t: usize| m / n_tiles + usize::from(t < m % n_tiles);
+        let mut t0 = 0;
+        for t in 0..n_tiles {
+            let mr = tile_rows(t);
+            let base = t0 * k;
+            for kk in 0..k {
+                for r in 0..mr {
+                    xp[base + kk * mr + r] = *ptr.x.add((r0 + t0 + r) * k + kk);
+                }
+            }
+            t0 += mr;
+        }
+        debug_assert_eq!(t0, m);
+        let mut wf = [0f32; KC * NR];
+        let n_kb = k.div_ceil(KC);
+        for kb in 0..n_kb {
+            let k0 = kb * KC;
+            let kc = (k - k0).min(KC);
+            for p in panels.0..panels.1 {
+                let src = p * k * NR + k0 * NR;
+                let wblock: *const f32 = if BF {
+                    for kk in 0..kc {
+                        let (a, b) = load16::<true>(ptr.w, src + kk * NR);
+                        _mm256_storeu_ps(wf.as_mut_ptr().add(kk * NR), a);
+                        _mm256_storeu_ps(wf.as_mut_ptr().add(kk * NR + 8), b);
+                    }
+                    wf.as_ptr()
+                } else {
+                    (ptr.w as *const f32).add(src)
+                };
+                let ncols = n - p * NR;
+                let mut t0 = 0;
+                for t in 0..n_tiles {
+                    let mr = tile_rows(t);
+                    let xt = xp.as_ptr().add(t0 * k + k0 * mr);
+                    let out = ptr.out.add((r0 + t0) * n + p * NR);
+                    let first = kb == 0;
+                    match mr {
+                        6 => tile_block::<6>(kc, xt, wblock, out, n, ncols, first),
+                        5 => tile_block::<5>(kc, xt, wblock, out, n, ncols, first),
+                        4 => tile_block::<4>(kc, xt, wblock, out, n, ncols, first),
+                        3 => tile_block::<3>(kc, xt, wblock, out, n, ncols, first),
+                        2 => tile_block::<2>(kc, xt, wblock, out, n, ncols, first),
+                        _ => tile_block::<1>(kc, xt, wblock, out, n, ncols, first),
+                    }
+                    t0 += mr;
+                }
+            }
+        }
+    }
+
+    pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
+        let (k, n, panels) = (w.k, w.n, w.panels);
+        let (wp, bf) = match &w.buf {
+            Buf::F32(v) => (v.as_ptr() as *const u8, false),
+            Buf::Bf16(v) => (v.as_ptr() as *const u8, true),
+        };
+        let ptr = Ptrs { x: x.as_ptr(), w: wp, out: out.as_mut_ptr() };
+        // Task plan: row blocks whose x fits in L2, panel chunks so that there are
+        // several tasks per thread. The plan never changes any output's arithmetic.
+        let direct = rows <= 4;
+        let rb = if direct { rows } else { ((98304 / k).max(6) / 6 * 6).min(rows) };
+        let n_rb = rows.div_ceil(rb);
+        let threads = rayon::current_num_threads().max(1);
+        let want = 4 * threads;
+        let n_pc_target = want.div_ceil(n_rb).max(1);
+        let mut pc = panels.div_ceil(n_pc_target).max(1);
+        if direct {
+            pc = pc.div_ceil(4) * 4;
+        }
+        let n_pc = panels.div_ceil(pc);
+        let run = move |t: usize| {
+            let (bi, ci) = (t / n_pc, t % n_pc);
+            let rows = (bi * rb, ((bi + 1) * rb).min(rows));
+            let pans = (ci * pc, ((ci + 1) * pc).min(panels));
+            // SAFETY: tasks write disjoint (row, column) blocks of `out`; AVX2+FMA
+            // availability was checked by the caller.
+            unsafe {
+                match (direct, bf) {
+                    (true, true) => block_direct::<true>(ptr, k, n, rows, pans),
+                    (true, false) => block_direct::<false>(ptr, k, n, rows, pans),
+                    (false, true) => block_packed::<true>(ptr, k, n, rows, pans),
+                    (false, false) => block_packed::<false>(ptr, k, n, rows, pans),
+                }
+            }
+        };
+        let tasks = n_rb * n_pc;
+        let work = rows * panels * NR * k;
+        if tasks == 1 || work < (1 << 16) {
+            (0..tasks).for_each(run);
+        } else {
+            (0..tasks).into_par_iter().for_each(run);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn matches_f64_reference() {
+        let mut s = 7u64;
+        let (k, n, rows) = (37, 45, 9);
+        let w: Vec<f32> = (0..k * n).map(|_| lcg(&mut s)).collect();
+        let x: Vec<f32> = (0..rows * k).map(|_| lcg(&mut s)).collect();
+        let pm = PackedMatrix::from_kn(&w, k, n, WeightDtype::F32);
+        for isa in [Isa::Scalar, Isa::detect()] {
+            let mut out = vec![0f32; rows * n];
+            matmul(isa, &x, rows, &pm, &mut out);
+            for r in 0..rows {
+                for c in 0..n {
+                    let want: f64 = (0..k).map(|kk| x[r * k + kk] as f64 * w[kk * n + c] as f64).sum();
+                    assert!((out[r * n + c] as f64 - want).abs() < 1e-4);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn concat_is_columnwise() {
+        let mut s = 3u64;
+        let a: Vec<f32> = (0..5 * 7).map(|_| lcg(&mut s)).collect();
+        let b: Vec<f32> = (0..5 * 20).map(|_| lcg(&mut s)).collect();
+        let pa = PackedMatrix::from_nk(&a, 7, 5, WeightDtype::Bf16);
+        let pb = PackedMatrix::from_nk(&b, 20, 5, WeightDtype::Bf16);
+        let pc = PackedMatrix::concat_n(&[&pa, &pb]);
+        assert_eq!(pc.n(), 27);
+        for kk in 0..5 {
+            for c in 0..7 {
+                assert_eq!(pc.get(kk, c), pa.get(kk, c));
+            }
+            for c in 0..20 {
+                assert_eq!(pc.get(kk, 7 + c), pb.get(kk, c));
+            }
+        }
+    }
+}

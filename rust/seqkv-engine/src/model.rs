@@ -1,0 +1,524 @@
+//! A Llama-family decoder whose per-token results do not depend on batching.
+//!
+//! Every operation is row-local (matmul, RMSNorm, RoPE, SiLU, residual adds)
+//! or, for attention, reads only the query's own sequence's stored keys and
+//! values `0..=pos` in a fixed order. So a token's hidden states, its KV and
+//! its logits are the same bits whether it is computed in one prefill, in any
+//! chunking of it, in single steps, alone or beside other sequences.
+
+use crate::bf16::{bf16_to_f32, f32_to_bf16};
+use crate::isa::Isa;
+use crate::kv::{KvDtype, KvLayout, Sequence};
+use crate::matmul::{matmul, PackedMatrix, WeightDtype};
+use crate::math::sincos;
+use crate::ops::{self, KvView};
+use crate::EngineError;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Architecture of the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    /// RoPE inverse frequencies, `head_dim / 2` values (Hugging Face `rotary_emb.inv_freq`).
+    pub rope_inv_freq: Vec<f32>,
+    /// Factor applied to cos and sin (`rotary_emb.attention_scaling`, 1 for plain RoPE).
+    pub rope_attention_scaling: f32,
+    /// Scale of attention scores (`head_dim ** -0.5` for Llama).
+    pub attention_scale: f32,
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), EngineError> {
+        let bad = |m: &str| Err(EngineError::InvalidInput(m.to_string()));
+        if self.vocab_size == 0 || self.hidden_size == 0 || self.intermediate_size == 0 || self.num_layers == 0 {
+            return bad("config: sizes must be positive");
+        }
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+            return bad("config: num_heads must be a positive multiple of num_kv_heads");
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return bad("config: head_dim must be even");
+        }
+        if self.rope_inv_freq.len() != self.head_dim / 2 {
+            return bad("config: rope_inv_freq must have head_dim / 2 values");
+        }
+        Ok(())
+    }
+}
+
+struct Layer {
+    input_norm: Vec<f32>,
+    wqkv: PackedMatrix,
+    bqkv: Option<Vec<f32>>,
+    wo: PackedMatrix,
+    bo: Option<Vec<f32>>,
+    post_norm: Vec<f32>,
+    /// gate and up fused: columns `[0, I)` gate, `[I, 2I)` up.
+    wgu: PackedMatrix,
+    bgu: Option<Vec<f32>>,
+    wdown: PackedMatrix,
+    bdown: Option<Vec<f32>>,
+}
+
+enum Table {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+/// Which rows' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Every input token's next-token logits.
+    All,
+    /// Only the last token of each sequence.
+    Last,
+    /// No logits (KV only).
+    None,
+}
+
+/// The weights, in the engine's layout; immutable and shared between threads.
+pub struct Model {
+    id: u64,
+    cfg: Config,
+    dtype: WeightDtype,
+    kv: KvLayout,
+    embed: Table,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+    lm_head: PackedMatrix,
+    /// Largest number of rows one internal pass computes (memory bound; no effect on results).
+    pub max_rows: usize,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Row pointers shared with worker threads; every task touches disjoint rows.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+struct PagePtrs(Vec<Vec<(*const u8, *const u8)>>);
+unsafe impl Send for PagePtrs {}
+unsafe impl Sync for PagePtrs {}
+
+impl Model {
+    /// Builds a model from named f32 tensors (row-major), rounding them to `dtype`.
+    ///
+    /// Names: `embed` `[V, H]`, `lm_head` `[V, H]` (absent = tied to `embed`), `norm` `[H]`,
+    /// and per layer `layers.{i}.` + `input_norm` `[H]`, `q` `[nh*hd, H]`, `k`, `v` `[nkv*hd, H]`,
+    /// `o` `[H, nh*hd]`, `post_norm` `[H]`, `gate`, `up` `[I, H]`, `down` `[H, I]`, and
+    /// optional biases `q_bias`, `k_bias`, `v_bias`, `o_bias`, `gate_bias`, `up_bias`, `down_bias`.
+    pub fn new<'a>(
+        cfg: Config,
+        get: &(dyn Fn(&str) -> Option<&'a [f32]> + Sync),
+        dtype: WeightDtype,
+        kv_dtype: KvDtype,
+        page_tokens: usize,
+    ) -> Result<Model, EngineError> {
+        cfg.validate()?;
+        if page_tokens == 0 {
+            return Err(EngineError::InvalidInput("page_tokens must be positive".into()));
+        }
+        let (h, i_sz, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let fetch = |name: &str, len: usize| -> Result<&'a [f32], EngineError> {
+            let t = get(name).ok_or_else(|| EngineError::InvalidInput(format!("missing tensor {name}")))?;
+            if t.len() != len {
+                return Err(EngineError::InvalidInput(format!("tensor {name} has {} values, expected {len}", t.len())));
+            }
+            Ok(t)
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>, EngineError> {
+            Ok(fetch(name, len)?.iter().map(|&x| dtype.round(x)).collect())
+        };
+        let opt_vector = |name: &str, len: usize| -> Result<Option<Vec<f32>>, EngineError> {
+            match get(name) {
+                None => Ok(None),
+                Some(_) => vector(name, len).map(Some),
+            }
+        };
+        let mat = |name: &str, n: usize, k: usize| -> Result<PackedMatrix, EngineError> {
+            Ok(PackedMatrix::from_nk(fetch(name, n * k)?, n, k, dtype))
+        };
+        let cat_bias = |parts: &[Option<Vec<f32>>], lens: &[usize]| -> Option<Vec<f32>> {
+            if parts.iter().all(|p| p.is_none()) {
+                return None;
+            }
+            let mut out = Vec::new();
+            for (p, &l) in parts.iter().zip(lens) {
+                match p {
+                    Some(v) => out.extend_from_slice(v),
+                    None => out.extend(std::iter::repeat(0.0).take(l)),
+                }
+            }
+            Some(out)
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = |s: &str| format!("layers.{l}.{s}");
+            let (q, k, v) = (mat(&p("q"), nq, h)?, mat(&p("k"), nkv, h)?, mat(&p("v"), nkv, h)?);
+            let wqkv = PackedMatrix::concat_n(&[&q, &k, &v]);
+            drop((q, k, v));
+            let bqkv = cat_bias(
+                &[opt_vector(&p("q_bias"), nq)?, opt_vector(&p("k_bias"), nkv)?, opt_vector(&p("v_bias"), nkv)?],
+                &[nq, nkv, nkv],
+            );
+            let (g, u) = (mat(&p("gate"), i_sz, h)?, mat(&p("up"), i_sz, h)?);
+            let wgu = PackedMatrix::concat_n(&[&g, &u]);
+            drop((g, u));
+            let bgu = cat_bias(&[opt_vector(&p("gate_bias"), i_sz)?, opt_vector(&p("up_bias"), i_sz)?], &[i_sz, i_sz]);
+            layers.push(Layer {
+                input_norm: vector(&p("input_norm"), h)?,
+                wqkv,
+                bqkv,
+                wo: mat(&p("o"), h, nq)?,
+                bo: opt_vector(&p("o_bias"), h)?,
+                post_norm: vector(&p("post_norm"), h)?,
+                wgu,
+                bgu,
+                wdown: mat(&p("down"), h, i_sz)?,
+                bdown: opt_vector(&p("down_bias"), h)?,
+            });
+        }
+        let embed_f = fetch("embed", cfg.vocab_size * h)?;
+        let embed = match dtype {
+            WeightDtype::F32 => Table::F32(embed_f.to_vec()),
+            WeightDtype::Bf16 => Table::Bf16(embed_f.par_iter().map(|&x| f32_to_bf16(x)).collect()),
+        };
+        let lm_head = match get("lm_head") {
+            Some(_) => mat("lm_head", cfg.vocab_size, h)?,
+            None => PackedMatrix::from_nk(embed_f, cfg.vocab_size, h, dtype),
+        };
+        let kv = KvLayout { layers: cfg.num_layers, kv_heads: cfg.num_kv_heads, head_dim: hd, page_tokens, dtype: kv_dtype };
+        Ok(Model {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            final_norm: vector("norm", h)?,
+            cfg,
+            dtype,
+            kv,
+            embed,
+            layers,
+            lm_head,
+            max_rows: 512,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn dtype(&self) -> WeightDtype {
+        self.dtype
+    }
+    pub fn kv_layout(&self) -> &KvLayout {
+        &self.kv
+    }
+
+    /// Bytes of weights one decode step reads (all matrices plus one embedding row).
+    pub fn step_weight_bytes(&self) -> usize {
+        let mut b = self.lm_head.nbytes() + self.cfg.hidden_size * self.dtype.bytes();
+        for l in &self.layers {
+            b += l.wqkv.nbytes() + l.wo.nbytes() + l.wgu.nbytes() + l.wdown.nbytes();
+            b += (l.input_norm.len() + l.post_norm.len()) * 4;
+        }
+        b
+    }
+
+    /// Feeds canonical bytes of every weight (as stored) to `sink`, for fingerprints.
+    pub fn weight_bytes(&self, mut sink: impl FnMut(&[u8])) {
+        let f32s = |v: &[f32], sink: &mut dyn FnMut(&[u8])| {
+            let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            sink(&b);
+        };
+        match &self.embed {
+            Table::F32(v) => f32s(v, &mut sink),
+            Table::Bf16(v) => sink(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()),
+        }
+        for l in &self.layers {
+            f32s(&l.input_norm, &mut sink);
+            l.wqkv.canonical_bytes(&mut sink);
+            if let Some(b) = &l.bqkv {
+                f32s(b, &mut sink);
+            }
+            l.wo.canonical_bytes(&mut sink);
+            if let Some(b) = &l.bo {
+                f32s(b, &mut sink);
+            }
+            f32s(&l.post_norm, &mut sink);
+            l.wgu.canonical_bytes(&mut sink);
+            if let Some(b) = &l.bgu {
+                f32s(b, &mut sink);
+            }
+            l.wdown.canonical_bytes(&mut sink);
+            if let Some(b) = &l.bdown {
+                f32s(b, &mut sink);
+            }
+        }
+        f32s(&self.final_norm, &mut sink);
+        self.lm_head.canonical_bytes(&mut sink);
+    }
+
+    /// A new, empty sequence of this model.
+    pub fn new_sequence(&self) -> Sequence {
+        Sequence::new(self.id)
+    }
+
+    /// Whether `seq` was created by this model.
+    pub fn owns(&self, seq: &Sequence) -> bool {
+        seq.owner == self.id
+    }
+
+    /// Runs `tokens[i]` through sequence `seqs[i]` (appending their KV) and
+    /// returns the selected rows of logits, `[rows][vocab]` in input order.
+    pub fn forward(
+        &self,
+        isa: Isa,
+        seqs: &mut [&mut Sequence],
+        tokens: &[&[u32]],
+        logits: Logits,
+    ) -> Result<Vec<f32>, EngineError> {
+        if seqs.len() != tokens.len() {
+            return Err(EngineError::InvalidInput("one token list per sequence is required".into()));
+        }
+        for (s, t) in seqs.iter().zip(tokens) {
+            if !self.owns(s) {
+                return Err(EngineError::InvalidInput("sequence belongs to another engine".into()));
+            }
+            if let Some(&bad) = t.iter().find(|&&x| x as usize >= self.cfg.vocab_size) {
+                return Err(EngineError::InvalidInput(format!(
+                    "token id {bad} out of range for vocab size {}",
+                    self.cfg.vocab_size
+                )));
+            }
+        }
+        let total: usize = tokens.iter().map(|t| t.len()).sum();
+        if total <= self.max_rows {
+            return Ok(self.forward_pass(isa, seqs, tokens, logits));
+        }
+        // Too many rows for one pass: process each sequence in pieces. Row
+        // invariance makes this give exactly the bits of a single pass.
+        let mut out = Vec::new();
+        for (s, t) in seqs.iter_mut().zip(tokens) {
+            let pieces: Vec<&[u32]> = t.chunks(self.max_rows).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                let sel = match logits {
+                    Logits::Last if i + 1 < pieces.len() => Logits::None,
+                    other => other,
+                };
+                out.extend(self.forward_pass(isa, &mut [&mut **s], &[piece], sel));
+            }
+        }
+        Ok(out)
+    }
+
+    fn forward_pass(&self, isa: Isa, seqs: &mut [&mut Sequence], tokens: &[&[u32]], logits: Logits) -> Vec<f32> {
+        let cfg = &self.cfg;
+        let (h, isz, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+        let (nq, nk) = (nh * hd, nkv * hd);
+        let qkv_w = nq + 2 * nk;
+        let half = hd / 2;
+        let rows: usize = tokens.iter().map(|t| t.len()).sum();
+        if rows == 0 {
+            return Vec::new();
+        }
+        // Row bookkeeping: sequence index and absolute position of each row.
+        let mut row_seq = Vec::with_capacity(rows);
+        let mut row_pos = Vec::with_capacity(rows);
+        let mut row_tok = Vec::with_capacity(rows);
+        for (i, (s, t)) in seqs.iter_mut().zip(tokens).enumerate() {
+            for (j, &tok) in t.iter().enumerate() {
+                row_seq.push(i);
+                row_pos.push(s.len + j);
+                row_tok.push(tok);
+            }
+            let new_len = s.len + t.len();
+            s.reserve(new_len, &self.kv);
+        }
+        let par = rows > 1;
+
+        // Embeddings.
+        let mut x = vec![0f32; rows * h];
+        for (r, &tok) in row_tok.iter().enumerate() {
+            let dst = &mut x[r * h..(r + 1) * h];
+            match &self.embed {
+                Table::F32(v) => dst.copy_from_slice(&v[tok as usize * h..(tok as usize + 1) * h]),
+                Table::Bf16(v) => {
+                    for (d, &b) in dst.iter_mut().zip(&v[tok as usize * h..(tok as usize + 1) * h]) {
+                        *d = bf16_to_f32(b);
+                    }
+                }
+            }
+        }
+        // RoPE tables per row: angle = f32(pos * inv_freq[i]), cos/sin in f64 rounded to f32.
+        let mut cos = vec![0f32; rows * half];
+        let mut sin = vec![0f32; rows * half];
+        for r in 0..rows {
+            let p = row_pos[r] as f32;
+            for i in 0..half {
+                let angle = p * cfg.rope_inv_freq[i];
+                let (s, c) = sincos(angle as f64);
+                cos[r * half + i] = (c as f32) * cfg.rope_attention_scaling;
+                sin[r * half + i] = (s as f32) * cfg.rope_attention_scaling;
+            }
+        }
+
+        let mut xn = vec![0f32; rows * h];
+        let mut qkv = vec![0f32; rows * qkv_w];
+        let mut attn = vec![0f32; rows * nq];
+        let mut proj = vec![0f32; rows * h];
+        let mut gu = vec![0f32; rows * 2 * isz];
+        let mut act = vec![0f32; rows * isz];
+        let tasks: Vec<(usize, usize)> = (0..rows).flat_map(|r| (0..nh).map(move |hh| (r, hh))).collect();
+        let group = nh / nkv;
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            norm_rows(isa, &x, &layer.input_norm, cfg.rms_norm_eps, &mut xn, h, par);
+            matmul(isa, &xn, rows, &layer.wqkv, &mut qkv);
+            add_bias(&mut qkv, layer.bqkv.as_deref(), qkv_w);
+            // RoPE on q and k heads.
+            let rope_row = |(r, row): (usize, &mut [f32])| {
+                let (c, s) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
+                for head in 0..nh + nkv {
+                    ops::rope(&mut row[head * hd..(head + 1) * hd], c, s);
+                }
+            };
+            if par {
+                qkv.par_chunks_mut(qkv_w).enumerate().for_each(rope_row);
+            } else {
+                qkv.chunks_mut(qkv_w).enumerate().for_each(rope_row);
+            }
+            // Store K and V (rounded to the KV dtype) before any query reads them.
+            for r in 0..rows {
+                let row = &qkv[r * qkv_w..(r + 1) * qkv_w];
+                seqs[row_seq[r]].write(&self.kv, li, row_pos[r], &row[nq..nq + nk], &row[nq + nk..]);
+            }
+            // Attention: one task per (row, head), reading that row's own sequence.
+            let ptrs = PagePtrs(
+                seqs.iter()
+                    .flat_map(|s| {
+                        (0..nkv).map(move |g| {
+                            s.pages
+                                .iter()
+                                .map(|pg| {
+                                    let base = pg.ptr();
+                                    let eb = pg.elem_bytes();
+                                    let ko = (self.kv.offset(li, 0, 0) + g * hd) * eb;
+                                    let vo = (self.kv.offset(li, 1, 0) + g * hd) * eb;
+                                    unsafe { (base.add(ko), base.add(vo)) }
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect(),
+            );
+            let attn_ptr = SyncPtr(attn.as_mut_ptr());
+            let bf = self.kv.dtype == KvDtype::Bf16;
+            let kv = &self.kv;
+            let (qkv_ref, row_seq_ref, row_pos_ref, ptrs_ref) = (&qkv, &row_seq, &row_pos, &ptrs);
+            let run = move |scratch: &mut Vec<f32>, &(r, hh): &(usize, usize)| {
+                let g = hh / group;
+                let view = KvView {
+                    pages: &ptrs_ref.0[row_seq_ref[r] * nkv + g],
+                    page_tokens: kv.page_tokens,
+                    stride: nk,
+                    head_dim: hd,
+                    bf16: bf,
+                };
+                let q = &qkv_ref[r * qkv_w + hh * hd..r * qkv_w + (hh + 1) * hd];
+                // SAFETY: each task writes its own (row, head) slice of `attn`.
+                let out = unsafe { std::slice::from_raw_parts_mut(attn_ptr.get().add(r * nq + hh * hd), hd) };
+                ops::attend(isa, q, &view, row_pos_ref[r] + 1, cfg.attention_scale, scratch, out);
+            };
+            if tasks.len() > 1 {
+                tasks.par_iter().for_each_init(Vec::new, run);
+            } else {
+                let mut scratch = Vec::new();
+                tasks.iter().for_each(|t| run(&mut scratch, t));
+            }
+            matmul(isa, &attn, rows, &layer.wo, &mut proj);
+            add_bias(&mut proj, layer.bo.as_deref(), h);
+            add_rows(&mut x, &proj);
+            // MLP.
+            norm_rows(isa, &x, &layer.post_norm, cfg.rms_norm_eps, &mut xn, h, par);
+            matmul(isa, &xn, rows, &layer.wgu, &mut gu);
+            add_bias(&mut gu, layer.bgu.as_deref(), 2 * isz);
+            let silu_row = |(a, g): (&mut [f32], &[f32])| ops::silu_mul(isa, &g[..isz], &g[isz..], a);
+            if par {
+                act.par_chunks_mut(isz).zip(gu.par_chunks(2 * isz)).for_each(silu_row);
+            } else {
+                act.chunks_mut(isz).zip(gu.chunks(2 * isz)).for_each(silu_row);
+            }
+            matmul(isa, &act, rows, &layer.wdown, &mut proj);
+            add_bias(&mut proj, layer.bdown.as_deref(), h);
+            add_rows(&mut x, &proj);
+        }
+        for (s, t) in seqs.iter_mut().zip(tokens) {
+            s.len += t.len();
+        }
+
+        // Logits of the selected rows.
+        let sel: Vec<usize> = match logits {
+            Logits::None => Vec::new(),
+            Logits::All => (0..rows).collect(),
+            Logits::Last => {
+                let mut v = Vec::new();
+                let mut end = 0;
+                for t in tokens {
+                    end += t.len();
+                    if !t.is_empty() {
+                        v.push(end - 1);
+                    }
+                }
+                v
+            }
+        };
+        if sel.is_empty() {
+            return Vec::new();
+        }
+        let xs: Vec<f32> = if sel.len() == rows { x } else { sel.iter().flat_map(|&r| x[r * h..(r + 1) * h].to_vec()).collect() };
+        let mut xsn = vec![0f32; sel.len() * h];
+        norm_rows(isa, &xs, &self.final_norm, cfg.rms_norm_eps, &mut xsn, h, sel.len() > 1);
+        let mut out = vec![0f32; sel.len() * cfg.vocab_size];
+        matmul(isa, &xsn, sel.len(), &self.lm_head, &mut out);
+        out
+    }
+}
+
+fn norm_rows(isa: Isa, x: &[f32], w: &[f32], eps: f32, out: &mut [f32], h: usize, par: bool) {
+    let f = |(o, xr): (&mut [f32], &[f32])| ops::rmsnorm(isa, xr, w, eps, o);
+    if par {
+        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(f);
+    } else {
+        out.chunks_mut(h).zip(x.chunks(h)).for_each(f);
+    }
+}
+
+fn add_bias(y: &mut [f32], b: Option<&[f32]>, width: usize) {
+    if let Some(b) = b {
+        for row in y.chunks_mut(width) {
+            for (v, &bb) in row.iter_mut().zip(b) {
+                *v += bb;
+            }
+        }
+    }
+}
+
+fn add_rows(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}

@@ -1,0 +1,176 @@
+//! Whole-model invariance on a small random Llama: every schedule, every batch
+//! composition and every ISA gives the same logits and KV bits.
+
+use proptest::prelude::*;
+use seqkv_engine::{Config, Isa, KvDtype, Logits, Model, Sequence, WeightDtype};
+use std::collections::HashMap;
+
+fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn tiny(dtype: WeightDtype, kv: KvDtype, page_tokens: usize) -> Model {
+    let (v, h, i, layers, nh, nkv, hd) = (97usize, 48usize, 80usize, 2usize, 4usize, 2usize, 16usize);
+    let cfg = Config {
+        vocab_size: v,
+        hidden_size: h,
+        intermediate_size: i,
+        num_layers: layers,
+        num_heads: nh,
+        num_kv_heads: nkv,
+        head_dim: hd,
+        rms_norm_eps: 1e-5,
+        rope_inv_freq: (0..hd / 2).map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / hd as f32)).collect(),
+        rope_attention_scaling: 1.0,
+        attention_scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let mut t: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut seed = 1u64;
+    let mut add = |name: String, n: usize, scale: f32, offset: f32| {
+        seed += 1;
+        t.insert(name, values(seed, n, scale).into_iter().map(|x| x + offset).collect());
+    };
+    add("embed".into(), v * h, 1.0, 0.0);
+    add("norm".into(), h, 0.1, 1.0);
+    for l in 0..layers {
+        add(format!("layers.{l}.input_norm"), h, 0.1, 1.0);
+        add(format!("layers.{l}.post_norm"), h, 0.1, 1.0);
+        add(format!("layers.{l}.q"), nh * hd * h, 0.3, 0.0);
+        add(format!("layers.{l}.k"), nkv * hd * h, 0.3, 0.0);
+        add(format!("layers.{l}.v"), nkv * hd * h, 0.3, 0.0);
+        add(format!("layers.{l}.q_bias"), nh * hd, 0.1, 0.0);
+        add(format!("layers.{l}.o"), h * nh * hd, 0.2, 0.0);
+        add(format!("layers.{l}.gate"), i * h, 0.2, 0.0);
+        add(format!("layers.{l}.up"), i * h, 0.2, 0.0);
+        add(format!("layers.{l}.down"), h * i, 0.2, 0.0);
+    }
+    let get = |name: &str| t.get(name).map(|v| v.as_slice());
+    Model::new(cfg, &get, dtype, kv, page_tokens).unwrap()
+}
+
+fn kv_bits(m: &Model, s: &Sequence) -> Vec<u32> {
+    (0..m.config().num_layers)
+        .flat_map(|l| {
+            let (k, v) = s.export_layer(m.kv_layout(), l);
+            k.into_iter().chain(v).map(|x| x.to_bits()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Runs `tokens` through a fresh sequence with the given chunk sizes; returns all logits.
+fn run_chunks(m: &Model, isa: Isa, tokens: &[u32], chunks: &[usize]) -> (Vec<f32>, Sequence) {
+    let mut s = m.new_sequence();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &c in chunks {
+        let end = (at + c).min(tokens.len());
+        out.extend(m.forward(isa, &mut [&mut s], &[&tokens[at..end]], Logits::All).unwrap());
+        at = end;
+    }
+    if at < tokens.len() {
+        out.extend(m.forward(isa, &mut [&mut s], &[&tokens[at..]], Logits::All).unwrap());
+    }
+    (out, s)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn schedules_batches_and_isas_agree(
+        tokens in prop::collection::vec(0u32..97, 1..80),
+        other in prop::collection::vec(0u32..97, 1..50),
+        chunks in prop::collection::vec(1usize..20, 1..10),
+        bf in any::<bool>(),
+        kvbf in any::<bool>(),
+        page in 1usize..40,
+    ) {
+        let dtype = if bf { WeightDtype::Bf16 } else { WeightDtype::F32 };
+        let kvd = if kvbf { KvDtype::Bf16 } else { KvDtype::F32 };
+        let m = tiny(dtype, kvd, page);
+        let isa = Isa::detect();
+        let n = tokens.len();
+        let v = m.config().vocab_size;
+        // 1. one prefill
+        let (ref_logits, ref_seq) = run_chunks(&m, isa, &tokens, &[n]);
+        let ref_kv = kv_bits(&m, &ref_seq);
+        // 2. random chunking
+        let (l2, s2) = run_chunks(&m, isa, &tokens, &chunks);
+        prop_assert_eq!(bits(&l2), bits(&ref_logits));
+        prop_assert_eq!(kv_bits(&m, &s2), ref_kv.clone());
+        // 3. single steps, batched beside another sequence that prefills and steps
+        let mut a = m.new_sequence();
+        let mut b = m.new_sequence();
+        let mut got = Vec::new();
+        let half = other.len() / 2;
+        m.forward(isa, &mut [&mut b], &[&other[..half]], Logits::None).unwrap();
+        for (j, &t) in tokens.iter().enumerate() {
+            let o = other[(half + j) % other.len()];
+            let l = m.forward(isa, &mut [&mut b, &mut a], &[&[o, o], &[t]], Logits::Last).unwrap();
+            got.extend_from_slice(&l[v..2 * v]);
+        }
+        prop_assert_eq!(bits(&got), bits(&ref_logits));
+        prop_assert_eq!(kv_bits(&m, &a), ref_kv.clone());
+        // 4. the scalar reference path gives the same bits
+        if isa != Isa::Scalar {
+            let (l4, s4) = run_chunks(&m, Isa::Scalar, &tokens, &[n / 2 + 1]);
+            prop_assert_eq!(bits(&l4), bits(&ref_logits));
+            prop_assert_eq!(kv_bits(&m, &s4), ref_kv.clone());
+        }
+        // 5. a fork continues like the original
+        let cut = n / 2;
+        let mut f = ref_seq.fork(cut, m.kv_layout());
+        let lf = m.forward(isa, &mut [&mut f], &[&tokens[cut..]], Logits::All).unwrap();
+        prop_assert_eq!(bits(&lf), bits(&ref_logits[cut * v..]));
+        prop_assert_eq!(kv_bits(&m, &f), ref_kv);
+    }
+}
+
+#[test]
+fn last_and_none_select_rows() {
+    let m = tiny(WeightDtype::Bf16, KvDtype::F32, 16);
+    let isa = Isa::detect();
+    let toks: Vec<u32> = (0..30).map(|i| (i * 7 % 97) as u32).collect();
+    let (all, _) = run_chunks(&m, isa, &toks, &[30]);
+    let mut s = m.new_sequence();
+    let last = m.forward(isa, &mut [&mut s], &[&toks], Logits::Last).unwrap();
+    assert_eq!(bits(&last), bits(&all[29 * 97..]));
+    let mut s2 = m.new_sequence();
+    assert!(m.forward(isa, &mut [&mut s2], &[&toks], Logits::None).unwrap().is_empty());
+    assert_eq!(s2.len(), 30);
+}
+
+#[test]
+fn internal_pieces_give_same_bits() {
+    let mut m = tiny(WeightDtype::Bf16, KvDtype::Bf16, 8);
+    let isa = Isa::detect();
+    let toks: Vec<u32> = (0..50).map(|i| (i * 13 % 97) as u32).collect();
+    let (all, s) = run_chunks(&m, isa, &toks, &[50]);
+    let kv = kv_bits(&m, &s);
+    m.max_rows = 7;
+    let (all2, s2) = run_chunks(&m, isa, &toks, &[50]);
+    assert_eq!(bits(&all), bits(&all2));
+    assert_eq!(kv, kv_bits(&m, &s2));
+}
+
+#[test]
+fn rejects_bad_input() {
+    let m = tiny(WeightDtype::F32, KvDtype::F32, 8);
+    let other = tiny(WeightDtype::F32, KvDtype::F32, 8);
+    let mut s = m.new_sequence();
+    assert!(m.forward(Isa::detect(), &mut [&mut s], &[&[97]], Logits::All).is_err());
+    let mut s2 = other.new_sequence();
+    assert!(m.forward(Isa::detect(), &mut [&mut s2], &[&[1]], Logits::All).is_err());
+}

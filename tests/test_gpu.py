@@ -1,0 +1,234 @@
+"""CUDA kernels against their CPU references, bit for bit. Marker `gpu`; skipped without CuPy + GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqkv import gpu
+from seqkv import quantizers as Q
+from seqkv import residual as R
+from seqkv.errors import InvalidInputError
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not gpu.available(), reason="needs CuPy and a CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def cp():
+    import cupy
+
+    return cupy
+
+
+def _ref_tables(x: np.ndarray, precision: int) -> np.ndarray:
+    """Quantizer-v1 tables of f32 rows from the NumPy reference (and the Rust one where built)."""
+    from seqkv import _quantize_ref
+
+    ref = np.asarray(_quantize_ref.quantize_logits(x, precision), dtype=np.uint32)
+    try:
+        from seqkv import coder
+
+        rust = np.asarray(coder.quantize_logits(x, precision), dtype=np.uint32)
+        assert (rust == ref).all(), "Rust and NumPy references disagree"
+    except (ImportError, AttributeError):
+        pass
+    return ref
+
+
+def _rows_cases() -> list[tuple[str, np.ndarray, int]]:
+    rng = np.random.default_rng(0)
+    V = 49152
+    cases = [
+        ("lm-like", (rng.standard_normal((6, V)) * 3).astype(np.float32), 24),
+        ("peaked", np.where(rng.random((3, V)) < 0.001, 30.0, rng.standard_normal((3, V))).astype(np.float32), 24),
+        ("small-V", rng.standard_normal((5, 7)).astype(np.float32), 16),
+        ("V=1", rng.standard_normal((2, 1)).astype(np.float32), 3),
+        ("V not /4", rng.standard_normal((4, 1001)).astype(np.float32) * 50, 20),
+        ("V = 2^P", rng.standard_normal((2, 256)).astype(np.float32), 8),
+    ]
+    ties = np.zeros((3, 300), np.float32)
+    ties[0, [5, 17, 299]] = 2.0  # first max is index 5
+    ties[1] = -0.0
+    ties[1, 7] = 0.0  # -0 == +0: a = 0
+    ties[2, ::2] = -np.inf
+    cases.append(("ties/-0/-inf", ties, 16))
+    allninf = np.full((2, 100), -np.inf, np.float32)
+    allninf[1, 3] = 1.0
+    cases.append(("all -inf", allninf, 12))
+    huge = rng.standard_normal((3, 5000)).astype(np.float32)
+    huge[0] *= 1e30
+    huge[1, :10] = np.float32(3.4e38)
+    huge[1, 10:20] = np.float32(-3.4e38)
+    huge[2] = np.float32(1e-30) * huge[2]
+    cases.append(("huge ranges", huge, 24))
+    return cases
+
+
+@pytest.mark.parametrize("name,x,P", _rows_cases(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("block", [256, 512, 1024])
+@pytest.mark.parametrize("cache", [0, 1, 2])
+def test_quantize_matches_reference(cp, name, x, P, block, cache):
+    ref = _ref_tables(x, P)
+    freqs, cum = gpu.quantize_logits_gpu(cp.asarray(x), P, block=block, cache=cache)
+    f = cp.asnumpy(freqs)
+    assert (f == ref).all(), name
+    assert (f.sum(axis=1, dtype=np.uint64) == 1 << P).all()
+    c = cp.asnumpy(cum)
+    assert (c[:, 0] == 0).all() and (c[:, 1:] == np.cumsum(ref, axis=1)[:, :-1]).all()
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_half_inputs_are_widened_exactly(cp, dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x32 = (rng.standard_normal((4, 49152)) * 4).astype(np.float32)
+    t = torch.from_numpy(x32).to("cuda").to(torch.bfloat16 if dtype == "bf16" else torch.float16)
+    t[0, 100] = float("-inf")
+    widened = t.float().cpu().numpy()
+    ref = _ref_tables(widened, 24)
+    freqs, _ = gpu.quantize_logits_gpu(t, 24)
+    assert (cp.asnumpy(freqs) == ref).all()
+    # the same bits through a raw uint16 CuPy view
+    raw = cp.from_dlpack(t.view(torch.int16)).view(cp.uint16)
+    freqs2, _ = gpu.quantize_logits_gpu(raw, 24, kind=dtype)
+    assert (cp.asnumpy(freqs2) == ref).all()
+
+
+def test_gather_and_search_match_the_table(cp):
+    rng = np.random.default_rng(2)
+    n, V, P = 64, 49152, 24
+    x = (rng.standard_normal((n, V)) * 3).astype(np.float32)
+    ref = _ref_tables(x, P)
+    cum = np.concatenate([np.zeros((n, 1), np.uint64), np.cumsum(ref, axis=1, dtype=np.uint64)], axis=1)
+    sym = rng.integers(0, V, n)
+    sym[0] = int(np.argmax(x[0]))  # the symbol that also holds the remainder
+    sym[1] = V - 1
+    sym[2] = 0
+    xd = cp.asarray(x)
+    lo, fr = gpu.gather_cdf(xd, sym, P)
+    assert (lo == cum[np.arange(n), sym]).all() and (fr == ref[np.arange(n), sym]).all()
+    # search: targets at both ends of the slices and random ones
+    for targets, cache in ((lo, 0), (lo + fr - 1, 1), (rng.integers(0, 1 << P, n), 2), (lo, None)):
+        s, l2, f2 = gpu.search_cdf(xd, targets, P, cache=cache)
+        assert (l2 <= targets).all() and (targets < l2.astype(np.uint64) + f2).all()
+        assert (l2 == cum[np.arange(n), s]).all() and (f2 == ref[np.arange(n), s]).all()
+    s, _, _ = gpu.search_cdf(xd, lo, P)
+    assert (s == sym).all()
+    # symbols on the device
+    lo2, fr2 = gpu.gather_cdf(xd, cp.asarray(sym), P, cache=0)
+    assert (lo2 == lo).all() and (fr2 == fr).all()
+
+
+def test_torch_cuda_logits(cp):
+    torch = pytest.importorskip("torch")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(8, 49152, device="cuda", generator=g) * 3
+    sym = torch.randint(0, 49152, (8,), device="cuda", generator=g)
+    lo, fr = gpu.gather_cdf(x, sym, 24)
+    ref = _ref_tables(x.cpu().numpy(), 24)
+    s = sym.cpu().numpy()
+    cum = np.cumsum(ref, axis=1) - ref
+    assert (lo == cum[np.arange(8), s]).all() and (fr == ref[np.arange(8), s]).all()
+    # a non-contiguous view (every other row)
+    lo2, fr2 = gpu.gather_cdf(x[::2], sym[::2], 24)
+    assert (lo2 == lo[::2]).all() and (fr2 == fr[::2]).all()
+
+
+def test_invalid_inputs(cp):
+    x = np.zeros((3, 100), np.float32)
+    x[1, 5] = np.nan
+    with pytest.raises(InvalidInputError, match="row 1"):
+        gpu.gather_cdf(cp.asarray(x), [0, 0, 0], 16)
+    x[1, 5] = np.inf
+    with pytest.raises(InvalidInputError):
+        gpu.quantize_logits_gpu(cp.asarray(x), 16)
+    x[1, 5] = 0
+    with pytest.raises(InvalidInputError, match="out of range"):
+        gpu.gather_cdf(cp.asarray(x), [0, 100, 0], 16)
+    with pytest.raises(InvalidInputError):
+        gpu.search_cdf(cp.asarray(x), [0, 1 << 16, 0], 16)
+    with pytest.raises(InvalidInputError):
+        gpu.quantize_logits_gpu(cp.asarray(x), 6)  # V > 2^P
+    with pytest.raises(InvalidInputError):
+        gpu.quantize_logits_gpu(np.zeros((2, 3), np.float32), 16)  # host array
+
+
+# --- residual ---------------------------------------------------------------------------------
+
+
+def _pair(rng, n, kind, frac=0.2, spread=2):
+    from test_residual import _perturbed
+
+    return _perturbed(rng, n, kind, frac, spread)
+
+
+@pytest.mark.parametrize("kind", ["f32", "bf16", "f16"])
+@pytest.mark.parametrize("n", [0, 1, 31, 33, 2048, 2048 * 3 + 5, 1_000_003])
+def test_residual_pack_matches_cpu(cp, kind, n):
+    rng = np.random.default_rng(n)
+    x, y = _pair(rng, n, kind)
+    ref = R.pack(x, y, kind=kind)
+    got = gpu.residual_pack(cp.asarray(x), cp.asarray(y), kind=kind)
+    assert got.kind == ref.kind and got.n == ref.n
+    assert (got.widths == ref.widths).all() and (got.words == ref.words).all()
+    back = gpu.residual_unpack(ref, cp.asarray(y), kind=kind)
+    assert (cp.asnumpy(back) == x).all()
+    dev = gpu.residual_pack(cp.asarray(x), cp.asarray(y), kind=kind, host=False)
+    assert (cp.asnumpy(gpu.residual_unpack(dev, cp.asarray(y), kind=kind)) == x).all()
+
+
+def test_residual_torch_bf16(cp):
+    torch = pytest.importorskip("torch")
+    a = torch.randn(30, 3, 257, 64, device="cuda")
+    o = a.to(torch.bfloat16)
+    r = (a * (1 + 1e-3 * torch.randn_like(a))).to(torch.bfloat16)
+    p = gpu.residual_pack(o, r)
+    ref = R.pack(o.cpu(), r.cpu())
+    assert (p.words == ref.words).all() and (p.widths == ref.widths).all()
+    back = gpu.residual_unpack(p, r)
+    assert (cp.asnumpy(back).ravel() == o.view(torch.int16).cpu().numpy().view(np.uint16).ravel()).all()
+
+
+# --- quantizers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("d", [64, 128, 512])
+def test_turbo_matches_cpu(cp, bits, d):
+    rng = np.random.default_rng(bits * d)
+    x = (rng.standard_normal((1000, d)) * rng.uniform(0.01, 100, (1000, 1))).astype(np.float32)
+    x[3] = 0
+    tq = Q.TurboQuant(d, bits, seed=3)
+    ref = tq.quantize(x)
+    got = tq.quantize(cp.asarray(x))
+    assert (cp.asnumpy(got.codes) == ref.codes).all()
+    assert (cp.asnumpy(got.norms).view(np.uint32) == ref.norms.view(np.uint32)).all()
+    deq = tq.dequantize(got)
+    assert (cp.asnumpy(deq).view(np.uint32) == tq.dequantize(ref).view(np.uint32)).all()
+
+
+def test_turbo_bf16_torch(cp):
+    torch = pytest.importorskip("torch")
+    x = torch.randn(30, 3, 100, 64, device="cuda").to(torch.bfloat16)
+    tq = Q.TurboQuant(64, 3)
+    got = tq.quantize(x)
+    ref = tq.quantize(x.cpu())
+    assert (cp.asnumpy(got.codes) == ref.codes).all()
+
+
+@pytest.mark.parametrize("T", [64, 70, 5])
+def test_kivi_matches_cpu(cp, T):
+    rng = np.random.default_rng(T)
+    k = rng.standard_normal((2, 3, T, 64)).astype(np.float32)
+    k[..., 0, :] = -0.0
+    kv = Q.KIVI(bits=2, group=32)
+    for quant in ("quantize_keys", "quantize_values"):
+        ref = getattr(kv, quant)(k)
+        got = getattr(kv, quant)(cp.asarray(k))
+        assert (cp.asnumpy(got.codes) == ref.codes).all()
+        assert (cp.asnumpy(got.scales).view(np.uint32) == ref.scales.view(np.uint32)).all()
+        assert (cp.asnumpy(got.mins).view(np.uint32) == ref.mins.view(np.uint32)).all()
+        assert (cp.asnumpy(kv.dequantize(got)).view(np.uint32) == kv.dequantize(ref).view(np.uint32)).all()
