@@ -25,6 +25,8 @@ pub const MAX_VOCAB: u32 = 1 << 24;
 
 /// Bytes of the fixed part of the header (magic .. vocab size).
 const FIXED: usize = 21;
+/// Bytes of the smallest valid container (empty variable fields, no blocks).
+pub const MIN_LEN: usize = FIXED + 4 + 4 + 4 + 4 + 4 + 4 + 4;
 /// Bytes of a block without its payload.
 const BLOCK_OVERHEAD: usize = 16;
 
@@ -285,10 +287,16 @@ pub fn unpack(data: &[u8]) -> Result<Container> {
         return Err(corrupt("not a seqkv container (bad magic)"));
     }
     let version = r.u16("format version")?;
+    if version == 0 {
+        return Err(corrupt("container format version 0 does not exist"));
+    }
     if version != FORMAT_VERSION {
         return Err(Error::FormatVersion(format!(
             "container format version {version} is not supported (this build reads version {FORMAT_VERSION})"
         )));
+    }
+    if data.len() < MIN_LEN {
+        return Err(corrupt(format!("container truncated: {} bytes, a container has at least {MIN_LEN}", data.len())));
     }
     let codec_id = r.u8("codec id")?;
     let quantizer_version = r.u8("quantizer version")?;
