@@ -161,14 +161,21 @@ def bench_residual(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
         recomp = cp.asarray(R.ordered_key(cp.asnumpy((key.astype(cp.int64) + step).astype(dt)), width))
         packed = gpu.residual_pack(orig, recomp, kind=kind, host=False)
         pbytes = int(packed[2].nbytes + packed[3].nbytes)
-        t_pack = _timeit(cp, lambda: gpu.residual_pack(orig, recomp, kind=kind, host=False), 10)
-        t_unpack = _timeit(cp, lambda: gpu.residual_unpack(packed, recomp, kind=kind), 10)
-        back = gpu.residual_unpack(packed, recomp, kind=kind)
-        assert bool((back == orig).all())
+        sweep = {}
+        for bpw in (8, 16, 32):
+            tp = _timeit(cp, lambda: gpu.residual_pack(orig, recomp, kind=kind, host=False, bpw=bpw), 10)
+            tu = _timeit(cp, lambda: gpu.residual_unpack(packed, recomp, kind=kind, bpw=bpw), 10)
+            back = gpu.residual_unpack(packed, recomp, kind=kind, bpw=bpw)
+            assert bool((back == orig).all())
+            sweep[bpw] = (tp, tu)
+        best_bpw = min(sweep, key=lambda b: max(sweep[b]))
+        t_pack, t_unpack = sweep[best_bpw]
         pack_bytes = 2 * n * item + pbytes
         unpack_bytes = 2 * n * item + pbytes
         rec = {
             "n": n,
+            "bpw": best_bpw,
+            "sweep_pack_unpack_s": {str(b): v for b, v in sweep.items()},
             "changed_fraction": frac,
             "packed_bits_per_component": pbytes * 8 / n,
             "pack_GBps": pack_bytes / t_pack / 1e9,
@@ -238,20 +245,24 @@ def bench_lm(cp: Any, quick: bool) -> dict[str, Any]:
     T = 1024 if not quick else 128
     ids = torch.randint(0, V, (1, T), device="cuda")
     try:
-        from seqkv import coder  # noqa: F401
+        from seqkv import _native
 
-        have_coder = hasattr(coder, "encode_cdf")
-    except Exception:
+        have_coder = hasattr(_native, "Encoder")
+    except ImportError:
         have_coder = False
     out["range_coder_included"] = have_coder
+    total = 1 << P
+    from transformers import DynamicCache
+
     with torch.inference_mode():
         def encode() -> Any:
             logits = model(ids).logits[0, :-1]
             lo, fr = gpu.gather_cdf(logits, ids[0, 1:], P)
             if have_coder:
-                from seqkv import coder
-
-                return coder.encode_cdf(lo, fr, P)
+                enc = _native.Encoder(P)
+                for c, f in zip(lo.tolist(), fr.tolist()):
+                    enc.push_slice(c, f, total)
+                return enc.finish()
             return lo, fr
 
         encode()
@@ -261,31 +272,49 @@ def bench_lm(cp: Any, quick: bool) -> dict[str, Any]:
         for _ in range(reps):
             encode()
         torch.cuda.synchronize()
-        t_enc = (time.perf_counter() - t0) / reps
-        out["encode_tokens_per_s"] = (T - 1) / t_enc
-        # decode: step by step with a KV cache (targets are random stand-ins for the decoder's)
-        steps = 128 if not quick else 32
-        rng = np.random.default_rng(0)
-        from transformers import DynamicCache
+        out["encode_prefill_tokens_per_s"] = (T - 1) / ((time.perf_counter() - t0) / reps)
 
-        cache = DynamicCache()
-        model(ids[:, :1], past_key_values=cache, use_cache=True)
-        tok = ids[:, :1]
+        # step-by-step: encode from per-step logits, then decode with the same schedule and check
+        steps = 128 if not quick else 32
+        seq = ids[0, : steps + 1]
+
+        def step_logits() -> Any:
+            cache = DynamicCache()
+            for i in range(steps):
+                yield model(seq[i : i + 1][None], past_key_values=cache, use_cache=True).logits[0, -1:]
+
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(steps):
-            logits = model(tok, past_key_values=cache, use_cache=True).logits[0, -1:]
-            s, lo, fr = gpu.search_cdf(logits, [int(rng.integers(0, 1 << P))], P)
-            tok = torch.tensor([[int(s[0])]], device="cuda")
+        enc = _native.Encoder(P) if have_coder else None
+        for i, lg in enumerate(step_logits()):
+            lo, fr = gpu.gather_cdf(lg, seq[i + 1 : i + 2], P)
+            if enc is not None:
+                enc.push_slice(int(lo[0]), int(fr[0]), total)
+        data = enc.finish() if enc is not None else b""
         torch.cuda.synchronize()
-        out["decode_tokens_per_s"] = steps / (time.perf_counter() - t0)
+        out["encode_stepwise_tokens_per_s"] = steps / (time.perf_counter() - t0)
+        out["stepwise_bits_per_token"] = len(data) * 8 / steps
+        if have_coder:
+            t0 = time.perf_counter()
+            dec = _native.Decoder(data, P)
+            cache = DynamicCache()
+            tok = seq[:1][None]
+            decoded = []
+            for _ in range(steps):
+                lg = model(tok, past_key_values=cache, use_cache=True).logits[0, -1:]
+                s, lo, fr = gpu.search_cdf(lg, [dec.target_with_total(total)], P)
+                dec.advance(int(lo[0]), int(fr[0]))
+                decoded.append(int(s[0]))
+                tok = torch.tensor([[decoded[-1]]], device="cuda")
+            torch.cuda.synchronize()
+            out["decode_tokens_per_s"] = steps / (time.perf_counter() - t0)
+            out["decode_roundtrip_exact"] = decoded == seq[1:].tolist()
         # the forward alone, for scale
         cache = DynamicCache()
-        model(ids[:, :1], past_key_values=cache, use_cache=True)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        for _ in range(steps):
-            model(tok, past_key_values=cache, use_cache=True)
+        for i in range(steps):
+            model(seq[i : i + 1][None], past_key_values=cache, use_cache=True)
         torch.cuda.synchronize()
         out["decode_forward_only_tokens_per_s"] = steps / (time.perf_counter() - t0)
     out["encode_T"] = T

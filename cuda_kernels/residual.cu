@@ -67,10 +67,16 @@ residual_pack(const U* __restrict__ orig, const U* __restrict__ recomp, long lon
     const long long blk0 = tile * TILE_BLOCKS + (long long)warp * BPW;
     u32 z[BPW];
     u32 wd[BPW];
+    const long long e0 = blk0 * 32 + lane;
+    const U* po = orig + e0;  // element b * 32 of this lane at po[b * 32]: immediate offsets
+    const U* pr = recomp + e0;
+    if ((blk0 + BPW) * 32 <= n) {  // whole warp in range (uniform branch)
 #pragma unroll
-    for (int b = 0; b < BPW; ++b) {
-        const long long e = (blk0 + b) * 32 + lane;
-        z[b] = e < n ? zig<U>(key_of<U>((u32)orig[e]), key_of<U>((u32)recomp[e])) : 0u;
+        for (int b = 0; b < BPW; ++b) z[b] = zig<U>(key_of<U>((u32)po[b * 32]), key_of<U>((u32)pr[b * 32]));
+    } else {
+#pragma unroll
+        for (int b = 0; b < BPW; ++b)
+            z[b] = e0 + b * 32 < n ? zig<U>(key_of<U>((u32)po[b * 32]), key_of<U>((u32)pr[b * 32])) : 0u;
     }
     u32 total = 0;
 #pragma unroll
@@ -150,10 +156,16 @@ residual_unpack(const U* __restrict__ recomp, long long n, long long nblocks,
     const u32 off = warp_offsets(total, &tile_total);
     const u32* src = words + offsets[tile] + off;
     u32 r[BPW];
+    const long long e0 = blk0 * 32 + lane;
+    const U* pr = recomp + e0;
+    U* po = out + e0;
+    const bool full = (blk0 + BPW) * 32 <= n;  // uniform
+    if (full) {
 #pragma unroll
-    for (int b = 0; b < BPW; ++b) {
-        const long long e = (blk0 + b) * 32 + lane;
-        r[b] = e < n ? (u32)recomp[e] : 0u;
+        for (int b = 0; b < BPW; ++b) r[b] = (u32)pr[b * 32];
+    } else {
+#pragma unroll
+        for (int b = 0; b < BPW; ++b) r[b] = e0 + b * 32 < n ? (u32)pr[b * 32] : 0u;
     }
 #pragma unroll
     for (int b = 0; b < BPW; ++b) {
@@ -164,7 +176,42 @@ residual_unpack(const U* __restrict__ recomp, long long n, long long nblocks,
             z |= ((word >> lane) & 1u) << j;
         }
         src += wd[b];
-        const long long e = (blk0 + b) * 32 + lane;
-        if (e < n) out[e] = (U)key_of<U>(unzig_add<U>(z, key_of<U>(r[b])));
+        if (full || e0 + b * 32 < n) po[b * 32] = (U)key_of<U>(unzig_add<U>(z, key_of<U>(r[b])));
     }
+}
+
+// Exclusive prefix sums of n u32 counts into u64 offsets, and the total: one block of 1024
+// threads, each summing a contiguous chunk (one launch, no host round trip).
+__global__ void __launch_bounds__(1024)
+exclusive_scan_u32(const u32* __restrict__ in, long long n, u64* __restrict__ out, u64* __restrict__ total) {
+    __shared__ u64 warp_sums[32];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const long long chunk = (n + 1023) / 1024;
+    const long long lo = min(n, (long long)t * chunk), hi = min(n, lo + chunk);
+    u64 s = 0;
+    for (long long i = lo; i < hi; ++i) s += in[i];
+    u64 x = s;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const u64 y = __shfl_up_sync(FULL_MASK, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31) warp_sums[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        u64 w = warp_sums[lane];
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const u64 y = __shfl_up_sync(FULL_MASK, w, o);
+            if (lane >= o) w += y;
+        }
+        warp_sums[lane] = w;
+    }
+    __syncthreads();
+    u64 pre = (warp ? warp_sums[warp - 1] : 0ull) + x - s;
+    for (long long i = lo; i < hi; ++i) {
+        out[i] = pre;
+        pre += in[i];
+    }
+    if (t == 1023) *total = warp_sums[31];
 }

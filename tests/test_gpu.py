@@ -27,7 +27,7 @@ def _ref_tables(x: np.ndarray, precision: int) -> np.ndarray:
     """Quantizer-v1 tables of f32 rows from the NumPy reference (and the Rust one where built)."""
     from seqkv import _quantize_ref
 
-    ref = np.asarray(_quantize_ref.quantize_logits(x, precision), dtype=np.uint32)
+    ref = np.asarray(_quantize_ref.quantize_logits_ref(x, precision), dtype=np.uint32)
     try:
         from seqkv import coder
 
@@ -232,3 +232,16 @@ def test_kivi_matches_cpu(cp, T):
         assert (cp.asnumpy(got.scales).view(np.uint32) == ref.scales.view(np.uint32)).all()
         assert (cp.asnumpy(got.mins).view(np.uint32) == ref.mins.view(np.uint32)).all()
         assert (cp.asnumpy(kv.dequantize(got)).view(np.uint32) == kv.dequantize(ref).view(np.uint32)).all()
+
+
+def test_encode_tokens_and_decode_token_match_the_cpu_coder(cp):
+    from seqkv import coder
+
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((20, 49152)) * 3).astype(np.float32)
+    toks = rng.integers(0, 49152, 20)
+    data = gpu.encode_tokens(cp.asarray(x), toks, 24)
+    assert data == coder.encode_logits(toks, x, 24)
+    dec = coder.Decoder(data, 24)
+    xd = cp.asarray(x)
+    assert [gpu.decode_token(dec, xd[i], 24) for i in range(20)] == toks.tolist()

@@ -11,11 +11,12 @@ arrays and anything with ``__cuda_array_interface__``. Logits may be f32, bf16 o
 f32 exactly in the kernel). Only the small results come back to the host: 8 bytes per token for
 :func:`gather_cdf`, 12 for :func:`search_cdf`.
 
-The coding loop of the ``lm`` codec on a GPU model::
+The coding loop of the ``lm`` codec on a GPU model (streams identical to
+``seqkv.coder.encode_logits`` on the same logits)::
 
-    cum_low, freq = seqkv.gpu.gather_cdf(logits, tokens, precision)   # encode, all rows at once
-    # decode, one step:
-    sym, cum_low, freq = seqkv.gpu.search_cdf(logits_row[None], [decoder_target], precision)
+    data = seqkv.gpu.encode_tokens(logits, tokens, precision)          # logits[i] predicts tokens[i]
+    dec = seqkv.coder.Decoder(data, precision)
+    tok = seqkv.gpu.decode_token(dec, logits_row, precision)           # one step
 
 CuPy is the ``seqkv[cuda]`` extra.
 """
@@ -41,6 +42,8 @@ __all__ = [
     "quantize_logits_gpu",
     "gather_cdf",
     "search_cdf",
+    "encode_tokens",
+    "decode_token",
     "residual_pack",
     "residual_unpack",
     "turbo_quantize",
@@ -52,7 +55,7 @@ __all__ = [
 
 #: threads per row of the quantize kernels, by row length (tuned on an H100, see
 #: benches/results/gpu_kernels.json); rows longer than the shared-memory cache recompute instead.
-QUANTIZE_BLOCK = {4096: 256, 1 << 30: 512}
+QUANTIZE_BLOCK = {4096: 256, 1 << 30: 1024}
 
 _lock = threading.Lock()
 _modules: dict[tuple[str, tuple[str, ...]], Any] = {}
@@ -342,12 +345,34 @@ def search_cdf(logits: Any, targets: Any, precision: int, *, kind: str | None = 
     return host[:, 0].astype(np.int64), host[:, 1].copy(), host[:, 2].copy()
 
 
+def encode_tokens(logits: Any, tokens: Any, precision: int = 24, encoder: Any = None) -> bytes | None:
+    """Range-code ``tokens[i]`` under row ``i`` of the GPU ``logits`` (quantizer v1): the tables
+    are built and gathered on the GPU, 8 bytes per token reach the host. Pushes onto ``encoder``
+    (a ``seqkv.coder.Encoder``) and returns None when given, else returns the finished bytes."""
+    from . import coder
+
+    cum_low, freq = gather_cdf(logits, tokens, precision)
+    enc = encoder if encoder is not None else coder.Encoder(precision)
+    total = 1 << precision
+    for c, f in zip(cum_low.tolist(), freq.tolist()):
+        enc.push_slice(c, f, total)
+    return None if encoder is not None else enc.finish()
+
+
+def decode_token(decoder: Any, logits_row: Any, precision: int = 24) -> int:
+    """Decode one token with a ``seqkv.coder.Decoder`` under a GPU logits row (``[V]`` or
+    ``[1, V]``): the decoder's target goes to the GPU, the symbol is found there."""
+    s, cum_low, freq = search_cdf(logits_row, [decoder.target(1 << precision)], precision)
+    decoder.advance(int(cum_low[0]), int(freq[0]))
+    return int(s[0])
+
+
 # --- residual pack / unpack -------------------------------------------------------------------
 
 _RES_BLOCK = 32
 _RES_WARPS = 8  # cuda_kernels/residual.cu: WARPS
 #: 32-blocks per warp in the residual kernels (a tile is 8 warps of these)
-RESIDUAL_BPW = 8
+RESIDUAL_BPW = 16
 
 
 def _residual_view(x: Any, kind: str | None) -> tuple[Any, str]:
@@ -355,6 +380,15 @@ def _residual_view(x: Any, kind: str | None) -> tuple[Any, str]:
     cp = _cupy()
     arr = cp.ascontiguousarray(arr).ravel()
     return arr.view(cp.uint32 if k == "f32" else cp.uint16), k
+
+
+def _exclusive_scan(counts: Any) -> tuple[Any, Any]:
+    """(u64 exclusive prefix sums of u32 ``counts``, u64 [1] total), on the device in one launch."""
+    cp = _cupy()
+    out = cp.empty(counts.size, dtype=cp.uint64)
+    total = cp.empty(1, dtype=cp.uint64)
+    _function("residual.cu", "exclusive_scan_u32")((1,), (1024,), (counts, np.int64(counts.size), out, total))
+    return out, total
 
 
 def residual_pack(orig: Any, recomp: Any, *, kind: str | None = None, host: bool = True,
@@ -385,12 +419,11 @@ def residual_pack(orig: Any, recomp: Any, *, kind: str | None = None, host: bool
             tile_words = cp.empty(ntiles, dtype=cp.uint32)
             _function("residual.cu", f"residual_pack<{utype},{bpw}>")(
                 (ntiles,), (256,), (o, r, np.int64(n), np.int64(nb), widths, scratch, tile_words))
-            ends = cp.cumsum(tile_words, dtype=cp.uint64)
-            total = int(ends[-1])
-            offsets = ends - tile_words
-            words = cp.empty(total, dtype=cp.uint32)
+            offsets, total_dev = _exclusive_scan(tile_words)
+            words = cp.empty(scratch.size, dtype=cp.uint32)  # capacity; trimmed below
             _function("residual.cu", "residual_compact")(
                 (ntiles,), (128,), (scratch, tile_words, offsets, words, np.int32(tile_blocks * W)))
+            words = words[: int(total_dev[0])]
         if not host:
             return k1, n, widths, words
         return Packed(k1, n, cp.asnumpy(widths), cp.asnumpy(words))
@@ -402,9 +435,11 @@ def residual_unpack(packed: Any, recomp: Any, *, kind: str | None = None, bpw: i
     recomputed KV on the GPU."""
     cp = _cupy()
     with _on_stream_of(recomp):
-        if isinstance(packed, tuple):
+        if isinstance(packed, tuple):  # from residual_pack(host=False): consistent by construction
             pk, n, widths, words = packed
         else:
+            if int(packed.widths.sum(dtype=np.int64)) != packed.words.size:
+                raise InvalidInputError("packed residual: widths do not match the words")
             pk, n, widths, words = packed.kind, packed.n, cp.asarray(packed.widths), cp.asarray(packed.words)
         r, k = _residual_view(recomp, kind or pk)
         if k != pk or int(r.size) != n:
@@ -422,11 +457,9 @@ def residual_unpack(packed: Any, recomp: Any, *, kind: str | None = None, bpw: i
             tile_words = cp.empty(ntiles, dtype=cp.uint32)
             _function("residual.cu", "residual_tile_sums")(
                 (-(-ntiles // 8),), (256,), (widths, np.int64(nb), tile_words, np.int64(ntiles), np.int32(tile_blocks)))
-            ends = cp.cumsum(tile_words, dtype=cp.uint64)
-            if int(ends[-1]) != int(words.size):
-                raise InvalidInputError("packed residual: widths do not match the words")
+            offsets, _ = _exclusive_scan(tile_words)
             _function("residual.cu", f"residual_unpack<{utype},{bpw}>")(
-                (ntiles,), (256,), (r, np.int64(n), np.int64(nb), widths, words, ends - tile_words, out))
+                (ntiles,), (256,), (r, np.int64(n), np.int64(nb), widths, words, offsets, out))
         shape = recomp.shape
         return out.reshape(shape)
 
