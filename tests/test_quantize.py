@@ -137,3 +137,23 @@ def test_real_smollm2_logits(smollm2):
     with torch.no_grad():
         logits = model(ids).logits[0].float().numpy()
     check(logits, 24)
+
+
+def test_flush_denormal_mode_does_not_change_tables():
+    """Another library may set FTZ/DAZ in this thread (torch.set_flush_denormal): the tables must not change."""
+    torch = pytest.importorskip("torch")
+    row = np.array([1e-40, 0.0, -1e-40, 2e-45, -0.0] * 40, np.float32)
+    row2 = np.array([0.0, 1e-41] + [-3.0] * 97 + [1e-40], np.float32)
+    expected = [quantize_logits_ref(r, 24) for r in (row, row2)]
+    assert expected[1][99] > expected[1][0]  # the denormal 1e-40 is the strict maximum: it gets the remainder
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        for r, e in zip((row, row2), expected):
+            for path in ("scalar", "avx2"):
+                np.testing.assert_array_equal(_native.quantize_row_path(r, 24, path), e)
+            enc = coder.Encoder()
+            enc.push_logits(3, r)
+            assert enc.finish() == coder.encode([3], e[None, :])
+    finally:
+        torch.set_flush_denormal(False)

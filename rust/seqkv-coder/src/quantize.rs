@@ -211,8 +211,11 @@ mod avx2 {
     /// Pass 2 (weights and their sum). Needs the default MXCSR (see [`super::MxcsrGuard`]): the
     /// conversion rounds to nearest-even under it.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn weights(x: &[f32], m: f32, w: &mut [u32]) -> u64 {
+    ///
+    /// `prefetch` (may be empty): the row to be processed next, pulled into the cache meanwhile.
+    pub unsafe fn weights(x: &[f32], m: f32, w: &mut [u32], prefetch: &[f32]) -> u64 {
         let n = x.len().min(w.len());
+        let (pf, pf_chunks) = (prefetch.as_ptr(), prefetch.len() / 8);
         let chunks = n / 8;
         let mv = _mm256_set1_ps(m);
         let cv = _mm256_set1_ps(LOG2E_SCALED);
@@ -230,6 +233,9 @@ mod avx2 {
             let mut acc_lo = zero;
             let mut acc_hi = zero;
             while c < end {
+                if c & 1 == 0 && c < pf_chunks {
+                    _mm_prefetch::<_MM_HINT_T0>(pf.add(c * 8) as *const i8);
+                }
                 let xv = _mm256_loadu_ps(px.add(c * 8));
                 // -z = (m - x) * C exactly (round-to-nearest-even is symmetric): two separately
                 // rounded operations, no FMA. Clamping -z at -ZMIN = 32768 maps every `z <= ZMIN`
@@ -401,12 +407,12 @@ fn row_first_equal(x: &[f32], m: f32, path: Path) -> usize {
     }
 }
 
-fn row_weights(x: &[f32], m: f32, w: &mut [u32], path: Path) -> u64 {
+fn row_weights(x: &[f32], m: f32, w: &mut [u32], path: Path, prefetch: &[f32]) -> u64 {
     let _csr = MxcsrGuard::new();
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Path::Avx2 => unsafe { avx2::weights(x, m, w) },
+        Path::Avx2 => unsafe { avx2::weights(x, m, w, prefetch) },
         _ => weights_scalar(x, m, w),
     }
 }
@@ -445,7 +451,7 @@ pub fn quantize_row_with(x: &[f32], precision: u32, out: &mut [u32], path: Path)
     let path = path.checked();
     let r = (1u64 << precision) - v as u64;
     let (s, a) = match row_max(x, path)? {
-        Some(m) => (row_weights(x, m, out, path), row_first_equal(x, m, path)),
+        Some(m) => (row_weights(x, m, out, path, &[]), row_first_equal(x, m, path)),
         None => {
             out.fill(1);
             (v as u64, 0)
@@ -502,6 +508,19 @@ pub struct RowStats {
 impl RowStats {
     /// Passes 1–3 over one row. `scratch` is resized to `V` and overwritten (keep one per thread).
     pub fn compute(&mut self, x: &[f32], precision: u32, path: Path, scratch: &mut Vec<u32>) -> Result<()> {
+        self.compute_prefetching(x, precision, path, scratch, &[])
+    }
+
+    /// [`compute`](Self::compute), pulling `next` (the row to be processed next, may be empty)
+    /// into the cache while the weights are computed.
+    pub fn compute_prefetching(
+        &mut self,
+        x: &[f32],
+        precision: u32,
+        path: Path,
+        scratch: &mut Vec<u32>,
+        next: &[f32],
+    ) -> Result<()> {
         let v = x.len();
         check_shape(v, precision)?;
         let path = path.checked();
@@ -522,7 +541,7 @@ impl RowStats {
                 self.uniform = false;
                 self.m = m;
                 scratch.resize(v, 0);
-                let s = row_weights(x, m, scratch, path);
+                let s = row_weights(x, m, scratch, path, next);
                 self.a = row_first_equal(x, m, path);
                 self.k = scale_factor(r, s);
                 let g = row_block_prefix(scratch, self.k, &mut self.prefix, path);
@@ -546,7 +565,7 @@ impl RowStats {
         let start = b * BLOCK;
         let end = (start + BLOCK).min(self.v);
         let w = &mut buf[..end - start];
-        row_weights(&x[start..end], self.m, w, self.path.unwrap_or(Path::Scalar));
+        row_weights(&x[start..end], self.m, w, self.path.unwrap_or(Path::Scalar), &[]);
         w
     }
 
@@ -689,6 +708,11 @@ fn check_rows(x: &[f32], v: usize, precision: u32) -> Result<usize> {
     Ok(x.len() / v)
 }
 
+/// Row `i + 1` of `x` (empty past the end): what a worker most likely processes next.
+fn next_row(x: &[f32], v: usize, i: usize) -> &[f32] {
+    x.get((i + 1) * v..(i + 2) * v).unwrap_or(&[])
+}
+
 /// Encodes `symbols[i]` under the table of logits row `i` (`x` holds `n` rows of `v`), without
 /// materialising tables; rows are analysed in parallel. Returns [`Encoder::finish_bytes`].
 pub fn encode_logits(symbols: &[u32], x: &[f32], v: usize, precision: u32) -> Result<Vec<u8>> {
@@ -697,14 +721,14 @@ pub fn encode_logits(symbols: &[u32], x: &[f32], v: usize, precision: u32) -> Re
         return invalid(format!("{} symbols for {n} rows of logits", symbols.len()));
     }
     let path = Path::best();
-    let slices: Vec<(u32, u32)> = x
-        .par_chunks(v)
-        .zip(symbols.par_iter())
+    let slices: Vec<(u32, u32)> = (0..n)
+        .into_par_iter()
         .map_init(
             || (RowStats::default(), Vec::new()),
-            |(stats, scratch), (row, &s)| {
-                stats.compute(row, precision, path, scratch)?;
-                stats.range_of(row, s as usize)
+            |(stats, scratch), i| {
+                let row = &x[i * v..(i + 1) * v];
+                stats.compute_prefetching(row, precision, path, scratch, next_row(x, v, i))?;
+                stats.range_of(row, symbols[i] as usize)
             },
         )
         .collect::<Result<_>>()?;
@@ -726,13 +750,16 @@ pub fn decode_logits(bytes: &[u8], x: &[f32], v: usize, precision: u32) -> Resul
     let mut dec = Decoder::from_bytes(bytes, precision)?;
     let mut out = Vec::with_capacity(n);
     let mut stats: Vec<RowStats> = Vec::new();
-    for batch in x.chunks(DECODE_BATCH * v) {
+    for (b, batch) in x.chunks(DECODE_BATCH * v).enumerate() {
         let rows = batch.len() / v;
         stats.resize_with(rows, RowStats::default);
-        batch
-            .par_chunks(v)
-            .zip(stats.par_iter_mut())
-            .map_init(Vec::new, |scratch, (row, st)| st.compute(row, precision, path, scratch))
+        stats
+            .par_iter_mut()
+            .enumerate()
+            .map_init(Vec::new, |scratch, (j, st)| {
+                let i = b * DECODE_BATCH + j;
+                st.compute_prefetching(&x[i * v..(i + 1) * v], precision, path, scratch, next_row(x, v, i))
+            })
             .collect::<Result<()>>()?;
         for (row, st) in batch.chunks(v).zip(&stats) {
             let t = dec.target()?;
