@@ -10,12 +10,12 @@ Writes ``benches/results/store.json``:
   metadata) and a large one (64 KiB, e.g. with a residual), from 1 and 4 threads;
 * ``tiers``: bytes per session in each tier at context lengths 256 … 4096 for SmolLM2's shape
   (30 layers, 3 KV heads, head_dim 64): hot = KV in fp32 and bf16, warm = TurboQuant 3-bit
-  codes (measured), cold = container bytes (raw codec measured; lm/plt from their codecs when
-  present, else from ``benches/results/compression.json``, else null with a reason);
+  codes (measured), cold = container bytes (raw and plt codecs measured on license text; lm
+  estimated from ``benches/results/compression.json`` when present, else null with a reason);
 * ``restore``: restore latency per tier and context length. What the SessionStore does end to
   end is measured only when ``seqkv.store.SessionStore`` exists; otherwise the parts that exist
-  are measured (fetching the record from SQLite and decoding its tokens; dequantizing the warm
-  codes) and the rest is null with the reason;
+  are measured (fetching the record from SQLite and decoding its tokens with raw/plt;
+  dequantizing the warm codes) and the rest is null with the reason;
 * ``machine``: CPU, cores, OS, Python, SQLite and Redis versions, the file system under test.
 """
 
@@ -75,6 +75,7 @@ def machine_info(workdir: Path) -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "redis_server": redis_version,
         "workdir_filesystem": fs,
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -172,16 +173,14 @@ def bench_ops(workdir: Path, quick: bool) -> dict[str, Any]:
 def real_tokens(n: int) -> tuple[np.ndarray | None, str | None]:
     """``n`` SmolLM2 token ids of license text, or ``(None, reason)``."""
     try:
-        from transformers import AutoTokenizer
+        from seqkv.cli import smollm2_tokenizer
 
-        from seqkv.models import SMOLLM2_GGUF, smollm2_folder
-
-        tok = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF, local_files_only=True)
+        tok = smollm2_tokenizer()
     except Exception as exc:  # noqa: BLE001 - reported in the results
         return None, f"SmolLM2 tokenizer unavailable: {exc}"
     text = "".join(p.read_text(errors="replace") for p in sorted(Path("/usr/share/common-licenses").glob("*"))[:8]
                    if p.is_file())
-    ids = np.asarray(tok(text, add_special_tokens=False)["input_ids"], dtype=np.uint32)
+    ids = np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.uint32)
     if ids.size < n:
         ids = np.resize(ids, n)
     return ids[:n], None
@@ -265,22 +264,22 @@ def bench_tiers(workdir: Path, quick: bool) -> tuple[dict[str, Any], dict[str, A
             rest["warm_reason"] = quant_reason
         # cold: container bytes, and fetching + decoding the tokens from SQLite
         if codecs is not None and tokens is not None:
-            data = codecs.get("raw", vocab_size=VOCAB).encode(tokens[:n])
-            row["cold_bytes_raw"] = len(data)
-            db.put(f"ctx{n}", SessionRecord(data, {"tokens": n, "codec": "raw"}))
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                rec = db.get(f"ctx{n}")
-                codecs.get("raw", vocab_size=VOCAB).decode(rec.container)
-                times.append(time.perf_counter() - t0)
-            rest["cold_fetch_decode_raw_ms"] = round(1000 * float(np.median(times)), 3)
-            for name in ("plt",):
+            for name in ("raw", "plt"):
                 try:
-                    row[f"cold_bytes_{name}"] = len(codecs.get(name, vocab_size=VOCAB).encode(tokens[:n]))
-                except Exception as exc:  # noqa: BLE001
+                    codec = codecs.get(name, vocab_size=VOCAB)
+                    data = codec.encode(tokens[:n])
+                except Exception as exc:  # noqa: BLE001 - reported in the results
                     row[f"cold_bytes_{name}"] = None
                     row[f"cold_{name}_reason"] = f"{name} codec unavailable: {exc}"
+                    continue
+                row[f"cold_bytes_{name}"] = len(data)
+                db.put(f"{name}{n}", SessionRecord(data, {"tokens": n, "codec": name}))
+                times = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    codec.decode(db.get(f"{name}{n}").container)
+                    times.append(time.perf_counter() - t0)
+                rest[f"cold_fetch_decode_{name}_ms"] = round(1000 * float(np.median(times)), 3)
         else:
             row["cold_bytes_raw"] = None
             row["cold_reason"] = codec_reason or tok_reason

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,17 +18,11 @@ from seqkv.backends import SessionRecord, SQLiteBackend
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
 # Puts sessions in a loop, several threads at once, and prints "<id>" after each put returns.
-# Records are up to 256 KiB, so a kill often lands inside a write.
 WRITER = r"""
-import hashlib, sys, threading
-from seqkv.backends import SessionRecord, SQLiteBackend
-
-def record(i):
-    seed = hashlib.sha256(b"%d" % i).digest()
-    size = 1 + (int.from_bytes(seed[:4], "little") % (256 * 1024))
-    body = (seed * (size // 32 + 1))[:size]
-    return SessionRecord(body, {"i": i, "size": size, "sha": hashlib.sha256(body).hexdigest()},
-                         {"residual": seed} if i % 3 == 0 else {})
+import sys, threading
+sys.path.insert(0, {tests!r})
+from seqkv.backends import SQLiteBackend
+from test_durability import expected
 
 b = SQLiteBackend(sys.argv[1], synchronous=sys.argv[2])
 start, threads = int(sys.argv[3]), int(sys.argv[4])
@@ -36,7 +31,7 @@ out = threading.Lock()
 def loop(t):
     i = start + t
     while True:
-        b.put("s%d" % i, record(i), blobs={"trie": b"snapshot-%d" % i} if i % 5 == 0 else None)
+        b.put("s%d" % i, expected(i), blobs={{"trie": b"snapshot-%d" % i}} if i % 5 == 0 else None)
         with out:
             sys.stdout.write("%d\n" % i)
             sys.stdout.flush()
@@ -45,10 +40,11 @@ def loop(t):
 for t in range(threads):
     threading.Thread(target=loop, args=(t,), daemon=True).start()
 threading.Event().wait()
-"""
+""".format(tests=str(Path(__file__).resolve().parent))
 
 
 def expected(i: int) -> SessionRecord:
+    """The record the writer stores under ``s{i}``: up to 256 KiB, so a kill often lands mid-write."""
     seed = hashlib.sha256(b"%d" % i).digest()
     size = 1 + (int.from_bytes(seed[:4], "little") % (256 * 1024))
     body = (seed * (size // 32 + 1))[:size]

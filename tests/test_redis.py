@@ -158,3 +158,25 @@ def test_two_processes_store_and_restore_each_others_sessions(redis_url, namespa
         assert sorted(entries) == sorted(f"{me}:{i}" for me in (0, 1) for i in range(n))
         assert b.blob_version("trie") == 2 * n
         b.clear()
+
+
+@needs_server
+def test_cli_store_commands_on_redis(capsys, tmp_path, redis_url, namespace):
+    from seqkv.cli import main
+
+    db = f"{redis_url}?namespace={namespace}"
+    src = tmp_path / "ids.txt"
+    src.write_text(" ".join(str(i) for i in range(500)))
+    assert main(["-q", "store", "put", "--db", db, "--tokens", "--codec", "raw", "s1", str(src)]) == 0
+    assert main(["store", "ls", "--db", db, "--json"]) == 0
+    rows = __import__("json").loads(capsys.readouterr().out)
+    assert [r["id"] for r in rows] == ["s1"] and rows[0]["tokens"] == 500
+    out = tmp_path / "s1.skv"
+    assert main(["store", "get", "--db", db, "s1", "-o", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"SQKV"
+    assert main(["store", "stats", "--db", db]) == 0
+    assert "RedisBackend" in capsys.readouterr().out
+    port = free_port()
+    assert main(["store", "ls", "--db", f"redis://127.0.0.1:{port}/0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach Redis" in err

@@ -263,7 +263,8 @@ class RedisBackend(Backend):
             pipe.hset(key, mapping={"meta": new, "mcrc": meta_crc(new), "updated": repr(time.time())})
             return decode_meta(new, where)
 
-        return self._optimistic(key, f"patch_meta({session_id!r})", body, 100)[0]
+        meta: dict[str, Any] = self._optimistic(key, f"patch_meta({session_id!r})", body, 100)[0]
+        return meta
 
     # -- blobs -------------------------------------------------------------------------
 
