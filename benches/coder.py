@@ -108,6 +108,7 @@ def machine() -> dict[str, object]:
     return {
         "cpu": model_name or platform.processor(),
         "cores": os.cpu_count(),
+        "rayon_threads": int(os.environ.get("RAYON_NUM_THREADS", 0)) or os.cpu_count(),
         "avx2": _native.has_avx2(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -122,13 +123,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="synthetic logits, fewer rows (< 30 s)")
     ap.add_argument("--synthetic", action="store_true", help="do not load the model")
     ap.add_argument("--rows", type=int, default=None)
+    ap.add_argument("--logits-file", help="an .npz with float32 `logits` [n, V] and int `symbols` [n] (e.g. real logits saved elsewhere)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "coder.json"))
     args = ap.parse_args()
     import constriction
 
     n = args.rows or (192 if args.quick else 1023)
     repeats = 2 if args.quick else 5
-    source = None if (args.quick or args.synthetic) else real_logits(n)
+    if args.logits_file:
+        saved = np.load(args.logits_file)
+        source = (
+            np.ascontiguousarray(saved["logits"][:n], dtype=np.float32),
+            saved["symbols"][:n].astype(np.int64),
+            f"{saved['description']} (from {os.path.basename(args.logits_file)})",
+        )
+    else:
+        source = None if (args.quick or args.synthetic) else real_logits(n)
     logits, symbols, description = source if source is not None else synthetic_logits(n)
     n = len(symbols)
     precision = 24

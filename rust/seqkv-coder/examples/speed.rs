@@ -59,6 +59,22 @@ fn main() {
         let dt = thread_cpu() - t;
         println!("Avx2 + prefetch: {:.1} us/row thread CPU (checksum {acc})", dt / n as f64 * 1e6);
     }
+    {
+        let mut stats = vec![quantize::RowStats::default(); 8];
+        let mut bufs = [Vec::new(), Vec::new()];
+        let t = thread_cpu();
+        let mut acc = 0u64;
+        for (g, rows) in x.chunks(8 * v).enumerate() {
+            let k = rows.len() / v;
+            let next = x.get((g + 1) * 8 * v..((g + 1) * 8 + 1) * v).unwrap_or(&[]);
+            quantize::compute_rows(rows, v, 24, Path::Avx2, &mut stats[..k], &mut bufs, next).unwrap();
+            for (j, st) in stats[..k].iter().enumerate() {
+                acc += st.range_of(&rows[j * v..(j + 1) * v], symbols[g * 8 + j] as usize).unwrap().0 as u64;
+            }
+        }
+        let dt = thread_cpu() - t;
+        println!("Avx2 pipelined: {:.1} us/row thread CPU (checksum {acc})", dt / n as f64 * 1e6);
+    }
     let t = Instant::now();
     let bytes = quantize::encode_logits(&symbols, &x, v, 24).unwrap();
     println!("encode_logits: {:.0} rows/s wall, {} bytes", n as f64 / t.elapsed().as_secs_f64(), bytes.len());

@@ -208,6 +208,23 @@ mod avx2 {
         finish_max(m, any_bad)
     }
 
+    /// Steps 3–4 for 8 entries. Needs the default MXCSR (see [`super::MxcsrGuard`]): the
+    /// conversion rounds to nearest-even under it.
+    #[inline(always)]
+    unsafe fn weights8(xv: __m256, mv: __m256, table: *const i32) -> __m256i {
+        // -z = (m - x) * C exactly (round-to-nearest-even is symmetric): two separately rounded
+        // operations, no FMA. -z >= 0 since m is the maximum.
+        let nz = _mm256_mul_ps(_mm256_sub_ps(mv, xv), _mm256_set1_ps(LOG2E_SCALED));
+        // u = round_half_even(-z). Where z <= ZMIN (including -inf and overflow), u >= 32768 or
+        // the conversion's "indefinite" value 0x80000000: either way the shift q below is >= 32
+        // and srlv gives weight 0, as the spec requires; the table index stays in 0..1024.
+        let u = _mm256_cvtps_epi32(nz);
+        let q = _mm256_srli_epi32::<10>(u);
+        let r = _mm256_and_si256(u, _mm256_set1_epi32(1023));
+        let e = _mm256_i32gather_epi32::<4>(table, r);
+        _mm256_srlv_epi32(e, q)
+    }
+
     /// Pass 2 (weights and their sum). Needs the default MXCSR (see [`super::MxcsrGuard`]): the
     /// conversion rounds to nearest-even under it.
     #[target_feature(enable = "avx2")]
@@ -218,9 +235,6 @@ mod avx2 {
         let (pf, pf_chunks) = (prefetch.as_ptr(), prefetch.len() / 8);
         let chunks = n / 8;
         let mv = _mm256_set1_ps(m);
-        let cv = _mm256_set1_ps(LOG2E_SCALED);
-        let umax = _mm256_set1_ps(-ZMIN);
-        let mask1023 = _mm256_set1_epi32(1023);
         let mask16 = _mm256_set1_epi32(0xffff);
         let zero = _mm256_setzero_si256();
         let table = EXP2.as_ptr() as *const i32;
@@ -236,17 +250,7 @@ mod avx2 {
                 if c & 1 == 0 && c < pf_chunks {
                     _mm_prefetch::<_MM_HINT_T0>(pf.add(c * 8) as *const i8);
                 }
-                let xv = _mm256_loadu_ps(px.add(c * 8));
-                // -z = (m - x) * C exactly (round-to-nearest-even is symmetric): two separately
-                // rounded operations, no FMA. Clamping -z at -ZMIN = 32768 maps every `z <= ZMIN`
-                // (including -inf) to u = 32768, whose shift q = 32 gives weight 0 below.
-                let nz = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(mv, xv), cv), umax);
-                let u = _mm256_cvtps_epi32(nz); // round to nearest even (default MXCSR)
-                let q = _mm256_srli_epi32::<10>(u);
-                let r = _mm256_and_si256(u, mask1023);
-                let e = _mm256_i32gather_epi32::<4>(table, r);
-                // srlv gives 0 for shift counts >= 32, as the spec's `q < 32` case requires.
-                let wv = _mm256_srlv_epi32(e, q);
+                let wv = weights8(_mm256_loadu_ps(px.add(c * 8)), mv, table);
                 _mm256_storeu_si256(pw.add(c * 8) as *mut __m256i, wv);
                 acc_lo = _mm256_add_epi32(acc_lo, _mm256_and_si256(wv, mask16));
                 acc_hi = _mm256_add_epi32(acc_hi, _mm256_srli_epi32::<16>(wv));
@@ -319,6 +323,67 @@ mod avx2 {
         }
         prefix.push(total);
         total
+    }
+
+    /// Pass 2 of one row fused with pass 3 of the previous row (weights `prev_w`, scale
+    /// `k < 2^32`): the table lookups of the first and the multiplications of the second use
+    /// different execution units, so the second comes almost free. Fills `prefix` for the previous
+    /// row like [`block_prefix`]; returns (Σ w of this row, Σ g of the previous row).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn weights_fused(
+        x: &[f32],
+        m: f32,
+        w: &mut [u32],
+        prefetch: &[f32],
+        prev_w: &[u32],
+        k: u64,
+        prefix: &mut Vec<u64>,
+    ) -> (u64, u64) {
+        let n = x.len();
+        assert!(w.len() == n && prev_w.len() == n);
+        debug_assert!(k < 1 << 32);
+        prefix.clear();
+        let mv = _mm256_set1_ps(m);
+        let kv = _mm256_set1_epi64x(k as i64);
+        let lo32 = _mm256_set1_epi64x(0xffff_ffff);
+        let table = EXP2.as_ptr() as *const i32;
+        let (px, pw, pp, pf) = (x.as_ptr(), w.as_mut_ptr(), prev_w.as_ptr(), prefetch.as_ptr());
+        let pf_chunks = prefetch.len() / 8;
+        let chunks = n / 8;
+        let mut acc_w = _mm256_setzero_si256();
+        let mut g_total = 0u64;
+        let mut c = 0;
+        while c < chunks {
+            prefix.push(g_total);
+            let end = (c + BLOCK / 8).min(chunks);
+            let mut acc_g = _mm256_setzero_si256();
+            while c < end {
+                if c & 1 == 0 && c < pf_chunks {
+                    _mm_prefetch::<_MM_HINT_T0>(pf.add(c * 8) as *const i8);
+                }
+                let wv = weights8(_mm256_loadu_ps(px.add(c * 8)), mv, table);
+                _mm256_storeu_si256(pw.add(c * 8) as *mut __m256i, wv);
+                acc_w = _mm256_add_epi64(acc_w, _mm256_add_epi64(_mm256_and_si256(wv, lo32), _mm256_srli_epi64::<32>(wv)));
+                let (even, odd) = floors8(_mm256_loadu_si256(pp.add(c * 8) as *const __m256i), kv);
+                acc_g = _mm256_add_epi64(acc_g, _mm256_add_epi64(even, odd));
+                c += 1;
+            }
+            g_total += hsum64(acc_g);
+        }
+        let mut sum = hsum64(acc_w);
+        let tail = chunks * 8;
+        if tail < n {
+            if tail % BLOCK == 0 {
+                prefix.push(g_total); // the tail starts a block of its own
+            }
+            for i in tail..n {
+                w[i] = weight(x[i], m);
+                sum += w[i] as u64;
+                g_total += floor_g(prev_w[i], k);
+            }
+        }
+        prefix.push(g_total);
+        (sum, g_total)
     }
 
     /// Requires `k < 2^32`.
@@ -637,6 +702,77 @@ impl RowStats {
     }
 }
 
+/// [`RowStats::compute`] for `stats.len()` consecutive rows of `x` (`stats.len() * v` logits),
+/// software-pipelined on the AVX2 path: the floors of each row (pass 3) run inside the weights
+/// loop of the next (pass 2), and the row after is prefetched. `next` (may be empty) is the row
+/// that follows the run. Same results as computing the rows one by one.
+pub fn compute_rows(
+    x: &[f32],
+    v: usize,
+    precision: u32,
+    path: Path,
+    stats: &mut [RowStats],
+    bufs: &mut [Vec<u32>; 2],
+    next: &[f32],
+) -> Result<()> {
+    check_shape(v, precision)?;
+    let n = stats.len();
+    if x.len() != n * v {
+        return invalid(format!("{} logits for {n} rows of {v}", x.len()));
+    }
+    let path = path.checked();
+    let row = |i: usize| if i < n { &x[i * v..(i + 1) * v] } else { next };
+    if path != Path::Avx2 {
+        for (i, st) in stats.iter_mut().enumerate() {
+            st.compute_prefetching(row(i), precision, path, &mut bufs[0], row(i + 1))?;
+        }
+        return Ok(());
+    }
+    let r = (1u64 << precision) - v as u64;
+    let [b0, b1] = bufs;
+    b0.resize(v, 0);
+    b1.resize(v, 0);
+    // The last row whose weights are computed but whose floors are not, and its buffer.
+    let mut pending: Option<(usize, bool)> = None;
+    for i in 0..n {
+        let xi = row(i);
+        let (done, rest) = stats.split_at_mut(i);
+        let st = &mut rest[0];
+        st.v = v;
+        st.precision = precision;
+        st.path = Some(path);
+        let Some(m) = row_max(xi, path)? else {
+            st.compute_prefetching(xi, precision, path, b0, &[])?;
+            continue;
+        };
+        st.uniform = false;
+        st.m = m;
+        // The buffer not holding the pending row's weights.
+        let use_b1 = matches!(pending, Some((_, false)));
+        let (cur, prev) = if use_b1 { (&mut *b1, &*b0) } else { (&mut *b0, &*b1) };
+        let s = match pending {
+            Some((j, _)) => {
+                let pj = &mut done[j];
+                let _csr = MxcsrGuard::new();
+                // SAFETY: AVX2 is available (checked path); k < 2^32 for rows with a finite entry.
+                let (s, g) = unsafe { avx2::weights_fused(xi, m, cur, row(i + 1), prev, pj.k, &mut pj.prefix) };
+                pj.l = r - g;
+                s
+            }
+            None => row_weights(xi, m, cur, path, row(i + 1)),
+        };
+        st.a = row_first_equal(xi, m, path);
+        st.k = scale_factor(r, s);
+        pending = Some((i, use_b1));
+    }
+    if let Some((j, in_b1)) = pending {
+        let pj = &mut stats[j];
+        let g = row_block_prefix(if in_b1 { b1 } else { b0 }, pj.k, &mut pj.prefix, path);
+        pj.l = r - g;
+    }
+    Ok(())
+}
+
 /// The fused logits row model with its own scratch: [`load`](Self::load) a row, then ask for
 /// [`range_of`](Self::range_of) a symbol (encoding) or [`find`](Self::find) a target (decoding).
 #[derive(Clone, Debug)]
@@ -721,17 +857,20 @@ pub fn encode_logits(symbols: &[u32], x: &[f32], v: usize, precision: u32) -> Re
         return invalid(format!("{} symbols for {n} rows of logits", symbols.len()));
     }
     let path = Path::best();
-    let slices: Vec<(u32, u32)> = (0..n)
-        .into_par_iter()
+    let slices: Vec<(u32, u32)> = x
+        .par_chunks(RUN * v)
+        .zip(symbols.par_chunks(RUN))
+        .enumerate()
         .map_init(
-            || (RowStats::default(), Vec::new()),
-            |(stats, scratch), i| {
-                let row = &x[i * v..(i + 1) * v];
-                stats.compute_prefetching(row, precision, path, scratch, next_row(x, v, i))?;
-                stats.range_of(row, symbols[i] as usize)
+            || (vec![RowStats::default(); RUN], [Vec::new(), Vec::new()]),
+            |(stats, bufs), (g, (rows, syms))| {
+                let stats = &mut stats[..syms.len()];
+                compute_rows(rows, v, precision, path, stats, bufs, next_row(x, v, (g + 1) * RUN - 1))?;
+                stats.iter().zip(rows.chunks(v)).zip(syms).map(|((st, row), &s)| st.range_of(row, s as usize)).collect()
             },
         )
-        .collect::<Result<_>>()?;
+        .collect::<Result<Vec<Vec<(u32, u32)>>>>()?
+        .concat();
     let mut enc = Encoder::new(precision)?;
     for (c, f) in slices {
         enc.encode(c, f)?;
@@ -741,6 +880,8 @@ pub fn encode_logits(symbols: &[u32], x: &[f32], v: usize, precision: u32) -> Re
 
 /// Rows analysed per parallel batch while decoding.
 const DECODE_BATCH: usize = 256;
+/// Consecutive rows one worker analyses in a software pipeline ([`compute_rows`]).
+const RUN: usize = 8;
 
 /// Decodes one symbol per logits row (`x` holds `n` rows of `v`) from bytes written by
 /// [`encode_logits`] (or any encoder using the same tables); checks the stream ends there.
@@ -754,12 +895,16 @@ pub fn decode_logits(bytes: &[u8], x: &[f32], v: usize, precision: u32) -> Resul
         let rows = batch.len() / v;
         stats.resize_with(rows, RowStats::default);
         stats
-            .par_iter_mut()
+            .par_chunks_mut(RUN)
+            .zip(batch.par_chunks(RUN * v))
             .enumerate()
-            .map_init(Vec::new, |scratch, (j, st)| {
-                let i = b * DECODE_BATCH + j;
-                st.compute_prefetching(&x[i * v..(i + 1) * v], precision, path, scratch, next_row(x, v, i))
-            })
+            .map_init(
+                || [Vec::new(), Vec::new()],
+                |bufs, (g, (st, xs))| {
+                    let last = b * DECODE_BATCH + g * RUN + st.len() - 1;
+                    compute_rows(xs, v, precision, path, st, bufs, next_row(x, v, last))
+                },
+            )
             .collect::<Result<()>>()?;
         for (row, st) in batch.chunks(v).zip(&stats) {
             let t = dec.target()?;
