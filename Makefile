@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(HOME)/.cargo/bin:$(PATH)
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 NATIVE := python/seqkv/_native.abi3.so
 
-.PHONY: demo test test-rust test-python test-wheel stubtest venv build wheel bench bench-quick report docs fuzz clean
+.PHONY: redis-server demo test test-rust test-python test-wheel stubtest venv build wheel bench bench-quick report docs fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -34,7 +34,7 @@ test: build test-rust test-python stubtest test-wheel
 test-rust:
 	cargo nextest run --workspace --exclude seqkv-py --release --no-fail-fast 2>&1 | tail -n 40; exit $${PIPESTATUS[0]}
 
-test-python: build
+test-python: build redis-server
 	$(PY) -m pytest -q tests
 
 stubtest: build
@@ -57,11 +57,18 @@ docs: build
 	$(PIP) install -q pdoc
 	$(PY) -m pdoc seqkv -o site --docformat google
 
-bench-quick: build
+bench-quick: build redis-server
 	for b in benches/*.py; do $(PY) $$b --quick || exit 1; done
 
-bench: build
+bench: build redis-server
 	for b in benches/*.py; do $(PY) $$b || exit 1; done
+
+# Debian's redis-server, for the tests marked `redis` (they skip when it cannot be installed).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || command -v valkey-server >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server; } \
+	  || echo "warning: redis-server not installed; tests marked redis will skip"
 
 clean:
 	rm -rf target dist $(NATIVE)

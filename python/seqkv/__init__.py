@@ -31,6 +31,8 @@ _LAZY = {
     "Trie": "seqkv.trie",
     "Match": "seqkv.trie",
     "SessionStore": "seqkv.store",
+    "Tiers": "seqkv.tiers",
+    "open_backend": "seqkv.backends",
     "coder": "seqkv.coder",
     "container": "seqkv.container",
     "codecs": "seqkv.codecs",
