@@ -9,6 +9,8 @@ __version__: str
 
 # --- coder (rust/seqkv-py/src/coder.rs) ---
 
+from typing import final as _final
+
 QUANTIZER_VERSION: int
 MAX_PRECISION: int
 CONTAINER_FORMAT_VERSION: int
@@ -37,6 +39,7 @@ def container_unpack(
     data: bytes,
 ) -> tuple[tuple[str, int, int, int, int, bytes, str, tuple[int, ...], bytes], list[tuple[int, bytes, int]], int]: ...
 
+@_final
 class Encoder:
     """Streaming range encoder (one table or logits row per symbol)."""
     def __new__(cls, precision: int) -> Encoder: ...
@@ -48,6 +51,7 @@ class Encoder:
     def push_slice(self, cum_low: int, freq: int, total: int) -> None: ...
     def finish(self) -> bytes: ...
 
+@_final
 class Decoder:
     """Streaming range decoder mirroring ``Encoder``."""
     def __new__(cls, data: bytes, precision: int) -> Decoder: ...
@@ -59,6 +63,7 @@ class Decoder:
     def advance(self, cum_low: int, freq: int) -> None: ...
     def finish(self) -> None: ...
 
+@_final
 class AdaptiveModel:
     """Adaptive frequency counts (Fenwick tree)."""
     def __new__(cls, n_symbols: int, increment: int, limit: int) -> AdaptiveModel: ...
