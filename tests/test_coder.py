@@ -189,6 +189,9 @@ def test_overhead_is_tiny():
         lambda: coder.Encoder(4).push(0, np.array([8, 7], np.uint32)),
         lambda: coder.encode_adaptive([5], 5),
         lambda: coder.encode(["a"], np.array([8, 8], np.uint32), 4),
+        lambda: coder.Encoder().push_slice(-1, 1, 2),
+        lambda: coder.AdaptiveModel(4).cdf(-1),
+        lambda: coder.AdaptiveModel(4).encode(coder.Encoder(), 4),
     ],
 )
 def test_invalid_input_raises_invalid_input_error(call):

@@ -248,7 +248,7 @@ class Encoder:
     def push_slice(self, cum_low: int, freq: int, total: int) -> None:
         """Codes the symbol occupying ``[cum_low, cum_low + freq)`` of a table summing to ``total``
         (``<= 2**24``, any value): for models computed outside seqkv."""
-        self._enc.push_slice(cum_low, freq, total)
+        self._enc.push_slice(_as_symbol(cum_low), _as_symbol(freq), _as_symbol(total))
 
     def finish(self) -> bytes:
         """Ends the stream and returns its bytes; the encoder cannot be used afterwards."""
@@ -278,10 +278,10 @@ class Decoder:
     def target(self, total: int) -> int:
         """For :meth:`Encoder.push_slice` streams: the value in ``[0, total)`` that identifies the
         next symbol; follow with :meth:`advance` on the slice containing it."""
-        return self._dec.target_with_total(total)
+        return self._dec.target_with_total(_as_symbol(total))
 
     def advance(self, cum_low: int, freq: int) -> None:
-        self._dec.advance(cum_low, freq)
+        self._dec.advance(_as_symbol(cum_low), _as_symbol(freq))
 
     def finish(self) -> None:
         """Raises :class:`CorruptStreamError` if the stream holds data after the symbols popped."""
@@ -312,20 +312,20 @@ class AdaptiveModel:
 
     def cdf(self, symbol: int) -> int:
         """Sum of the counts of the symbols below ``symbol``."""
-        return self._m.cdf(symbol)
+        return self._m.cdf(_as_symbol(symbol))
 
     def freq(self, symbol: int) -> int:
-        return self._m.freq(symbol)
+        return self._m.freq(_as_symbol(symbol))
 
     def find(self, target: int) -> tuple[int, int, int]:
         """``(symbol, cum_low, freq)`` of the symbol whose slice contains ``target < total``."""
-        return self._m.find(target)
+        return self._m.find(_as_symbol(target))
 
     def update(self, symbol: int) -> None:
-        self._m.update(symbol)
+        self._m.update(_as_symbol(symbol))
 
     def encode(self, encoder: Encoder, symbol: int) -> None:
-        self._m.encode(encoder._enc, _as_int(symbol))
+        self._m.encode(encoder._enc, _as_symbol(symbol))
 
     def decode(self, decoder: Decoder) -> int:
         return self._m.decode(decoder._dec)
@@ -335,6 +335,13 @@ def _as_int(symbol: Any) -> int:
     if isinstance(symbol, bool) or not isinstance(symbol, (int, np.integer)):
         raise InvalidInputError(f"symbol must be an int, got {type(symbol).__name__}")
     return int(symbol)
+
+
+def _as_symbol(symbol: Any) -> int:
+    s = _as_int(symbol)
+    if s < 0:
+        raise InvalidInputError(f"symbol must be >= 0, got {s}")
+    return s
 
 
 def crc32c(data: bytes, value: int = 0) -> int:

@@ -58,7 +58,9 @@ fn symbols_array<'py>(py: Python<'py>, symbols: Vec<u32>) -> Bound<'py, PyArray1
 fn quantize_logits<'py>(py: Python<'py>, logits: PyReadonlyArray2<'py, f32>, precision: u32) -> PyResult<Bound<'py, PyArray2<u32>>> {
     let (x, n, v) = slice2(&logits, "logits")?;
     quantize::check_shape(v, precision).map_err(map)?;
-    let out = PyArray2::<u32>::zeros(py, [n, v], false);
+    // SAFETY: every element is written by quantize_rows before the array is returned; on error
+    // the array is dropped unread.
+    let out = unsafe { PyArray2::<u32>::new(py, [n, v], false) };
     {
         let mut rw = out.readwrite();
         let o = rw.as_slice_mut().map_err(|_| invalid("output not contiguous"))?;
