@@ -174,7 +174,7 @@ impl AdaptiveModel {
         }
         while self.total > self.limit {
             for c in &mut self.counts {
-                *c = (*c + 1) / 2;
+                *c = c.div_ceil(2);
             }
             self.rebuild();
         }

@@ -109,6 +109,7 @@ fn finish_max(m: f32, bad: bool) -> Result<Option<f32>> {
 fn weight(xi: f32, m: f32) -> u32 {
     // Two separately rounded f32 operations (Rust never contracts them into an FMA).
     let z = (xi - m) * LOG2E_SCALED;
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // the spec's wording: also true for NaN-free -inf
     if !(z > ZMIN) {
         return 0;
     }

@@ -76,7 +76,7 @@ proptest! {
                 // Skew to the precision limit: one symbol takes all but V - 1.
                 0 => (0..v).map(|i| if i == seed as usize % v { u32::MAX / 2 } else { 1 }).collect(),
                 1 => (0..v).map(|i| (seed.rotate_left(i as u32) % 97) + (i as u32 % 2)).collect(),
-                _ => (0..v).map(|i| 1 + (i as u32 * seed) % 13).collect(),
+                _ => (0..v).map(|i| 1 + (i as u32).wrapping_mul(seed) % 13).collect(),
             };
             let mut w = weights;
             if w.iter().all(|&x| x == 0) { w[0] = 1; }
@@ -183,7 +183,7 @@ fn every_precision_long_messages() {
         let v = 3usize.min(1 << precision);
         let f = table_from(&[5, 1, 2][..v], precision);
         let t = StaticTable::new(&f, precision).unwrap();
-        let symbols: Vec<u32> = (0..10_000u32).map(|i| (i * 2_654_435_761u32 >> 7) % v as u32).collect();
+        let symbols: Vec<u32> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) % v as u32).collect();
         let mut enc = Encoder::new(precision).unwrap();
         for &s in &symbols {
             let (c, fr) = t.range_of(s as usize).unwrap();
@@ -205,7 +205,7 @@ fn overhead_is_at_most_a_few_bytes() {
     // Information content vs coded size for a skewed static table.
     let precision = 16;
     let f = [60000u32, 5000, 536];
-    let symbols: Vec<u32> = (0..50_000u32).map(|i| match (i * 2_654_435_761u32) >> 16 { x if x < 60000 => 0, x if x < 65000 => 1, _ => 2 }).collect();
+    let symbols: Vec<u32> = (0..50_000u32).map(|i| match i.wrapping_mul(2_654_435_761) >> 16 { x if x < 60000 => 0, x if x < 65000 => 1, _ => 2 }).collect();
     let info: f64 = symbols.iter().map(|&s| -((f[s as usize] as f64) / 65536.0).log2()).sum();
     let bytes = table::encode_static(&symbols, &f, precision).unwrap();
     assert!((bytes.len() as f64) * 8.0 <= info + 40.0, "{} bytes for {info} bits", bytes.len());
