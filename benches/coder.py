@@ -15,7 +15,7 @@ Measured (tokens/s, best of several interleaved repeats):
   distribution per row (batched call), softmax *excluded* (probabilities precomputed), and the same
   with the NumPy softmax from the logits included.
 Overhead: seqkv's coded bits/token minus the cross-entropy of the float (softmax) distribution.
-Writes benches/results/coder.json.
+Writes benches/results/coder.json (``--quick``: coder-quick.json, so the full figures stay).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="do not load the model")
     ap.add_argument("--rows", type=int, default=None)
     ap.add_argument("--logits-file", help="an .npz with float32 `logits` [n, V] and int `symbols` [n] (e.g. real logits saved elsewhere)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "coder.json"))
+    ap.add_argument("--out", default=None, help="default benches/results/coder.json (coder-quick.json with --quick)")
     args = ap.parse_args()
     import constriction
 
@@ -242,7 +242,8 @@ def main() -> None:
         "quick": args.quick,
         "machine": {**machine(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
     }
-    out = Path(args.out)
+    results = Path(__file__).resolve().parent / "results"
+    out = Path(args.out) if args.out else results / ("coder-quick.json" if args.quick else "coder.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     width = max(len(k) for k in result)
