@@ -1,50 +1,78 @@
-//! What the model needs from an entropy coder: code one choice out of a list of
-//! integer frequencies (plus an escape), or one token out of the order -1 table.
+//! What the model needs from an entropy coder, as one trait: the model is written
+//! once, generic over [`Channel`], and the encoder, the decoder and the cost meter
+//! (ideal code length, for statistics and tuning) implement it.
 //!
-//! The model is written once, generic over [`Channel`]; the encoder, the decoder
-//! and the cost meter (ideal code length, for tuning) implement it.
+//! Every call codes one slice `[cum, cum + freq)` of a table with an arbitrary
+//! total `<= 2^24` through `seqkv_coder::range` (`encode_with_total`).
+
+use seqkv_coder::range::{Decoder, Encoder};
 
 use crate::fenwick::Fenwick;
 use crate::Error;
 
+/// Totals of binary decisions.
+const BIT_TOTAL: u32 = 1 << 16;
+
 /// One coding step of the model, seen from the coder's side.
 pub trait Channel {
-    /// The model offers `freqs[i]` for the i-th candidate and `esc` for "none of
-    /// them" (`esc` may be 0 when the symbol must be a candidate). Total =
-    /// `sum(freqs) + esc`. The encoder codes the candidate equal to its current
-    /// symbol (or the escape) and returns its index; the decoder reads one.
+    /// Codes whether the symbol is an "escape" (for the encoder: `is_escape(symbol)`),
+    /// with `p_esc` = P(escape) in units of 2^-16 (`1..65535`). Returns true on escape.
+    fn escape(&mut self, p_esc: u32, is_escape: &dyn Fn(u32) -> bool) -> Result<bool, Error>;
+
+    /// Codes one of `syms` under `freqs` (each >= 1), or, when `esc > 0`, possibly an
+    /// escape of weight `esc` placed after them. Returns the index, None on escape.
     fn choose(&mut self, syms: &[u32], freqs: &[u32], esc: u32) -> Result<Option<usize>, Error>;
 
-    /// Codes a token under the order -1 table (the token must have weight > 0).
-    fn choose_static(&mut self, table: &Fenwick) -> Result<u32, Error>;
+    /// Codes a token under the weights of `table` minus the tokens of `excl` (distinct
+    /// tokens with their weights in `table`, in any order: the decoder sorts them);
+    /// `avail` = table total − Σ excluded.
+    fn choose_excluding(&mut self, table: &Fenwick, excl: &mut [(u32, u32)], avail: u32) -> Result<u32, Error>;
 
-    /// Codes whether the symbol is outside `syms` ("escape"), with `p_esc` =
-    /// P(escape) in units of 2^-16 (1..65535). Returns true on escape.
-    fn escape(&mut self, p_esc: u32, syms: &[u32]) -> Result<bool, Error>;
+    /// Codes a token under the weights of `table` (the token must have weight > 0).
+    fn choose_static(&mut self, table: &Fenwick) -> Result<u32, Error> {
+        self.choose_excluding(table, &mut [], table.total())
+    }
 
     /// Tells the channel which part of the model codes next (statistics only).
     fn note(&mut self, _tag: usize) {}
 }
 
-/// An interval coder with arbitrary totals (each total < 2^24 here).
-pub trait IntervalEncoder {
-    fn encode(&mut self, cum: u32, freq: u32, total: u32);
-}
-
-/// The decoding side of [`IntervalEncoder`].
-pub trait IntervalDecoder {
-    /// A value in `0..total`; the caller finds the interval holding it and calls `advance`.
-    fn target(&mut self, total: u32) -> Result<u32, Error>;
-    fn advance(&mut self, cum: u32, freq: u32, total: u32) -> Result<(), Error>;
+fn map_coder(e: seqkv_coder::Error) -> Error {
+    match e {
+        seqkv_coder::Error::CorruptStream(m) => Error::CorruptStream(m),
+        // The model only offers valid slices; a decoder target that fits no slice is
+        // reported by the coder as invalid input, which here means a corrupt stream.
+        seqkv_coder::Error::InvalidInput(m) | seqkv_coder::Error::FormatVersion(m) => Error::CorruptStream(m),
+    }
 }
 
 /// Encoder side: knows the symbol being coded.
-pub struct EncodeChannel<'a, E: IntervalEncoder> {
-    pub enc: &'a mut E,
+pub struct EncodeChannel<'a> {
+    pub enc: &'a mut Encoder,
     pub sym: u32,
 }
 
-impl<E: IntervalEncoder> Channel for EncodeChannel<'_, E> {
+impl EncodeChannel<'_> {
+    #[inline]
+    fn put(&mut self, cum: u32, freq: u32, total: u32) -> Result<(), Error> {
+        self.enc.encode_with_total(cum, freq, total).map_err(|e| match e {
+            seqkv_coder::Error::InvalidInput(m) => Error::Internal(m),
+            other => map_coder(other),
+        })
+    }
+}
+
+impl Channel for EncodeChannel<'_> {
+    fn escape(&mut self, p_esc: u32, is_escape: &dyn Fn(u32) -> bool) -> Result<bool, Error> {
+        let esc = is_escape(self.sym);
+        if esc {
+            self.put(0, p_esc, BIT_TOTAL)?;
+        } else {
+            self.put(p_esc, BIT_TOTAL - p_esc, BIT_TOTAL)?;
+        }
+        Ok(esc)
+    }
+
     fn choose(&mut self, syms: &[u32], freqs: &[u32], esc: u32) -> Result<Option<usize>, Error> {
         let mut cum = 0u32;
         let mut found = None;
@@ -57,84 +85,101 @@ impl<E: IntervalEncoder> Channel for EncodeChannel<'_, E> {
         let total = cum + esc;
         match found {
             Some((i, c, f)) => {
-                self.enc.encode(c, f, total);
+                self.put(c, f, total)?;
                 Ok(Some(i))
             }
-            None => {
-                debug_assert!(esc > 0, "symbol not offered and no escape");
-                self.enc.encode(cum, esc, total);
+            None if esc > 0 => {
+                self.put(cum, esc, total)?;
                 Ok(None)
             }
+            None => Err(Error::Internal("symbol is not among the candidates".into())),
         }
     }
 
-    fn choose_static(&mut self, table: &Fenwick) -> Result<u32, Error> {
-        let s = self.sym as usize;
-        self.enc.encode(table.prefix(s), table.weight(s), table.total());
-        Ok(self.sym)
-    }
-
-    fn escape(&mut self, p_esc: u32, syms: &[u32]) -> Result<bool, Error> {
-        let esc = !syms.contains(&self.sym);
-        if esc {
-            self.enc.encode(0, p_esc, 1 << 16);
-        } else {
-            self.enc.encode(p_esc, (1 << 16) - p_esc, 1 << 16);
+    fn choose_excluding(&mut self, table: &Fenwick, excl: &mut [(u32, u32)], avail: u32) -> Result<u32, Error> {
+        let s = self.sym;
+        let w = table.weight(s as usize);
+        if w == 0 || excl.iter().any(|&(u, _)| u == s) {
+            return Err(Error::Internal("symbol has no weight in the table".into()));
         }
-        Ok(esc)
+        let below: u32 = excl.iter().filter(|&&(u, _)| u < s).map(|&(_, f)| f).sum();
+        self.put(table.prefix(s as usize) - below, w, avail)?;
+        Ok(s)
     }
 }
 
 /// Decoder side.
-pub struct DecodeChannel<'a, D: IntervalDecoder> {
-    pub dec: &'a mut D,
+pub struct DecodeChannel<'a> {
+    pub dec: &'a mut Decoder,
 }
 
-impl<D: IntervalDecoder> Channel for DecodeChannel<'_, D> {
+impl DecodeChannel<'_> {
+    #[inline]
+    fn target(&mut self, total: u32) -> Result<u32, Error> {
+        self.dec.target_with_total(total).map_err(map_coder)
+    }
+
+    #[inline]
+    fn advance(&mut self, cum: u32, freq: u32) -> Result<(), Error> {
+        self.dec.advance(cum, freq).map_err(map_coder)
+    }
+}
+
+impl Channel for DecodeChannel<'_> {
+    fn escape(&mut self, p_esc: u32, _is_escape: &dyn Fn(u32) -> bool) -> Result<bool, Error> {
+        let t = self.target(BIT_TOTAL)?;
+        if t < p_esc {
+            self.advance(0, p_esc)?;
+            Ok(true)
+        } else {
+            self.advance(p_esc, BIT_TOTAL - p_esc)?;
+            Ok(false)
+        }
+    }
+
     fn choose(&mut self, _syms: &[u32], freqs: &[u32], esc: u32) -> Result<Option<usize>, Error> {
         let total: u32 = freqs.iter().sum::<u32>() + esc;
-        let t = self.dec.target(total)?;
+        let t = self.target(total)?;
         let mut cum = 0u32;
         for (i, &f) in freqs.iter().enumerate() {
             if t < cum + f {
-                self.dec.advance(cum, f, total)?;
+                self.advance(cum, f)?;
                 return Ok(Some(i));
             }
             cum += f;
         }
         if esc == 0 {
-            return Err(Error::Corrupt("decoded value outside the table"));
+            return Err(Error::CorruptStream("decoded value outside the table".into()));
         }
-        self.dec.advance(cum, esc, total)?;
+        self.advance(cum, esc)?;
         Ok(None)
     }
 
-    fn choose_static(&mut self, table: &Fenwick) -> Result<u32, Error> {
-        let total = table.total();
-        let t = self.dec.target(total)?;
-        let (i, cum) = table.find(t);
-        let w = table.weight(i);
-        if w == 0 || t >= cum + w {
-            return Err(Error::Corrupt("decoded value outside the order -1 table"));
+    fn choose_excluding(&mut self, table: &Fenwick, excl: &mut [(u32, u32)], avail: u32) -> Result<u32, Error> {
+        excl.sort_unstable();
+        let t = self.target(avail)?;
+        let mut offset = 0u32;
+        for &(u, f) in excl.iter() {
+            if t + offset < table.prefix(u as usize) {
+                break;
+            }
+            offset += f;
         }
-        self.dec.advance(cum, w, total)?;
-        Ok(i as u32)
-    }
-
-    fn escape(&mut self, p_esc: u32, _syms: &[u32]) -> Result<bool, Error> {
-        let t = self.dec.target(1 << 16)?;
-        if t < p_esc {
-            self.dec.advance(0, p_esc, 1 << 16)?;
-            Ok(true)
-        } else {
-            self.dec.advance(p_esc, (1 << 16) - p_esc, 1 << 16)?;
-            Ok(false)
+        let full = t + offset;
+        if full >= table.total() {
+            return Err(Error::CorruptStream("decoded value outside the table".into()));
         }
+        let (s, cum) = table.find(full);
+        let w = table.weight(s);
+        if w == 0 || full >= cum + w {
+            return Err(Error::CorruptStream("decoded value outside the table".into()));
+        }
+        self.advance(cum - offset, w)?;
+        Ok(s as u32)
     }
 }
 
-/// Sums the ideal code length (-log2 p) of what would be coded; used to tune and
-/// to report model cross-entropy without an entropy coder.
+/// Sums the ideal code length (-log2 p) of what would be coded.
 #[derive(Default)]
 pub struct CostChannel {
     pub sym: u32,
@@ -142,8 +187,6 @@ pub struct CostChannel {
     pub tag: usize,
     /// Per tag: (bits for symbols, count, bits for escapes, count).
     pub stats: Vec<(f64, u32, f64, u32)>,
-    /// (P(top candidate), hit) of every multi-candidate choice with tag 1
-    pub calib: Vec<(f64, bool)>,
 }
 
 impl CostChannel {
@@ -168,28 +211,32 @@ impl Channel for CostChannel {
         self.tag = tag;
     }
 
+    fn escape(&mut self, p_esc: u32, is_escape: &dyn Fn(u32) -> bool) -> Result<bool, Error> {
+        let esc = is_escape(self.sym);
+        let p = if esc { p_esc } else { BIT_TOTAL - p_esc };
+        self.add((BIT_TOTAL as f64 / p as f64).log2(), esc);
+        Ok(esc)
+    }
+
     fn choose(&mut self, syms: &[u32], freqs: &[u32], esc: u32) -> Result<Option<usize>, Error> {
         let total: u32 = freqs.iter().sum::<u32>() + esc;
-        if esc > 0 && self.tag == std::env::var("CALIB").ok().and_then(|v| v.parse().ok()).unwrap_or(99) {
-            self.calib.push((esc as f64 / total as f64, !syms.contains(&self.sym)));
-        }
         let (f, r) = match syms.iter().position(|&s| s == self.sym) {
             Some(i) => (freqs[i], Some(i)),
             None => (esc, None),
         };
+        if f == 0 {
+            return Err(Error::Internal("symbol is not among the candidates".into()));
+        }
         self.add((total as f64 / f as f64).log2(), r.is_none());
         Ok(r)
     }
 
-    fn choose_static(&mut self, table: &Fenwick) -> Result<u32, Error> {
-        self.add((table.total() as f64 / table.weight(self.sym as usize) as f64).log2(), false);
+    fn choose_excluding(&mut self, table: &Fenwick, _excl: &mut [(u32, u32)], avail: u32) -> Result<u32, Error> {
+        let w = table.weight(self.sym as usize);
+        if w == 0 {
+            return Err(Error::Internal("symbol has no weight in the table".into()));
+        }
+        self.add((avail as f64 / w as f64).log2(), false);
         Ok(self.sym)
-    }
-
-    fn escape(&mut self, p_esc: u32, syms: &[u32]) -> Result<bool, Error> {
-        let esc = !syms.contains(&self.sym);
-        let p = if esc { p_esc } else { (1 << 16) - p_esc };
-        self.add((65536.0 / p as f64).log2(), esc);
-        Ok(esc)
     }
 }

@@ -46,6 +46,28 @@ impl Fenwick {
         s
     }
 
+    /// Adds `delta` to the weight of `i`.
+    pub fn add(&mut self, i: usize, delta: u32) {
+        self.weights[i] += delta;
+        self.total += delta;
+        let mut j = i + 1;
+        while j < self.tree.len() {
+            self.tree[j] = self.tree[j].wrapping_add(delta);
+            j += j & j.wrapping_neg();
+        }
+    }
+
+    /// Subtracts `delta` (at most the weight) from the weight of `i`.
+    pub fn sub(&mut self, i: usize, delta: u32) {
+        self.weights[i] -= delta;
+        self.total -= delta;
+        let mut j = i + 1;
+        while j < self.tree.len() {
+            self.tree[j] = self.tree[j].wrapping_sub(delta);
+            j += j & j.wrapping_neg();
+        }
+    }
+
     /// Sets the weight of `i` to zero (removes it from the table).
     pub fn remove(&mut self, i: usize) {
         let w = self.weights[i];

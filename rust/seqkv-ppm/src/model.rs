@@ -1,27 +1,128 @@
-//! The context model (research version 2: interpolated Pitman-Yor / Kneser-Ney style
-//! blending of orders K..0, then the static order -1 table; integer fixed point).
+//! The `plt` context model: orders `K..1` of hashed token contexts blended
+//! Kneser-Ney / Pitman-Yor style into the order-0 distribution, then a static
+//! order -1 table over the tokens never seen. Integer arithmetic only.
+//!
+//! One coding step (the decoder makes the same calls, reading instead of writing):
+//!
+//! 1. **Blend.** For each context of order `k = K..1` that exists, the weight
+//!    `w` still unassigned is split: a share `(64·c(s) − D_k(c)) / den_k` of `w` goes
+//!    to each symbol `s` seen there, the rest `w·b_k/den_k` to the lower orders,
+//!    where `den_k = 64·n + θ_k` and `b_k = θ_k + Σ_s D_k(c(s))`. The order-0 level
+//!    (continuation counts over every token seen) ends the chain. The symbols seen in
+//!    the contexts are the *candidates*; their blended weights are their frequencies.
+//! 2. **Escape 1.** "Not a candidate" gets the blended weight of everything else. Its
+//!    probability is refined by an adaptive probability map (APM) and coded as one
+//!    binary decision; then a candidate (if not escaped) under the blended frequencies.
+//! 3. **Order 0.** Among the seen tokens that are not candidates: weights
+//!    `64·c0(s) − D_0(c0) + 64·(occurrences of s in the last W tokens)` (a Fenwick
+//!    tree, candidates excluded), or escape `b_0` (APM-refined binary decision) to:
+//! 4. **Order -1.** A static table over the tokens never seen, `w(i) ∝ 1/(i + C)`
+//!    (BPE vocabularies number tokens roughly by frequency), seen tokens removed.
+//!
+//! Updates: the counts of the contexts follow the "minimal path" rule (a token
+//! increments the highest-order context and goes down only while it is new there), so
+//! lower orders hold continuation counts as in Kneser-Ney; counts are halved when a
+//! context's total passes a bound, which keeps every total below 2^24.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::apm::{Apm, Stretch};
 use crate::channel::Channel;
 use crate::fenwick::Fenwick;
 use crate::Error;
 
+/// Highest supported order.
+pub const MAX_ORDER: usize = 8;
+
+/// Tunable constants of the model. A stream records the profile it was coded with
+/// (see [`crate::Params`]); these values are part of the format of profile 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Discount of a symbol seen once / twice / three or more times, per order
+    /// (index 0 = order 0, orders above the array's end use its last entry), in 1/64.
+    pub d1: [u32; MAX_ORDER + 1],
+    pub d2: [u32; MAX_ORDER + 1],
+    pub d3: [u32; MAX_ORDER + 1],
+    /// Strength θ per order, in 1/64.
+    pub theta: [u32; MAX_ORDER + 1],
+    /// Offset C of the static table `1/(i + C)`.
+    pub zipf_c: u32,
+    /// Recency window W (tokens) of the order-0 stage, and its bonus per occurrence (1/64).
+    pub window: u32,
+    pub bonus: u32,
+    /// Weight (in 1/4) of the APM's refined probability against the model's own.
+    pub apm_w: u32,
+    /// Adaptation limit of the APM cells.
+    pub apm_limit: u16,
+    /// Match model: minimum match length (tokens) to predict; 0 = off.
+    pub match_min: u32,
+    /// A context's counts are halved when its total passes this (at most 60,000).
+    pub node_limit: u32,
+}
+
+impl Tuning {
+    /// Profile 1: tuned (coordinate descent on the ideal code length) on the license
+    /// texts of /usr/share/common-licenses and CPython's pydoc topics, SmolLM2 tokenizer.
+    pub fn profile1() -> Self {
+        Tuning {
+            d1: [40, 48, 52, 56, 52, 52, 52, 52, 52],
+            d2: [64, 64, 56, 56, 56, 56, 56, 56, 56],
+            d3: [60; MAX_ORDER + 1],
+            theta: [32, 16, 16, 32, 32, 32, 32, 32, 32],
+            zipf_c: 500,
+            window: 128,
+            bonus: 128,
+            apm_w: 2,
+            apm_limit: 30,
+            match_min: 6,
+            node_limit: NODE_LIMIT,
+        }
+    }
+
+    #[inline]
+    fn disc(&self, k: usize, c: u32) -> u32 {
+        match c {
+            0 => 0,
+            1 => self.d1[k],
+            2 => self.d2[k],
+            _ => self.d3[k],
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        for k in 0..=MAX_ORDER {
+            if self.d1[k] > 63 || self.d2[k] > 127 || self.d3[k] > 191 {
+                return Err(Error::InvalidInput("discounts must be below the count they discount".into()));
+            }
+        }
+        if self.zipf_c == 0 || self.apm_w > 4 || self.node_limit == 0 || self.window > 1 << 16 || self.bonus > 1 << 12 {
+            return Err(Error::InvalidInput("tuning constant out of range".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Identity hasher: the keys are already mixed 64-bit hashes. (No per-process
+/// random state: the map's contents do not depend on it anyway, since it is never iterated.)
 #[derive(Default)]
-pub struct IdHasher(u64);
-impl Hasher for IdHasher {
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
         self.0
     }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!()
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = mix(self.0, b as u64);
+        }
     }
     fn write_u64(&mut self, v: u64) {
         self.0 = v;
     }
 }
-type Map = HashMap<u64, u32, BuildHasherDefault<IdHasher>>;
+
+type Map = HashMap<u64, u32, BuildHasherDefault<KeyHasher>>;
 
 #[inline]
 fn mix(h: u64, v: u64) -> u64 {
@@ -31,567 +132,490 @@ fn mix(h: u64, v: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-pub const MAXK: usize = 8;
-pub static DETSTATS: std::sync::Mutex<[(u32, u32, u32); 160]> = std::sync::Mutex::new([(0, 0, 0); 160]);
-
-#[derive(Clone, Debug)]
-pub struct Tuning {
-    pub max_order: usize,
-    /// 0 = full update, 1 = minimal path (continuation counts)
-    pub update: u32,
-    pub zipf_c: u32,
-    /// discount per order, in 1/64 (for counts 1, 2, >=3)
-    pub d1: [u32; MAXK + 1],
-    pub d2: [u32; MAXK + 1],
-    pub d3: [u32; MAXK + 1],
-    /// strength per order, in 1/64
-    pub theta: [u32; MAXK + 1],
-    pub rb: u32,
-    pub hl: u32,
-    /// SEE: 0 = off; otherwise adaptation limit
-    pub see: u32,
-    pub see_lo: u32,
-    /// context masks per level (bit j = token j+1 back), level 1 first; empty = orders 1..=max_order
-    pub masks: Vec<u32>,
-    pub transparent: Vec<u32>,
-    pub ctx_mode: u32,
-    pub aux_masks: Vec<u32>,
-    pub aux_beta: Vec<u32>,
-    /// APM mode: 0 off; weight of the refined probability in 1/4
-    pub apm_w: u32,
-    pub apm_limit: u32,
-    pub lb: u32,
-    pub raw_w: u32,
-    pub rw2: u32,
-}
-
-impl Default for Tuning {
-    fn default() -> Self {
-        Tuning {
-            max_order: 3,
-            update: 1,
-            zipf_c: 200,
-            d1: [48; MAXK + 1],
-            d2: [48; MAXK + 1],
-            d3: [48; MAXK + 1],
-            theta: [32; MAXK + 1],
-            rb: 0,
-            hl: 64,
-            see: 0,
-            see_lo: 64,
-            masks: Vec::new(),
-            transparent: Vec::new(),
-            ctx_mode: 0,
-            aux_masks: Vec::new(),
-            aux_beta: Vec::new(),
-            apm_w: 0,
-            apm_limit: 255,
-            lb: 0,
-            raw_w: 0,
-            rw2: 0,
-        }
-    }
-}
-
-#[derive(Default, Clone)]
+/// The symbols seen in one context and their counts.
+#[derive(Clone, Default, Debug)]
 struct Node {
     syms: Vec<u32>,
     counts: Vec<u32>,
     total: u32,
-    last: u32,
+    /// Σ D_k(count) over the node's symbols.
+    dsum: u32,
 }
 
-pub struct Model {
-    vocab: u32,
-    t: Tuning,
-    hist: Vec<u32>,
-    map: Map,
-    nodes: Vec<Node>,
-    table: Fenwick,
-    mark: Vec<u32>,
-    acc: Vec<u64>,
-    stamp: u32,
-    cand: Vec<u32>,
-    freq: Vec<u32>,
-    found: Vec<Option<u32>>,
-    keys: Vec<u64>,
-    last: Vec<u32>,
-    top: Vec<u8>,
-    see: Vec<(u32, u32)>,
-    used: Vec<Option<(usize, u64, u64, u32)>>,
-    is_tr: Vec<bool>,
-    fhist: Vec<u32>,
-    mark2: Vec<u32>,
-    boost: Vec<u32>,
-    aux_found: Vec<Option<u32>>,
-    aux_keys: Vec<u64>,
-    st: crate::apm::Stretch,
-    apm1: crate::apm::Apm,
-    apm2: crate::apm::Apm,
-    prev_novel: bool,
-    raw0: Vec<u32>,
-}
+/// A context's total is halved past this (keeps `64·total` and every product in range).
+const NODE_LIMIT: u32 = 60_000;
+/// Order-0 weights (Fenwick total) are halved past this.
+const ORDER0_LIMIT: u32 = 1 << 23;
+/// Match lengths are bucketed for the match model's APM.
+const MATCH_BUCKETS: usize = 16;
+/// Matches are verified (and their length measured) up to this many tokens back.
+const MATCH_VERIFY: usize = 64;
+/// Fixed-point one of the blend weights.
+const ONE: u64 = 1 << 32;
+/// Blend weights are coded at 2^-20 resolution (totals stay below 2^21).
+const FREQ_SHIFT: u32 = 12;
 
-pub fn static_weights(vocab: u32, c: u32) -> Vec<u32> {
-    (0..vocab).map(|i| static_weights_one(i, c)).collect()
-}
-
-pub fn static_weights_one(i: u32, c: u32) -> u32 {
-    let a: u64 = 1 << 16;
-    1 + (a * 64 / (i as u64 + c as u64)) as u32
-}
-
-fn bucket(x: u32) -> usize {
-    match x {
-        0 => 0,
-        1 => 1,
-        2 => 2,
-        3 => 3,
-        4..=5 => 4,
-        6..=8 => 5,
-        9..=15 => 6,
-        _ => 7,
+/// The static order -1 weights `1 + floor(A / (i + C))`, with `A` a power of two as
+/// large as keeps the total at most 2^23.
+pub fn static_weights(vocab: u32, zipf_c: u32) -> Vec<u32> {
+    let mut a: u64 = 1 << 21;
+    loop {
+        let w: Vec<u32> = (0..vocab as u64).map(|i| 1 + (a / (i + zipf_c as u64)) as u32).collect();
+        let total: u64 = w.iter().map(|&x| x as u64).sum();
+        if total <= 1 << 23 || a == 0 {
+            return w;
+        }
+        a >>= 1;
     }
 }
 
-fn see_idx(k: usize, t: u32, n: u32) -> usize {
-    let r = if n >= 2 * t { if n >= 4 * t { 2 } else { 1 } } else { 0 };
-    k * 256 + bucket(t) * 32 + bucket(n) * 4 + r
+/// The model state. `Clone` is the way to reuse a primed model for many messages.
+#[derive(Clone)]
+pub struct Model {
+    vocab: u32,
+    order: usize,
+    t: Tuning,
+    /// Tokens seen so far (primer included) and the CRC-32C of their ids (u32 LE).
+    seen_tokens: u64,
+    history_crc: u32,
+    /// Every token seen, most recent last.
+    hist: Vec<u32>,
+    /// Match model: hash of the `match_min` tokens before a position -> that position;
+    /// the current match (position of the predicted token) and its length (0 = none).
+    mm_map: Map,
+    mm_ptr: usize,
+    mm_len: u32,
+    apm_m: Apm,
+    map: Map,
+    nodes: Vec<Node>,
+    /// Order 0: continuation counts, their total, Σ D_0, and the Fenwick tree of the
+    /// order-0 stage weights (count part + recency bonus) over the vocabulary.
+    cnt0: Vec<u32>,
+    n0: u32,
+    dsum0: u32,
+    occ: Vec<u16>,
+    f0: Fenwick,
+    /// Order -1: static weights of the tokens never seen.
+    table: Fenwick,
+    st: Stretch,
+    apm1: Apm,
+    apm2: Apm,
+    prev_novel: bool,
+    // scratch
+    stamp: u32,
+    mark: Vec<u32>,
+    acc: Vec<u64>,
+    cand: Vec<u32>,
+    freq: Vec<u32>,
+    found: [Option<u32>; MAX_ORDER + 1],
+    keys: [u64; MAX_ORDER + 1],
+    excl: Vec<(u32, u32)>,
 }
 
 impl Model {
-    pub fn new(vocab: u32, mut t: Tuning) -> Self {
-        if t.masks.is_empty() {
-            t.masks = (1..=t.max_order).map(|k| (1u32 << k) - 1).collect();
+    /// A fresh model over `0..vocab` with contexts of orders `1..=order`.
+    pub fn new(vocab: u32, order: usize, t: Tuning) -> Result<Self, Error> {
+        if vocab == 0 || vocab > (1 << 24) {
+            return Err(Error::InvalidInput(format!("vocab_size must be in 1..=2^24, got {vocab}")));
         }
-        t.max_order = t.masks.len();
-        let table = Fenwick::new(static_weights(vocab, t.zipf_c));
-        let k = t.max_order;
-        let t_tr = t.transparent.clone();
-        let t_aux = t.aux_masks.len();
-        let t_lim = t.apm_limit as u16;
-        Model {
+        if order > MAX_ORDER {
+            return Err(Error::InvalidInput(format!("order must be in 0..={MAX_ORDER}, got {order}")));
+        }
+        t.validate()?;
+        let v = vocab as usize;
+        Ok(Model {
             vocab,
-            t,
+            order,
+            seen_tokens: 0,
+            history_crc: 0,
             hist: Vec::new(),
+            mm_map: Map::default(),
+            mm_ptr: 0,
+            mm_len: 0,
+            apm_m: Apm::new(MATCH_BUCKETS * 2, t.apm_limit),
             map: Map::default(),
-            nodes: vec![Node::default()],
-            table,
-            mark: vec![0; vocab as usize],
-            acc: vec![0; vocab as usize],
+            nodes: Vec::new(),
+            cnt0: vec![0; v],
+            n0: 0,
+            dsum0: 0,
+            occ: vec![0; v],
+            f0: Fenwick::new(vec![0; v]),
+            table: Fenwick::new(static_weights(vocab, t.zipf_c)),
+            st: Stretch::new(),
+            apm1: Apm::new((MAX_ORDER + 1) * 4, t.apm_limit),
+            apm2: Apm::new(4, t.apm_limit),
+            prev_novel: false,
             stamp: 0,
+            mark: vec![0; v],
+            acc: vec![0; v],
             cand: Vec::new(),
             freq: Vec::new(),
-            found: vec![None; k + 1],
-            keys: vec![0; k + 1],
-            last: vec![0; vocab as usize],
-            top: vec![0; vocab as usize],
-            see: vec![(0, 0); (MAXK + 1) * 256],
-            used: vec![None; k + 1],
-            is_tr: {
-                let mut v = vec![false; vocab as usize];
-                for &x in &t_tr {
-                    v[x as usize] = true;
-                }
-                v
-            },
-            fhist: Vec::new(),
-            mark2: vec![0; vocab as usize],
-            boost: vec![0; vocab as usize],
-            aux_found: vec![None; t_aux],
-            aux_keys: vec![0; t_aux],
-            st: crate::apm::Stretch::new(),
-            apm1: crate::apm::Apm::new(64, t_lim),
-            apm2: crate::apm::Apm::new(8, t_lim),
-            prev_novel: false,
-            raw0: vec![0; vocab as usize],
-        }
-    }
-
-    fn lookup(&mut self) {
-        self.found[0] = Some(0);
-        for k in 1..=self.t.max_order {
-            let mf = self.t.masks[k - 1];
-            let hist = if mf >> 31 == 1 || self.t.ctx_mode == 1 { &self.fhist } else { &self.hist };
-            let m = mf & 0x7fff_ffff;
-            let n = hist.len();
-            let span = 32 - m.leading_zeros() as usize;
-            if span > n {
-                self.found[k] = None;
-                self.keys[k] = 0;
-                continue;
-            }
-            let mut h = 0x1234_5678u64;
-            for j in 0..span {
-                if m >> j & 1 == 1 {
-                    h = mix(h, hist[n - 1 - j] as u64 | (j as u64) << 32);
-                }
-            }
-            let key = mix(h, m as u64);
-            self.keys[k] = key;
-            self.found[k] = self.map.get(&key).copied();
-        }
-        for k in 1..=self.t.max_order {
-            if self.keys[k] != 0 && (k + 1..=self.t.max_order).any(|j| self.keys[j] == self.keys[k]) {
-                self.keys[k] = 0;
-                self.found[k] = None;
-            }
-        }
-    }
-
-    fn ctx_key(&self, m: u32) -> Option<u64> {
-        let n = self.hist.len();
-        let span = 32 - m.leading_zeros() as usize;
-        if span > n {
-            return None;
-        }
-        let mut h = 0x8765_4321u64;
-        for j in 0..span {
-            if m >> j & 1 == 1 {
-                h = mix(h, self.hist[n - 1 - j] as u64 | (j as u64) << 32);
-            }
-        }
-        Some(mix(h, m as u64 | 1 << 40))
-    }
-
-    #[inline]
-    fn disc(&self, k: usize, c: u32) -> u32 {
-        match c {
-            1 => self.t.d1[k],
-            2 => self.t.d2[k],
-            _ => self.t.d3[k],
-        }
-    }
-
-    /// (den, b): the node's denominator and its escape numerator, in 1/64 units.
-    fn node_params(&self, k: usize, node: &Node) -> (u64, u64) {
-        let mut dsum = 0u64;
-        for &c in &node.counts {
-            dsum += self.disc(k, c) as u64;
-        }
-        let theta = self.t.theta[k] as u64;
-        let lb = if k > 0 && node.total > 0 { self.t.lb as u64 } else { 0 };
-        (64 * node.total as u64 + theta + lb, theta + dsum)
-    }
-
-    /// Codes (or decodes) one token through `ch`.
-    pub fn step<C: Channel>(&mut self, ch: &mut C) -> Result<u32, Error> {
-        self.lookup();
-        for j in 0..self.t.aux_masks.len() {
-            match self.ctx_key(self.t.aux_masks[j]) {
-                Some(key) => {
-                    self.aux_keys[j] = key;
-                    self.aux_found[j] = self.map.get(&key).copied();
-                }
-                None => {
-                    self.aux_keys[j] = 0;
-                    self.aux_found[j] = None;
-                }
-            }
-        }
-        self.stamp = self.stamp.wrapping_add(1);
-        if self.stamp == 0 {
-            self.mark.iter_mut().for_each(|e| *e = 0);
-            self.stamp = 1;
-        }
-        let stamp = self.stamp;
-        const ONE: u64 = 1 << 32;
-        // Weight of the current order, in 2^-32 units.
-        let mut w: u64 = ONE;
-        self.cand.clear();
-        for k in (1..=self.t.max_order).rev() {
-            let Some(ni) = self.found[k] else { continue };
-            let node = &self.nodes[ni as usize];
-            if node.total == 0 {
-                continue;
-            }
-            let (den, b) = self.node_params(k, node);
-            if self.t.see > 0 {
-                let p_py = (b << 16) / den;
-                let idx = see_idx(k, node.syms.len() as u32, node.total);
-                let cell = &mut self.see[idx];
-                if cell.1 == 0 {
-                    *cell = (p_py as u32, 1);
-                }
-                let e = (cell.0 as u64).clamp(self.t.see_lo as u64, 65536 - 64);
-                self.used[k] = Some((idx, e, (den - b).max(1), ni));
-                let asum = den - self.t.theta[k] as u64 - b + self.t.theta[k] as u64;
-                let asum = asum.max(1);
-                let ws = (w * (65536 - e)) >> 16;
-                for (&s, &c) in node.syms.iter().zip(&node.counts) {
-                    let a = 64 * c as u64 - self.disc(k, c) as u64;
-                    let contrib = ws * a / asum;
-                    let si = s as usize;
-                    if self.mark[si] != stamp {
-                        self.mark[si] = stamp;
-                        self.acc[si] = contrib;
-                        self.top[si] = k as u8;
-                        self.cand.push(s);
-                    } else {
-                        self.acc[si] += contrib;
-                    }
-                }
-                w = (w * e) >> 16;
-                continue;
-            }
-            for (&s, &c) in node.syms.iter().zip(&node.counts) {
-                let mut a = 64 * c as u64 - self.disc(k, c) as u64;
-                if s == node.last {
-                    a += self.t.lb as u64;
-                }
-                let contrib = w * a / den;
-                let si = s as usize;
-                if self.mark[si] != stamp {
-                    self.mark[si] = stamp;
-                    self.acc[si] = contrib;
-                    self.top[si] = k as u8;
-                    self.cand.push(s);
-                } else {
-                    self.acc[si] += contrib;
-                }
-            }
-            w = w * b / den;
-        }
-        // order 0
-        let node0 = &self.nodes[0];
-        let (den0, b0) = self.node_params(0, node0);
-        let mut coded = None;
-        if !self.cand.is_empty() {
-            // order-0 contributions of the candidates, and the rest mass.
-            let mut a0_u = 0u64;
-            let mut a0_all = 0u64;
-            for (&s, &c) in node0.syms.iter().zip(&node0.counts) {
-                let a = 64 * c as u64 - self.disc(0, c) as u64;
-                a0_all += a;
-                if self.mark[s as usize] == stamp {
-                    a0_u += a;
-                    self.acc[s as usize] += w * a / den0;
-                }
-            }
-            let rest = w * (a0_all - a0_u + b0) / den0;
-            self.freq.clear();
-            for &s in &self.cand {
-                self.freq.push(((self.acc[s as usize] >> 12) as u32).max(1));
-            }
-            let esc = ((rest >> 12) as u32).max(1);
-            ch.note(1);
-            if self.t.apm_w > 0 {
-                let sum: u64 = self.freq.iter().map(|&f| f as u64).sum();
-                let p = ((esc as u64 * 65536) / (sum + esc as u64)).clamp(32, 65504) as u32;
-                let top = (1..=self.t.max_order).rev().find(|&k| self.found[k].is_some()).unwrap_or(0);
-                let nc = match self.cand.len() {
-                    1 => 0,
-                    2..=3 => 1,
-                    4..=15 => 2,
-                    _ => 3,
-                };
-                let cx = top.min(7) * 4 + nc;
-                let r = self.apm1.refine(&self.st, p, cx);
-                let pf = ((p * (4 - self.t.apm_w) + r * self.t.apm_w) / 4).clamp(32, 65504);
-                let escaped = ch.escape(pf, &self.cand)?;
-                self.apm1.update(escaped);
-                if !escaped {
-                    let i = ch.choose(&self.cand, &self.freq, 0)?.ok_or(Error::Corrupt("no candidate"))?;
-                    coded = Some(self.cand[i]);
-                }
-            } else if let Some(i) = ch.choose(&self.cand, &self.freq, esc)? {
-                coded = Some(self.cand[i]);
-            }
-        }
-        if coded.is_none() && node0.total > 0 {
-            // order 0 over the symbols not offered above, escape to order -1
-            let mut syms = std::mem::take(&mut self.cand);
-            syms.clear();
-            self.freq.clear();
-            for j in 0..self.aux_found.len() {
-                if let Some(ni) = self.aux_found[j] {
-                    let node = &self.nodes[ni as usize];
-                    for (&s, &c) in node.syms.iter().zip(&node.counts) {
-                        let si = s as usize;
-                        if self.mark2[si] != stamp {
-                            self.mark2[si] = stamp;
-                            self.boost[si] = 0;
-                        }
-                        self.boost[si] += self.t.aux_beta[j] * c;
-                    }
-                }
-            }
-            for (&s, &c) in node0.syms.iter().zip(&node0.counts) {
-                if self.mark[s as usize] != stamp {
-                    syms.push(s);
-                    let bonus = if self.t.rw2 > 0 {
-                        let n = self.hist.len();
-                        let lo = n.saturating_sub(self.t.rw2 as usize);
-                        self.hist[lo..].iter().filter(|&&x| x == s).count() as u32 * self.t.rb * 64 / 4
-                    } else {
-                        let dist = (self.hist.len() as u32 - self.last[s as usize]) / self.t.hl;
-                        if dist < 31 { (self.t.rb * 64) >> dist } else { 0 }
-                    };
-                    let bo = if self.mark2[s as usize] == stamp { self.boost[s as usize] } else { 0 };
-                    let c = if self.t.raw_w > 0 { (self.raw0[s as usize] * self.t.raw_w + c * 16) / 16 } else { c };
-                    self.freq.push((64 * c - self.disc(0, c)) as u32 + bonus + bo);
-                }
-            }
-            let esc = b0 as u32;
-            ch.note(0);
-            if self.t.apm_w > 0 && !syms.is_empty() {
-                let sum: u64 = self.freq.iter().map(|&f| f as u64).sum();
-                let p = ((esc as u64 * 65536) / (sum + esc as u64)).clamp(32, 65504) as u32;
-                let cx = (self.prev_novel as usize) * 2 + (self.cand.is_empty() as usize);
-                let r = self.apm2.refine(&self.st, p, cx);
-                let pf = ((p * (4 - self.t.apm_w) + r * self.t.apm_w) / 4).clamp(32, 65504);
-                let escaped = ch.escape(pf, &syms)?;
-                self.apm2.update(escaped);
-                if !escaped {
-                    let i = ch.choose(&syms, &self.freq, 0)?.ok_or(Error::Corrupt("no candidate"))?;
-                    coded = Some(syms[i]);
-                }
-            } else if let Some(i) = ch.choose(&syms, &self.freq, esc)? {
-                coded = Some(syms[i]);
-            }
-            self.cand = syms;
-        }
-        let sym = match coded {
-            Some(s) => s,
-            None => {
-                ch.note(self.t.max_order + 1);
-                let s = ch.choose_static(&self.table)?;
-                self.table.remove(s as usize);
-                s
-            }
-        };
-        self.prev_novel = coded.is_none();
-        if self.t.see > 0 {
-            // P_0(sym) in 2^-32 units
-            let node0 = &self.nodes[0];
-            let mut p_low: u64 = match node0.syms.iter().position(|&x| x == sym) {
-                Some(i) => {
-                    let c = node0.counts[i];
-                    ((64 * c - self.disc(0, c)) as u64) * (1u64 << 32) / den0
-                }
-                None => {
-                    let wsym = static_weights_one(sym, self.t.zipf_c) as u64;
-                    let tot = self.table.total() as u64 + wsym;
-                    (b0 << 32) / den0 * wsym / tot
-                }
-            }
-            .max(1);
-            for k in 1..=self.t.max_order {
-                if let Some((idx, e, asum, ni)) = self.used[k].take() {
-                    let node = &self.nodes[ni as usize];
-                    let q = match node.syms.iter().position(|&x| x == sym) {
-                        Some(i) => {
-                            let c = node.counts[i];
-                            (64 * c as u64 - self.disc(k, c) as u64) * (1u64 << 32) / asum
-                        }
-                        None => 0,
-                    };
-                    let low = (e * p_low) >> 16;
-                    let pk = (((65536 - e) * q) >> 16) + low;
-                    let pk = pk.max(1);
-                    let r = ((low as u128 * 65536) / pk as u128) as i64;
-                    let cell = &mut self.see[idx];
-                    let n = cell.1.min(self.t.see);
-                    let p = cell.0 as i64 + (r - cell.0 as i64) / (n as i64 + 1);
-                    cell.0 = p as u32;
-                    cell.1 += 1;
-                    p_low = pk;
-                }
-            }
-        }
-        if std::env::var("DET").is_ok() {
-            for k in 1..=self.t.max_order {
-                if let Some(ni) = self.found[k] {
-                    let node = &self.nodes[ni as usize];
-                    let t = node.syms.len().min(3);
-                    if t >= 1 {
-                        let n = node.total.min(4) as usize;
-                        let hit = node.syms.iter().zip(&node.counts).max_by_key(|x| *x.1).map(|x| *x.0 == sym).unwrap();
-                        let anyhit = node.syms.contains(&sym);
-                        let e = &mut DETSTATS.lock().unwrap()[k * 16 + t * 4 + (n - 1).min(3)];
-                        e.0 += 1;
-                        e.1 += hit as u32;
-                        e.2 += anyhit as u32;
-                    }
-                }
-            }
-        }
-        self.update(sym);
-        Ok(sym)
-    }
-
-    fn update(&mut self, sym: u32) {
-        for j in 0..self.aux_found.len() {
-            if self.aux_keys[j] == 0 {
-                continue;
-            }
-            let ni = match self.aux_found[j] {
-                Some(ni) => ni,
-                None => {
-                    let ni = self.nodes.len() as u32;
-                    self.nodes.push(Node::default());
-                    self.map.insert(self.aux_keys[j], ni);
-                    ni
-                }
-            };
-            let node = &mut self.nodes[ni as usize];
-            match node.syms.iter().position(|&s| s == sym) {
-                Some(i) => node.counts[i] += 1,
-                None => {
-                    node.syms.push(sym);
-                    node.counts.push(1);
-                }
-            }
-            node.total += 1;
-        }
-        let n = self.hist.len();
-        for k in (0..=self.t.max_order).rev() {
-            if k > 0 && self.found[k].is_none() && self.keys[k] == 0 {
-                continue;
-            }
-            let ni = match self.found[k] {
-                Some(ni) => ni,
-                None => {
-                    let ni = self.nodes.len() as u32;
-                    self.nodes.push(Node::default());
-                    self.map.insert(self.keys[k], ni);
-                    ni
-                }
-            };
-            let node = &mut self.nodes[ni as usize];
-            let existed = match node.syms.iter().position(|&s| s == sym) {
-                Some(i) => {
-                    node.counts[i] += 1;
-                    true
-                }
-                None => {
-                    node.syms.push(sym);
-                    node.counts.push(1);
-                    false
-                }
-            };
-            node.total += 1;
-            node.last = sym;
-            if node.total > 60000 {
-                node.total = 0;
-                for c in node.counts.iter_mut() {
-                    *c = (*c + 1) / 2;
-                    node.total += *c;
-                }
-            }
-            if existed && self.t.update == 1 {
-                break;
-            }
-        }
-        self.hist.push(sym);
-        self.raw0[sym as usize] += 1;
-        if !self.is_tr[sym as usize] {
-            self.fhist.push(sym);
-        }
-        self.last[sym as usize] = self.hist.len() as u32 - 1;
+            found: [None; MAX_ORDER + 1],
+            keys: [0; MAX_ORDER + 1],
+            excl: Vec::new(),
+            t,
+        })
     }
 
     pub fn vocab(&self) -> u32 {
         self.vocab
     }
+
+    pub fn order(&self) -> usize {
+        self.order
+    }
+
+    /// Number of tokens the model has seen (primed or coded).
+    pub fn seen_tokens(&self) -> u64 {
+        self.seen_tokens
+    }
+
+    /// CRC-32C of the ids of every token the model has seen, as `u32` little-endian.
+    pub fn history_crc32c(&self) -> u32 {
+        self.history_crc
+    }
+
+    /// Number of distinct contexts stored.
+    pub fn contexts(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Looks up the contexts of orders 1..=K of the current position.
+    fn lookup(&mut self) {
+        let n = self.hist.len();
+        let mut h = 0x5EED_F5E9u64;
+        for k in 1..=self.order {
+            if k > n {
+                self.found[k] = None;
+                self.keys[k] = 0;
+                continue;
+            }
+            h = mix(h, self.hist[n - k] as u64);
+            // 0 marks "no context"; a real key of 0 would only cost that context.
+            let key = mix(h, k as u64) | 1;
+            self.keys[k] = key;
+            self.found[k] = self.map.get(&key).copied();
+        }
+    }
+
+    /// Hash of the last `match_min` tokens (None while the history is shorter or the
+    /// match model is off).
+    fn match_key(&self) -> Option<u64> {
+        let m = self.t.match_min as usize;
+        let n = self.hist.len();
+        if m == 0 || n < m {
+            return None;
+        }
+        let mut h = 0x4D41_5443u64;
+        for &t in &self.hist[n - m..] {
+            h = mix(h, t as u64);
+        }
+        Some(h)
+    }
+
+    /// Starts a match if none is active: the last position that followed the same
+    /// `match_min` tokens, kept if the tokens really agree for at least that long.
+    fn find_match(&mut self) {
+        if self.mm_len > 0 {
+            return;
+        }
+        let Some(key) = self.match_key() else { return };
+        let Some(&p) = self.mm_map.get(&key) else { return };
+        let (p, n) = (p as usize, self.hist.len());
+        let mut len = 0usize;
+        while len < MATCH_VERIFY && len < p && self.hist[p - 1 - len] == self.hist[n - 1 - len] {
+            len += 1;
+        }
+        if len >= self.t.match_min as usize {
+            self.mm_ptr = p;
+            self.mm_len = len as u32;
+        }
+    }
+
+    #[inline]
+    fn a0(&self, c: u32) -> u64 {
+        64 * c as u64 - self.t.disc(0, c) as u64
+    }
+
+    /// Codes (or decodes) one token through `ch` and updates the model.
+    pub fn step<C: Channel>(&mut self, ch: &mut C) -> Result<u32, Error> {
+        self.lookup();
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.mark.iter_mut().for_each(|m| *m = 0);
+            self.stamp = 1;
+        }
+        let stamp = self.stamp;
+
+        // 1. Blend orders K..1.
+        let mut w: u64 = ONE;
+        let mut top = 0usize;
+        self.cand.clear();
+        for k in (1..=self.order).rev() {
+            let Some(ni) = self.found[k] else { continue };
+            let node = &self.nodes[ni as usize];
+            if node.total == 0 {
+                continue;
+            }
+            if top == 0 {
+                top = k;
+            }
+            let theta = self.t.theta[k] as u64;
+            let den = 64 * node.total as u64 + theta;
+            for (&s, &c) in node.syms.iter().zip(&node.counts) {
+                let a = 64 * c as u64 - self.t.disc(k, c) as u64;
+                let contrib = w * a / den;
+                let si = s as usize;
+                if self.mark[si] != stamp {
+                    self.mark[si] = stamp;
+                    self.acc[si] = contrib;
+                    self.cand.push(s);
+                } else {
+                    self.acc[si] += contrib;
+                }
+            }
+            w = w * (theta + node.dsum as u64) / den;
+        }
+        let theta0 = self.t.theta[0] as u64;
+        let den0 = 64 * self.n0 as u64 + theta0;
+        let b0 = theta0 + self.dsum0 as u64;
+        let mut coded = None;
+
+        // Blend weights of the candidates (order-0 share included) and of the rest.
+        let mut rest = 0u64;
+        let mut sum = 0u64;
+        self.freq.clear();
+        if !self.cand.is_empty() {
+            let mut a0_cand = 0u64;
+            for &s in &self.cand {
+                let a = self.a0(self.cnt0[s as usize]);
+                a0_cand += a;
+                let f = (((self.acc[s as usize] + w * a / den0) >> FREQ_SHIFT) as u32).max(1);
+                self.freq.push(f);
+                sum += f as u64;
+            }
+            let a0_all = 64 * self.n0 as u64 - self.dsum0 as u64;
+            rest = ((w * (a0_all - a0_cand + b0) / den0) >> FREQ_SHIFT).max(1);
+        }
+
+        // Match model: "is it the token that followed the last occurrence of this context?",
+        // with the blend's own probability of that token refined by an APM per match length.
+        let mut pred = None;
+        self.find_match();
+        if self.mm_len > 0 {
+            let ps = self.hist[self.mm_ptr];
+            let in_cand = self.cand.iter().position(|&s| s == ps);
+            let p_model = match in_cand {
+                Some(i) => self.freq[i] as u64 * 65536 / (sum + rest),
+                None => {
+                    let share = if self.cand.is_empty() { 65536 } else { rest * 65536 / (sum + rest) };
+                    let excl: u64 = self.cand.iter().map(|&s| self.f0.weight(s as usize) as u64).sum();
+                    let avail = self.f0.total() as u64 - excl;
+                    share * self.f0.weight(ps as usize) as u64 / (avail + b0)
+                }
+            };
+            let bucket = (self.mm_len as usize).min(2 * MATCH_BUCKETS - 1) / 2;
+            let r = self.apm_m.refine(&self.st, clamp_p(p_model), bucket * 2 + in_cand.is_some() as usize);
+            let p_hit = clamp_p(r as u64);
+            ch.note(self.order + 2);
+            let missed = ch.escape(65536 - p_hit, &|s| s != ps)?;
+            self.apm_m.update(!missed);
+            if !missed {
+                coded = Some(ps);
+            } else {
+                pred = Some(ps);
+                if let Some(i) = in_cand {
+                    sum -= self.freq[i] as u64;
+                    self.cand.remove(i);
+                    self.freq.remove(i);
+                }
+            }
+        }
+
+        // 2. Candidates, or escape.
+        if coded.is_none() && !self.cand.is_empty() {
+            let p = clamp_p(rest * 65536 / (sum + rest));
+            let nc = match self.cand.len() {
+                1 => 0,
+                2..=3 => 1,
+                4..=15 => 2,
+                _ => 3,
+            };
+            let r = self.apm1.refine(&self.st, p, top * 4 + nc);
+            let pf = clamp_p(((p * (4 - self.t.apm_w) + r * self.t.apm_w) / 4) as u64);
+            ch.note(1);
+            let cand = &self.cand;
+            let escaped = ch.escape(pf, &|s| !cand.contains(&s))?;
+            self.apm1.update(escaped);
+            if !escaped {
+                let i = ch.choose(&self.cand, &self.freq, 0)?.ok_or_else(|| Error::CorruptStream("no candidate chosen".into()))?;
+                coded = Some(self.cand[i]);
+            }
+        }
+
+        // 3. Order 0 over the seen tokens that are neither candidates nor the match's.
+        if coded.is_none() {
+            self.excl.clear();
+            let mut excl_sum = 0u64;
+            for &s in self.cand.iter().chain(pred.iter()) {
+                let f = self.f0.weight(s as usize);
+                self.excl.push((s, f));
+                excl_sum += f as u64;
+            }
+            let avail = self.f0.total() as u64 - excl_sum;
+            if avail > 0 {
+                let p = clamp_p(b0 * 65536 / (avail + b0));
+                let cx = (self.prev_novel as usize) * 2 + self.cand.is_empty() as usize;
+                let r = self.apm2.refine(&self.st, p, cx);
+                let pf = clamp_p(((p * (4 - self.t.apm_w) + r * self.t.apm_w) / 4) as u64);
+                ch.note(0);
+                let f0 = &self.f0;
+                let escaped = ch.escape(pf, &|s| f0.weight(s as usize) == 0)?;
+                self.apm2.update(escaped);
+                if !escaped {
+                    let s = ch.choose_excluding(&self.f0, &mut self.excl, avail as u32)?;
+                    coded = Some(s);
+                }
+            }
+        }
+
+        // 4. Order -1.
+        let sym = match coded {
+            Some(s) => s,
+            None => {
+                ch.note(self.order + 1);
+                let s = ch.choose_static(&self.table)?;
+                if self.cnt0[s as usize] != 0 {
+                    return Err(Error::CorruptStream("order -1 coded a token already seen".into()));
+                }
+                s
+            }
+        };
+        self.prev_novel = coded.is_none();
+        self.update(sym);
+        Ok(sym)
+    }
+
+    /// Adds `sym` to the model without coding it (priming), as if it had been coded.
+    pub fn observe(&mut self, sym: u32) -> Result<(), Error> {
+        if sym >= self.vocab {
+            return Err(Error::InvalidInput(format!("token id {sym} is out of range for vocab size {}", self.vocab)));
+        }
+        self.lookup();
+        self.find_match();
+        self.prev_novel = self.cnt0[sym as usize] == 0;
+        self.update(sym);
+        Ok(())
+    }
+
+    fn update(&mut self, sym: u32) {
+        let si = sym as usize;
+        let mut reached_order0 = true;
+        for k in (1..=self.order).rev() {
+            let key = self.keys[k];
+            if key == 0 {
+                continue;
+            }
+            let ni = match self.found[k] {
+                Some(ni) => ni as usize,
+                None => {
+                    let ni = self.nodes.len();
+                    self.nodes.push(Node::default());
+                    self.map.insert(key, ni as u32);
+                    ni
+                }
+            };
+            let t = &self.t;
+            let node = &mut self.nodes[ni];
+            let existed = match node.syms.iter().position(|&s| s == sym) {
+                Some(i) => {
+                    let c = node.counts[i];
+                    node.dsum = node.dsum + t.disc(k, c + 1) - t.disc(k, c);
+                    node.counts[i] = c + 1;
+                    true
+                }
+                None => {
+                    node.syms.push(sym);
+                    node.counts.push(1);
+                    node.dsum += t.disc(k, 1);
+                    false
+                }
+            };
+            node.total += 1;
+            if node.total > self.t.node_limit.min(NODE_LIMIT) {
+                node.total = 0;
+                node.dsum = 0;
+                for c in node.counts.iter_mut() {
+                    *c = c.div_ceil(2);
+                    node.total += *c;
+                    node.dsum += t.disc(k, *c);
+                }
+            }
+            if existed {
+                reached_order0 = false;
+                break;
+            }
+        }
+        let novel = self.cnt0[si] == 0;
+        if reached_order0 {
+            let c = self.cnt0[si];
+            self.dsum0 = self.dsum0 + self.t.disc(0, c + 1) - self.t.disc(0, c);
+            self.cnt0[si] = c + 1;
+            self.n0 += 1;
+            let delta = (self.a0(c + 1) - self.a0(c)) as u32;
+            self.f0.add(si, delta);
+        }
+        if novel {
+            self.table.remove(si);
+        }
+        // Recency window.
+        if self.t.window > 0 {
+            self.occ[si] = self.occ[si].saturating_add(1);
+            self.f0.add(si, self.t.bonus);
+            if self.hist.len() >= self.t.window as usize {
+                let old = self.hist[self.hist.len() - self.t.window as usize] as usize;
+                self.occ[old] -= 1;
+                self.f0.sub(old, self.t.bonus);
+            }
+        }
+        if self.f0.total() > ORDER0_LIMIT {
+            self.halve_order0();
+        }
+        // Match model: follow or drop the current match, index this position.
+        if self.mm_len > 0 {
+            if self.hist[self.mm_ptr] == sym {
+                self.mm_len += 1;
+                self.mm_ptr += 1;
+            } else {
+                self.mm_len = 0;
+            }
+        }
+        if let Some(key) = self.match_key() {
+            self.mm_map.insert(key, self.hist.len() as u32);
+        }
+        self.hist.push(sym);
+        self.seen_tokens += 1;
+        self.history_crc = seqkv_coder::crc32c::crc32c_append(self.history_crc, &sym.to_le_bytes());
+    }
+
+    fn halve_order0(&mut self) {
+        self.n0 = 0;
+        self.dsum0 = 0;
+        let mut weights = vec![0u32; self.vocab as usize];
+        for (s, c) in self.cnt0.iter_mut().enumerate() {
+            if *c == 0 {
+                continue;
+            }
+            *c = c.div_ceil(2);
+            self.n0 += *c;
+            self.dsum0 += self.t.disc(0, *c);
+            weights[s] = (64 * *c - self.t.disc(0, *c)) + self.occ[s] as u32 * self.t.bonus;
+        }
+        self.f0 = Fenwick::new(weights);
+    }
+}
+
+#[inline]
+fn clamp_p(p: u64) -> u32 {
+    p.clamp(32, 65536 - 32) as u32
 }
