@@ -35,6 +35,8 @@ class CodingStats:
     ``cross_entropy_bits`` is the model's own cost of the coded tokens, Σ -log2 p(t), from
     the float32 logits in float64 (``None`` for codecs without a model); ``table_bits``
     the same under the integer tables actually used (quantization cost included).
+    ``extra`` holds codec-specific figures; model codecs put ``token_log2p`` there (each
+    coded token's log2 probability under the float model, a float64 array).
     """
 
     codec: str
@@ -66,6 +68,7 @@ class CodingStats:
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["extra"] = {k: v for k, v in self.extra.items() if not isinstance(v, np.ndarray)}
         d["payload_bits_per_token"] = self.payload_bits_per_token
         d["container_bits_per_token"] = self.container_bits_per_token
         d["cross_entropy_per_token"] = self.cross_entropy_per_token
@@ -113,3 +116,14 @@ def split_blocks(n: int, block_tokens: int) -> Sequence[tuple[int, int]]:
     if block_tokens < 1:
         raise InvalidInputError("block_tokens must be >= 1")
     return [(s, min(s + block_tokens, n)) for s in range(0, n, block_tokens)]
+
+
+def describe_schedule(schedule: Sequence[int]) -> str:
+    """A compact text form of a compute schedule: ``"12, 1×49"`` (run-length)."""
+    runs: list[list[int]] = []
+    for s in schedule:
+        if runs and runs[-1][0] == s:
+            runs[-1][1] += 1
+        else:
+            runs.append([int(s), 1])
+    return ", ".join(f"{s}×{r}" if r > 1 else str(s) for s, r in runs) or "(none)"

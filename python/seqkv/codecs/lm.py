@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import CorruptStreamError, FormatVersionError, InvalidInputError, ModelMismatchError, NumericsMismatchError
-from .base import TOKEN_DTYPE, CodingStats, as_tokens, split_blocks
+from .base import TOKEN_DTYPE, CodingStats, as_tokens, describe_schedule, split_blocks
 
 __all__ = [
     "LogitsSource",
@@ -445,6 +445,7 @@ class LMCodec:
             blocks = []
             ce_bits = 0.0
             table_bits = 0.0
+            token_log2p = np.zeros(toks.size, dtype=np.float64)
             for a, b in split_blocks(toks.size, self.block_tokens):
                 enc = coder.Encoder(self.precision)
                 state = scheme.new_state()
@@ -454,7 +455,9 @@ class LMCodec:
                         row = self._uniform()
                     sym = int(toks[i])
                     table_bits += scheme.push(enc, state, sym, row)
-                    ce_bits -= log2_softmax_at(row, sym)
+                    lp = log2_softmax_at(row, sym)
+                    token_log2p[i] = lp
+                    ce_bits -= lp
                     if progress is not None:
                         progress(1)
                 blocks.append(
@@ -480,8 +483,9 @@ class LMCodec:
                 payload_bits=8 * sum(len(blk.payload) for blk in blocks),
                 container_bits=8 * len(data),
                 seconds=seconds,
-                cross_entropy_bits=ce_bits,
-                table_bits=table_bits,
+                cross_entropy_bits=float(ce_bits),
+                table_bits=float(table_bits),
+                extra={"token_log2p": token_log2p},
             )
             if self.verify:
                 t1 = time.perf_counter()
@@ -551,7 +555,14 @@ class LMCodec:
                 dec = coder.Decoder(block.payload, h.precision)
                 state = scheme.new_state()
                 for _ in range(block.n_tokens):
-                    sym = scheme.pop(dec, state, row)
+                    try:
+                        sym = scheme.pop(dec, state, row)
+                    except CorruptStreamError as exc:
+                        # the payload passed its CRC, so the bytes are the encoder's: our tables are not
+                        raise NumericsMismatchError(
+                            f"block {bi}: the coder ran off its payload ({exc}); this machine's logits "
+                            f"differ from the encoder's ({h.numerics_profile})"
+                        ) from exc
                     if not 0 <= sym < self.vocab_size:
                         raise NumericsMismatchError(f"decoded token id {sym} is out of range in block {bi}")
                     out[k] = sym
@@ -560,15 +571,15 @@ class LMCodec:
                         row = self.source.step(sym)
                     if progress is not None:
                         progress(1)
-                finish = getattr(dec, "finish", None)
-                if finish is not None:
-                    finish()  # trailing bytes after the block's symbols: CorruptStreamError
                 got = container.tokens_checksum(out[k - block.n_tokens : k])
                 if got != block.tokens_crc32c:
                     raise NumericsMismatchError(
                         f"block {bi} of {len(c.blocks)} fails its token checksum: this machine's logits differ "
-                        f"from the encoder's. Encoded with {h.numerics_profile} schedule {tuple(h.schedule)}; "
+                        f"from the encoder's. Encoded with {h.numerics_profile} schedule {describe_schedule(h.schedule)}; "
                         f"decoding with {self._profile_json()} schedule "
-                        f"{tuple(self.source.schedule(int(prefix.size), int(h.token_count)))}"
+                        f"{describe_schedule(LogitsSource.schedule(self.source, int(prefix.size), int(h.token_count)))}"
                     )
+                # checked after the tokens: with another machine's tables the coder may also
+                # stop at the wrong place, and that is a numerics mismatch, not corruption
+                dec.finish()
         return out

@@ -248,7 +248,7 @@ class _RobustScheme:
 
     def _get(self, dec: Any, f1: int) -> int:
         f0 = self.total - f1
-        target = dec.target_with_total(self.total)
+        target = dec.target(self.total)
         if target >= f0:
             dec.advance(f0, f1)
             return 1
