@@ -243,7 +243,7 @@ def test_page_alignment():
     for _, toks, vals in t._dump():
         assert len(toks) % 4 == 0 and len(vals) == len(toks)
     toks, counts = t.next_counts([0, 1, 2, 3, 4])
-    assert toks.tolist() == [6, 99] and counts.tolist() == [1, 1]
+    assert toks.tolist() == [5, 99] and counts.tolist() == [1, 1]
     assert t.insert([1, 2, 3]) == 0 and len(t) == 12
 
 

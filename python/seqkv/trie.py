@@ -31,7 +31,7 @@ See ``docs/trie.md`` for the design.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +40,8 @@ from ._native import Match, Node, Pin, Trie
 
 __all__ = ["Trie", "Match", "Node", "Pin", "TokensLike", "Namespace"]
 
-#: What token arguments accept.
-TokensLike = Union[Sequence[int], npt.NDArray[np.integer], "torch.Tensor"]  # noqa: F821
+#: What token arguments accept (the last member stands for torch CPU tensors and other
+#: objects with ``__array__``).
+TokensLike = Union[Sequence[int], npt.NDArray[np.integer], Any]
 #: A tenant salt.
 Namespace = Union[None, str, bytes, int]

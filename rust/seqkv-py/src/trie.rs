@@ -17,6 +17,21 @@ use seqkv_trie::{EvictPolicy, NodeRef, Trie, TrieConfig, TrieError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// Keys shorter than this many tokens are matched without releasing the GIL (see
+/// `Trie._set_gil_release_min_tokens`); 0 = always release.
+static GIL_RELEASE_MIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs `f` without the GIL unless the call is short enough that a GIL hand-off would
+/// cost more than the work (many Python threads contending for the GIL).
+#[inline]
+fn maybe_detach<T: Send>(py: Python<'_>, n_tokens: usize, f: impl FnOnce() -> T + Send) -> T {
+    if n_tokens >= GIL_RELEASE_MIN.load(Ordering::Relaxed) {
+        py.detach(f)
+    } else {
+        f()
+    }
+}
+
 fn map_err(e: TrieError) -> PyErr {
     match e {
         TrieError::InvalidInput(m) => err(Kind::InvalidInput, m),
@@ -457,7 +472,7 @@ impl PyTrie {
             Some(n) => ns_key(Some(n))?,
         };
         let t = &self.inner;
-        let (m, vals) = py.detach(|| {
+        let (m, vals) = maybe_detach(py, toks.len(), || {
             let mut vals = Vec::with_capacity(toks.len());
             let m = if pin {
                 t.match_and_pin(&toks, ns.as_deref(), &mut vals)
@@ -625,15 +640,29 @@ impl PyTrie {
 
     /// Read benchmark without Python in the loop: `threads` native threads each run `ops`
     /// matches over the rows of `keys` (uint32, 2-D). Returns elapsed seconds.
-    #[pyo3(signature = (keys, threads, ops))]
-    fn _read_bench(&self, py: Python<'_>, keys: &Bound<'_, PyArray2<u32>>, threads: usize, ops: usize) -> PyResult<f64> {
+    ///
+    /// `private=True` is the control: each thread matches on its own copy of the trie
+    /// (restored from a snapshot), so nothing is shared between threads; the gap between
+    /// the two is what sharing costs. `hold_epoch=True` pins the epoch once per thread.
+    #[pyo3(signature = (keys, threads, ops, hold_epoch = false, private = false))]
+    fn _read_bench(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyArray2<u32>>,
+        threads: usize,
+        ops: usize,
+        hold_epoch: bool,
+        private: bool,
+    ) -> PyResult<f64> {
         let view = keys.readonly();
         let a = view.as_array();
         let rows: Vec<Vec<u32>> = a.rows().into_iter().map(|r| r.to_vec()).collect();
         if rows.is_empty() || threads == 0 {
             return Err(invalid("need at least one key and one thread"));
         }
-        let t = &self.inner;
+        let shared = &self.inner;
+        let snap = if private { Some(shared.snapshot()) } else { None };
+        let snap = &snap;
         Ok(py.detach(|| {
             let barrier = std::sync::Barrier::new(threads + 1);
             std::thread::scope(|s| {
@@ -641,6 +670,9 @@ impl PyTrie {
                     let rows = &rows;
                     let barrier = &barrier;
                     s.spawn(move || {
+                        let own = snap.as_ref().map(|b| Trie::restore(b).expect("own snapshot"));
+                        let t: &Trie = own.as_ref().unwrap_or(shared);
+                        let held = hold_epoch.then(seqkv_trie::hold_epoch);
                         barrier.wait();
                         let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (tid as u64 + 1);
                         let mut total = 0usize;
@@ -654,6 +686,7 @@ impl PyTrie {
                             std::hint::black_box(&v);
                         }
                         barrier.wait();
+                        drop(held);
                         std::hint::black_box(total);
                     });
                 }
@@ -663,6 +696,44 @@ impl PyTrie {
                 start.elapsed().as_secs_f64()
             })
         }))
+    }
+
+    /// Control for `_read_bench`: `threads` native threads each run `iters` steps of a
+    /// register-only integer loop (no memory traffic, nothing shared). Its scaling is the
+    /// machine's own ceiling (turbo, SMT, noisy neighbours). Returns elapsed seconds.
+    #[staticmethod]
+    fn _spin_bench(py: Python<'_>, threads: usize, iters: u64) -> f64 {
+        py.detach(|| {
+            let barrier = std::sync::Barrier::new(threads + 1);
+            std::thread::scope(|s| {
+                for tid in 0..threads {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (tid as u64 + 1);
+                        for _ in 0..iters {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                        }
+                        std::hint::black_box(x);
+                        barrier.wait();
+                    });
+                }
+                barrier.wait();
+                let start = std::time::Instant::now();
+                barrier.wait();
+                start.elapsed().as_secs_f64()
+            })
+        })
+    }
+
+    /// Sets the key length (tokens) below which `match_prefix` keeps the GIL; 0 (the
+    /// default) releases it on every call. Process-wide. Returns the previous value.
+    #[staticmethod]
+    fn _set_gil_release_min_tokens(n: usize) -> usize {
+        GIL_RELEASE_MIN.swap(n, Ordering::Relaxed)
     }
 
     fn __repr__(&self) -> String {

@@ -90,7 +90,7 @@ pub(crate) fn lower_bound(entries: &[Entry], first: u32) -> usize {
 }
 
 /// Calls `f` for every entry of the table (in first-token order for small tables).
-pub(crate) fn for_each<'g>(slot: &Atomic<Children>, guard: &'g Guard, mut f: impl FnMut(Entry)) {
+pub(crate) fn for_each(slot: &Atomic<Children>, guard: &Guard, mut f: impl FnMut(Entry)) {
     let c = slot.load(Acquire, guard);
     match unsafe { c.as_ref() } {
         None => {}

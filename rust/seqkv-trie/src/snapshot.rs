@@ -116,7 +116,7 @@ impl Trie {
                 let kids = |n: &Node| {
                     let mut v = Vec::new();
                     crate::children::for_each(&n.children, guard, |e| v.push(e.link));
-                    v.sort_by(|a, b| unsafe { (&(**a).tokens).cmp(&(**b).tokens) });
+                    v.sort_by(|a, b| unsafe { (**a).tokens.cmp(&(**b).tokens) });
                     v
                 };
                 let top = kids(root);
@@ -221,7 +221,7 @@ impl Trie {
                 let n_children = r.u32("child count")? as usize;
                 let visits = r.u64("visits")?;
                 let hits = r.u64("hits")?;
-                if k == 0 || k % page_size != 0 {
+                if k == 0 || !k.is_multiple_of(page_size) {
                     return Err(corrupt(format!("edge length {k} is not a positive multiple of page_size {page_size}")));
                 }
                 if has_lp > 1 {

@@ -42,31 +42,45 @@ pub(crate) struct Link {
 }
 
 /// A trie node (internal). See [`NodeRef`] for the public handle.
+///
+/// Layout: the fields that reads write (access stamp and hit count of the node a match
+/// ends on) and the pin word sit in their own cache line; the fields that reads only
+/// read (child table, parent, ...) start on the next one. Node is 64-byte aligned, so no
+/// other allocation shares its cache lines (and the `Arc` counts, written when a match
+/// hands out a handle, get a line of their own too): threads matching different
+/// sessions never invalidate the lines other threads traverse.
+#[repr(C, align(64))]
 pub struct Node {
+    /// Last access (monotonic ns), for LRU.
+    pub(crate) stamp: AtomicU64,
+    /// Number of matches that ended on this node's edge.
+    pub(crate) hits: AtomicU64,
     /// Pin count and DEAD bit (see `protocol`).
     pub(crate) state: AtomicU64,
+    _hot_pad: [u64; 5],
     pub(crate) children: Atomic<Children>,
     /// Parent node; null for roots. Changed only by a split of the incoming
     /// edge, under the (old) parent's lock.
     pub(crate) parent: AtomicPtr<Node>,
     /// First token of the incoming edge (changes with the parent pointer).
     pub(crate) first: AtomicU32,
-    /// Last access (monotonic ns), for LRU.
-    pub(crate) stamp: AtomicU64,
     /// Number of inserts whose key ran through this node's edge.
     pub(crate) visits: AtomicU64,
-    /// Number of matches that ended on this node's edge.
-    pub(crate) hits: AtomicU64,
     /// Writer lock; guards the child table and holds the number of children.
     pub(crate) lock: Mutex<usize>,
     pub(crate) id: u64,
     pub(crate) trie_id: u64,
 }
 
+// The written fields fill the first cache line; the read-mostly ones start on the next.
+const _: () = assert!(std::mem::offset_of!(Node, children) == 64);
+const _: () = assert!(std::mem::align_of::<Node>() == 64);
+
 impl Node {
     fn new(trie: &Trie, parent: *const Node, first: u32, stamp: u64, visits: u64, hits: u64, n_children: usize) -> Node {
         Node {
             state: AtomicU64::new(0),
+            _hot_pad: [0; 5],
             children: Atomic::null(),
             parent: AtomicPtr::new(parent as *mut Node),
             first: AtomicU32::new(first),
@@ -296,6 +310,9 @@ struct Scanned<'g> {
 
 const NO_PARENT: usize = usize::MAX;
 
+/// Eviction order: (policy score bits, stamp, node id), smallest first.
+type EvictKey = (u64, u64, u64);
+
 impl Trie {
     /// Creates an empty trie.
     pub fn new(config: TrieConfig) -> Result<Trie, TrieError> {
@@ -306,6 +323,7 @@ impl Trie {
         let bare = |node_id: u64| {
             Arc::new(Node {
                 state: AtomicU64::new(0),
+                _hot_pad: [0; 5],
                 children: Atomic::null(),
                 parent: AtomicPtr::new(std::ptr::null_mut()),
                 first: AtomicU32::new(0),
@@ -418,7 +436,7 @@ impl Trie {
     /// The child link of `node` whose edge starts the remaining key `rest`
     /// (`rest.len() >= page_size`, a multiple of it).
     #[inline]
-    fn find_child<'g>(&self, node: &Node, rest: &[u32], guard: &'g Guard) -> Option<*mut Link> {
+    fn find_child(&self, node: &Node, rest: &[u32], guard: &Guard) -> Option<*mut Link> {
         let first = rest[0];
         let entries = children::candidates(&node.children, first, guard);
         let mut i = children::lower_bound(entries, first);
@@ -458,12 +476,12 @@ impl Trie {
         }
     }
 
-    fn match_in<'g>(
+    fn match_in(
         &self,
         tokens: &[u32],
         ns: Option<&[u8]>,
         values: &mut Vec<u64>,
-        guard: &'g Guard,
+        guard: &Guard,
         touch: bool,
     ) -> (usize, Arc<Node>) {
         let Some(root) = self.root_for(ns, guard) else {
@@ -890,7 +908,7 @@ impl Trie {
         out
     }
 
-    fn evict_key(s: &Scanned<'_>, policy: EvictPolicy) -> (u64, u64, u64) {
+    fn evict_key(s: &Scanned<'_>, policy: EvictPolicy) -> EvictKey {
         let stamp = s.node.stamp.load(Relaxed);
         match policy {
             EvictPolicy::Lru => (0, stamp, s.node.id),
@@ -912,7 +930,7 @@ impl Trie {
                 )));
             }
         }
-        let mut heap: BinaryHeap<Reverse<((u64, u64, u64), usize)>> = nodes
+        let mut heap: BinaryHeap<Reverse<(EvictKey, usize)>> = nodes
             .iter()
             .enumerate()
             .filter(|(_, s)| !s.protected && s.children_left == 0)
@@ -958,7 +976,7 @@ impl Trie {
             }
             let first = n.first.load(Acquire);
             let entries = children::candidates(&p.children, first, guard);
-            let Some(e) = entries.iter().find(|e| unsafe { Arc::as_ptr(&(*e.link).node) } == n as *const Node) else {
+            let Some(e) = entries.iter().find(|e| std::ptr::eq(unsafe { Arc::as_ptr(&(*e.link).node) }, n)) else {
                 debug_assert!(false, "live node missing from its parent's table");
                 return false;
             };
@@ -1117,7 +1135,11 @@ impl Trie {
             tokens: self.len(),
             ..Default::default()
         };
-        let node_bytes = std::mem::size_of::<Node>() + 2 * std::mem::size_of::<usize>(); // + Arc counts
+        // ArcInner<Node>: the two counts, padded to Node's alignment, then the node.
+        let node_bytes = std::alloc::Layout::new::<[usize; 2]>()
+            .extend(std::alloc::Layout::new::<Node>())
+            .map(|(l, _)| l.pad_to_align().size())
+            .unwrap_or(std::mem::size_of::<Node>() + 16);
         let link_bytes = std::mem::size_of::<Link>();
         let mut stack: Vec<&Node> = Vec::new();
         let mut bytes = std::mem::size_of::<Trie>();
@@ -1196,6 +1218,7 @@ impl Trie {
 
     /// Attaches a restored child under `parent` (single-threaded restore). Returns the
     /// new node, or None if an edge with the same first page already exists.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn restore_child<'g>(
         &self,
         parent: &'g Node,
