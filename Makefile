@@ -38,7 +38,7 @@ test-python: build redis-server
 	$(PY) -m pytest -q tests
 
 stubtest: build
-	$(PY) -m mypy.stubtest seqkv._native --concise
+	$(PY) -m mypy.stubtest seqkv._native --concise --allowlist tests/stubtest_allowlist.txt
 
 # Builds the abi3 wheel and the sdist into dist/.
 wheel: $(VENV)/.installed
