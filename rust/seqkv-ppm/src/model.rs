@@ -132,14 +132,33 @@ fn mix(h: u64, v: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The symbols seen in one context and their counts.
-#[derive(Clone, Default, Debug)]
+/// The symbols seen in one context and their counts, in order of first appearance.
+/// Most contexts only ever see one symbol: the first entry lives inline, the others
+/// in `rest` (which allocates only when a second symbol arrives).
+#[derive(Clone, Debug)]
 struct Node {
-    syms: Vec<u32>,
-    counts: Vec<u32>,
+    first: (u32, u32),
+    rest: Vec<(u32, u32)>,
     total: u32,
     /// Σ D_k(count) over the node's symbols.
     dsum: u32,
+}
+
+impl Node {
+    fn new(sym: u32, dsum: u32) -> Self {
+        Node { first: (sym, 1), rest: Vec::new(), total: 1, dsum }
+    }
+
+    /// (symbol, count) pairs.
+    #[inline]
+    fn entries(&self) -> impl Iterator<Item = &(u32, u32)> {
+        std::iter::once(&self.first).chain(self.rest.iter())
+    }
+
+    #[inline]
+    fn entries_mut(&mut self) -> impl Iterator<Item = &mut (u32, u32)> {
+        std::iter::once(&mut self.first).chain(self.rest.iter_mut())
+    }
 }
 
 /// A context's total is halved past this (keeps `64·total` and every product in range).
@@ -354,15 +373,12 @@ impl Model {
         for k in (1..=self.order).rev() {
             let Some(ni) = self.found[k] else { continue };
             let node = &self.nodes[ni as usize];
-            if node.total == 0 {
-                continue;
-            }
             if top == 0 {
                 top = k;
             }
             let theta = self.t.theta[k] as u64;
             let den = 64 * node.total as u64 + theta;
-            for (&s, &c) in node.syms.iter().zip(&node.counts) {
+            for &(s, c) in node.entries() {
                 let a = 64 * c as u64 - self.t.disc(k, c) as u64;
                 let contrib = w * a / den;
                 let si = s as usize;
@@ -516,40 +532,38 @@ impl Model {
             if key == 0 {
                 continue;
             }
-            let ni = match self.found[k] {
-                Some(ni) => ni as usize,
-                None => {
-                    let ni = self.nodes.len();
-                    self.nodes.push(Node::default());
-                    self.map.insert(key, ni as u32);
-                    ni
-                }
-            };
             let t = &self.t;
-            let node = &mut self.nodes[ni];
-            let existed = match node.syms.iter().position(|&s| s == sym) {
-                Some(i) => {
-                    let c = node.counts[i];
+            let Some(ni) = self.found[k] else {
+                self.map.insert(key, self.nodes.len() as u32);
+                self.nodes.push(Node::new(sym, t.disc(k, 1)));
+                continue; // new context: new symbol, go on down
+            };
+            let node = &mut self.nodes[ni as usize];
+            let seen = node.entries_mut().find(|e| e.0 == sym).map(|e| {
+                e.1 += 1;
+                e.1 - 1
+            });
+            let existed = match seen {
+                Some(c) => {
                     node.dsum = node.dsum + t.disc(k, c + 1) - t.disc(k, c);
-                    node.counts[i] = c + 1;
                     true
                 }
                 None => {
-                    node.syms.push(sym);
-                    node.counts.push(1);
+                    node.rest.push((sym, 1));
                     node.dsum += t.disc(k, 1);
                     false
                 }
             };
             node.total += 1;
-            if node.total > self.t.node_limit.min(NODE_LIMIT) {
-                node.total = 0;
-                node.dsum = 0;
-                for c in node.counts.iter_mut() {
-                    *c = c.div_ceil(2);
-                    node.total += *c;
-                    node.dsum += t.disc(k, *c);
+            if node.total > t.node_limit.min(NODE_LIMIT) {
+                let (mut total, mut dsum) = (0, 0);
+                for e in node.entries_mut() {
+                    e.1 = e.1.div_ceil(2);
+                    total += e.1;
+                    dsum += t.disc(k, e.1);
                 }
+                node.total = total;
+                node.dsum = dsum;
             }
             if existed {
                 reached_order0 = false;
