@@ -48,6 +48,20 @@ def _timeit(cp: Any, fn: Callable[[], Any], reps: int, warmup: int = 2) -> float
     return float(np.median(times))
 
 
+def _timeit_batch(cp: Any, fn: Callable[[], Any], reps: int) -> float:
+    """Seconds per call of `reps` calls queued back to back between two events (GPU time when
+    the host queues faster than the GPU runs)."""
+    fn()
+    cp.cuda.Device().synchronize()
+    s, e = cp.cuda.Event(), cp.cuda.Event()
+    s.record()
+    for _ in range(reps):
+        fn()
+    e.record()
+    e.synchronize()
+    return cp.cuda.get_elapsed_time(s, e) / 1e3 / reps
+
+
 def machine(cp: Any) -> dict[str, Any]:
     props = cp.cuda.runtime.getDeviceProperties(0)
     info: dict[str, Any] = {
@@ -86,7 +100,10 @@ def copy_bandwidth(cp: Any, nbytes: int = 1 << 30) -> float:
 
 def bench_quantize(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
     rng = np.random.default_rng(0)
-    out: dict[str, Any] = {"V": V, "precision": P, "configs": {}, "best": {}}
+    out: dict[str, Any] = {"V": V, "precision": P, "configs": {}, "best": {},
+                           "bytes_counted": "n*V*itemsize logits read + 8*n bytes (cum_low, freq) written",
+                           "default_cluster_config": {"f32": gpu.cluster_config(V, "f32"),
+                                                      "bf16": gpu.cluster_config(V, "bf16")}}
     ns = [1, 64, 4096] if not quick else [1, 64, 512]
     for dtype in ("f32", "bf16"):
         for n in ns:
@@ -100,34 +117,50 @@ def bench_quantize(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
             item = 4 if dtype == "f32" else 2
             nbytes = n * V * item + 8 * n
             best = None
-            for block in (256, 512, 1024):
-                for cache in (0, 1, 2):
-                    reps = 20 if n >= 4096 else 50
+            a2, k2, _, _ = gpu._rows(arr, kind)
+            outbuf = cp.empty((n, 2), dtype=cp.uint32)
+            # the cluster kernel (default) in a few shapes, and the one-block-per-row kernel
+            epl = 4 if dtype == "f32" else 8
+            configs: list[tuple[str, dict[str, Any]]] = []
+            for b_, cs_ in ((128, 8), (64, 8), (128, 4), (256, 8), (512, 4), (1024, 2)):
+                nl_ = -(-V // (b_ * cs_ * epl))
+                configs.append((f"cluster={b_}x{cs_}x{nl_}", {"cluster": (b_, cs_, nl_)}))
+            # the row kernel: its best shapes of the earlier full sweep (1024/2 f32, 256/0 bf16)
+            for block, cache in ((1024, 2), (256, 0), (512, 1)):
+                if n < 4096 and (block, cache) != (1024, 2):
+                    continue
+                configs.append((f"block={block}/cache={cache}", {"block": block, "cache": cache}))
+            ref_out = None
+            for label, kw in configs:
+                reps = 20 if n >= 4096 else 50
 
-                    def call() -> Any:
-                        return gpu.gather_cdf(arr, sym, P, kind=kind, block=block, cache=cache)
+                def call() -> Any:
+                    return gpu.gather_cdf(arr, sym, P, kind=kind, **kw)
 
-                    t_call = _timeit(cp, call, reps)
-                    # kernel only: preallocated outputs, no host copy
-                    outbuf = cp.empty((n, 2), dtype=cp.uint32)
-                    a2, k2, _, _ = gpu._rows(arr, kind)
+                t_call = _timeit(cp, call, reps)
+                got = call()
+                if ref_out is None:
+                    ref_out = got
+                assert (got[0] == ref_out[0]).all() and (got[1] == ref_out[1]).all(), label
 
-                    def kern() -> Any:
-                        return gpu._launch_rows(a2, k2, n, V, P, 1, sym, outbuf, block, cache)
+                # kernel only: preallocated outputs, no host copy
+                def kern() -> Any:
+                    return gpu._launch(a2, k2, n, V, P, 1, sym, outbuf, kw.get("block"), kw.get("cache"),
+                                       kw.get("cluster"))
 
-                    t_k = _timeit(cp, kern, reps)
-                    key = f"{dtype}/n={n}/block={block}/cache={int(cache)}"
-                    rec = {
-                        "tokens_per_s": n / t_call,
-                        "call_s": t_call,
-                        "kernel_s": t_k,
-                        "kernel_GBps": nbytes / t_k / 1e9,
-                        "kernel_tokens_per_s": n / t_k,
-                        "quantize_gather_bw_fraction": nbytes / t_k / copy_bw,
-                    }
-                    out["configs"][key] = rec
-                    if best is None or t_k < best[1]["kernel_s"]:
-                        best = (key, rec)
+                t_k = _timeit(cp, kern, reps)
+                key = f"{dtype}/n={n}/{label}"
+                rec = {
+                    "tokens_per_s": n / t_call,
+                    "call_s": t_call,
+                    "kernel_s": t_k,
+                    "kernel_GBps": nbytes / t_k / 1e9,
+                    "kernel_tokens_per_s": n / t_k,
+                    "quantize_gather_bw_fraction": nbytes / t_k / copy_bw,
+                }
+                out["configs"][key] = rec
+                if best is None or t_k < best[1]["kernel_s"]:
+                    best = (key, rec)
             assert best is not None
             out["best"][f"{dtype}/n={n}"] = {"config": best[0], **best[1]}
             print(f"quantize+gather {dtype} n={n}: {best[0]} {best[1]['kernel_GBps']:.0f} GB/s "
@@ -170,6 +203,11 @@ def bench_residual(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
             sweep[bpw] = (tp, tu)
         best_bpw = min(sweep, key=lambda b: max(sweep[b]))
         t_pack, t_unpack = sweep[best_bpw]
+        # GPU time alone: back-to-back launches (state memset + kernel), no host round trip
+        o_v, _ = gpu._residual_view(orig, kind)
+        r_v, _ = gpu._residual_view(recomp, kind)
+        tk_pack = _timeit_batch(cp, lambda: gpu._residual_pack_launch(o_v, r_v, kind, best_bpw), 20)
+        tk_unpack = _timeit_batch(cp, lambda: gpu.residual_unpack(packed, recomp, kind=kind, bpw=best_bpw), 20)
         pack_bytes = 2 * n * item + pbytes
         unpack_bytes = 2 * n * item + pbytes
         rec = {
@@ -184,9 +222,12 @@ def bench_residual(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
             "unpack_bw_fraction": unpack_bytes / t_unpack / copy_bw,
         }
         rec["residual_bw_fraction"] = min(rec["pack_bw_fraction"], rec["unpack_bw_fraction"])
+        gp, gu = pack_bytes / tk_pack / copy_bw, unpack_bytes / tk_unpack / copy_bw
+        rec["gpu_only"] = {"pack_s": tk_pack, "unpack_s": tk_unpack, "pack_bw_fraction": gp, "unpack_bw_fraction": gu}
         out[kind] = rec
         print(f"residual {kind}: pack {rec['pack_GBps']:.0f} GB/s unpack {rec['unpack_GBps']:.0f} GB/s "
-              f"fraction {rec['residual_bw_fraction']:.2f}", flush=True)
+              f"fraction {rec['residual_bw_fraction']:.2f} (GPU only: pack {tk_pack * 1e6:.0f} us "
+              f"unpack {tk_unpack * 1e6:.0f} us, fractions {gp:.2f} {gu:.2f})", flush=True)
         del orig, recomp, packed, key, step
     return out
 

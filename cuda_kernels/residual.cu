@@ -3,215 +3,308 @@
 // Residual of one element: z = zigzag(key(orig) - key(recomp)) in W bits (W = 16 for bf16/f16,
 // 32 for f32), where key() is the monotone float -> ordered-integer map
 // key(b) = b ^ (sign(b) ? 0x7fff.. : 0) (an involution; +-1 ulp is +-1, also across zero).
-// Blocks of 32 elements (one warp, one element per lane); a block of width w (bit length of its
-// largest z) is w u32 words, word j = bit j of the 32 lanes (a __ballot_sync). The packed form is
-// widths (u8 per block) and the words of all blocks, back to back.
+// Blocks of 32 elements; a block of width w (bit length of its largest z) is w u32 words, word j
+// = bit j of the block's 32 elements (bit i of the word is element i). The packed form is widths
+// (u8 per block) and the words of all blocks, back to back.
 //
-// Tiles of WARPS * BPW blocks (8 warps x BPW blocks). Pack writes each tile's words at a fixed
-// place in a scratch buffer (tile * WARPS * BPW * W words) plus the tile's word count; the host
-// takes an exclusive cumsum of the counts and `residual_compact` moves the words together. The
-// inputs are read once.
+// One kernel per direction, each reading its inputs once:
+// * A warp works on K steps of 32 * E elements (E = 2 for 16-bit kinds, 1 for f32), i.e. E blocks
+//   per step, one 32-bit load per lane and input. 16-bit kinds keep two elements per register
+//   (SIMD within the register for key, difference, zig-zag), and two shuffles + one byte permute
+//   turn "lane l holds elements 2l, 2l+1" into "lane l holds element l of block A (low half) and
+//   element l of block B (high half)", so one __ballot_sync per block and bit plane gives a word.
+// * Tiles (8 warps x K steps) take their index from an atomic ticket, so tiles start in order;
+//   each publishes its word count and finds its output offset by decoupled look-back over the
+//   tile states (flag and count in one 64-bit word: 1 = this tile's count, 2 = inclusive prefix).
+//   No scratch buffer, no separate scan or compaction pass; pack leaves the total word count in
+//   the last tile's state. `state` (ntiles + 1 u64: the states, then the ticket) starts zeroed.
 
 typedef unsigned int u32;
 typedef unsigned long long u64;
 #define FULL_MASK 0xffffffffu
-#define WARPS 8                      // BPW (template): 32-blocks per warp
+#define WARPS 8
+#define ST_AGG (1ull << 62)
+#define ST_PRE (2ull << 62)
+#define ST_VAL ((1ull << 62) - 1)
 
 template <typename U> struct Bits;
-template <> struct Bits<unsigned short> { static constexpr int W = 16; static constexpr u32 MASK = 0xffffu; };
-template <> struct Bits<u32> { static constexpr int W = 32; static constexpr u32 MASK = 0xffffffffu; };
+template <> struct Bits<unsigned short> { static constexpr int W = 16; static constexpr int E = 2; };
+template <> struct Bits<u32> { static constexpr int W = 32; static constexpr int E = 1; };
 
-template <typename U>
-__device__ __forceinline__ u32 key_of(u32 b) {
-    constexpr int W = Bits<U>::W;
-    return (b >> (W - 1)) ? (b ^ (Bits<U>::MASK >> 1)) : b;
+// key / zig-zag / inverse on one 32-bit register: two 16-bit elements (E = 2) or one 32-bit (E = 1)
+template <int E> struct Swar;
+template <> struct Swar<2> {
+    static constexpr u32 H = 0x80008000u, LO = 0x00010001u;
+    __device__ __forceinline__ static u32 key(u32 b) { return b ^ (((b >> 15) & LO) * 0x7fffu); }
+    __device__ __forceinline__ static u32 sub(u32 a, u32 b) { return ((a | H) - (b & ~H)) ^ ((a ^ ~b) & H); }
+    __device__ __forceinline__ static u32 add(u32 a, u32 b) { return ((a & ~H) + (b & ~H)) ^ ((a ^ b) & H); }
+    __device__ __forceinline__ static u32 zig(u32 d) { return ((d << 1) & 0xfffefffeu) ^ (((d >> 15) & LO) * 0xffffu); }
+    __device__ __forceinline__ static u32 unzig(u32 z) { return ((z >> 1) & 0x7fff7fffu) ^ ((z & LO) * 0xffffu); }
+};
+template <> struct Swar<1> {
+    __device__ __forceinline__ static u32 key(u32 b) { return b ^ ((u32)((int)b >> 31) >> 1); }
+    __device__ __forceinline__ static u32 sub(u32 a, u32 b) { return a - b; }
+    __device__ __forceinline__ static u32 add(u32 a, u32 b) { return a + b; }
+    __device__ __forceinline__ static u32 zig(u32 d) { return (d << 1) ^ (u32)((int)d >> 31); }
+    __device__ __forceinline__ static u32 unzig(u32 z) { return (z >> 1) ^ (0u - (z & 1u)); }
+};
+
+__device__ __forceinline__ u64 ld_relaxed(const u64* p) {
+    u64 v;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
 }
-template <typename U>
-__device__ __forceinline__ u32 zig(u32 ko, u32 kr) {
-    constexpr int W = Bits<U>::W;
-    u32 d = (ko - kr) & Bits<U>::MASK;
-    u32 neg = (d >> (W - 1)) ? Bits<U>::MASK : 0u;
-    return ((d << 1) ^ neg) & Bits<U>::MASK;
-}
-template <typename U>
-__device__ __forceinline__ u32 unzig_add(u32 z, u32 kr) {
-    u32 d = (z >> 1) ^ (0u - (z & 1u));
-    return (kr + d) & Bits<U>::MASK;
+__device__ __forceinline__ void st_relaxed(u64* p, u64 v) {
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" :: "l"(p), "l"(v) : "memory");
 }
 
-// Exclusive prefix over the warps of the block of per-warp totals; returns this warp's offset and
-// sets *tile_total.
-__device__ __forceinline__ u32 warp_offsets(u32 warp_total, u32* tile_total) {
-    __shared__ u32 sh[WARPS];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) sh[warp] = warp_total;
+template <typename V_t>
+__device__ __forceinline__ V_t warp_sum(V_t v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+// Tile ticket (thread 0 takes it; every thread gets it).
+__device__ __forceinline__ u32 take_ticket(u64* state, long long ntiles) {
+    __shared__ u32 sh_ticket;
+    if (threadIdx.x == 0) sh_ticket = (u32)atomicAdd(state + ntiles, 1ull);
     __syncthreads();
-    u32 off = 0, tot = 0;
+    return sh_ticket;
+}
+
+// Exclusive prefix of this tile's count `agg` over the tiles before it. Called by all lanes of
+// one warp; publishes the tile's own state first and its inclusive prefix at the end.
+__device__ u64 look_back(u64* state, u32 tile, u64 agg) {
+    const int lane = threadIdx.x & 31;
+    if (tile == 0) {
+        if (lane == 0) st_relaxed(state, ST_PRE | agg);
+        return 0;
+    }
+    if (lane == 0) st_relaxed(state + tile, ST_AGG | agg);
+    u64 excl = 0;
+    long long j = (long long)tile - 1;  // the tile lane 0 looks at; lane l looks at j - l
+    while (true) {
+        const long long idx = j - lane;
+        u64 s = idx >= 0 ? ld_relaxed(state + idx) : ST_PRE;  // before tile 0: a prefix of 0
+        while (__any_sync(FULL_MASK, (s >> 62) == 0))
+            if ((s >> 62) == 0) s = ld_relaxed(state + idx);
+        const u32 pre = __ballot_sync(FULL_MASK, (s >> 62) == 2);
+        const int last = pre ? __ffs(pre) - 1 : 31;  // lanes 0..last add up to the nearest prefix
+        excl += warp_sum<u64>(lane <= last ? (s & ST_VAL) : 0ull);
+        if (pre) break;
+        j -= 32;
+    }
+    if (lane == 0) st_relaxed(state + tile, ST_PRE | (excl + agg));
+    return excl;
+}
+
+// Offset of this warp's words: look-back for the tile (warp 0), plus the warps before it.
+__device__ __forceinline__ u64 warp_offset(u64* state, u32 tile, u32 warp_total) {
+    __shared__ u32 sh_w[WARPS];
+    __shared__ u64 sh_base;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) sh_w[warp] = warp_total;
+    __syncthreads();
+    u32 before = 0, all = 0;
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) {
-        off += (w < warp) ? sh[w] : 0u;
-        tot += sh[w];
+        const u32 c = sh_w[w];
+        before += w < warp ? c : 0u;
+        all += c;
     }
-    *tile_total = tot;
-    return off;
+    if (warp == 0) {
+        const u64 base = look_back(state, tile, all);
+        if (lane == 0) sh_base = base;
+    }
+    __syncthreads();
+    return sh_base + before;
 }
 
-template <typename U, int BPW>
+// Lane l: (element l of block A) | (element l of block B) << 16, from lane l: elements 2l, 2l+1.
+__device__ __forceinline__ u32 pairs_to_blocks(u32 v, int lane) {
+    const u32 a = __shfl_sync(FULL_MASK, v, lane >> 1);
+    const u32 b = __shfl_sync(FULL_MASK, v, 16 + (lane >> 1));
+    return __byte_perm(a, b, (lane & 1) ? 0x7632u : 0x5410u);
+}
+// The inverse.
+__device__ __forceinline__ u32 blocks_to_pairs(u32 v, int lane) {
+    const u32 a = __shfl_sync(FULL_MASK, v, (2 * lane) & 31);
+    const u32 b = __shfl_sync(FULL_MASK, v, (2 * lane + 1) & 31);
+    return __byte_perm(a, b, lane < 16 ? 0x5410u : 0x7632u);
+}
+
+template <typename U, int K>
 __global__ void __launch_bounds__(WARPS * 32)
 residual_pack(const U* __restrict__ orig, const U* __restrict__ recomp, long long n, long long nblocks,
-              unsigned char* __restrict__ widths, u32* __restrict__ scratch, u32* __restrict__ tile_words) {
-    constexpr int W = Bits<U>::W;
-    constexpr int TILE_BLOCKS = WARPS * BPW;
+              unsigned char* __restrict__ widths, u32* __restrict__ words, u64* __restrict__ state,
+              long long ntiles) {
+    constexpr int E = Bits<U>::E;
+    constexpr int STEP = 32 * E;  // elements per warp step
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long long tile = blockIdx.x;
-    const long long blk0 = tile * TILE_BLOCKS + (long long)warp * BPW;
-    u32 z[BPW];
-    u32 wd[BPW];
-    const long long e0 = blk0 * 32 + lane;
-    const U* po = orig + e0;  // element b * 32 of this lane at po[b * 32]: immediate offsets
-    const U* pr = recomp + e0;
-    if ((blk0 + BPW) * 32 <= n) {  // whole warp in range (uniform branch)
+    const u32 tile = take_ticket(state, ntiles);
+    const long long step0 = ((long long)tile * WARPS + warp) * K;  // first step of this warp
+    const long long e0 = step0 * STEP;
+    const u32* po = reinterpret_cast<const u32*>(orig + e0) + lane;  // E elements per u32
+    const u32* pr = reinterpret_cast<const u32*>(recomp + e0) + lane;
+
+    u32 z[K];
+    if (e0 + K * STEP <= n) {
 #pragma unroll
-        for (int b = 0; b < BPW; ++b) z[b] = zig<U>(key_of<U>((u32)po[b * 32]), key_of<U>((u32)pr[b * 32]));
+        for (int i = 0; i < K; ++i) z[i] = Swar<E>::zig(Swar<E>::sub(Swar<E>::key(__ldcs(po + 32 * i)), Swar<E>::key(__ldcs(pr + 32 * i))));
     } else {
 #pragma unroll
-        for (int b = 0; b < BPW; ++b)
-            z[b] = e0 + b * 32 < n ? zig<U>(key_of<U>((u32)po[b * 32]), key_of<U>((u32)pr[b * 32])) : 0u;
-    }
-    u32 total = 0;
-#pragma unroll
-    for (int b = 0; b < BPW; ++b) {
-        const u32 o = __reduce_or_sync(FULL_MASK, z[b]);
-        wd[b] = 32u - __clz(o);
-        total += wd[b];
-    }
-    for (int b = 0; b < BPW; b += 32) {  // BPW may exceed 32
-        u32 wv = 0;
-#pragma unroll
-        for (int bb = 0; bb < BPW; ++bb) if (bb == b + lane) wv = wd[bb];
-        if (b + lane < BPW && blk0 + b + lane < nblocks) widths[blk0 + b + lane] = (unsigned char)wv;
-    }
-    u32 tile_total;
-    const u32 off = warp_offsets(total, &tile_total);
-    if (threadIdx.x == 0) tile_words[tile] = tile_total;
-    u32* dst = scratch + tile * (long long)(TILE_BLOCKS * W) + off;
-#pragma unroll
-    for (int b = 0; b < BPW; ++b) {
-        u32 mine = 0;
-        for (u32 j = 0; j < wd[b]; ++j) {
-            const u32 word = __ballot_sync(FULL_MASK, (z[b] >> j) & 1u);
-            if (lane == (int)j) mine = word;
+        for (int i = 0; i < K; ++i) {
+            const long long e = e0 + (long long)i * STEP + (long long)lane * E;
+            u32 o = 0, r = 0;
+            if (E == 2) {
+                const unsigned short* so = reinterpret_cast<const unsigned short*>(orig);
+                const unsigned short* sr = reinterpret_cast<const unsigned short*>(recomp);
+                if (e < n) { o = so[e]; r = sr[e]; }
+                if (e + 1 < n) { o |= (u32)so[e + 1] << 16; r |= (u32)sr[e + 1] << 16; }
+            } else if (e < n) {
+                o = reinterpret_cast<const u32*>(orig)[e];
+                r = reinterpret_cast<const u32*>(recomp)[e];
+            }
+            z[i] = Swar<E>::zig(Swar<E>::sub(Swar<E>::key(o), Swar<E>::key(r)));  // 0 - 0 past n: z = 0
         }
-        if ((u32)lane < wd[b]) dst[lane] = mine;
-        dst += wd[b];
     }
-}
-
-// Moves each tile's words from its scratch place to offsets[tile] (exclusive cumsum of counts).
-__global__ void residual_compact(const u32* __restrict__ scratch, const u32* __restrict__ tile_words,
-                                 const u64* __restrict__ offsets, u32* __restrict__ words, int tile_cap) {
-    const long long tile = blockIdx.x;
-    const u32 cnt = tile_words[tile];
-    const u32* src = scratch + tile * (long long)tile_cap;
-    u32* dst = words + offsets[tile];
-    for (u32 i = threadIdx.x; i < cnt; i += blockDim.x) dst[i] = src[i];
-}
-
-// Per-tile sums of the widths (the unpack side's tile word counts).
-__global__ void residual_tile_sums(const unsigned char* __restrict__ widths, long long nblocks,
-                                   u32* __restrict__ tile_words, long long ntiles, int TILE_BLOCKS) {
-    const long long tile = (long long)blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
-    const int lane = threadIdx.x & 31;
-    if (tile >= ntiles) return;
-    u32 s = 0;
-    for (int b = lane; b < TILE_BLOCKS; b += 32) {
-        const long long blk = tile * TILE_BLOCKS + b;
-        s += blk < nblocks ? (u32)widths[blk] : 0u;
-    }
+    u32 wd[K];   // widths of the step's blocks: A | B << 8 (E = 2), or the one width (E = 1)
+    u32 total = 0, mywidth = 0;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
-    if (lane == 0) tile_words[tile] = s;
+    for (int i = 0; i < K; ++i) {
+        if (E == 2) z[i] = pairs_to_blocks(z[i], lane);
+        const u32 o = __reduce_or_sync(FULL_MASK, z[i]);
+        if (E == 2) {
+            const u32 wa = 32u - __clz(o & 0xffffu), wb = 32u - __clz(o >> 16);
+            wd[i] = wa | (wb << 8);
+            total += wa + wb;
+        } else {
+            wd[i] = 32u - __clz(o);
+            total += wd[i];
+        }
+        if (lane == i) mywidth = wd[i];
+    }
+    // widths: lane i < K writes step i's E bytes
+    {
+        const long long b = (step0 + lane) * E;
+        if (lane < K) {
+            if (E == 2 && b + 1 < nblocks) {
+                *reinterpret_cast<unsigned short*>(widths + b) = (unsigned short)mywidth;
+            } else if (b < nblocks) {
+                widths[b] = (unsigned char)(mywidth & 0xffu);
+            }
+        }
+    }
+    u64 off = warp_offset(state, tile, total);
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+        if (E == 2) {
+            const u32 wa = wd[i] & 0xffu, wb = wd[i] >> 8, wm = max(wa, wb);
+            u32 ma = 0, mb = 0;
+            for (u32 j = 0; j < wm; ++j) {
+                const u32 ba = __ballot_sync(FULL_MASK, (z[i] >> j) & 1u);
+                const u32 bb = __ballot_sync(FULL_MASK, (z[i] >> (j + 16)) & 1u);
+                if ((u32)lane == j) { ma = ba; mb = bb; }
+            }
+            if ((u32)lane < wa) words[off + lane] = ma;
+            if ((u32)lane < wb) words[off + wa + lane] = mb;
+            off += wa + wb;
+        } else {
+            const u32 w = wd[i];
+            u32 m = 0;
+            for (u32 j = 0; j < w; ++j) {
+                const u32 bj = __ballot_sync(FULL_MASK, (z[i] >> j) & 1u);
+                if ((u32)lane == j) m = bj;
+            }
+            if ((u32)lane < w) words[off + lane] = m;
+            off += w;
+        }
+    }
 }
 
-template <typename U, int BPW>
+template <typename U, int K>
 __global__ void __launch_bounds__(WARPS * 32)
 residual_unpack(const U* __restrict__ recomp, long long n, long long nblocks,
                 const unsigned char* __restrict__ widths, const u32* __restrict__ words,
-                const u64* __restrict__ offsets, U* __restrict__ out) {
-    constexpr int TILE_BLOCKS = WARPS * BPW;
+                u64* __restrict__ state, long long ntiles, U* __restrict__ out) {
+    constexpr int E = Bits<U>::E;
+    constexpr int STEP = 32 * E;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long long tile = blockIdx.x;
-    const long long blk0 = tile * TILE_BLOCKS + (long long)warp * BPW;
-    u32 wd[BPW];
-    u32 total = 0;
-#pragma unroll
-    for (int b = 0; b < BPW; b += 32) {
-        const u32 mine = (b + lane < BPW && blk0 + b + lane < nblocks) ? (u32)widths[blk0 + b + lane] : 0u;
-#pragma unroll
-        for (int bb = 0; bb < 32 && b + bb < BPW; ++bb) wd[b + bb] = __shfl_sync(FULL_MASK, mine, bb);
+    const u32 tile = take_ticket(state, ntiles);
+    const long long step0 = ((long long)tile * WARPS + warp) * K;
+    const long long e0 = step0 * STEP;
+    const bool full = e0 + K * STEP <= n;  // warp-uniform
+
+    // this warp's widths: lane i < K holds step i's
+    u32 mywidth = 0;
+    {
+        const long long b = (step0 + lane) * E;
+        if (lane < K) {
+            if (E == 2 && b + 1 < nblocks) mywidth = *reinterpret_cast<const unsigned short*>(widths + b);
+            else if (b < nblocks) mywidth = widths[b];
+        }
     }
-#pragma unroll
-    for (int b = 0; b < BPW; ++b) total += wd[b];
-    u32 tile_total;
-    const u32 off = warp_offsets(total, &tile_total);
-    const u32* src = words + offsets[tile] + off;
-    u32 r[BPW];
-    const long long e0 = blk0 * 32 + lane;
-    const U* pr = recomp + e0;
-    U* po = out + e0;
-    const bool full = (blk0 + BPW) * 32 <= n;  // uniform
+    // recomputed KV, in flight during the look-back
+    u32 r[K];
+    const u32* pr = reinterpret_cast<const u32*>(recomp + e0) + lane;
     if (full) {
 #pragma unroll
-        for (int b = 0; b < BPW; ++b) r[b] = (u32)pr[b * 32];
+        for (int i = 0; i < K; ++i) r[i] = __ldcs(pr + 32 * i);
     } else {
 #pragma unroll
-        for (int b = 0; b < BPW; ++b) r[b] = e0 + b * 32 < n ? (u32)pr[b * 32] : 0u;
-    }
-#pragma unroll
-    for (int b = 0; b < BPW; ++b) {
-        const u32 myword = ((u32)lane < wd[b]) ? src[lane] : 0u;
-        u32 z = 0;
-        for (u32 j = 0; j < wd[b]; ++j) {
-            const u32 word = __shfl_sync(FULL_MASK, myword, j);
-            z |= ((word >> lane) & 1u) << j;
+        for (int i = 0; i < K; ++i) {
+            const long long e = e0 + (long long)i * STEP + (long long)lane * E;
+            u32 v = 0;
+            if (E == 2) {
+                const unsigned short* sr = reinterpret_cast<const unsigned short*>(recomp);
+                if (e < n) v = sr[e];
+                if (e + 1 < n) v |= (u32)sr[e + 1] << 16;
+            } else if (e < n) {
+                v = reinterpret_cast<const u32*>(recomp)[e];
+            }
+            r[i] = v;
         }
-        src += wd[b];
-        if (full || e0 + b * 32 < n) po[b * 32] = (U)key_of<U>(unzig_add<U>(z, key_of<U>(r[b])));
     }
-}
+    const u32 total = __reduce_add_sync(FULL_MASK, E == 2 ? (mywidth & 0xffu) + (mywidth >> 8) : mywidth);
+    u64 off = warp_offset(state, tile, total);
 
-// Exclusive prefix sums of n u32 counts into u64 offsets, and the total: one block of 1024
-// threads, each summing a contiguous chunk (one launch, no host round trip).
-__global__ void __launch_bounds__(1024)
-exclusive_scan_u32(const u32* __restrict__ in, long long n, u64* __restrict__ out, u64* __restrict__ total) {
-    __shared__ u64 warp_sums[32];
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const long long chunk = (n + 1023) / 1024;
-    const long long lo = min(n, (long long)t * chunk), hi = min(n, lo + chunk);
-    u64 s = 0;
-    for (long long i = lo; i < hi; ++i) s += in[i];
-    u64 x = s;
+    // all the words of the warp's steps in flight at once: lane j holds word j of each block
+    u32 wd[K], ma[K], mb[K];
 #pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const u64 y = __shfl_up_sync(FULL_MASK, x, o);
-        if (lane >= o) x += y;
+    for (int i = 0; i < K; ++i) {
+        wd[i] = __shfl_sync(FULL_MASK, mywidth, i);
+        const u32 wa = wd[i] & 0xffu, wb = E == 2 ? wd[i] >> 8 : 0u;
+        ma[i] = (u32)lane < wa ? words[off + lane] : 0u;
+        mb[i] = (u32)lane < wb ? words[off + wa + lane] : 0u;
+        off += wa + wb;
     }
-    if (lane == 31) warp_sums[warp] = x;
-    __syncthreads();
-    if (warp == 0) {
-        u64 w = warp_sums[lane];
+    u32* po = reinterpret_cast<u32*>(out + e0) + lane;
 #pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const u64 y = __shfl_up_sync(FULL_MASK, w, o);
-            if (lane >= o) w += y;
+    for (int i = 0; i < K; ++i) {
+        u32 z = 0;
+        if (E == 2) {
+            const u32 wm = max(wd[i] & 0xffu, wd[i] >> 8);
+            for (u32 j = 0; j < wm; ++j) {
+                const u32 a = __shfl_sync(FULL_MASK, ma[i], j), b = __shfl_sync(FULL_MASK, mb[i], j);
+                z |= (((a >> lane) & 1u) << j) | (((b >> lane) & 1u) << (j + 16));
+            }
+            z = blocks_to_pairs(z, lane);
+        } else {
+            for (u32 j = 0; j < wd[i]; ++j) z |= ((__shfl_sync(FULL_MASK, ma[i], j) >> lane) & 1u) << j;
         }
-        warp_sums[lane] = w;
+        const u32 o = Swar<E>::key(Swar<E>::add(Swar<E>::key(r[i]), Swar<E>::unzig(z)));
+        if (full) {
+            __stcs(po + 32 * i, o);
+        } else {
+            const long long e = e0 + (long long)i * STEP + (long long)lane * E;
+            if (E == 2) {
+                unsigned short* so = reinterpret_cast<unsigned short*>(out);
+                if (e < n) so[e] = (unsigned short)(o & 0xffffu);
+                if (e + 1 < n) so[e + 1] = (unsigned short)(o >> 16);
+            } else if (e < n) {
+                reinterpret_cast<u32*>(out)[e] = o;
+            }
+        }
     }
-    __syncthreads();
-    u64 pre = (warp ? warp_sums[warp - 1] : 0ull) + x - s;
-    for (long long i = lo; i < hi; ++i) {
-        out[i] = pre;
-        pre += in[i];
-    }
-    if (t == 1023) *total = warp_sums[31];
 }

@@ -80,6 +80,62 @@ def test_quantize_matches_reference(cp, name, x, P, block, cache):
     assert (c[:, 0] == 0).all() and (c[:, 1:] == np.cumsum(ref, axis=1)[:, :-1]).all()
 
 
+_CLUSTERS = [None, (256, 8, 6), (512, 4, 6), (128, 8, 12), (1024, 2, 6), (512, 8, 3), (64, 8, 24)]
+
+
+def _check_gather(cp, xd, ref, syms, P, **kw):
+    n = ref.shape[0]
+    cum = np.concatenate([np.zeros((n, 1), np.uint64), np.cumsum(ref, axis=1, dtype=np.uint64)], axis=1)
+    for s in syms:
+        s = np.asarray(s, np.int64)
+        lo, fr = gpu.gather_cdf(xd, s, P, **kw)
+        assert (lo == cum[np.arange(n), s]).all() and (fr == ref[np.arange(n), s]).all(), (s, kw)
+
+
+@pytest.mark.parametrize("name,x,P", _rows_cases(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("cluster", _CLUSTERS, ids=str)
+def test_cluster_kernel_matches_reference(cp, name, x, P, cluster):
+    """The register-resident cluster kernel (default): tables and gather, every shape."""
+    ref = _ref_tables(x, P)
+    xd = cp.asarray(x)
+    freqs, _ = gpu.quantize_logits_gpu(xd, P, cluster=cluster)
+    assert (cp.asnumpy(freqs) == ref).all(), name
+    n, V = x.shape
+    rng = np.random.default_rng(V)
+    syms = [np.zeros(n, np.int64), np.full(n, V - 1), rng.integers(0, V, n), np.argmax(ref, axis=1),
+            np.argmax(x, axis=1), np.minimum(np.argmax(x, axis=1) + 1, V - 1)]
+    _check_gather(cp, xd, ref, syms, P, cluster=cluster)
+
+
+def test_cluster_kernel_unaligned_rows_and_half_kinds(cp):
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((5, 49153)) * 3).astype(np.float32)
+    view = cp.asarray(x)[:, 1:]  # row starts not 16-byte aligned: element-wise loads
+    ref = _ref_tables(np.ascontiguousarray(x[:, 1:]), 24)
+    _check_gather(cp, view, ref, [rng.integers(0, 49152, 5), np.argmax(ref, axis=1)], 24)
+    f, _ = gpu.quantize_logits_gpu(view, 24)
+    assert (cp.asnumpy(f) == ref).all()
+    # bf16 bits (exactly widened), odd V, one row and many
+    for V in (49152, 1001, 7):
+        xb = (rng.standard_normal((3, V)) * 4).astype(np.float32)
+        bits = ((xb.view(np.uint32) + 0x8000) >> 16).astype(np.uint16)
+        wide = (bits.astype(np.uint32) << 16).view(np.float32)
+        ref = _ref_tables(wide, 24)
+        f, _ = gpu.quantize_logits_gpu(cp.asarray(bits), 24, kind="bf16")
+        assert (cp.asnumpy(f) == ref).all(), V
+        _check_gather(cp, cp.asarray(bits), ref, [rng.integers(0, V, 3), np.argmax(ref, axis=1)], 24, kind="bf16")
+        f1, _ = gpu.quantize_logits_gpu(cp.asarray(bits[1]), 24, kind="bf16")
+        assert (cp.asnumpy(f1)[0] == ref[1]).all()
+
+
+def test_cluster_config_choice():
+    assert gpu.cluster_config(49152, "f32") == (128, 8, 12)
+    assert gpu.cluster_config(49152, "bf16") == (128, 8, 6)
+    assert gpu.cluster_config(7, "f32") == (128, 1, 1)
+    assert gpu.cluster_config(100_000, "f32") == (512, 8, 8)
+    assert gpu.cluster_config(1 << 20, "f32") is None  # the row kernel takes over
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
 def test_half_inputs_are_widened_exactly(cp, dtype):
     torch = pytest.importorskip("torch")
@@ -142,6 +198,12 @@ def test_invalid_inputs(cp):
     x[1, 5] = np.nan
     with pytest.raises(InvalidInputError, match="row 1"):
         gpu.gather_cdf(cp.asarray(x), [0, 0, 0], 16)
+    with pytest.raises(InvalidInputError, match="row 1"):
+        gpu.gather_cdf(cp.asarray(x), [0, 0, 0], 16, cache=0)
+    with pytest.raises(InvalidInputError, match="row 1"):
+        gpu.quantize_logits_gpu(cp.asarray(x), 16)
+    with pytest.raises(InvalidInputError):
+        gpu.gather_cdf(cp.asarray(np.zeros((1, 4096), np.float32)), [0], 16, cluster=(128, 1, 1))  # 512 < 4096
     x[1, 5] = np.inf
     with pytest.raises(InvalidInputError):
         gpu.quantize_logits_gpu(cp.asarray(x), 16)
@@ -178,6 +240,30 @@ def test_residual_pack_matches_cpu(cp, kind, n):
     assert (cp.asnumpy(back) == x).all()
     dev = gpu.residual_pack(cp.asarray(x), cp.asarray(y), kind=kind, host=False)
     assert (cp.asnumpy(gpu.residual_unpack(dev, cp.asarray(y), kind=kind)) == x).all()
+
+
+@pytest.mark.parametrize("kind", ["f32", "bf16"])
+@pytest.mark.parametrize("bpw", [8, 16, 32])
+def test_residual_tile_shapes(cp, kind, bpw):
+    """Every tile shape, many tiles (the decoupled look-back), wide and narrow blocks."""
+    rng = np.random.default_rng(bpw)
+    for n, frac, spread in ((8192 * 9 + 77, 0.05, 2), (300_001, 0.9, 1000), (64, 1.0, 1 << 14)):
+        x, y = _pair(rng, n, kind, frac, spread)
+        ref = R.pack(x, y, kind=kind)
+        got = gpu.residual_pack(cp.asarray(x), cp.asarray(y), kind=kind, bpw=bpw)
+        assert (got.widths == ref.widths).all() and (got.words == ref.words).all(), n
+        back = gpu.residual_unpack(ref, cp.asarray(y), kind=kind, bpw=bpw)
+        assert (cp.asnumpy(back) == x).all(), n
+
+
+def test_residual_unaligned_views(cp):
+    rng = np.random.default_rng(3)
+    x, y = _pair(rng, 10_001, "bf16")
+    xd, yd = cp.asarray(x), cp.asarray(y)
+    ref = R.pack(x[1:], y[1:], kind="bf16")
+    got = gpu.residual_pack(xd[1:], yd[1:], kind="bf16")
+    assert (got.widths == ref.widths).all() and (got.words == ref.words).all()
+    assert (cp.asnumpy(gpu.residual_unpack(ref, yd[1:], kind="bf16")) == x[1:]).all()
 
 
 def test_residual_torch_bf16(cp):

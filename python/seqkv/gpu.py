@@ -51,6 +51,7 @@ __all__ = [
     "kivi_quantize",
     "kivi_dequantize",
     "QUANTIZE_BLOCK",
+    "cluster_config",
 ]
 
 #: threads per row of the quantize kernels, by row length (tuned on an H100, see
@@ -281,16 +282,84 @@ def _raise_status(status: np.ndarray) -> None:
         raise InvalidInputError(f"row {r}: symbol or target out of range")
 
 
+def _cc_major() -> int:
+    cp = _cupy()
+    return int(cp.cuda.Device().compute_capability) // 10
+
+
+#: 16-byte loads per thread of the cluster kernels that get compiled (the count needed is rounded
+#: up to one of these, so few template instances serve all vocabulary sizes)
+_CLUSTER_NL = (1, 2, 3, 4, 6, 8, 12)
+#: most logits per thread held in registers by the cluster kernels (auto configuration): 48
+#: amortizes the per-thread reduction work best among the shapes measured on an H200
+#: (benches/results/gpu_kernels.json)
+CLUSTER_MAX_PER_THREAD = 48
+
+
+def cluster_config(V: int, kind: str = "f32", block: int | None = None) -> tuple[int, int, int] | None:
+    """``(threads per CTA, CTAs per cluster, 16-byte loads per thread)`` of the cluster kernel
+    (``qv1_cluster`` in quantize.cu) for rows of ``V`` logits, or None when a row does not fit in
+    the registers of one cluster of at most 8 CTAs (then the row kernel is used)."""
+    epl = 4 if kind == "f32" else 8
+    for b in (block,) if block else (128, 256, 512):
+        for cs in (1, 2, 4, 8):
+            need = -(-V // (cs * b * epl))
+            nl = next((x for x in _CLUSTER_NL if x >= need), None)
+            if nl is not None and nl * epl <= CLUSTER_MAX_PER_THREAD:
+                return b, cs, nl
+    return None
+
+
+def _check_cluster(cfg: tuple[int, int, int], V: int, kind: str) -> tuple[int, int, int]:
+    b, cs, nl = (int(v) for v in cfg)
+    epl = 4 if kind == "f32" else 8
+    if b not in (64, 128, 256, 512, 1024) or cs not in (1, 2, 4, 8) or not 1 <= nl <= 24 or cs * b * nl * epl < V:
+        raise InvalidInputError(f"cluster config {cfg} cannot hold rows of {V} ({kind})")
+    return b, cs, nl
+
+
+def _launch_cluster(arr: Any, k: str, n: int, V: int, precision: int, mode: int, aux: Any, out: Any,
+                    cfg: tuple[int, int, int]) -> Any:
+    cp = _cupy()
+    b, cs, nl = cfg
+    fn = _function("quantize.cu", f"qv1_cluster<{_CTYPE[k]},{b},{cs},{nl},{mode}>")
+    ld = arr.strides[0] // arr.itemsize
+    vec = arr.data.ptr % 16 == 0 and (arr.strides[0] % 16 == 0 or n == 1)
+    ovec = mode == 0 and out.data.ptr % 16 == 0 and V % 4 == 0
+    status = cp.empty(n, dtype=cp.int32)
+    if n:
+        fn((n * cs,), (b,), (arr, np.int64(ld), np.int32(V), np.int32(precision), _exp2_table(), np.int32(vec),
+                             aux, out, status, np.int32(ovec)))
+    return status
+
+
+def _launch(arr: Any, k: str, n: int, V: int, precision: int, mode: int, aux: Any, out: Any, block: int | None,
+            cache: int | None, cluster: tuple[int, int, int] | None) -> Any:
+    """The cluster kernel unless ``cache`` asks for the row kernel (or the row does not fit)."""
+    if cache is None and mode in (0, 1) and _cc_major() >= 9:
+        cfg = _check_cluster(cluster, V, k) if cluster is not None else cluster_config(
+            V, k, block if block in (128, 256, 512) else None)
+        if cfg is not None:
+            return _launch_cluster(arr, k, n, V, precision, mode, aux, out, cfg)
+    elif cluster is not None:
+        raise InvalidInputError("cluster= needs cache=None and a GPU of compute capability >= 9.0")
+    return _launch_rows(arr, k, n, V, precision, mode, aux, out, block, cache)
+
+
 def quantize_logits_gpu(logits: Any, precision: int, *, kind: str | None = None, block: int | None = None,
-                        cache: int | None = None) -> tuple[Any, Any]:
+                        cache: int | None = None, cluster: tuple[int, int, int] | None = None) -> tuple[Any, Any]:
     """``(freqs, cum)``: CuPy uint32 ``[n, V]`` frequency tables (quantizer v1) and their exclusive
-    cumulative sums, computed on the GPU from ``logits`` ``[n, V]`` (or ``[V]``)."""
+    cumulative sums, computed on the GPU from ``logits`` ``[n, V]`` (or ``[V]``).
+
+    By default the cluster kernel (one read of the logits, Hopper and later); ``cache`` (0, 1, 2)
+    selects the one-block-per-row kernel with that shared-memory cache, ``cluster`` =
+    ``(threads, CTAs per cluster, loads per thread)`` a cluster kernel configuration."""
     cp = _cupy()
     with _on_stream_of(logits):
         arr, k, n, V = _rows(logits, kind)
         _check_precision(V, precision)
         freqs = cp.empty((n, V), dtype=cp.uint32)
-        status = _launch_rows(arr, k, n, V, precision, 0, np.intp(0), freqs, block, cache)
+        status = _launch(arr, k, n, V, precision, 0, np.intp(0), freqs, block, cache, cluster)
         _raise_status(cp.asnumpy(status))
         cum = cp.cumsum(freqs, axis=1, dtype=cp.uint32) - freqs
     return freqs, cum
@@ -307,16 +376,17 @@ def _aux_symbols(symbols: Any, n: int) -> Any:
 
 
 def gather_cdf(logits: Any, symbols: Any, precision: int, *, kind: str | None = None, block: int | None = None,
-               cache: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               cache: int | None = None, cluster: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(cum_low, freq)`` (NumPy uint32 ``[n]``) of ``symbols[i]`` in row ``i``'s quantizer-v1
-    table, for encoding; only these 8 bytes per row leave the GPU."""
+    table, for encoding; only these 8 bytes per row leave the GPU. ``block``/``cache``/``cluster``
+    as in :func:`quantize_logits_gpu`."""
     cp = _cupy()
     with _on_stream_of(logits):
         arr, k, n, V = _rows(logits, kind)
         _check_precision(V, precision)
         aux = _aux_symbols(symbols, n)
         out = cp.empty((n, 2), dtype=cp.uint32)
-        status = _launch_rows(arr, k, n, V, precision, 1, aux, out, block, cache)
+        status = _launch(arr, k, n, V, precision, 1, aux, out, block, cache, cluster)
         host = cp.asnumpy(out)
         if n and not host[:, 1].all():
             _raise_status(cp.asnumpy(status))
@@ -371,7 +441,7 @@ def decode_token(decoder: Any, logits_row: Any, precision: int = 24) -> int:
 
 _RES_BLOCK = 32
 _RES_WARPS = 8  # cuda_kernels/residual.cu: WARPS
-#: 32-blocks per warp in the residual kernels (a tile is 8 warps of these)
+#: 32-blocks per warp in the residual kernels (a tile is 8 warps of these); 8, 16 or 32
 RESIDUAL_BPW = 16
 
 
@@ -379,23 +449,45 @@ def _residual_view(x: Any, kind: str | None) -> tuple[Any, str]:
     arr, k = _device_view(x, kind)
     cp = _cupy()
     arr = cp.ascontiguousarray(arr).ravel()
+    if arr.data.ptr % 4:  # the kernels read 16-bit kinds two elements at a time
+        arr = arr.copy()
     return arr.view(cp.uint32 if k == "f32" else cp.uint16), k
 
 
-def _exclusive_scan(counts: Any) -> tuple[Any, Any]:
-    """(u64 exclusive prefix sums of u32 ``counts``, u64 [1] total), on the device in one launch."""
+def _residual_geometry(k: str, nb: int, bpw: int | None) -> tuple[str, int, int]:
+    """(C type, steps per warp K, tiles) of the residual kernels."""
+    bpw = bpw or RESIDUAL_BPW
+    if bpw not in (8, 16, 32):
+        raise InvalidInputError("bpw must be 8, 16 or 32")
+    per_step = 1 if k == "f32" else 2  # 32-blocks per warp step
+    steps = bpw // per_step
+    return ("unsigned int" if k == "f32" else "unsigned short"), steps, -(-nb // (_RES_WARPS * bpw))
+
+
+def _residual_pack_launch(o: Any, r: Any, k: str, bpw: int | None) -> tuple[Any, Any, Any]:
+    """(widths, words with room for the worst case, tile states or None): the pack kernel queued,
+    nothing waited for."""
     cp = _cupy()
-    out = cp.empty(counts.size, dtype=cp.uint64)
-    total = cp.empty(1, dtype=cp.uint64)
-    _function("residual.cu", "exclusive_scan_u32")((1,), (1024,), (counts, np.int64(counts.size), out, total))
-    return out, total
+    n = int(o.size)
+    W = 32 if k == "f32" else 16
+    nb = -(-n // _RES_BLOCK)
+    utype, steps, ntiles = _residual_geometry(k, nb, bpw)
+    widths = cp.empty(nb, dtype=cp.uint8)
+    if ntiles == 0:
+        return widths, cp.empty(0, dtype=cp.uint32), None
+    state = cp.zeros(ntiles + 1, dtype=cp.uint64)
+    words = cp.empty(nb * W, dtype=cp.uint32)
+    _function("residual.cu", f"residual_pack<{utype},{steps}>")(
+        (ntiles,), (_RES_WARPS * 32,), (o, r, np.int64(n), np.int64(nb), widths, words, state, np.int64(ntiles)))
+    return widths, words, state
 
 
 def residual_pack(orig: Any, recomp: Any, *, kind: str | None = None, host: bool = True,
                   bpw: int | None = None) -> Any:
     """Block-packed residual of two CUDA tensors/arrays (same bytes as
     :func:`seqkv.residual.pack`). Returns a :class:`seqkv.residual.Packed` (NumPy) when ``host``,
-    else ``(kind, n, widths, words)`` as CuPy arrays."""
+    else ``(kind, n, widths, words)`` as CuPy arrays. One kernel launch; the word count comes back
+    to the host (8 bytes) to size ``words``."""
     from .residual import Packed
 
     cp = _cupy()
@@ -405,25 +497,10 @@ def residual_pack(orig: Any, recomp: Any, *, kind: str | None = None, host: bool
         if k1 != k2 or o.size != r.size:
             raise InvalidInputError("original and recomputed KV differ in kind or size")
         n = int(o.size)
-        W = 32 if k1 == "f32" else 16
-        utype = "unsigned int" if W == 32 else "unsigned short"
-        bpw = bpw or RESIDUAL_BPW
-        tile_blocks = _RES_WARPS * bpw
-        nb = -(-n // _RES_BLOCK)
-        ntiles = -(-nb // tile_blocks)
-        widths = cp.empty(nb, dtype=cp.uint8)
-        if ntiles == 0:
-            words = cp.empty(0, dtype=cp.uint32)
-        else:
-            scratch = cp.empty(ntiles * tile_blocks * W, dtype=cp.uint32)
-            tile_words = cp.empty(ntiles, dtype=cp.uint32)
-            _function("residual.cu", f"residual_pack<{utype},{bpw}>")(
-                (ntiles,), (256,), (o, r, np.int64(n), np.int64(nb), widths, scratch, tile_words))
-            offsets, total_dev = _exclusive_scan(tile_words)
-            words = cp.empty(scratch.size, dtype=cp.uint32)  # capacity; trimmed below
-            _function("residual.cu", "residual_compact")(
-                (ntiles,), (128,), (scratch, tile_words, offsets, words, np.int32(tile_blocks * W)))
-            words = words[: int(total_dev[0])]
+        widths, words, state = _residual_pack_launch(o, r, k1, bpw)
+        if state is not None:
+            total = int(state[-2:-1].get()[0]) & ((1 << 62) - 1)  # the last tile's inclusive count
+            words = words[:total]
         if not host:
             return k1, n, widths, words
         return Packed(k1, n, cp.asnumpy(widths), cp.asnumpy(words))
@@ -432,7 +509,7 @@ def residual_pack(orig: Any, recomp: Any, *, kind: str | None = None, host: bool
 def residual_unpack(packed: Any, recomp: Any, *, kind: str | None = None, bpw: int | None = None) -> Any:
     """Original bits (CuPy uint16/uint32, shape of ``recomp``) from a packed residual
     (:class:`~seqkv.residual.Packed` or the device tuple of :func:`residual_pack`) and the
-    recomputed KV on the GPU."""
+    recomputed KV on the GPU. One kernel launch, no host round trip."""
     cp = _cupy()
     with _on_stream_of(recomp):
         if isinstance(packed, tuple):  # from residual_pack(host=False): consistent by construction
@@ -440,26 +517,21 @@ def residual_unpack(packed: Any, recomp: Any, *, kind: str | None = None, bpw: i
         else:
             if int(packed.widths.sum(dtype=np.int64)) != packed.words.size:
                 raise InvalidInputError("packed residual: widths do not match the words")
+            if int(packed.widths.max(initial=0)) > (32 if packed.kind == "f32" else 16):
+                raise InvalidInputError("packed residual: a block is wider than its kind")
             pk, n, widths, words = packed.kind, packed.n, cp.asarray(packed.widths), cp.asarray(packed.words)
         r, k = _residual_view(recomp, kind or pk)
         if k != pk or int(r.size) != n:
             raise InvalidInputError(f"packed residual is {pk} x {n}, recomputed KV {k} x {r.size}")
-        W = 32 if k == "f32" else 16
-        utype = "unsigned int" if W == 32 else "unsigned short"
         nb = int(widths.size)
         if nb != -(-n // _RES_BLOCK):
             raise InvalidInputError("packed residual: block count does not match n")
-        bpw = bpw or RESIDUAL_BPW
-        tile_blocks = _RES_WARPS * bpw
-        ntiles = -(-nb // tile_blocks)
+        utype, steps, ntiles = _residual_geometry(k, nb, bpw)
         out = cp.empty_like(r)
         if ntiles:
-            tile_words = cp.empty(ntiles, dtype=cp.uint32)
-            _function("residual.cu", "residual_tile_sums")(
-                (-(-ntiles // 8),), (256,), (widths, np.int64(nb), tile_words, np.int64(ntiles), np.int32(tile_blocks)))
-            offsets, _ = _exclusive_scan(tile_words)
-            _function("residual.cu", f"residual_unpack<{utype},{bpw}>")(
-                (ntiles,), (256,), (r, np.int64(n), np.int64(nb), widths, words, offsets, out))
+            state = cp.zeros(ntiles + 1, dtype=cp.uint64)
+            _function("residual.cu", f"residual_unpack<{utype},{steps}>")(
+                (ntiles,), (_RES_WARPS * 32,), (r, np.int64(n), np.int64(nb), widths, words, state, np.int64(ntiles), out))
         shape = recomp.shape
         return out.reshape(shape)
 
