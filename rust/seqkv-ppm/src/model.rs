@@ -220,6 +220,8 @@ pub struct Model {
     apm1: Apm,
     apm2: Apm,
     prev_novel: bool,
+    /// Distinct tokens seen.
+    n_seen: usize,
     // scratch
     stamp: u32,
     mark: Vec<u32>,
@@ -264,6 +266,7 @@ impl Model {
             apm1: Apm::new((MAX_ORDER + 1) * 4, t.apm_limit),
             apm2: Apm::new(4, t.apm_limit),
             prev_novel: false,
+            n_seen: 0,
             stamp: 0,
             mark: vec![0; v],
             acc: vec![0; v],
@@ -448,7 +451,13 @@ impl Model {
             }
         }
 
-        // 2. Candidates, or escape.
+        // 2. Candidates, or escape (impossible once every token of the vocabulary
+        // is a candidate or excluded).
+        let all_seen = self.table.total() == 0;
+        if coded.is_none() && !self.cand.is_empty() && all_seen && self.n_seen == self.cand.len() + pred.is_some() as usize {
+            let i = ch.choose(&self.cand, &self.freq, 0)?.ok_or_else(|| Error::CorruptStream("no candidate chosen".into()))?;
+            coded = Some(self.cand[i]);
+        }
         if coded.is_none() && !self.cand.is_empty() {
             let p = clamp_p(rest * 65536 / (sum + rest));
             let nc = match self.cand.len() {
@@ -479,7 +488,11 @@ impl Model {
                 excl_sum += f as u64;
             }
             let avail = self.f0.total() as u64 - excl_sum;
-            if avail > 0 {
+            if avail > 0 && all_seen {
+                // no token left for order -1: no escape to code
+                let s = ch.choose_excluding(&self.f0, &mut self.excl, avail as u32)?;
+                coded = Some(s);
+            } else if avail > 0 {
                 let p = clamp_p(b0 * 65536 / (avail + b0));
                 let cx = (self.prev_novel as usize) * 2 + self.cand.is_empty() as usize;
                 let r = self.apm2.refine(&self.st, p, cx);
@@ -581,6 +594,7 @@ impl Model {
         }
         if novel {
             self.table.remove(si);
+            self.n_seen += 1;
         }
         // Recency window.
         if self.t.window > 0 {

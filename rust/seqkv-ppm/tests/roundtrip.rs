@@ -212,3 +212,22 @@ fn long_sequences_rescale_counts() {
     let p = encode(&m, &toks, 100_000).unwrap();
     assert_eq!(decode(&m, &blocks(&p, &toks, 100_000)).unwrap(), toks);
 }
+
+#[test]
+fn small_vocabularies_waste_little() {
+    // i.i.d. uniform bits: ~1 bit per token is the entropy
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let toks: Vec<u32> = (0..20_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 33) as u32 & 1
+        })
+        .collect();
+    let bits = cost_bits(&model(2, 4, &[]), &toks).unwrap();
+    assert!(bits < 1.08 * toks.len() as f64, "{} bits/token", bits / toks.len() as f64);
+    // a constant sequence over a small vocabulary costs almost nothing
+    let bits = cost_bits(&model(5, 4, &[]), &vec![3u32; 20_000]).unwrap();
+    assert!(bits < 100.0, "{bits} bits");
+}
