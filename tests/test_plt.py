@@ -112,6 +112,16 @@ def test_bad_options_are_invalid_input(kwargs):
         PLTCodec(**kwargs)
 
 
+def test_unknown_profile_is_a_format_version_error():
+    from seqkv import container
+
+    c = container.unpack(PLTCodec(1000).encode([1, 2, 3]))
+    params = bytes([99]) + bytes(c.header.params)[1:]  # profile 99, from some future build
+    header = container.Header(codec="plt", precision=c.header.precision, token_count=3, vocab_size=1000, params=params)
+    with pytest.raises(FormatVersionError):
+        PLTCodec(1000).decode(container.pack(header, c.blocks))
+
+
 def test_vocab_or_codec_mismatch_is_invalid_input():
     stream = PLTCodec(1000).encode([1, 2, 3])
     with pytest.raises(InvalidInputError):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import _native
-from ..errors import CorruptStreamError, InvalidInputError, ModelMismatchError
+from ..errors import CorruptStreamError, FormatVersionError, InvalidInputError, ModelMismatchError
 from .base import TOKEN_DTYPE, CodingStats, as_tokens, split_blocks
 
 __all__ = ["PLTCodec", "DEFAULT_ORDER", "MAX_ORDER"]
@@ -151,7 +151,10 @@ class PLTCodec:
             raise InvalidInputError(f"stream was written by codec {h.codec!r}, not {self.name!r}")
         if h.vocab_size != self.vocab_size:
             raise InvalidInputError(f"stream has vocab size {h.vocab_size}, this codec {self.vocab_size}")
-        _profile, order, primer_tokens, primer_crc = _native.ppm_parse_params(bytes(h.params), self.vocab_size)
+        try:
+            _profile, order, primer_tokens, primer_crc = _native.ppm_parse_params(bytes(h.params), self.vocab_size)
+        except InvalidInputError as exc:  # well-formed (the header's CRC holds) but not ours to read
+            raise FormatVersionError(f"plt stream: {exc}") from exc
         model = self._model_for(context, order)
         if (model.seen_tokens, model.history_crc32c) != (primer_tokens, primer_crc):
             raise ModelMismatchError(

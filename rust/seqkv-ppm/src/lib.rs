@@ -1,7 +1,8 @@
 //! `seqkv-ppm`: the `plt` codec's model — a deterministic integer context model over
 //! token ids (PPM family: hashed contexts of the previous tokens blended Kneser-Ney
-//! style, escapes refined by adaptive probability maps, an order-0 stage with a
-//! recency bonus, and a static order -1 table), coded with `seqkv_coder::range`.
+//! style, a match model for long repeats, escapes refined by adaptive probability
+//! maps, an order-0 stage with a recency bonus, and a static order -1 table), coded
+//! with `seqkv_coder::range`. The algorithm is described in [`model`].
 //!
 //! No floating point touches the coded path, so a stream decodes bit-identically on
 //! every machine. A model can be *primed* with tokens both ends already share (the
@@ -46,8 +47,6 @@ pub enum Error {
 pub const PROFILES: [u8; 1] = [1];
 /// Default context order.
 pub const DEFAULT_ORDER: u8 = 4;
-/// Longest [`Params::to_bytes`]: profile, order, primer count (LEB128) and CRC-32C.
-pub const PARAMS_MAX_LEN: usize = 2 + 10 + 4;
 
 /// What a decoder must know besides the payloads: vocabulary, order, tuning profile,
 /// and which primer the model had (token count and CRC-32C of its ids).
@@ -131,7 +130,7 @@ impl Params {
             }
             let crc: [u8; 4] = rest[i..].try_into().map_err(|_| bad())?;
             primer_crc32c = u32::from_le_bytes(crc);
-            if primer_tokens == 0 || rest[i - 1] == 0 && i > 1 {
+            if primer_tokens == 0 || (i > 1 && rest[i - 1] == 0) {
                 return Err(bad()); // not the canonical encoding
             }
         }

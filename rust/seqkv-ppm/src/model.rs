@@ -10,13 +10,18 @@
 //!    where `den_k = 64·n + θ_k` and `b_k = θ_k + Σ_s D_k(c(s))`. The order-0 level
 //!    (continuation counts over every token seen) ends the chain. The symbols seen in
 //!    the contexts are the *candidates*; their blended weights are their frequencies.
-//! 2. **Escape 1.** "Not a candidate" gets the blended weight of everything else. Its
-//!    probability is refined by an adaptive probability map (APM) and coded as one
+//! 2. **Match.** If the last `match_min`+ tokens occurred before, the token that
+//!    followed them is predicted: one binary decision, whose probability is the blend's
+//!    own probability of that token refined by an APM per match length. On a miss the
+//!    token is excluded from the stages below.
+//! 3. **Candidates.** "Not a candidate" gets the blended weight of everything else;
+//!    its probability, refined by an adaptive probability map (APM), is coded as one
 //!    binary decision; then a candidate (if not escaped) under the blended frequencies.
-//! 3. **Order 0.** Among the seen tokens that are not candidates: weights
-//!    `64·c0(s) − D_0(c0) + 64·(occurrences of s in the last W tokens)` (a Fenwick
-//!    tree, candidates excluded), or escape `b_0` (APM-refined binary decision) to:
-//! 4. **Order -1.** A static table over the tokens never seen, `w(i) ∝ 1/(i + C)`
+//! 4. **Order 0.** Among the seen tokens that are neither candidates nor the match's:
+//!    weights `64·c0(s) − D_0(c0) + bonus · (occurrences of s in the last W tokens)` (a
+//!    Fenwick tree, exclusions subtracted), or the escape `b_0` (APM-refined binary
+//!    decision) to:
+//! 5. **Order -1.** A static table over the tokens never seen, `w(i) ∝ 1/(i + C)`
 //!    (BPE vocabularies number tokens roughly by frequency), seen tokens removed.
 //!
 //! Updates: the counts of the contexts follow the "minimal path" rule (a token
@@ -40,7 +45,7 @@ pub const MAX_ORDER: usize = 8;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tuning {
     /// Discount of a symbol seen once / twice / three or more times, per order
-    /// (index 0 = order 0, orders above the array's end use its last entry), in 1/64.
+    /// (index = order), in 1/64 of a count.
     pub d1: [u32; MAX_ORDER + 1],
     pub d2: [u32; MAX_ORDER + 1],
     pub d3: [u32; MAX_ORDER + 1],
@@ -174,8 +179,8 @@ const ONE: u64 = 1 << 32;
 /// Blend weights are coded at 2^-20 resolution (totals stay below 2^21).
 const FREQ_SHIFT: u32 = 12;
 
-/// The static order -1 weights `1 + floor(A / (i + C))`, with `A` a power of two as
-/// large as keeps the total at most 2^23.
+/// The static order -1 weights `1 + floor(A / (i + C))`, with `A` the largest power of
+/// two (at most 2^21) that keeps the total at most `max(2^23, vocab)` (<= 2^24).
 pub fn static_weights(vocab: u32, zipf_c: u32) -> Vec<u32> {
     let mut a: u64 = 1 << 21;
     loop {
@@ -194,11 +199,10 @@ pub struct Model {
     vocab: u32,
     order: usize,
     t: Tuning,
-    /// Tokens seen so far (primer included) and the CRC-32C of their ids (u32 LE).
-    seen_tokens: u64,
-    history_crc: u32,
-    /// Every token seen, most recent last.
+    /// Every token seen (primer included), most recent last, and the CRC-32C of their
+    /// ids (u32 LE).
     hist: Vec<u32>,
+    history_crc: u32,
     /// Match model: hash of the `match_min` tokens before a position -> that position;
     /// the current match (position of the predicted token) and its length (0 = none).
     mm_map: Map,
@@ -220,8 +224,6 @@ pub struct Model {
     apm1: Apm,
     apm2: Apm,
     prev_novel: bool,
-    /// Distinct tokens seen.
-    n_seen: usize,
     // scratch
     stamp: u32,
     mark: Vec<u32>,
@@ -247,9 +249,8 @@ impl Model {
         Ok(Model {
             vocab,
             order,
-            seen_tokens: 0,
-            history_crc: 0,
             hist: Vec::new(),
+            history_crc: 0,
             mm_map: Map::default(),
             mm_ptr: 0,
             mm_len: 0,
@@ -266,7 +267,6 @@ impl Model {
             apm1: Apm::new((MAX_ORDER + 1) * 4, t.apm_limit),
             apm2: Apm::new(4, t.apm_limit),
             prev_novel: false,
-            n_seen: 0,
             stamp: 0,
             mark: vec![0; v],
             acc: vec![0; v],
@@ -289,7 +289,7 @@ impl Model {
 
     /// Number of tokens the model has seen (primed or coded).
     pub fn seen_tokens(&self) -> u64 {
-        self.seen_tokens
+        self.hist.len() as u64
     }
 
     /// CRC-32C of the ids of every token the model has seen, as `u32` little-endian.
@@ -313,8 +313,7 @@ impl Model {
                 continue;
             }
             h = mix(h, self.hist[n - k] as u64);
-            // 0 marks "no context"; a real key of 0 would only cost that context.
-            let key = mix(h, k as u64) | 1;
+            let key = mix(h, k as u64) | 1; // never 0, which marks "no context"
             self.keys[k] = key;
             self.found[k] = self.map.get(&key).copied();
         }
@@ -400,7 +399,7 @@ impl Model {
         let b0 = theta0 + self.dsum0 as u64;
         let mut coded = None;
 
-        // Blend weights of the candidates (order-0 share included) and of the rest.
+        // The candidates' blend weights (order-0 share included) and the rest's.
         let mut rest = 0u64;
         let mut sum = 0u64;
         self.freq.clear();
@@ -417,8 +416,9 @@ impl Model {
             rest = ((w * (a0_all - a0_cand + b0) / den0) >> FREQ_SHIFT).max(1);
         }
 
-        // Match model: "is it the token that followed the last occurrence of this context?",
-        // with the blend's own probability of that token refined by an APM per match length.
+        // 2. Match model: "is it the token that followed the last occurrence of this
+        // context?", with the blend's own probability of that token refined by an APM
+        // per match length.
         let mut pred = None;
         self.find_match();
         if self.mm_len > 0 {
@@ -451,13 +451,10 @@ impl Model {
             }
         }
 
-        // 2. Candidates, or escape (impossible once every token of the vocabulary
-        // is a candidate or excluded).
-        let all_seen = self.table.total() == 0;
-        if coded.is_none() && !self.cand.is_empty() && all_seen && self.n_seen == self.cand.len() + pred.is_some() as usize {
-            let i = ch.choose(&self.cand, &self.freq, 0)?.ok_or_else(|| Error::CorruptStream("no candidate chosen".into()))?;
-            coded = Some(self.cand[i]);
-        }
+        // 3. A candidate, or escape. The escape is coded even where nothing is left
+        // outside (every token of the vocabulary seen): at a clamped probability every
+        // token costs at least -log2(65504/65536) bits, which bounds how many tokens a
+        // payload can hold (`crate::max_tokens_for_payload`).
         if coded.is_none() && !self.cand.is_empty() {
             let p = clamp_p(rest * 65536 / (sum + rest));
             let nc = match self.cand.len() {
@@ -478,7 +475,8 @@ impl Model {
             }
         }
 
-        // 3. Order 0 over the seen tokens that are neither candidates nor the match's.
+        // 4. Order 0 over the seen tokens that are neither candidates nor the match's,
+        // or escape.
         if coded.is_none() {
             self.excl.clear();
             let mut excl_sum = 0u64;
@@ -488,11 +486,7 @@ impl Model {
                 excl_sum += f as u64;
             }
             let avail = self.f0.total() as u64 - excl_sum;
-            if avail > 0 && all_seen {
-                // no token left for order -1: no escape to code
-                let s = ch.choose_excluding(&self.f0, &mut self.excl, avail as u32)?;
-                coded = Some(s);
-            } else if avail > 0 {
+            if avail > 0 {
                 let p = clamp_p(b0 * 65536 / (avail + b0));
                 let cx = (self.prev_novel as usize) * 2 + self.cand.is_empty() as usize;
                 let r = self.apm2.refine(&self.st, p, cx);
@@ -502,13 +496,12 @@ impl Model {
                 let escaped = ch.escape(pf, &|s| f0.weight(s as usize) == 0)?;
                 self.apm2.update(escaped);
                 if !escaped {
-                    let s = ch.choose_excluding(&self.f0, &mut self.excl, avail as u32)?;
-                    coded = Some(s);
+                    coded = Some(ch.choose_excluding(&self.f0, &mut self.excl, avail as u32)?);
                 }
             }
         }
 
-        // 4. Order -1.
+        // 5. Order -1.
         let sym = match coded {
             Some(s) => s,
             None => {
@@ -594,7 +587,6 @@ impl Model {
         }
         if novel {
             self.table.remove(si);
-            self.n_seen += 1;
         }
         // Recency window.
         if self.t.window > 0 {
@@ -612,7 +604,7 @@ impl Model {
         // Match model: follow or drop the current match, index this position.
         if self.mm_len > 0 {
             if self.hist[self.mm_ptr] == sym {
-                self.mm_len += 1;
+                self.mm_len = self.mm_len.saturating_add(1);
                 self.mm_ptr += 1;
             } else {
                 self.mm_len = 0;
@@ -622,7 +614,6 @@ impl Model {
             self.mm_map.insert(key, self.hist.len() as u32);
         }
         self.hist.push(sym);
-        self.seen_tokens += 1;
         self.history_crc = seqkv_coder::crc32c::crc32c_append(self.history_crc, &sym.to_le_bytes());
     }
 

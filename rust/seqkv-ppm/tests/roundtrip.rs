@@ -1,7 +1,7 @@
 //! Round trips, determinism, bad input and corrupt streams of the `plt` model.
 
 use proptest::prelude::*;
-use seqkv_ppm::{cost_bits, decode, encode, Error, Model, Params, MAX_ORDER};
+use seqkv_ppm::{cost_bits, decode, encode, max_tokens_for_payload, Error, Model, Params, MAX_ORDER};
 
 fn model(vocab: u32, order: u8, primer: &[u32]) -> Model {
     let mut m = Model::with_params(&Params::new(vocab, order).unwrap()).unwrap();
@@ -46,6 +46,9 @@ proptest! {
         let m = model(vocab, order, &primer);
         let payloads = encode(&m, &toks, block).unwrap();
         prop_assert_eq!(payloads.len(), toks.len().div_ceil(block));
+        for (p, c) in payloads.iter().zip(toks.chunks(block)) {
+            prop_assert!(c.len() as u64 <= max_tokens_for_payload(p.len()));
+        }
         let back = decode(&m, &blocks(&payloads, &toks, block)).unwrap();
         prop_assert_eq!(back, toks);
     }
@@ -230,4 +233,16 @@ fn small_vocabularies_waste_little() {
     // a constant sequence over a small vocabulary costs almost nothing
     let bits = cost_bits(&model(5, 4, &[]), &vec![3u32; 20_000]).unwrap();
     assert!(bits < 100.0, "{bits} bits");
+}
+
+#[test]
+fn every_token_costs_enough_to_bound_the_token_count() {
+    // the cheapest messages there are: constant runs over vocabularies of 1 and 2
+    for (vocab, sym) in [(1u32, 0u32), (2, 1), (49_152, 7)] {
+        let toks = vec![sym; 200_000];
+        let m = model(vocab, 4, &[]);
+        let p = encode(&m, &toks, 1 << 20).unwrap();
+        assert!(toks.len() as u64 <= max_tokens_for_payload(p[0].len()), "vocab {vocab}: {} bytes", p[0].len());
+        assert_eq!(decode(&m, &blocks(&p, &toks, 1 << 20)).unwrap(), toks);
+    }
 }
