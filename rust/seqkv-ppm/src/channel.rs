@@ -19,9 +19,8 @@ pub trait Channel {
     /// with `p_esc` = P(escape) in units of 2^-16 (`1..65535`). Returns true on escape.
     fn escape(&mut self, p_esc: u32, is_escape: &dyn Fn(u32) -> bool) -> Result<bool, Error>;
 
-    /// Codes one of `syms` under `freqs` (each >= 1), or, when `esc > 0`, possibly an
-    /// escape of weight `esc` placed after them. Returns the index, None on escape.
-    fn choose(&mut self, syms: &[u32], freqs: &[u32], esc: u32) -> Result<Option<usize>, Error>;
+    /// Codes one of `syms` under `freqs` (each >= 1); returns its index.
+    fn choose(&mut self, syms: &[u32], freqs: &[u32]) -> Result<usize, Error>;
 
     /// Codes a token under the weights of `table` minus the tokens of `excl` (distinct
     /// tokens with their weights in `table`, in any order: the decoder sorts them);
@@ -73,27 +72,12 @@ impl Channel for EncodeChannel<'_> {
         Ok(esc)
     }
 
-    fn choose(&mut self, syms: &[u32], freqs: &[u32], esc: u32) -> Result<Option<usize>, Error> {
-        let mut cum = 0u32;
-        let mut found = None;
-        for (i, (&s, &f)) in syms.iter().zip(freqs).enumerate() {
-            if s == self.sym {
-                found = Some((i, cum, f));
-            }
-            cum += f;
-        }
-        let total = cum + esc;
-        match found {
-            Some((i, c, f)) => {
-                self.put(c, f, total)?;
-                Ok(Some(i))
-            }
-            None if esc > 0 => {
-                self.put(cum, esc, total)?;
-                Ok(None)
-            }
-            None => Err(Error::Internal("symbol is not among the candidates".into())),
-        }
+    fn choose(&mut self, syms: &[u32], freqs: &[u32]) -> Result<usize, Error> {
+        let i = syms.iter().position(|&s| s == self.sym).ok_or_else(|| Error::Internal("symbol is not among the candidates".into()))?;
+        let cum: u32 = freqs[..i].iter().sum();
+        let total = cum + freqs[i..].iter().sum::<u32>();
+        self.put(cum, freqs[i], total)?;
+        Ok(i)
     }
 
     fn choose_excluding(&mut self, table: &Fenwick, excl: &mut [(u32, u32)], avail: u32) -> Result<u32, Error> {
@@ -137,22 +121,17 @@ impl Channel for DecodeChannel<'_> {
         }
     }
 
-    fn choose(&mut self, _syms: &[u32], freqs: &[u32], esc: u32) -> Result<Option<usize>, Error> {
-        let total: u32 = freqs.iter().sum::<u32>() + esc;
-        let t = self.target(total)?;
+    fn choose(&mut self, _syms: &[u32], freqs: &[u32]) -> Result<usize, Error> {
+        let t = self.target(freqs.iter().sum())?;
         let mut cum = 0u32;
         for (i, &f) in freqs.iter().enumerate() {
             if t < cum + f {
                 self.advance(cum, f)?;
-                return Ok(Some(i));
+                return Ok(i);
             }
             cum += f;
         }
-        if esc == 0 {
-            return Err(Error::CorruptStream("decoded value outside the table".into()));
-        }
-        self.advance(cum, esc)?;
-        Ok(None)
+        Err(Error::CorruptStream("decoded value outside the table".into()))
     }
 
     fn choose_excluding(&mut self, table: &Fenwick, excl: &mut [(u32, u32)], avail: u32) -> Result<u32, Error> {
@@ -218,17 +197,11 @@ impl Channel for CostChannel {
         Ok(esc)
     }
 
-    fn choose(&mut self, syms: &[u32], freqs: &[u32], esc: u32) -> Result<Option<usize>, Error> {
-        let total: u32 = freqs.iter().sum::<u32>() + esc;
-        let (f, r) = match syms.iter().position(|&s| s == self.sym) {
-            Some(i) => (freqs[i], Some(i)),
-            None => (esc, None),
-        };
-        if f == 0 {
-            return Err(Error::Internal("symbol is not among the candidates".into()));
-        }
-        self.add((total as f64 / f as f64).log2(), r.is_none());
-        Ok(r)
+    fn choose(&mut self, syms: &[u32], freqs: &[u32]) -> Result<usize, Error> {
+        let i = syms.iter().position(|&s| s == self.sym).ok_or_else(|| Error::Internal("symbol is not among the candidates".into()))?;
+        let total: u32 = freqs.iter().sum();
+        self.add((total as f64 / freqs[i] as f64).log2(), false);
+        Ok(i)
     }
 
     fn choose_excluding(&mut self, table: &Fenwick, _excl: &mut [(u32, u32)], avail: u32) -> Result<u32, Error> {

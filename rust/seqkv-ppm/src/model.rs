@@ -470,8 +470,7 @@ impl Model {
             let escaped = ch.escape(pf, &|s| !cand.contains(&s))?;
             self.apm1.update(escaped);
             if !escaped {
-                let i = ch.choose(&self.cand, &self.freq, 0)?.ok_or_else(|| Error::CorruptStream("no candidate chosen".into()))?;
-                coded = Some(self.cand[i]);
+                coded = Some(self.cand[ch.choose(&self.cand, &self.freq)?]);
             }
         }
 
