@@ -186,6 +186,7 @@ class SessionStore:
         kwargs.setdefault("model", self.model)
         if name in ("lm", "lm-robust"):
             kwargs.setdefault("tokenizer", self.tokenizer)
+            kwargs.setdefault("profile", "digest")  # the full profile is kept once, in the "store" blob
         elif name in ("raw", "plt"):
             kwargs = {k: v for k, v in kwargs.items() if k in ("model", "vocab_size", "block_tokens", "order")}
         return kwargs
@@ -215,7 +216,10 @@ class SessionStore:
         if self.namespace is None:
             self.namespace = f"seqkv-store:{uuid.uuid4()}"
         if config is None:
-            self.backend.put_blob(_STORE_BLOB, json.dumps({"namespace": self.namespace, "v": 1}).encode())
+            from .models import numerics_profile
+
+            info = {"namespace": self.namespace, "v": 1, "numerics_profile": numerics_profile(self.model)}
+            self.backend.put_blob(_STORE_BLOB, json.dumps(info, sort_keys=True).encode())
         ids = self.backend.ids()
         if not ids:
             return
@@ -301,13 +305,14 @@ class SessionStore:
         schedule: Any = None,
         keep_kv: bool | None = None,
         kv: Any = None,
+        progress: Any = None,
     ) -> dict[str, Any]:
         """Store a session; returns a summary (tokens, prefix, coded tokens, bits, bytes).
 
         ``schedule``: the chunk sizes the session's KV was computed with (default: one
         prefill), replayed by ``get(mode="exact")``. ``kv``: the session's own cache, hashed
         instead of recomputing it (it must hold exactly ``tokens``). Replacing an existing id
-        deletes the old session first.
+        deletes the old session first. ``progress(n)`` is called as tokens are coded.
         """
         from . import container, hf
 
@@ -330,7 +335,7 @@ class SessionStore:
             prefix = toks[:prefix_len]
             tail = toks[prefix_len:]
             with self._model_lock:
-                data, stats = self.codec.encode_with_stats(tail, context=prefix)
+                data, stats = self.codec.encode_with_stats(tail, context=prefix, progress=progress)
                 cache = kv
                 hashes: list[bytes] = []
                 if self.record_hashes or keep:
@@ -417,7 +422,7 @@ class SessionStore:
         while len(self._tokens) > self._token_cache:
             self._tokens.popitem(last=False)
 
-    def _tokens_of(self, number: int) -> np.ndarray:
+    def _tokens_of(self, number: int, progress: Any = None) -> np.ndarray:
         """Decode one session's tokens, resolving its chain of prefix references."""
         chain: list[_Entry] = []
         with self._lock:
@@ -440,7 +445,7 @@ class SessionStore:
             if prefix.size != entry.prefix:
                 raise StoreError(f"session {entry.sid!r} references {entry.prefix} tokens its parent lacks")
             with self._model_lock:
-                tail = self._codec_for(entry.codec).decode(record.container, context=prefix)
+                tail = self._codec_for(entry.codec).decode(record.container, context=prefix, progress=progress)
             toks = np.concatenate([prefix, tail]).astype(TOKEN_DTYPE)
             if toks.size != entry.n_tokens:
                 raise StoreError(f"session {entry.sid!r} decoded to {toks.size} tokens, expected {entry.n_tokens}")
@@ -456,7 +461,7 @@ class SessionStore:
 
     # -- get ------------------------------------------------------------------------------
 
-    def get(self, session_id: str, mode: str = "faithful") -> tuple[np.ndarray, Any]:
+    def get(self, session_id: str, mode: str = "faithful", *, progress: Any = None) -> tuple[np.ndarray, Any]:
         """``(tokens, cache)``: the tokens and a transformers ``DynamicCache`` rebuilt for them.
 
         ``mode="faithful"``: one prefill (or the kept copy); ``"exact"``: replay the recorded
@@ -470,7 +475,7 @@ class SessionStore:
         with self._lock:
             entry = self._entry(session_id)
             hot = self._hot.get(session_id)
-        toks = self._tokens_of(entry.number)
+        toks = self._tokens_of(entry.number, progress)
         if mode == "faithful":
             if hot is not None:
                 return toks.copy(), hf.clone_cache(self.model, hot)
@@ -491,6 +496,12 @@ class SessionStore:
                 f"(replayed schedule of {len(entry.schedule)} chunks on {numerics_profile_json(self.model)})"
             )
         return toks.copy(), cache
+
+    def drop_caches(self) -> None:
+        """Forget decoded tokens and kept KV copies (the next ``get`` decodes from the records)."""
+        with self._lock:
+            self._tokens.clear()
+            self._hot.clear()
 
     # -- delete ---------------------------------------------------------------------------
 

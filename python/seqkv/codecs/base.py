@@ -36,7 +36,8 @@ class CodingStats:
     the float32 logits in float64 (``None`` for codecs without a model); ``table_bits``
     the same under the integer tables actually used (quantization cost included).
     ``extra`` holds codec-specific figures; model codecs put ``token_log2p`` there (each
-    coded token's log2 probability under the float model, a float64 array).
+    coded token's log2 probability under the float model) and ``token_bits`` (its ideal
+    cost under the integer tables, helper bits included), float64 arrays.
     """
 
     codec: str
