@@ -70,5 +70,15 @@ redis-server:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server; } \
 	  || echo "warning: redis-server not installed; tests marked redis will skip"
 
+report: build
+	$(PY) benches/report.py
+
+FUZZ_SECONDS ?= 60
+# cargo-fuzz on nightly, each target for FUZZ_SECONDS; not part of CI.
+fuzz:
+	command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
+	cd fuzz && for t in $$(cargo +nightly fuzz list); do \
+	  cargo +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+
 clean:
 	rm -rf target dist $(NATIVE)
