@@ -432,7 +432,7 @@ def decode(data: bytes, recomputed: Sequence[Any], kind: str | None = None) -> l
         if pos != len(data):
             raise CorruptStreamError("residual: trailing bytes")
         return out
-    except struct.error as exc:
+    except (struct.error, IndexError) as exc:  # a field or stream flag read past the end
         raise CorruptStreamError(f"residual: truncated ({exc})") from exc
 
 
