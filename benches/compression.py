@@ -13,7 +13,8 @@ full: 3 texts × ~1,000 tokens), the first N tokens are one session:
   payload - cross-entropy (target ≤ 0.02);
 - ``robust_bits_per_token``: ``lm-robust`` (ε = ``robust_epsilon``) encoded from 64-token prefill
   chunks; ``robust_decode_exact``: its stream decoded by single steps (a different schedule)
-  gave the tokens back (checked on the first text);
+  gave the tokens back (checked on the first text, with ``robust_epsilon_sweep``: bits/token
+  for several ε);
 - ``plt_bits_per_token`` (no model, no primer) and ``raw_bits_per_token``;
 - ``ratio_vs_bf16`` / ``ratio_vs_3bit``: KV bits per token (184,320 / 34,560 for SmolLM2) over
   ``lm_bits_per_token``; ``*_with_header`` variants use the container size;
@@ -125,6 +126,13 @@ def bench_text(model: Any, tok: Any, path: str, n_tokens: int, check_robust_deco
         robust_decode_exact=None,
     )
     if check_robust_decode:
+        sweep = {}
+        for eps in (1e-5, 1e-4, 3e-4, 1e-3, 3e-3):
+            codec = codecs.get("lm-robust", model=model, tokenizer=tok, epsilon=eps, encode_chunk=64)
+            _, sst = codec.encode_with_stats(ids)
+            sweep[f"{eps:g}"] = {"bin_unit": codec.bins.unit, "bits_per_token": sst.payload_bits / n,
+                                 "overhead_vs_lm": sst.payload_bits / n - lm_bpt}
+        res["robust_epsilon_sweep"] = sweep
         t0 = time.perf_counter()
         res["robust_decode_exact"] = bool(np.array_equal(robust.decode(rstream), ids))
         res["robust_decode_tokens_per_s"] = n / (time.perf_counter() - t0)
