@@ -128,11 +128,6 @@ def test_residual_stream_never_crashes(rng):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="the residual stream (seqkv.residual, format 'SKRE') carries no checksum: a flipped bit in the "
-    "coded or raw residual bits decodes to different KV without an error (reported to the lead)",
-)
 def test_residual_stream_detects_every_flip(rng):
     data, decode, same = _residual_case(rng)
     sweep(data, decode, same)

@@ -274,8 +274,28 @@ def unpack(packed: Packed, recomp: Any) -> np.ndarray:
 # --- entropy-coded form -----------------------------------------------------------------------
 
 _LIT = 15  # z < _LIT is its own symbol
-_FORMAT = 1
+_FORMAT = 2  # 2: a CRC32C of everything before it ends the stream
 _MAGIC = b"SKRE"
+_CRC = struct.Struct("<I")
+
+
+def _seal(body: bytes) -> bytes:
+    from .coder import crc32c
+
+    return body + _CRC.pack(crc32c(body))
+
+
+def _unseal(data: bytes) -> bytes:
+    from .coder import crc32c
+
+    if len(data) < 6 + _CRC.size or data[:4] != _MAGIC:
+        raise CorruptStreamError("residual: bad magic or too short")
+    if data[4] != _FORMAT:
+        raise CorruptStreamError(f"residual: unknown format {data[4]} (this seqkv reads format {_FORMAT})")
+    body = data[: -_CRC.size]
+    if _CRC.unpack_from(data, len(body))[0] != crc32c(body):
+        raise CorruptStreamError("residual: checksum mismatch (the stream is corrupt)")
+    return body
 
 
 def _nsym(width: int) -> int:
@@ -357,7 +377,8 @@ def encode(pairs: Sequence[tuple[Any, Any]], kind: str | None = None) -> bytes:
     layer 0, K of layer 1, ...); each pair is one stream with its own adaptive model.
 
     Decoding needs the same recomputed tensors in the same order (:func:`decode`); shapes and
-    kinds are not stored. A residual that is zero everywhere costs 6 bytes in total.
+    kinds are not stored. A residual that is zero everywhere costs 10 bytes in total (header and
+    CRC32C).
     """
     streams: list[tuple[int, bytes, bytes]] = []
     all_zero = True
@@ -372,7 +393,7 @@ def encode(pairs: Sequence[tuple[Any, Any]], kind: str | None = None) -> bytes:
         coded = _encode_symbols(sym, _nsym(width))
         streams.append((1, coded, _pack_varbits(raw, nbits)))
     if all_zero:
-        return _MAGIC + bytes([_FORMAT, 0])
+        return _seal(_MAGIC + bytes([_FORMAT, 0]))
     out = [_MAGIC, bytes([_FORMAT, 1]), struct.pack("<I", len(streams))]
     for flag, coded, rawb in streams:
         out.append(struct.pack("<B", flag))
@@ -380,7 +401,7 @@ def encode(pairs: Sequence[tuple[Any, Any]], kind: str | None = None) -> bytes:
             out.append(struct.pack("<QQ", len(coded), len(rawb)))
             out.append(coded)
             out.append(rawb)
-    return b"".join(out)
+    return _seal(b"".join(out))
 
 
 def _copy_bits(r: Any, kind: str | None) -> tuple[np.ndarray, str]:
@@ -390,12 +411,11 @@ def _copy_bits(r: Any, kind: str | None) -> tuple[np.ndarray, str]:
 
 def decode(data: bytes, recomputed: Sequence[Any], kind: str | None = None) -> list[Any]:
     """Original KV from :func:`encode`'s bytes and the recomputed tensors (same order); each result
-    has the type of its recomputed input (a torch tensor of the same dtype/device, or NumPy)."""
-    data = bytes(data)
-    if len(data) < 6 or data[:4] != _MAGIC:
-        raise CorruptStreamError("residual: bad magic")
-    if data[4] != _FORMAT:
-        raise CorruptStreamError(f"residual: unknown format {data[4]}")
+    has the type of its recomputed input (a torch tensor of the same dtype/device, or NumPy).
+
+    Raises CorruptStreamError when the stream is truncated, altered (CRC32C) or does not fit the
+    recomputed tensors."""
+    data = _unseal(bytes(data))
     if data[5] == 0:
         if len(data) != 6:
             raise CorruptStreamError("residual: trailing bytes")
