@@ -471,7 +471,10 @@ impl Trie {
             let m = self.match_prefix(tokens, ns, values);
             match protocol::try_pin(&m.node.0.state) {
                 Ok(()) => return m,
-                Err(_) => values.truncate(start),
+                Err(_) => {
+                    values.truncate(start);
+                    wait_unlinked(&m.node.0);
+                }
             }
         }
     }
@@ -600,6 +603,7 @@ impl Trie {
             }
             // Pin the matched path so that eviction cannot take it from under us.
             if protocol::try_pin(&deepest.state).is_err() {
+                wait_unlinked(deepest);
                 continue;
             }
             let reserved = match self.reserve(need, max, &guard) {
@@ -794,11 +798,19 @@ impl Trie {
             logprobs: prefix_lp,
             node: p,
         }));
+        // Hold P's lock (parent before child: g, then P) from the moment P becomes
+        // reachable until N is re-parented. Without it a second split could find P
+        // lock-free, take only P's lock, split P -> N into P -> Q -> N and set
+        // N.parent = Q, and then our late `N.parent = P` would overwrite it: N linked
+        // under Q but pointing at P, so its evictor would lock the wrong node.
+        let p_lock = (*prefix).node.lock();
         let ok = children::replace(&g.children, old.tokens[0], lp, Some(Entry { first: old.tokens[0], link: prefix }), guard);
         debug_assert!(ok);
-        // Re-parent N under P while still holding g's lock (evictors of N lock its parent).
+        // Re-parent N under P while holding g's and P's locks (evictors and splitters of
+        // N lock its parent).
         n.first.store(old.tokens[l], Release);
         n.parent.store(Arc::as_ptr(&(*prefix).node) as *mut Node, Release);
+        drop(p_lock);
         retire_link(lp, guard);
         &(*prefix).node
     }
@@ -971,9 +983,11 @@ impl Trie {
                 continue; // a split moved n under a new parent
             }
             let nlk = n.lock();
-            if *nlk != 0 || !protocol::try_kill(&n.state) {
+            if *nlk != 0 || n.is_dead() {
                 return false;
             }
+            // Find the entry before killing: a node must never be dead and still linked
+            // (matches reaching it could not pin it and would retry).
             let first = n.first.load(Acquire);
             let entries = children::candidates(&p.children, first, guard);
             let Some(e) = entries.iter().find(|e| std::ptr::eq(unsafe { Arc::as_ptr(&(*e.link).node) }, n)) else {
@@ -981,6 +995,9 @@ impl Trie {
                 return false;
             };
             let lp = e.link;
+            if !protocol::try_kill(&n.state) {
+                return false; // pinned
+            }
             let ok = unsafe { children::replace(&p.children, first, lp, None, guard) };
             debug_assert!(ok);
             *plk -= 1;
@@ -1247,6 +1264,16 @@ impl Trie {
         self.stored.fetch_add(k, AcqRel);
         self.used.fetch_add(k, AcqRel);
         Some(unsafe { &(*link).node })
+    }
+}
+
+/// Blocks until a node seen dead is unlinked. A node is killed and unlinked from its
+/// parent's table under its own lock, so once that lock is free again no table holds
+/// it: a retrying match then takes another path instead of spinning on the dead node
+/// while its evictor waits to be scheduled.
+fn wait_unlinked(n: &Node) {
+    if n.is_dead() {
+        drop(n.lock());
     }
 }
 

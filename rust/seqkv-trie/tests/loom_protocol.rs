@@ -5,7 +5,10 @@
 //! an evictor locks the parent, re-checks the child's parent pointer, locks the child,
 //! kills it only if it has no children and no pins, then unlinks it; an inserter adds a
 //! child under the node's lock only if the node is not dead; a split re-parents a node
-//! under the old parent's lock. Loom explores every interleaving (bounded preemption).
+//! under the old parent's lock and the new parent's lock, held from the moment the new
+//! parent is published until the re-parenting is done (without the second, a split of the
+//! new edge could re-parent the node first and be overwritten: see
+//! `lost_reparent_is_caught`). Loom explores every interleaving (bounded preemption).
 
 use loom::sync::atomic::{AtomicBool, AtomicUsize};
 use loom::sync::{Arc, Mutex};
@@ -24,13 +27,16 @@ impl Word for LWord {
 
 /// Index of the modelled leaf in every child list.
 const N: u8 = 2;
+/// Child-list entry of split node `i` (1 = P, 2 = Q): `SPLIT_NODE + i`, distinct from `N`.
+const SPLIT_NODE: u8 = 10;
 
 struct Model {
     state: LWord,
     /// The leaf's lock, guarding its child count.
     leaf: Mutex<usize>,
-    /// Parent candidates: 0 = G (original parent), 1 = P (created by a split).
-    parents: [Mutex<Vec<u8>>; 2],
+    /// Parent candidates: 0 = G (original parent), 1 = P (created by a split of G -> N),
+    /// 2 = Q (created by a split of P -> N).
+    parents: [Mutex<Vec<u8>>; 3],
     parent_of_leaf: AtomicUsize,
     values_live: AtomicBool,
     frees: AtomicUsize,
@@ -41,7 +47,7 @@ impl Model {
         Arc::new(Model {
             state: LWord(loom::sync::atomic::AtomicU64::new(0)),
             leaf: Mutex::new(0),
-            parents: [Mutex::new(vec![N]), Mutex::new(vec![])],
+            parents: [Mutex::new(vec![N]), Mutex::new(vec![]), Mutex::new(vec![])],
             parent_of_leaf: AtomicUsize::new(0),
             values_live: AtomicBool::new(true),
             frees: AtomicUsize::new(0),
@@ -93,13 +99,24 @@ impl Model {
         true
     }
 
-    /// `Trie::split` of the leaf's incoming edge: G -> N becomes G -> P -> N.
-    fn split(&self) {
-        let mut g = self.parents[0].lock().unwrap();
+    /// `Trie::split` of the leaf's incoming edge under `from`: `from -> N` becomes
+    /// `from -> to -> N`. The new node `to` is locked before it is published (in `from`'s
+    /// list) and until N's parent pointer says `to`, as `Trie::split` does; with
+    /// `hold_new_lock == false` it is released right after building its list (the old bug).
+    fn split(&self, from: usize, to: usize, hold_new_lock: bool) {
+        let mut g = self.parents[from].lock().unwrap();
         if let Some(at) = g.iter().position(|&x| x == N) {
-            self.parents[1].lock().unwrap().push(N);
-            g[at] = 1; // G now points at P
-            self.parent_of_leaf.store(1, Release);
+            let mut p = self.parents[to].lock().unwrap();
+            p.push(N);
+            if !hold_new_lock {
+                drop(p);
+                g[at] = SPLIT_NODE + to as u8; // `from` now points at `to`
+                self.parent_of_leaf.store(to, Release);
+                return;
+            }
+            g[at] = SPLIT_NODE + to as u8;
+            self.parent_of_leaf.store(to, Release);
+            drop(p);
         }
     }
 
@@ -113,6 +130,8 @@ impl Model {
         } else {
             assert_eq!(linked, 1);
             assert_eq!(self.frees.load(SeqCst), 0);
+            let p = self.parent_of_leaf.load(SeqCst);
+            assert!(self.parents[p].lock().unwrap().contains(&N), "live leaf not linked under its parent pointer");
         }
         assert_eq!(protocol::pins(&self.state), 0);
     }
@@ -167,11 +186,44 @@ fn split_reparent_vs_evict() {
         let m = Model::new();
         let a = m.clone();
         let b = m.clone();
-        let t1 = loom::thread::spawn(move || a.split());
+        let t1 = loom::thread::spawn(move || a.split(0, 1, true));
         let t2 = loom::thread::spawn(move || b.pin_and_read());
         m.evict();
         t1.join().unwrap();
         t2.join().unwrap();
+        m.check_final();
+    });
+}
+
+/// Two successive splits (G -> N, then P -> N, as two inserts of longer and shorter
+/// shared prefixes do) racing an evictor: N always ends linked under its parent pointer.
+#[test]
+fn two_splits_vs_evict() {
+    builder().check(|| {
+        let m = Model::new();
+        let a = m.clone();
+        let b = m.clone();
+        let t1 = loom::thread::spawn(move || a.split(0, 1, true));
+        let t2 = loom::thread::spawn(move || b.split(1, 2, true));
+        m.evict();
+        t1.join().unwrap();
+        t2.join().unwrap();
+        m.check_final();
+    });
+}
+
+/// The model catches the old split: releasing P before re-parenting N lets the split of
+/// P -> N set N's parent to Q first, then the late store points N back at P while it is
+/// linked under Q (an evictor then locks the wrong parent).
+#[test]
+#[should_panic]
+fn lost_reparent_is_caught() {
+    builder().check(|| {
+        let m = Model::new();
+        let a = m.clone();
+        let t1 = loom::thread::spawn(move || a.split(0, 1, false));
+        m.split(1, 2, false);
+        t1.join().unwrap();
         m.check_final();
     });
 }
