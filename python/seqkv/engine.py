@@ -22,6 +22,10 @@ Weights are taken from a loaded transformers model (nothing is downloaded) and s
 bf16 (default; the model's weights rounded to nearest-even, as ``model.to(torch.bfloat16)``
 does) or f32; activations and accumulations are f32. Only NumPy is needed to run it;
 :meth:`Engine.from_hf` and :meth:`Sequence.kv_cache` import torch.
+
+:class:`GpuEngine` runs the same definition on a CUDA GPU (``cuda_kernels/engine.cu``,
+through CuPy) and gives the same bits as the CPU engine (measured on an H200; see
+``docs/engine.md``). :class:`EngineLogitsSource` plugs the engine into the ``lm`` codec.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ __all__ = [
     "cache_layer_hashes",
     "kv_layer_hashes",
     "read_bandwidth",
+    "hf_tensors",
+    "rope_table",
+    "GpuEngine",
+    "gpu_weight_arrays",
+    "bf16_round_bits",
 ]
 
 #: Version of the arithmetic the kernels define (bump when any result bit can change).
@@ -100,6 +109,68 @@ def cache_layer_hashes(cache: Any, batch_index: int = 0) -> list[str]:
         vv = v[batch_index].detach().to("cpu").float().contiguous().numpy()
         arrays.append((kk, vv))
     return kv_layer_hashes(arrays)
+
+
+def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(config, tensors)`` of a transformers Llama-family causal LM, in the engine's naming:
+    ``embed`` ``[V, H]``, ``lm_head`` (only when untied), ``norm``, and per layer
+    ``layers.{i}.`` + ``input_norm``, ``post_norm``, ``q``, ``k``, ``v``, ``o``, ``gate``,
+    ``up``, ``down`` (``torch.nn.Linear`` layout ``[out, in]``) and ``*_bias`` where present.
+    Arrays are float32 copies."""
+    from .models import require_torch
+
+    torch, _ = require_torch()
+    cfg = model.config
+    model_type = getattr(cfg, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise InvalidInputError(f"seqkv.engine supports model types {sorted(SUPPORTED_MODEL_TYPES)}, not {model_type!r}")
+    act = getattr(cfg, "hidden_act", "silu")
+    if act != "silu":
+        raise InvalidInputError(f"seqkv.engine needs hidden_act='silu', not {act!r}")
+    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        raise InvalidInputError("pretraining_tp > 1 is not supported")
+    inner = model.model
+    rotary = inner.rotary_emb
+    rope_type = getattr(rotary, "rope_type", "default")
+    if rope_type not in _STATIC_ROPE_TYPES:
+        raise InvalidInputError(f"RoPE type {rope_type!r} (length-dependent) is not supported")
+    attn0 = inner.layers[0].self_attn
+    head_dim = int(getattr(attn0, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+    def arr(t: Any) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().to(device="cpu", dtype=torch.float32).numpy())
+
+    embed = arr(inner.embed_tokens.weight)
+    tensors: dict[str, np.ndarray] = {"embed": embed, "norm": arr(inner.norm.weight)}
+    lm_head = getattr(model, "lm_head", None)
+    if lm_head is not None and lm_head.weight.data_ptr() != inner.embed_tokens.weight.data_ptr():
+        tensors["lm_head"] = arr(lm_head.weight)
+        if getattr(lm_head, "bias", None) is not None:
+            raise InvalidInputError("an lm_head bias is not supported")
+    for i, layer in enumerate(inner.layers):
+        a, m = layer.self_attn, layer.mlp
+        p = f"layers.{i}."
+        tensors[p + "input_norm"] = arr(layer.input_layernorm.weight)
+        tensors[p + "post_norm"] = arr(layer.post_attention_layernorm.weight)
+        for name, lin in (("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj), ("o", a.o_proj),
+                          ("gate", m.gate_proj), ("up", m.up_proj), ("down", m.down_proj)):
+            tensors[p + name] = arr(lin.weight)
+            if lin.bias is not None:
+                tensors[p + name + "_bias"] = arr(lin.bias)
+    config = {
+        "vocab_size": int(embed.shape[0]),
+        "hidden_size": int(cfg.hidden_size),
+        "intermediate_size": int(cfg.intermediate_size),
+        "num_layers": len(inner.layers),
+        "num_heads": int(cfg.num_attention_heads),
+        "num_kv_heads": int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": float(inner.norm.variance_epsilon),
+        "rope_inv_freq": arr(rotary.inv_freq).astype(np.float32).tolist(),
+        "rope_attention_scaling": float(getattr(rotary, "attention_scaling", 1.0)),
+        "attention_scale": float(getattr(attn0, "scaling", head_dim**-0.5)),
+    }
+    return config, tensors
 
 
 class Sequence:
@@ -169,7 +240,10 @@ class Sequence:
         return kv_layer_hashes(self.kv_arrays())
 
     def kv_cache(self, *, dtype: Any = None, device: Any = None, config: Any = None) -> Any:
-        """The KV as a transformers ``DynamicCache`` (batch 1), e.g. for ``model.generate``.
+        """The KV as a transformers ``DynamicCache`` (batch 1).
+
+        ``model.generate(ids, past_key_values=cache)`` expects the cache of all of ``ids``
+        but the last token (it feeds that one again): pass ``seq.fork(len(seq) - 1).kv_cache()``.
 
         ``dtype`` defaults to ``torch.float32``; ``config`` defaults to the config of the
         model the engine was built from (when built with :meth:`Engine.from_hf`).
@@ -226,68 +300,32 @@ class Engine:
         ``page_tokens``: positions per KV page. ``fingerprint``: also record the model's
         :func:`seqkv.models.fingerprint` (used by :class:`EngineLogitsSource`).
         """
-        from .models import require_torch
-
-        torch, _ = require_torch()
-        cfg = model.config
-        model_type = getattr(cfg, "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise InvalidInputError(
-                f"seqkv.engine supports model types {sorted(SUPPORTED_MODEL_TYPES)}, not {model_type!r}"
-            )
-        act = getattr(cfg, "hidden_act", "silu")
-        if act != "silu":
-            raise InvalidInputError(f"seqkv.engine needs hidden_act='silu', not {act!r}")
-        if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
-            raise InvalidInputError("pretraining_tp > 1 is not supported")
-        inner = model.model
-        rotary = inner.rotary_emb
-        rope_type = getattr(rotary, "rope_type", "default")
-        if rope_type not in _STATIC_ROPE_TYPES:
-            raise InvalidInputError(f"RoPE type {rope_type!r} (length-dependent) is not supported")
-        attn0 = inner.layers[0].self_attn
-        head_dim = int(getattr(attn0, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-
-        def arr(t: Any) -> np.ndarray:
-            return np.ascontiguousarray(t.detach().to(device="cpu", dtype=torch.float32).numpy())
-
-        embed = arr(inner.embed_tokens.weight)
-        tensors: dict[str, np.ndarray] = {"embed": embed, "norm": arr(inner.norm.weight)}
-        lm_head = getattr(model, "lm_head", None)
-        if lm_head is not None and lm_head.weight.data_ptr() != inner.embed_tokens.weight.data_ptr():
-            tensors["lm_head"] = arr(lm_head.weight)
-            if getattr(lm_head, "bias", None) is not None:
-                raise InvalidInputError("an lm_head bias is not supported")
-        for i, layer in enumerate(inner.layers):
-            a, m = layer.self_attn, layer.mlp
-            p = f"layers.{i}."
-            tensors[p + "input_norm"] = arr(layer.input_layernorm.weight)
-            tensors[p + "post_norm"] = arr(layer.post_attention_layernorm.weight)
-            for name, lin in (("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj), ("o", a.o_proj),
-                              ("gate", m.gate_proj), ("up", m.up_proj), ("down", m.down_proj)):
-                tensors[p + name] = arr(lin.weight)
-                if lin.bias is not None:
-                    tensors[p + name + "_bias"] = arr(lin.bias)
-        config = {
-            "vocab_size": int(embed.shape[0]),
-            "hidden_size": int(cfg.hidden_size),
-            "intermediate_size": int(cfg.intermediate_size),
-            "num_layers": len(inner.layers),
-            "num_heads": int(cfg.num_attention_heads),
-            "num_kv_heads": int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
-            "head_dim": head_dim,
-            "rms_norm_eps": float(inner.norm.variance_epsilon),
-            "rope_inv_freq": arr(rotary.inv_freq).astype(np.float32).tolist(),
-            "rope_attention_scaling": float(getattr(rotary, "attention_scaling", 1.0)),
-            "attention_scale": float(getattr(attn0, "scaling", head_dim**-0.5)),
-        }
-        core = _native.EngineCore(config, tensors, dtype=dtype, kv_dtype=kv_dtype, page_tokens=int(page_tokens))
+        config, tensors = hf_tensors(model)
         source_fp = None
         if fingerprint:
             from .models import fingerprint as model_fingerprint
 
             source_fp = model_fingerprint(model)
-        return cls(core, hf_config=cfg, source_fingerprint=source_fp, info={"model_type": model_type, **config})
+        eng = cls.from_tensors(config, tensors, dtype, kv_dtype=kv_dtype, page_tokens=page_tokens)
+        eng.hf_config = model.config
+        eng.source_fingerprint = source_fp
+        return eng
+
+    @classmethod
+    def from_tensors(
+        cls,
+        config: dict[str, Any],
+        tensors: dict[str, np.ndarray],
+        dtype: str = "bf16",
+        *,
+        kv_dtype: str = "f32",
+        page_tokens: int = 64,
+    ) -> "Engine":
+        """Build from a config dict and named float32 arrays (see :func:`hf_tensors` for the
+        names and shapes); no torch needed."""
+        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+        core = _native.EngineCore(dict(config), tensors, dtype=dtype, kv_dtype=kv_dtype, page_tokens=int(page_tokens))
+        return cls(core, info=dict(config))
 
     def with_isa(self, isa: str) -> "Engine":
         """The same weights computing with another instruction set (``"scalar"`` or
@@ -480,3 +518,236 @@ class EngineLogitsSource(LogitsSource):
         k = self.chunk
         chunks = (k,) * (fed // k) + ((fed % k,) if fed % k else ())
         return ((prefix_len,) if prefix_len else ()) + chunks
+
+
+# ---- RoPE table (NumPy replica of rust/seqkv-engine Model::rope_row) -------------------------
+
+_PIO2_1 = 1.5707963267341256e0
+_PIO2_2 = 6.077100506303966e-11
+_PIO2_3 = 2.0222662487111665e-21
+_INV_PIO2 = 6.366197723675814e-1
+
+
+def _kernel_sin(x: np.ndarray) -> np.ndarray:
+    s1, s2, s3 = -1.6666666666666632e-1, 8.33333333332249e-3, -1.984126982985795e-4
+    s4, s5, s6 = 2.755731370707007e-6, -2.5050760253406863e-8, 1.58969099521155e-10
+    z = x * x
+    v = z * x
+    r = s2 + z * (s3 + z * (s4 + z * (s5 + z * s6)))
+    return x + v * (s1 + z * r)
+
+
+def _kernel_cos(x: np.ndarray) -> np.ndarray:
+    c1, c2, c3 = 4.16666666666666e-2, -1.388888888887411e-3, 2.480158728947673e-5
+    c4, c5, c6 = -2.7557314351390663e-7, 2.087572321298175e-9, -1.1359647557788195e-11
+    z = x * x
+    r = z * (c1 + z * (c2 + z * (c3 + z * (c4 + z * (c5 + z * c6)))))
+    hz = 0.5 * z
+    w = 1.0 - hz
+    return w + (((1.0 - w) - hz) + z * r)
+
+
+def rope_table(inv_freq: Any, attention_scaling: float, positions: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's RoPE ``(cos, sin)``, float32 ``[len(positions), head_dim / 2]``: the same bits
+    as ``EngineCore.rope_table`` (IEEE f64 operations in the same order; tested)."""
+    inv = np.asarray(inv_freq, dtype=np.float32)
+    pos = np.asarray(positions, dtype=np.float32).reshape(-1, 1)
+    x = (pos * inv[None, :]).astype(np.float32).astype(np.float64)
+    n = np.rint(x * _INV_PIO2)
+    r = ((x - n * _PIO2_1) - n * _PIO2_2) - n * _PIO2_3
+    s, c = _kernel_sin(r), _kernel_cos(r)
+    q = np.mod(n.astype(np.int64), 4)
+    sin = np.select([q == 0, q == 1, q == 2], [s, c, -s], -c)
+    cos = np.select([q == 0, q == 1, q == 2], [c, -s, -c], s)
+    scale = np.float32(attention_scaling)
+    return cos.astype(np.float32) * scale, sin.astype(np.float32) * scale
+
+
+def bf16_round_bits(a: Any) -> np.ndarray:
+    """float32 → bf16 bit patterns (uint16), round to nearest even, as the engine and torch do."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _bf16_values(a: Any) -> np.ndarray:
+    return (bf16_round_bits(a).astype(np.uint32) << 16).view(np.float32)
+
+
+# ---- GPU port ---------------------------------------------------------------------------------
+
+
+def gpu_weight_arrays(config: dict[str, Any], tensors: dict[str, Any], max_len: int) -> dict[str, np.ndarray]:
+    """Host arrays of the GPU port: bf16 bit patterns ``[K][N]`` (fused ``qkv`` and ``gu``,
+    ``o``, ``down``, ``lm_head``), ``embed`` ``[V][H]`` bf16, norm weights as their bf16 values
+    in float32, and the RoPE ``cos``/``sin`` tables for positions ``0..max_len``."""
+    t = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+
+    def w_kn(*names: str) -> np.ndarray:  # [N][K] Linear weights -> bf16 [K][sum N]
+        return bf16_round_bits(np.concatenate([t[n].T for n in names], axis=1))
+
+    out = {
+        "embed": bf16_round_bits(t["embed"]),
+        "lm_head": bf16_round_bits(t.get("lm_head", t["embed"]).T),
+        "norm": _bf16_values(t["norm"]),
+    }
+    for i in range(int(config["num_layers"])):
+        p = f"layers.{i}."
+        out[p + "in_norm"] = _bf16_values(t[p + "input_norm"])
+        out[p + "post_norm"] = _bf16_values(t[p + "post_norm"])
+        out[p + "qkv"] = w_kn(p + "q", p + "k", p + "v")
+        out[p + "o"] = w_kn(p + "o")
+        out[p + "gu"] = w_kn(p + "gate", p + "up")
+        out[p + "down"] = w_kn(p + "down")
+    out["cos"], out["sin"] = rope_table(config["rope_inv_freq"], config["rope_attention_scaling"], np.arange(max_len))
+    return out
+
+
+
+class GpuEngine:
+    """The engine's forward pass on a CUDA GPU through CuPy (``cuda_kernels/engine.cu``), with
+    the CPU engine's per-element arithmetic: logits and KV are meant to be the same bits as
+    :class:`Engine` with ``dtype="bf16"``, ``kv_dtype="f32"`` (``benches/engine.py --gpu``
+    checks it). KV lives in fixed slots ``[slot][layer][k|v][max_len][kv_heads][head_dim]``.
+
+    Weights must have no biases. CuPy is the ``seqkv[cuda]`` extra.
+    """
+
+    _GEMMS = {
+        "big": (64, 64, 16, 4, 4),
+        "small": (32, 64, 32, 2, 4),
+    }
+
+    def __init__(self, config: dict[str, Any], tensors: dict[str, Any], *, max_slots: int = 256,
+                 max_len: int = 512, max_rows: int | None = None):
+        try:
+            import cupy as cp
+        except ImportError as exc:  # pragma: no cover - needs the cuda extra
+            from .errors import MissingExtraError
+
+            raise MissingExtraError("the GPU engine needs CuPy: pip install 'seqkv[cuda]'") from exc
+        from .gpu import kernel_dir
+
+        self.cp = cp
+        c = {k: config[k] for k in config}
+        if any(k.endswith("_bias") for k in tensors):
+            raise InvalidInputError("GpuEngine: biases are not supported")
+        self.V, self.H, self.I = int(c["vocab_size"]), int(c["hidden_size"]), int(c["intermediate_size"])
+        self.L, self.nh, self.nkv, self.hd = int(c["num_layers"]), int(c["num_heads"]), int(c["num_kv_heads"]), int(c["head_dim"])
+        self.eps = np.float32(c["rms_norm_eps"])
+        self.scale = np.float32(c["attention_scale"])
+        self.max_slots, self.max_len = int(max_slots), int(max_len)
+        self.max_rows = int(max_rows or max(self.max_slots, 256))
+        host = gpu_weight_arrays(c, tensors, self.max_len)
+        self.embed = cp.asarray(host["embed"])
+        self.lm_head = cp.asarray(host["lm_head"])
+        self.norm = cp.asarray(host["norm"])
+        keys = ("in_norm", "post_norm", "qkv", "o", "gu", "down")
+        self.layers = [{k: cp.asarray(host[f"layers.{i}.{k}"]) for k in keys} for i in range(self.L)]
+        self.cos, self.sin = cp.asarray(host["cos"]), cp.asarray(host["sin"])
+        self.kv = cp.zeros((self.max_slots, self.L, 2, self.max_len, self.nkv, self.hd), dtype=cp.float32)
+        names = [f"eng_gemm<{a},{b},{k},{m},{n},{mode}>" for (a, b, k, m, n) in self._GEMMS.values() for mode in (0, 1)]
+        src = (kernel_dir() / "engine.cu").read_text()
+        self.mod = cp.RawModule(code=src, options=("-std=c++17",), name_expressions=names)
+        self.fn = {n: self.mod.get_function(n) for n in
+                   ("eng_embed", "eng_rmsnorm", "eng_rope_kv", "eng_attention", "eng_silu_mul", "eng_argmax", "eng_advance")}
+        self.gemm_fn = {name: self.mod.get_function(name) for name in names}
+        R, W = self.max_rows, (self.nh + 2 * self.nkv) * self.hd
+        f32 = cp.float32
+        self.buf = {
+            "x": cp.zeros((R, self.H), f32), "xn": cp.zeros((R, self.H), f32), "qkv": cp.zeros((R, W), f32),
+            "att": cp.zeros((R, self.nh * self.hd), f32), "gu": cp.zeros((R, 2 * self.I), f32),
+            "act": cp.zeros((R, self.I), f32), "logits": cp.zeros((R, self.V), f32),
+            "tokens": cp.zeros(R, cp.uint32), "slot": cp.zeros(R, cp.int32), "pos": cp.zeros(R, cp.int32),
+        }
+        self.lens = [0] * self.max_slots
+        ntiles = (self.max_len + 31) // 32
+        self.att_smem = 4 * (self.max_len + ntiles * self.hd + ntiles)
+
+    # -- launches (all on the current stream, into preallocated buffers) ------------------------
+
+    def _gemm(self, x: Any, w: Any, y: Any, M: int, K: int, N: int, accumulate: bool) -> None:
+        kind = "big" if N >= 2048 else "small"
+        bm, bn, bk, tm, tn = self._GEMMS[kind]
+        f = self.gemm_fn[f"eng_gemm<{bm},{bn},{bk},{tm},{tn},{int(accumulate)}>"]
+        grid = ((N + bn - 1) // bn, (M + bm - 1) // bm)
+        f(grid, ((bn // tn) * (bm // tm),), (x, w, y, np.int32(M), np.int32(N), np.int32(K)))
+
+    def _layers(self, R: int) -> None:
+        b, fn, i32 = self.buf, self.fn, np.int32
+        W = (self.nh + 2 * self.nkv) * self.hd
+        null = np.uint64(0)
+        fn["eng_embed"]((R,), (128,), (b["tokens"], self.embed, b["x"], i32(R), i32(self.H)))
+        for li, lw in enumerate(self.layers):
+            fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["in_norm"], self.eps, b["xn"], i32(self.H)))
+            self._gemm(b["xn"], lw["qkv"], b["qkv"], R, self.H, W, False)
+            fn["eng_rope_kv"]((R,), (128,), (b["qkv"], self.cos, self.sin, b["slot"], b["pos"], self.kv, i32(li),
+                                            i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv), i32(self.hd)))
+            fn["eng_attention"]((R * self.nh,), (128,), (b["qkv"], self.kv, b["slot"], b["pos"], b["att"], i32(li),
+                                                        i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv),
+                                                        i32(self.hd), self.scale), shared_mem=self.att_smem)
+            self._gemm(b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, True)
+            fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["post_norm"], self.eps, b["xn"], i32(self.H)))
+            self._gemm(b["xn"], lw["gu"], b["gu"], R, self.H, 2 * self.I, False)
+            fn["eng_silu_mul"](((R * self.I + 255) // 256,), (256,), (b["gu"], b["act"], i32(R), i32(self.I)))
+            self._gemm(b["act"], lw["down"], b["x"], R, self.I, self.H, True)
+        fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, self.norm, self.eps, b["xn"], i32(self.H)))
+        self._gemm(b["xn"], self.lm_head, b["logits"], R, self.H, self.V, False)
+
+    # -- host-driven passes ----------------------------------------------------------------------
+
+    def forward(self, slots: Seq[int], chunks: Seq[Any]) -> Any:
+        """Append ``chunks[i]`` to slot ``slots[i]``; returns the logits of every row (CuPy
+        float32 ``[rows, V]``, a view of an internal buffer)."""
+        cp = self.cp
+        slot_l, pos_l, tok_l = [], [], []
+        for s, ch in zip(slots, chunks):
+            ch = _as_token_array(ch, self.V)
+            if self.lens[s] + ch.size > self.max_len:
+                raise InvalidInputError("GpuEngine: slot would exceed max_len")
+            slot_l += [s] * ch.size
+            pos_l += list(range(self.lens[s], self.lens[s] + ch.size))
+            tok_l += ch.tolist()
+            self.lens[s] += ch.size
+        R = len(tok_l)
+        if R > self.max_rows:
+            raise InvalidInputError(f"GpuEngine: {R} rows exceed max_rows={self.max_rows}")
+        b = self.buf
+        b["slot"][:R] = cp.asarray(np.array(slot_l, np.int32))
+        b["pos"][:R] = cp.asarray(np.array(pos_l, np.int32))
+        b["tokens"][:R] = cp.asarray(np.array(tok_l, np.uint32))
+        self._layers(R)
+        return b["logits"][:R]
+
+    def kv_layer(self, slot: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values) of one slot and layer as float32 ``[kv_heads, len, head_dim]``."""
+        n = self.lens[slot]
+        k = self.cp.asnumpy(self.kv[slot, layer, 0, :n]).transpose(1, 0, 2)
+        v = self.cp.asnumpy(self.kv[slot, layer, 1, :n]).transpose(1, 0, 2)
+        return np.ascontiguousarray(k), np.ascontiguousarray(v)
+
+    def greedy_decode_graph(self, slots: Seq[int], first_tokens: Seq[int]) -> Any:
+        """Capture one greedy decode step of ``slots`` (next token = argmax, positions advance
+        on the GPU) as a CUDA graph; returns a callable that replays it on its stream."""
+        cp = self.cp
+        R = len(slots)
+        b = self.buf
+        b["slot"][:R] = cp.asarray(np.array(list(slots), np.int32))
+        b["pos"][:R] = cp.asarray(np.array([self.lens[s] for s in slots], np.int32))
+        b["tokens"][:R] = cp.asarray(np.array(list(first_tokens), np.uint32))
+        cp.cuda.Device().synchronize()  # the buffer writes above ran on the default stream
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            self._layers(R)
+            self.fn["eng_argmax"]((R,), (256,), (b["logits"], np.int32(self.V), b["tokens"]))
+            self.fn["eng_advance"](((R + 255) // 256,), (256,), (b["pos"], np.int32(R)))
+            graph = stream.end_capture()
+
+        def replay(n: int = 1) -> None:
+            for _ in range(n):
+                graph.launch(stream)
+            for s in slots:
+                self.lens[s] += n
+
+        replay.stream = stream  # type: ignore[attr-defined]
+        return replay

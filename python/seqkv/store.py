@@ -394,7 +394,7 @@ class SessionStore:
                 self._by_number[number] = entry
                 self._remember_tokens(number, toks)
                 if keep and cache is not None:
-                    self._hot[sid] = cache
+                    self._hot[sid] = cache if kv is None else hf.clone_cache(self.model, kv)
         except BaseException:
             with self._lock:
                 if parent is not None and parent in self._by_number:

@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)]
 //! Quick speed check of the matmul kernel on SmolLM2 shapes: `cargo run --release --example matmul_speed`.
 use seqkv_engine::{matmul, Isa, PackedMatrix, WeightDtype};
 #[repr(C)]
@@ -18,12 +19,20 @@ fn cpu_now() -> f64 {
 fn main() {
     let isa = Isa::detect();
     println!("isa {:?}, threads {}", isa, rayon::current_num_threads());
-    let shapes = [(576usize, 960usize), (576, 576), (576, 3072), (1536, 576), (576, 49152)];
+    let shapes = [
+        (576usize, 960usize),
+        (576, 576),
+        (576, 3072),
+        (1536, 576),
+        (576, 49152),
+    ];
     for dtype in [WeightDtype::Bf16, WeightDtype::F32] {
         let mats: Vec<PackedMatrix> = shapes
             .iter()
             .map(|&(k, n)| {
-                let w: Vec<f32> = (0..k * n).map(|i| ((i * 2654435761usize) % 1000) as f32 * 1e-3 - 0.5).collect();
+                let w: Vec<f32> = (0..k * n)
+                    .map(|i| ((i * 2654435761usize) % 1000) as f32 * 1e-3 - 0.5)
+                    .collect();
                 PackedMatrix::from_kn(&w, k, n, dtype)
             })
             .collect();
@@ -32,7 +41,10 @@ fn main() {
             let mut bytes = 0usize;
             let reps = if rows >= 64 { 3 } else { 20 };
             let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; rows * m.n()]).collect();
-            let xs: Vec<Vec<f32>> = mats.iter().map(|m| (0..rows * m.k()).map(|i| (i % 7) as f32 * 0.1).collect()).collect();
+            let xs: Vec<Vec<f32>> = mats
+                .iter()
+                .map(|m| (0..rows * m.k()).map(|i| (i % 7) as f32 * 0.1).collect())
+                .collect();
             // one model step = 30 layers of the first four + lm head
             let t = cpu_now();
             for _ in 0..reps {

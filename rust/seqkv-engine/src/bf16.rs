@@ -30,8 +30,20 @@ mod tests {
 
     #[test]
     fn round_trip_and_ties() {
-        for &x in &[0.0f32, -0.0, 1.0, -2.5, 3.0e38, f32::INFINITY, f32::NEG_INFINITY, 1.0e-40] {
-            assert_eq!(round_to_bf16(round_to_bf16(x)).to_bits(), round_to_bf16(x).to_bits());
+        for &x in &[
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            3.0e38,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.0e-40,
+        ] {
+            assert_eq!(
+                round_to_bf16(round_to_bf16(x)).to_bits(),
+                round_to_bf16(x).to_bits()
+            );
         }
         // 1 + 2^-8 is a tie between 1 and 1 + 2^-7: ties to even -> 1.
         assert_eq!(round_to_bf16(1.0 + 1.0 / 256.0), 1.0);

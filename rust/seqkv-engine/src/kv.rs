@@ -56,10 +56,13 @@ impl KvLayout {
     }
     /// Bytes of KV per position (all layers, keys and values).
     pub fn bytes_per_token(&self) -> usize {
-        self.layers * 2 * self.row() * match self.dtype {
-            KvDtype::F32 => 4,
-            KvDtype::Bf16 => 2,
-        }
+        self.layers
+            * 2
+            * self.row()
+            * match self.dtype {
+                KvDtype::F32 => 4,
+                KvDtype::Bf16 => 2,
+            }
     }
 }
 
@@ -132,7 +135,11 @@ pub struct Sequence {
 
 impl Sequence {
     pub(crate) fn new(owner: u64) -> Self {
-        Sequence { owner, len: 0, pages: Vec::new() }
+        Sequence {
+            owner,
+            len: 0,
+            pages: Vec::new(),
+        }
     }
 
     /// Number of positions cached.
@@ -154,7 +161,11 @@ impl Sequence {
     pub fn fork(&self, n: usize, layout: &KvLayout) -> Sequence {
         let n = n.min(self.len);
         let pages = self.pages[..n.div_ceil(layout.page_tokens)].to_vec();
-        Sequence { owner: self.owner, len: n, pages }
+        Sequence {
+            owner: self.owner,
+            len: n,
+            pages,
+        }
     }
 
     /// Forgets positions `n..`.
@@ -173,7 +184,14 @@ impl Sequence {
     }
 
     /// Writes the keys and values of position `pos` of `layer` (each `kv_heads * head_dim` values).
-    pub(crate) fn write(&mut self, layout: &KvLayout, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+    pub(crate) fn write(
+        &mut self,
+        layout: &KvLayout,
+        layer: usize,
+        pos: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
         let (p, t) = (pos / layout.page_tokens, pos % layout.page_tokens);
         let page = Arc::make_mut(&mut self.pages[p]);
         page.write(layout.offset(layer, 0, t), k);
@@ -191,7 +209,8 @@ impl Sequence {
             for (kind, dst) in [(0usize, &mut k), (1, &mut v)] {
                 self.pages[p].read(layout.offset(layer, kind, t), &mut row);
                 for g in 0..kvh {
-                    dst[(g * n + pos) * hd..(g * n + pos + 1) * hd].copy_from_slice(&row[g * hd..(g + 1) * hd]);
+                    dst[(g * n + pos) * hd..(g * n + pos + 1) * hd]
+                        .copy_from_slice(&row[g * hd..(g + 1) * hd]);
                 }
             }
         }

@@ -11,6 +11,16 @@
 //!
 //! Weights are stored in bf16 (or f32) and accumulated in f32.
 
+// Kernels index several arrays with one loop variable and spell constants as their reference
+// implementations do; these lints would make them harder to compare with the definitions.
+#![allow(
+    clippy::needless_range_loop,
+    clippy::excessive_precision,
+    clippy::approx_constant,
+    clippy::too_many_arguments,
+    clippy::manual_is_multiple_of
+)]
+
 pub mod bf16;
 pub mod isa;
 pub mod kv;

@@ -57,15 +57,16 @@ pub mod avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// Eight [`exp`]s. Callers must have checked that AVX2 and FMA are available.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::missing_safety_doc)]
     pub fn exp8(x: __m256) -> __m256 {
         let x = _mm256_max_ps(x, _mm256_set1_ps(EXP_LO));
         let x = _mm256_min_ps(x, _mm256_set1_ps(EXP_HI));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-            x,
-            _mm256_set1_ps(LOG2E),
-        ));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+        );
         let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x);
         let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
         let z = _mm256_mul_ps(r, r);
@@ -80,12 +81,17 @@ pub mod avx2 {
         let h = _mm256_srai_epi32::<1>(ni);
         let bias = _mm256_set1_epi32(127);
         let s1 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(h, bias)));
-        let s2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias)));
+        let s2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_sub_epi32(ni, h),
+            bias,
+        )));
         _mm256_mul_ps(_mm256_mul_ps(y, s1), s2)
     }
 
+    /// Eight [`silu`]s. Callers must have checked that AVX2 and FMA are available.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::missing_safety_doc)]
     pub fn silu8(x: __m256) -> __m256 {
         let neg = _mm256_sub_ps(_mm256_setzero_ps(), x);
         _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), exp8(neg)))
@@ -183,7 +189,17 @@ mod tests {
             return;
         }
         let mut xs: Vec<f32> = (0..20000).map(|i| -110.0 + i as f32 * 0.01).collect();
-        xs.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 0.0, 88.7, 88.75, -87.4, -103.9]);
+        xs.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            88.7,
+            88.75,
+            -87.4,
+            -103.9,
+        ]);
         while xs.len() % 8 != 0 {
             xs.push(1.0);
         }
@@ -198,7 +214,11 @@ mod tests {
             for i in 0..8 {
                 assert_eq!(out[i].to_bits(), exp(ch[i]).to_bits(), "exp({})", ch[i]);
                 let s = silu(ch[i]);
-                assert!(out2[i].to_bits() == s.to_bits() || (s.is_nan() && out2[i].is_nan()), "silu({})", ch[i]);
+                assert!(
+                    out2[i].to_bits() == s.to_bits() || (s.is_nan() && out2[i].is_nan()),
+                    "silu({})",
+                    ch[i]
+                );
             }
         }
     }

@@ -26,7 +26,11 @@ pub const NR: usize = 16;
 /// holds columns `i` and `i + 8`, so both halves widen with one shift or mask.
 #[inline]
 pub(crate) fn bf16_slot(j: usize) -> usize {
-    if j < 8 { 2 * j } else { 2 * (j - 8) + 1 }
+    if j < 8 {
+        2 * j
+    } else {
+        2 * (j - 8) + 1
+    }
 }
 
 /// Storage type of packed weights.
@@ -82,29 +86,54 @@ pub struct PackedMatrix {
 
 impl std::fmt::Debug for PackedMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedMatrix({}x{}, {})", self.k, self.n, self.dtype().name())
+        write!(
+            f,
+            "PackedMatrix({}x{}, {})",
+            self.k,
+            self.n,
+            self.dtype().name()
+        )
     }
 }
 
 impl PackedMatrix {
     /// Packs `w` given as `[N][K]` row-major (the layout of a `torch.nn.Linear` weight).
     pub fn from_nk(w: &[f32], n: usize, k: usize, dtype: WeightDtype) -> Self {
-        assert_eq!(w.len(), n * k, "weight has {} values, expected {n}x{k}", w.len());
+        assert_eq!(
+            w.len(),
+            n * k,
+            "weight has {} values, expected {n}x{k}",
+            w.len()
+        );
         Self::pack(n, k, dtype, |col, kk| w[col * k + kk])
     }
 
     /// Packs `w` given as `[K][N]` row-major.
     pub fn from_kn(w: &[f32], k: usize, n: usize, dtype: WeightDtype) -> Self {
-        assert_eq!(w.len(), n * k, "weight has {} values, expected {k}x{n}", w.len());
+        assert_eq!(
+            w.len(),
+            n * k,
+            "weight has {} values, expected {k}x{n}",
+            w.len()
+        );
         Self::pack(n, k, dtype, |col, kk| w[kk * n + col])
     }
 
-    fn pack(n: usize, k: usize, dtype: WeightDtype, get: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+    fn pack(
+        n: usize,
+        k: usize,
+        dtype: WeightDtype,
+        get: impl Fn(usize, usize) -> f32 + Sync,
+    ) -> Self {
         assert!(n > 0 && k > 0, "empty matrix");
         let panels = n.div_ceil(NR);
         let value = |p: usize, kk: usize, j: usize| {
             let col = p * NR + j;
-            if col < n { get(col, kk) } else { 0.0 }
+            if col < n {
+                get(col, kk)
+            } else {
+                0.0
+            }
         };
         let buf = match dtype {
             WeightDtype::F32 => {
@@ -220,36 +249,40 @@ pub fn matmul(isa: Isa, x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32
 /// The reference definition, used on machines without AVX2+FMA.
 fn scalar_matmul(x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
     let (k, n) = (w.k, w.n);
-    out[..rows * n].par_chunks_mut(n).enumerate().for_each(|(r, orow)| {
-        let xr = &x[r * k..(r + 1) * k];
-        let mut acc = [0f32; NR];
-        for p in 0..w.panels {
-            acc.fill(0.0);
-            match &w.buf {
-                Buf::F32(v) => {
-                    let panel = &v[p * k * NR..(p + 1) * k * NR];
-                    for kk in 0..k {
-                        let xv = xr[kk];
-                        for j in 0..NR {
-                            acc[j] = xv.mul_add(panel[kk * NR + j], acc[j]);
+    out[..rows * n]
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(r, orow)| {
+            let xr = &x[r * k..(r + 1) * k];
+            let mut acc = [0f32; NR];
+            for p in 0..w.panels {
+                acc.fill(0.0);
+                match &w.buf {
+                    Buf::F32(v) => {
+                        let panel = &v[p * k * NR..(p + 1) * k * NR];
+                        for kk in 0..k {
+                            let xv = xr[kk];
+                            for j in 0..NR {
+                                acc[j] = xv.mul_add(panel[kk * NR + j], acc[j]);
+                            }
+                        }
+                    }
+                    Buf::Bf16(v) => {
+                        let panel = &v[p * k * NR..(p + 1) * k * NR];
+                        for kk in 0..k {
+                            let xv = xr[kk];
+                            for j in 0..NR {
+                                acc[j] =
+                                    xv.mul_add(bf16_to_f32(panel[kk * NR + bf16_slot(j)]), acc[j]);
+                            }
                         }
                     }
                 }
-                Buf::Bf16(v) => {
-                    let panel = &v[p * k * NR..(p + 1) * k * NR];
-                    for kk in 0..k {
-                        let xv = xr[kk];
-                        for j in 0..NR {
-                            acc[j] = xv.mul_add(bf16_to_f32(panel[kk * NR + bf16_slot(j)]), acc[j]);
-                        }
-                    }
-                }
+                let c0 = p * NR;
+                let valid = (n - c0).min(NR);
+                orow[c0..c0 + valid].copy_from_slice(&acc[..valid]);
             }
-            let c0 = p * NR;
-            let valid = (n - c0).min(NR);
-            orow[c0..c0 + valid].copy_from_slice(&acc[..valid]);
-        }
-    });
+        });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -303,7 +336,10 @@ mod avx2 {
         } else {
             let mut tmp = [0f32; NR];
             std::ptr::copy_nonoverlapping(src, tmp.as_mut_ptr(), ncols);
-            (_mm256_loadu_ps(tmp.as_ptr()), _mm256_loadu_ps(tmp.as_ptr().add(8)))
+            (
+                _mm256_loadu_ps(tmp.as_ptr()),
+                _mm256_loadu_ps(tmp.as_ptr().add(8)),
+            )
         }
     }
 
@@ -385,7 +421,13 @@ mod avx2 {
 
     /// Rows `[r0, r1)` x panels `[p0, p1)` for few rows (at most 4): straight from memory.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_direct<const BF: bool>(ptr: Ptrs, k: usize, n: usize, rows: (usize, usize), panels: (usize, usize)) {
+    unsafe fn block_direct<const BF: bool>(
+        ptr: Ptrs,
+        k: usize,
+        n: usize,
+        rows: (usize, usize),
+        panels: (usize, usize),
+    ) {
         let (r0, r1) = rows;
         let m = r1 - r0;
         let x = ptr.x.add(r0 * k);
@@ -419,7 +461,13 @@ mod avx2 {
     /// Rows `[r0, r1)` x panels `[p0, p1)` for many rows: x packed per 6-row tile,
     /// each panel's K block widened to f32 once and reused by every row tile.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_packed<const BF: bool>(ptr: Ptrs, k: usize, n: usize, rows: (usize, usize), panels: (usize, usize)) {
+    unsafe fn block_packed<const BF: bool>(
+        ptr: Ptrs,
+        k: usize,
+        n: usize,
+        rows: (usize, usize),
+        panels: (usize, usize),
+    ) {
         let (r0, r1) = rows;
         let m = r1 - r0;
         // Pack x: tile t holds rows r0+6t.. as [k][mr].
@@ -483,11 +531,19 @@ mod avx2 {
             Buf::F32(v) => (v.as_ptr() as *const u8, false),
             Buf::Bf16(v) => (v.as_ptr() as *const u8, true),
         };
-        let ptr = Ptrs { x: x.as_ptr(), w: wp, out: out.as_mut_ptr() };
+        let ptr = Ptrs {
+            x: x.as_ptr(),
+            w: wp,
+            out: out.as_mut_ptr(),
+        };
         // Task plan: row blocks whose x fits in L2, panel chunks so that there are
         // several tasks per thread. The plan never changes any output's arithmetic.
         let direct = rows <= 4;
-        let rb = if direct { rows } else { ((98304 / k).max(6) / 6 * 6).min(rows) };
+        let rb = if direct {
+            rows
+        } else {
+            ((98304 / k).max(6) / 6 * 6).min(rows)
+        };
         let n_rb = rows.div_ceil(rb);
         let threads = rayon::current_num_threads().max(1);
         let want = 4 * threads;
@@ -527,7 +583,9 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
@@ -543,7 +601,9 @@ mod tests {
             matmul(isa, &x, rows, &pm, &mut out);
             for r in 0..rows {
                 for c in 0..n {
-                    let want: f64 = (0..k).map(|kk| x[r * k + kk] as f64 * w[kk * n + c] as f64).sum();
+                    let want: f64 = (0..k)
+                        .map(|kk| x[r * k + kk] as f64 * w[kk * n + c] as f64)
+                        .sum();
                     assert!((out[r * n + c] as f64 - want).abs() < 1e-4);
                 }
             }

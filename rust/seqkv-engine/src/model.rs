@@ -9,8 +9,8 @@
 use crate::bf16::{bf16_to_f32, f32_to_bf16};
 use crate::isa::Isa;
 use crate::kv::{KvDtype, KvLayout, Sequence};
-use crate::matmul::{matmul, PackedMatrix, WeightDtype};
 use crate::math::sincos;
+use crate::matmul::{matmul, PackedMatrix, WeightDtype};
 use crate::ops::{self, KvView};
 use crate::EngineError;
 use rayon::prelude::*;
@@ -38,10 +38,15 @@ pub struct Config {
 impl Config {
     fn validate(&self) -> Result<(), EngineError> {
         let bad = |m: &str| Err(EngineError::InvalidInput(m.to_string()));
-        if self.vocab_size == 0 || self.hidden_size == 0 || self.intermediate_size == 0 || self.num_layers == 0 {
+        if self.vocab_size == 0
+            || self.hidden_size == 0
+            || self.intermediate_size == 0
+            || self.num_layers == 0
+        {
             return bad("config: sizes must be positive");
         }
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        {
             return bad("config: num_heads must be a positive multiple of num_kv_heads");
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
@@ -131,14 +136,20 @@ impl Model {
     ) -> Result<Model, EngineError> {
         cfg.validate()?;
         if page_tokens == 0 {
-            return Err(EngineError::InvalidInput("page_tokens must be positive".into()));
+            return Err(EngineError::InvalidInput(
+                "page_tokens must be positive".into(),
+            ));
         }
         let (h, i_sz, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let fetch = |name: &str, len: usize| -> Result<&'a [f32], EngineError> {
-            let t = get(name).ok_or_else(|| EngineError::InvalidInput(format!("missing tensor {name}")))?;
+            let t = get(name)
+                .ok_or_else(|| EngineError::InvalidInput(format!("missing tensor {name}")))?;
             if t.len() != len {
-                return Err(EngineError::InvalidInput(format!("tensor {name} has {} values, expected {len}", t.len())));
+                return Err(EngineError::InvalidInput(format!(
+                    "tensor {name} has {} values, expected {len}",
+                    t.len()
+                )));
             }
             Ok(t)
         };
@@ -162,7 +173,7 @@ impl Model {
             for (p, &l) in parts.iter().zip(lens) {
                 match p {
                     Some(v) => out.extend_from_slice(v),
-                    None => out.extend(std::iter::repeat(0.0).take(l)),
+                    None => out.extend(std::iter::repeat_n(0.0, l)),
                 }
             }
             Some(out)
@@ -170,17 +181,31 @@ impl Model {
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = |s: &str| format!("layers.{l}.{s}");
-            let (q, k, v) = (mat(&p("q"), nq, h)?, mat(&p("k"), nkv, h)?, mat(&p("v"), nkv, h)?);
+            let (q, k, v) = (
+                mat(&p("q"), nq, h)?,
+                mat(&p("k"), nkv, h)?,
+                mat(&p("v"), nkv, h)?,
+            );
             let wqkv = PackedMatrix::concat_n(&[&q, &k, &v]);
             drop((q, k, v));
             let bqkv = cat_bias(
-                &[opt_vector(&p("q_bias"), nq)?, opt_vector(&p("k_bias"), nkv)?, opt_vector(&p("v_bias"), nkv)?],
+                &[
+                    opt_vector(&p("q_bias"), nq)?,
+                    opt_vector(&p("k_bias"), nkv)?,
+                    opt_vector(&p("v_bias"), nkv)?,
+                ],
                 &[nq, nkv, nkv],
             );
             let (g, u) = (mat(&p("gate"), i_sz, h)?, mat(&p("up"), i_sz, h)?);
             let wgu = PackedMatrix::concat_n(&[&g, &u]);
             drop((g, u));
-            let bgu = cat_bias(&[opt_vector(&p("gate_bias"), i_sz)?, opt_vector(&p("up_bias"), i_sz)?], &[i_sz, i_sz]);
+            let bgu = cat_bias(
+                &[
+                    opt_vector(&p("gate_bias"), i_sz)?,
+                    opt_vector(&p("up_bias"), i_sz)?,
+                ],
+                &[i_sz, i_sz],
+            );
             layers.push(Layer {
                 input_norm: vector(&p("input_norm"), h)?,
                 wqkv,
@@ -203,7 +228,13 @@ impl Model {
             Some(_) => mat("lm_head", cfg.vocab_size, h)?,
             None => PackedMatrix::from_nk(embed_f, cfg.vocab_size, h, dtype),
         };
-        let kv = KvLayout { layers: cfg.num_layers, kv_heads: cfg.num_kv_heads, head_dim: hd, page_tokens, dtype: kv_dtype };
+        let kv = KvLayout {
+            layers: cfg.num_layers,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+            page_tokens,
+            dtype: kv_dtype,
+        };
         Ok(Model {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             final_norm: vector("norm", h)?,
@@ -271,6 +302,19 @@ impl Model {
         self.lm_head.canonical_bytes(&mut sink);
     }
 
+    /// RoPE cos/sin of position `pos` (`head_dim / 2` values each): angle
+    /// `f32(pos * inv_freq[i])`, cos/sin in f64 ([`sincos`]) rounded to f32, times the
+    /// attention scaling.
+    pub fn rope_row(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        let p = pos as f32;
+        for (i, &f) in self.cfg.rope_inv_freq.iter().enumerate() {
+            let angle = p * f;
+            let (s, c) = sincos(angle as f64);
+            cos[i] = (c as f32) * self.cfg.rope_attention_scaling;
+            sin[i] = (s as f32) * self.cfg.rope_attention_scaling;
+        }
+    }
+
     /// A new, empty sequence of this model.
     pub fn new_sequence(&self) -> Sequence {
         Sequence::new(self.id)
@@ -291,11 +335,15 @@ impl Model {
         logits: Logits,
     ) -> Result<Vec<f32>, EngineError> {
         if seqs.len() != tokens.len() {
-            return Err(EngineError::InvalidInput("one token list per sequence is required".into()));
+            return Err(EngineError::InvalidInput(
+                "one token list per sequence is required".into(),
+            ));
         }
         for (s, t) in seqs.iter().zip(tokens) {
             if !self.owns(s) {
-                return Err(EngineError::InvalidInput("sequence belongs to another engine".into()));
+                return Err(EngineError::InvalidInput(
+                    "sequence belongs to another engine".into(),
+                ));
             }
             if let Some(&bad) = t.iter().find(|&&x| x as usize >= self.cfg.vocab_size) {
                 return Err(EngineError::InvalidInput(format!(
@@ -324,7 +372,13 @@ impl Model {
         Ok(out)
     }
 
-    fn forward_pass(&self, isa: Isa, seqs: &mut [&mut Sequence], tokens: &[&[u32]], logits: Logits) -> Vec<f32> {
+    fn forward_pass(
+        &self,
+        isa: Isa,
+        seqs: &mut [&mut Sequence],
+        tokens: &[&[u32]],
+        logits: Logits,
+    ) -> Vec<f32> {
         let cfg = &self.cfg;
         let (h, isz, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
@@ -357,23 +411,23 @@ impl Model {
             match &self.embed {
                 Table::F32(v) => dst.copy_from_slice(&v[tok as usize * h..(tok as usize + 1) * h]),
                 Table::Bf16(v) => {
-                    for (d, &b) in dst.iter_mut().zip(&v[tok as usize * h..(tok as usize + 1) * h]) {
+                    for (d, &b) in dst
+                        .iter_mut()
+                        .zip(&v[tok as usize * h..(tok as usize + 1) * h])
+                    {
                         *d = bf16_to_f32(b);
                     }
                 }
             }
         }
-        // RoPE tables per row: angle = f32(pos * inv_freq[i]), cos/sin in f64 rounded to f32.
         let mut cos = vec![0f32; rows * half];
         let mut sin = vec![0f32; rows * half];
         for r in 0..rows {
-            let p = row_pos[r] as f32;
-            for i in 0..half {
-                let angle = p * cfg.rope_inv_freq[i];
-                let (s, c) = sincos(angle as f64);
-                cos[r * half + i] = (c as f32) * cfg.rope_attention_scaling;
-                sin[r * half + i] = (s as f32) * cfg.rope_attention_scaling;
-            }
+            self.rope_row(
+                row_pos[r],
+                &mut cos[r * half..(r + 1) * half],
+                &mut sin[r * half..(r + 1) * half],
+            );
         }
 
         let mut xn = vec![0f32; rows * h];
@@ -382,16 +436,29 @@ impl Model {
         let mut proj = vec![0f32; rows * h];
         let mut gu = vec![0f32; rows * 2 * isz];
         let mut act = vec![0f32; rows * isz];
-        let tasks: Vec<(usize, usize)> = (0..rows).flat_map(|r| (0..nh).map(move |hh| (r, hh))).collect();
+        let tasks: Vec<(usize, usize)> = (0..rows)
+            .flat_map(|r| (0..nh).map(move |hh| (r, hh)))
+            .collect();
         let group = nh / nkv;
 
         for (li, layer) in self.layers.iter().enumerate() {
-            norm_rows(isa, &x, &layer.input_norm, cfg.rms_norm_eps, &mut xn, h, par);
+            norm_rows(
+                isa,
+                &x,
+                &layer.input_norm,
+                cfg.rms_norm_eps,
+                &mut xn,
+                h,
+                par,
+            );
             matmul(isa, &xn, rows, &layer.wqkv, &mut qkv);
             add_bias(&mut qkv, layer.bqkv.as_deref(), qkv_w);
             // RoPE on q and k heads.
             let rope_row = |(r, row): (usize, &mut [f32])| {
-                let (c, s) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
+                let (c, s) = (
+                    &cos[r * half..(r + 1) * half],
+                    &sin[r * half..(r + 1) * half],
+                );
                 for head in 0..nh + nkv {
                     ops::rope(&mut row[head * hd..(head + 1) * hd], c, s);
                 }
@@ -404,7 +471,13 @@ impl Model {
             // Store K and V (rounded to the KV dtype) before any query reads them.
             for r in 0..rows {
                 let row = &qkv[r * qkv_w..(r + 1) * qkv_w];
-                seqs[row_seq[r]].write(&self.kv, li, row_pos[r], &row[nq..nq + nk], &row[nq + nk..]);
+                seqs[row_seq[r]].write(
+                    &self.kv,
+                    li,
+                    row_pos[r],
+                    &row[nq..nq + nk],
+                    &row[nq + nk..],
+                );
             }
             // Attention: one task per (row, head), reading that row's own sequence.
             let ptrs = PagePtrs(
@@ -440,8 +513,18 @@ impl Model {
                 };
                 let q = &qkv_ref[r * qkv_w + hh * hd..r * qkv_w + (hh + 1) * hd];
                 // SAFETY: each task writes its own (row, head) slice of `attn`.
-                let out = unsafe { std::slice::from_raw_parts_mut(attn_ptr.get().add(r * nq + hh * hd), hd) };
-                ops::attend(isa, q, &view, row_pos_ref[r] + 1, cfg.attention_scale, scratch, out);
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(attn_ptr.get().add(r * nq + hh * hd), hd)
+                };
+                ops::attend(
+                    isa,
+                    q,
+                    &view,
+                    row_pos_ref[r] + 1,
+                    cfg.attention_scale,
+                    scratch,
+                    out,
+                );
             };
             if tasks.len() > 1 {
                 tasks.par_iter().for_each_init(Vec::new, run);
@@ -456,11 +539,16 @@ impl Model {
             norm_rows(isa, &x, &layer.post_norm, cfg.rms_norm_eps, &mut xn, h, par);
             matmul(isa, &xn, rows, &layer.wgu, &mut gu);
             add_bias(&mut gu, layer.bgu.as_deref(), 2 * isz);
-            let silu_row = |(a, g): (&mut [f32], &[f32])| ops::silu_mul(isa, &g[..isz], &g[isz..], a);
+            let silu_row =
+                |(a, g): (&mut [f32], &[f32])| ops::silu_mul(isa, &g[..isz], &g[isz..], a);
             if par {
-                act.par_chunks_mut(isz).zip(gu.par_chunks(2 * isz)).for_each(silu_row);
+                act.par_chunks_mut(isz)
+                    .zip(gu.par_chunks(2 * isz))
+                    .for_each(silu_row);
             } else {
-                act.chunks_mut(isz).zip(gu.chunks(2 * isz)).for_each(silu_row);
+                act.chunks_mut(isz)
+                    .zip(gu.chunks(2 * isz))
+                    .for_each(silu_row);
             }
             matmul(isa, &act, rows, &layer.wdown, &mut proj);
             add_bias(&mut proj, layer.bdown.as_deref(), h);
@@ -489,9 +577,23 @@ impl Model {
         if sel.is_empty() {
             return Vec::new();
         }
-        let xs: Vec<f32> = if sel.len() == rows { x } else { sel.iter().flat_map(|&r| x[r * h..(r + 1) * h].to_vec()).collect() };
+        let xs: Vec<f32> = if sel.len() == rows {
+            x
+        } else {
+            sel.iter()
+                .flat_map(|&r| x[r * h..(r + 1) * h].to_vec())
+                .collect()
+        };
         let mut xsn = vec![0f32; sel.len() * h];
-        norm_rows(isa, &xs, &self.final_norm, cfg.rms_norm_eps, &mut xsn, h, sel.len() > 1);
+        norm_rows(
+            isa,
+            &xs,
+            &self.final_norm,
+            cfg.rms_norm_eps,
+            &mut xsn,
+            h,
+            sel.len() > 1,
+        );
         let mut out = vec![0f32; sel.len() * cfg.vocab_size];
         matmul(isa, &xsn, sel.len(), &self.lm_head, &mut out);
         out

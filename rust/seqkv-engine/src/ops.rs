@@ -122,7 +122,15 @@ impl KvView<'_> {
 /// 5. `out[d] = o[d] / l`.
 ///
 /// `scratch` is resized to `n_keys`.
-pub fn attend(isa: Isa, q: &[f32], kv: &KvView<'_>, n_keys: usize, scale: f32, scratch: &mut Vec<f32>, out: &mut [f32]) {
+pub fn attend(
+    isa: Isa,
+    q: &[f32],
+    kv: &KvView<'_>,
+    n_keys: usize,
+    scale: f32,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let hd = kv.head_dim;
     scratch.clear();
     scratch.resize(n_keys, 0.0);
@@ -196,7 +204,11 @@ mod avx2 {
         let mut acc = _mm256_setzero_ps();
         let mut i = 0;
         while i + 8 <= n {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc);
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+                acc,
+            );
             i += 8;
         }
         if i == n {
@@ -218,7 +230,10 @@ mod avx2 {
         let mut i = 0;
         while i + 8 <= n {
             let s = silu8(_mm256_loadu_ps(g.as_ptr().add(i)));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr().add(i))));
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(i),
+                _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr().add(i))),
+            );
             i += 8;
         }
         i
@@ -236,7 +251,14 @@ mod avx2 {
 
     /// [`super::attend`] for `head_dim % 8 == 0`, `head_dim <= 256`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attend(q: &[f32], kv: &KvView<'_>, n_keys: usize, scale: f32, s: &mut [f32], out: &mut [f32]) {
+    pub unsafe fn attend(
+        q: &[f32],
+        kv: &KvView<'_>,
+        n_keys: usize,
+        scale: f32,
+        s: &mut [f32],
+        out: &mut [f32],
+    ) {
         let hd = kv.head_dim;
         let nv = hd / 8;
         let bf = kv.bf16;
@@ -244,7 +266,28 @@ mod avx2 {
         for c in 0..nv {
             qv[c] = _mm256_loadu_ps(q.as_ptr().add(c * 8));
         }
-        for j in 0..n_keys {
+        // Scores, four keys at a time (independent chains; each key's arithmetic is the
+        // same as alone).
+        let mut j = 0;
+        while j + 4 <= n_keys {
+            let mut ptrs = [(std::ptr::null::<u8>(), 0usize); 4];
+            for (i, slot) in ptrs.iter_mut().enumerate() {
+                let (p, off) = kv.offset(j + i);
+                *slot = (kv.pages[p].0, off);
+            }
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for c in 0..nv {
+                for i in 0..4 {
+                    acc[i] =
+                        _mm256_fmadd_ps(qv[c], load8(ptrs[i].0, ptrs[i].1 + c * 8, bf), acc[i]);
+                }
+            }
+            for i in 0..4 {
+                s[j + i] = hsum_tree(acc[i]) * scale;
+            }
+            j += 4;
+        }
+        while j < n_keys {
             let (p, off) = kv.offset(j);
             let base = kv.pages[p].0;
             let mut acc = _mm256_setzero_ps();
@@ -252,6 +295,7 @@ mod avx2 {
                 acc = _mm256_fmadd_ps(qv[c], load8(base, off + c * 8, bf), acc);
             }
             s[j] = hsum_tree(acc) * scale;
+            j += 1;
         }
         let mut m = f32::NEG_INFINITY;
         for &x in s.iter() {

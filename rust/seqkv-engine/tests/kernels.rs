@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)]
 //! Kernel properties: a row's result does not depend on the other rows, on the
 //! task split, or on the instruction set.
 

@@ -18,7 +18,8 @@ fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 }
 
 fn tiny(dtype: WeightDtype, kv: KvDtype, page_tokens: usize) -> Model {
-    let (v, h, i, layers, nh, nkv, hd) = (97usize, 48usize, 80usize, 2usize, 4usize, 2usize, 16usize);
+    let (v, h, i, layers, nh, nkv, hd) =
+        (97usize, 48usize, 80usize, 2usize, 4usize, 2usize, 16usize);
     let cfg = Config {
         vocab_size: v,
         hidden_size: h,
@@ -28,7 +29,9 @@ fn tiny(dtype: WeightDtype, kv: KvDtype, page_tokens: usize) -> Model {
         num_kv_heads: nkv,
         head_dim: hd,
         rms_norm_eps: 1e-5,
-        rope_inv_freq: (0..hd / 2).map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / hd as f32)).collect(),
+        rope_inv_freq: (0..hd / 2)
+            .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / hd as f32))
+            .collect(),
         rope_attention_scaling: 1.0,
         attention_scale: 1.0 / (hd as f32).sqrt(),
     };
@@ -36,7 +39,13 @@ fn tiny(dtype: WeightDtype, kv: KvDtype, page_tokens: usize) -> Model {
     let mut seed = 1u64;
     let mut add = |name: String, n: usize, scale: f32, offset: f32| {
         seed += 1;
-        t.insert(name, values(seed, n, scale).into_iter().map(|x| x + offset).collect());
+        t.insert(
+            name,
+            values(seed, n, scale)
+                .into_iter()
+                .map(|x| x + offset)
+                .collect(),
+        );
     };
     add("embed".into(), v * h, 1.0, 0.0);
     add("norm".into(), h, 0.1, 1.0);
@@ -60,7 +69,10 @@ fn kv_bits(m: &Model, s: &Sequence) -> Vec<u32> {
     (0..m.config().num_layers)
         .flat_map(|l| {
             let (k, v) = s.export_layer(m.kv_layout(), l);
-            k.into_iter().chain(v).map(|x| x.to_bits()).collect::<Vec<_>>()
+            k.into_iter()
+                .chain(v)
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -76,11 +88,17 @@ fn run_chunks(m: &Model, isa: Isa, tokens: &[u32], chunks: &[usize]) -> (Vec<f32
     let mut at = 0;
     for &c in chunks {
         let end = (at + c).min(tokens.len());
-        out.extend(m.forward(isa, &mut [&mut s], &[&tokens[at..end]], Logits::All).unwrap());
+        out.extend(
+            m.forward(isa, &mut [&mut s], &[&tokens[at..end]], Logits::All)
+                .unwrap(),
+        );
         at = end;
     }
     if at < tokens.len() {
-        out.extend(m.forward(isa, &mut [&mut s], &[&tokens[at..]], Logits::All).unwrap());
+        out.extend(
+            m.forward(isa, &mut [&mut s], &[&tokens[at..]], Logits::All)
+                .unwrap(),
+        );
     }
     (out, s)
 }
@@ -145,10 +163,15 @@ fn last_and_none_select_rows() {
     let toks: Vec<u32> = (0..30).map(|i| (i * 7 % 97) as u32).collect();
     let (all, _) = run_chunks(&m, isa, &toks, &[30]);
     let mut s = m.new_sequence();
-    let last = m.forward(isa, &mut [&mut s], &[&toks], Logits::Last).unwrap();
+    let last = m
+        .forward(isa, &mut [&mut s], &[&toks], Logits::Last)
+        .unwrap();
     assert_eq!(bits(&last), bits(&all[29 * 97..]));
     let mut s2 = m.new_sequence();
-    assert!(m.forward(isa, &mut [&mut s2], &[&toks], Logits::None).unwrap().is_empty());
+    assert!(m
+        .forward(isa, &mut [&mut s2], &[&toks], Logits::None)
+        .unwrap()
+        .is_empty());
     assert_eq!(s2.len(), 30);
 }
 
@@ -170,7 +193,11 @@ fn rejects_bad_input() {
     let m = tiny(WeightDtype::F32, KvDtype::F32, 8);
     let other = tiny(WeightDtype::F32, KvDtype::F32, 8);
     let mut s = m.new_sequence();
-    assert!(m.forward(Isa::detect(), &mut [&mut s], &[&[97]], Logits::All).is_err());
+    assert!(m
+        .forward(Isa::detect(), &mut [&mut s], &[&[97]], Logits::All)
+        .is_err());
     let mut s2 = other.new_sequence();
-    assert!(m.forward(Isa::detect(), &mut [&mut s2], &[&[1]], Logits::All).is_err());
+    assert!(m
+        .forward(Isa::detect(), &mut [&mut s2], &[&[1]], Logits::All)
+        .is_err());
 }

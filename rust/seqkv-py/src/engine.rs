@@ -2,12 +2,20 @@
 //! The Python layer (`seqkv.engine`) wraps these with a friendlier API.
 
 use crate::errors::invalid;
-use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use seqkv_engine::{Config, EngineError, Isa, KvDtype, KvLayout, Logits, Model, Sequence, WeightDtype};
+use seqkv_engine::{
+    Config, EngineError, Isa, KvDtype, KvLayout, Logits, Model, Sequence, WeightDtype,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// A pair of float32 arrays returned to Python.
+type ArrayPair<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f32>>);
 
 fn map_err(e: EngineError) -> PyErr {
     match e {
@@ -31,7 +39,9 @@ pub struct PySequence {
 
 fn cfg_get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
     match d.get_item(key)? {
-        Some(v) => v.extract::<T>().map_err(|e| invalid(format!("config[{key:?}]: {}", Into::<PyErr>::into(e)))),
+        Some(v) => v
+            .extract::<T>()
+            .map_err(|e| invalid(format!("config[{key:?}]: {}", Into::<PyErr>::into(e)))),
         None => Err(invalid(format!("config is missing {key:?}"))),
     }
 }
@@ -48,9 +58,13 @@ impl PyEngine {
         kv_dtype: &str,
         page_tokens: usize,
     ) -> PyResult<Self> {
-        let dtype = WeightDtype::parse(dtype).ok_or_else(|| invalid(format!("dtype must be 'bf16' or 'f32', not {dtype:?}")))?;
-        let kv_dtype =
-            KvDtype::parse(kv_dtype).ok_or_else(|| invalid(format!("kv_dtype must be 'bf16' or 'f32', not {kv_dtype:?}")))?;
+        let dtype = WeightDtype::parse(dtype)
+            .ok_or_else(|| invalid(format!("dtype must be 'bf16' or 'f32', not {dtype:?}")))?;
+        let kv_dtype = KvDtype::parse(kv_dtype).ok_or_else(|| {
+            invalid(format!(
+                "kv_dtype must be 'bf16' or 'f32', not {kv_dtype:?}"
+            ))
+        })?;
         let cfg = Config {
             vocab_size: cfg_get(config, "vocab_size")?,
             hidden_size: cfg_get(config, "hidden_size")?,
@@ -76,15 +90,20 @@ impl PyEngine {
             }
             arrays.push((name, arr));
         }
-        let map: HashMap<&str, &[f32]> =
-            arrays.iter().map(|(n, a)| (n.as_str(), a.as_slice().expect("contiguous"))).collect();
+        let map: HashMap<&str, &[f32]> = arrays
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.as_slice().expect("contiguous")))
+            .collect();
         let model = py
             .detach(|| {
                 let get = |name: &str| map.get(name).copied();
                 Model::new(cfg, &get, dtype, kv_dtype, page_tokens)
             })
             .map_err(map_err)?;
-        Ok(PyEngine { model: Arc::new(model), isa: Isa::detect() })
+        Ok(PyEngine {
+            model: Arc::new(model),
+            isa: Isa::detect(),
+        })
     }
 
     /// The same weights, computing with another instruction set ("scalar" or "avx2-fma").
@@ -92,13 +111,21 @@ impl PyEngine {
     fn with_isa(&self, name: &str) -> PyResult<PyEngine> {
         let isa = Isa::parse(name).ok_or_else(|| invalid(format!("unknown isa {name:?}")))?;
         if !isa.available() {
-            return Err(invalid(format!("isa {name:?} is not available on this machine")));
+            return Err(invalid(format!(
+                "isa {name:?} is not available on this machine"
+            )));
         }
-        Ok(PyEngine { model: self.model.clone(), isa })
+        Ok(PyEngine {
+            model: self.model.clone(),
+            isa,
+        })
     }
 
     fn new_sequence(&self) -> PySequence {
-        PySequence { seq: self.model.new_sequence(), layout: *self.model.kv_layout() }
+        PySequence {
+            seq: self.model.new_sequence(),
+            layout: *self.model.kv_layout(),
+        }
     }
 
     /// Appends `tokens[offsets[i]:offsets[i+1]]` to `seqs[i]` for every i in one batched
@@ -117,19 +144,30 @@ impl PyEngine {
             "all" => Logits::All,
             "last" => Logits::Last,
             "none" => Logits::None,
-            other => return Err(invalid(format!("logits must be 'all', 'last' or 'none', not {other:?}"))),
+            other => {
+                return Err(invalid(format!(
+                    "logits must be 'all', 'last' or 'none', not {other:?}"
+                )))
+            }
         };
         if lengths.len() != seqs.len() {
             return Err(invalid("one length per sequence is required"));
         }
-        let toks: Vec<u32> = tokens.as_slice().map_err(|e| invalid(e.to_string()))?.to_vec();
+        let toks: Vec<u32> = tokens
+            .as_slice()
+            .map_err(|e| invalid(e.to_string()))?
+            .to_vec();
         if lengths.iter().sum::<usize>() != toks.len() {
             return Err(invalid("lengths must sum to the number of tokens"));
         }
         let mut guards: Vec<PyRefMut<'py, PySequence>> = Vec::with_capacity(seqs.len());
         for item in seqs.iter() {
-            let s = item.cast::<PySequence>().map_err(|_| invalid("seqs must hold SequenceCore objects"))?;
-            let g = s.try_borrow_mut().map_err(|_| invalid("a sequence appears twice in one batch (or is in use)"))?;
+            let s = item
+                .cast::<PySequence>()
+                .map_err(|_| invalid("seqs must hold SequenceCore objects"))?;
+            let g = s
+                .try_borrow_mut()
+                .map_err(|_| invalid("a sequence appears twice in one batch (or is in use)"))?;
             guards.push(g);
         }
         let mut pieces: Vec<&[u32]> = Vec::with_capacity(lengths.len());
@@ -141,10 +179,32 @@ impl PyEngine {
         let mut refs: Vec<&mut Sequence> = guards.iter_mut().map(|g| &mut g.seq).collect();
         let model = self.model.clone();
         let isa = self.isa;
-        let out = py.detach(|| model.forward(isa, &mut refs, &pieces, sel)).map_err(map_err)?;
+        let out = py
+            .detach(|| model.forward(isa, &mut refs, &pieces, sel))
+            .map_err(map_err)?;
         let vocab = model.config().vocab_size;
         let rows = out.len() / vocab;
         PyArray1::from_vec(py, out).reshape(vec![rows, vocab])
+    }
+
+    /// RoPE (cos, sin) tables of the given positions, float32 `[n, head_dim / 2]` each:
+    /// exactly the values the forward pass uses (for GPU ports of the engine).
+    fn rope_table<'py>(&self, py: Python<'py>, positions: Vec<usize>) -> PyResult<ArrayPair<'py>> {
+        let half = self.model.config().head_dim / 2;
+        let n = positions.len();
+        let mut cos = vec![0f32; n * half];
+        let mut sin = vec![0f32; n * half];
+        for (r, &p) in positions.iter().enumerate() {
+            self.model.rope_row(
+                p,
+                &mut cos[r * half..(r + 1) * half],
+                &mut sin[r * half..(r + 1) * half],
+            );
+        }
+        Ok((
+            PyArray1::from_vec(py, cos).reshape(vec![n, half])?,
+            PyArray1::from_vec(py, sin).reshape(vec![n, half])?,
+        ))
     }
 
     #[getter]
@@ -198,7 +258,10 @@ impl PySequence {
     #[pyo3(signature = (n = None))]
     fn fork(&self, n: Option<usize>) -> PySequence {
         let n = n.unwrap_or(self.seq.len());
-        PySequence { seq: self.seq.fork(n, &self.layout), layout: self.layout }
+        PySequence {
+            seq: self.seq.fork(n, &self.layout),
+            layout: self.layout,
+        }
     }
 
     /// Forgets positions `n..`.
@@ -207,29 +270,34 @@ impl PySequence {
     }
 
     /// One layer's (keys, values) as float32 `[kv_heads, len, head_dim]` (keys after RoPE).
-    fn export_layer<'py>(
-        &self,
-        py: Python<'py>,
-        layer: usize,
-    ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f32>>)> {
+    fn export_layer<'py>(&self, py: Python<'py>, layer: usize) -> PyResult<ArrayPair<'py>> {
         if layer >= self.layout.layers {
-            return Err(invalid(format!("layer {layer} out of range ({} layers)", self.layout.layers)));
+            return Err(invalid(format!(
+                "layer {layer} out of range ({} layers)",
+                self.layout.layers
+            )));
         }
         let (k, v) = py.detach(|| self.seq.export_layer(&self.layout, layer));
         let shape = vec![self.layout.kv_heads, self.seq.len(), self.layout.head_dim];
-        Ok((PyArray1::from_vec(py, k).reshape(shape.clone())?, PyArray1::from_vec(py, v).reshape(shape)?))
+        Ok((
+            PyArray1::from_vec(py, k).reshape(shape.clone())?,
+            PyArray1::from_vec(py, v).reshape(shape)?,
+        ))
     }
 
     /// Number of KV pages, and how many of them are shared with other sequences.
     fn page_stats(&self) -> (usize, usize) {
         let pages = self.seq.pages();
-        (pages.len(), pages.iter().filter(|p| Arc::strong_count(p) > 1).count())
+        (
+            pages.len(),
+            pages.iter().filter(|p| Arc::strong_count(p) > 1).count(),
+        )
     }
 }
 
 /// Streaming read bandwidth of this machine in bytes/s (all threads of the pool).
 #[pyfunction]
-#[pyo3(signature = (nbytes = 1 << 29, repeats = 5))]
+#[pyo3(signature = (nbytes = 536870912, repeats = 5))]
 fn engine_read_bandwidth(py: Python<'_>, nbytes: usize, repeats: usize) -> f64 {
     py.detach(|| seqkv_engine::probe::read_bandwidth(nbytes, repeats))
 }

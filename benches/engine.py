@@ -1,0 +1,485 @@
+"""Engine benchmark: seqkv.engine (batch-invariant, bf16 weights) vs transformers (fp32) on
+SmolLM2-135M, all measured in one run on this machine.
+
+* prefill: one forward pass over N tokens with logits for every position (both engines);
+* single steps, one stream (transformers with a DynamicCache; engine ``step``);
+* the memory bound of a step: this machine's streaming read bandwidth (best of a NumPy sum,
+  a NumPy copy and the engine's own threaded read) divided by the weight bytes one engine
+  step reads (bf16: ~270 MB);
+* batched decode of 1, 8 and 64 streams (tokens/s over all streams);
+* the ``lm`` codec with the engine as logits source: encode (one prefill in chunks) and
+  decode (single steps), tokens/s, plus bits/token;
+* invariance: one prefill vs random chunkings vs single steps vs inside batches vs the
+  scalar reference ISA — logits and per-layer KV hashes; ``invariant`` is true only if
+  every comparison was bit-identical;
+* agreement with transformers fp32: max |Δlogit| (engine f32 and bf16), argmax and greedy
+  continuation agreement.
+
+Timings are best-of-R wall clock (the machine may be shared; load averages are recorded).
+Writes ``benches/results/engine.json``. ``--quick`` runs a smaller version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import seqkv  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(ROOT / "python"))
+
+import torch  # noqa: E402
+
+from seqkv import _native  # noqa: E402
+from seqkv.engine import Engine, EngineLogitsSource, read_bandwidth  # noqa: E402
+
+LICENSES = ["Apache-2.0", "GPL-3", "MPL-2.0", "LGPL-3", "Artistic", "GFDL-1.3", "BSD", "GPL-2"]
+
+
+def machine() -> dict:
+    name = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": name,
+        "cores": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "engine_threads": _native.engine_threads(),
+        "engine_isa": _native.engine_isa(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def best(fn, repeats: int) -> float:
+    """Smallest wall time of `repeats` calls of fn()."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def text_tokens(tok, n: int, offset: int = 0) -> np.ndarray:
+    ids: list[int] = []
+    for name in LICENSES:
+        path = Path("/usr/share/common-licenses") / name
+        if path.exists():
+            ids.extend(tok(path.read_text(errors="replace"))["input_ids"])
+        if len(ids) >= n + offset:
+            break
+    return np.array(ids[offset : offset + n], dtype=np.int64)
+
+
+def numpy_read_bandwidth(nbytes: int = 1 << 28) -> float:
+    a = np.ones(nbytes // 4, dtype=np.float32)
+    b = np.empty_like(a)
+    t_sum = best(lambda: a.sum(), 10)
+    t_copy = best(lambda: np.copyto(b, a), 10)
+    return max(a.nbytes / t_sum, a.nbytes / t_copy)
+
+
+# ------------------------------------------------------------------------------------
+
+
+def hf_prefill(model, ids: np.ndarray):
+    with torch.inference_mode():
+        return model(torch.tensor(ids[None])).logits[0]
+
+
+def hf_steps(model, prompt: np.ndarray, steps: int) -> float:
+    """Seconds for `steps` single-token steps after a prefill of `prompt`."""
+    from transformers import DynamicCache
+
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        out = model(torch.tensor(prompt[None]), past_key_values=cache, use_cache=True)
+        nxt = int(out.logits[0, -1].argmax())
+        t = time.perf_counter()
+        for _ in range(steps):
+            out = model(torch.tensor([[nxt]]), past_key_values=out.past_key_values, use_cache=True)
+            nxt = int(out.logits[0, -1].argmax())
+        return time.perf_counter() - t
+
+
+def engine_steps(eng: Engine, prompt: np.ndarray, steps: int) -> float:
+    seq = eng.new_sequence()
+    nxt = int(eng.prefill(seq, prompt, logits="last")[0].argmax())
+    t = time.perf_counter()
+    for _ in range(steps):
+        nxt = int(eng.step([seq], [nxt])[0].argmax())
+    return time.perf_counter() - t
+
+
+def batched_decode(eng: Engine, prompts: list[np.ndarray], steps: int) -> tuple[float, list[np.ndarray], list[list[int]]]:
+    """Seconds for `steps` batched steps of all streams; also each stream's rows and tokens."""
+    seqs = [eng.new_sequence() for _ in prompts]
+    eng.forward(seqs, [p[:-1] for p in prompts], logits="none")
+    nxt = [int(p[-1]) for p in prompts]
+    rows: list[list[np.ndarray]] = [[] for _ in prompts]
+    fed: list[list[int]] = [[int(p[-1])] for p in prompts]
+    t = time.perf_counter()
+    for s in range(steps):
+        out = eng.step(seqs, nxt)
+        nxt = [int(r.argmax()) for r in out]
+        for i in range(len(prompts)):
+            rows[i].append(out[i].copy())
+            if s + 1 < steps:
+                fed[i].append(nxt[i])
+    dt = time.perf_counter() - t
+    return dt, [np.stack(r) for r in rows], fed
+
+
+def smollm2_shaped(seed: int = 0) -> tuple[dict, dict]:
+    """Random weights with SmolLM2-135M's shapes (for the GPU run: the model file does not travel)."""
+    rng = np.random.default_rng(seed)
+    V, H, I, L, nh, nkv, hd = 49152, 576, 1536, 30, 9, 3, 64
+    inv = (1.0 / (np.float32(100000.0) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))).astype(np.float32)
+    config = {"vocab_size": V, "hidden_size": H, "intermediate_size": I, "num_layers": L, "num_heads": nh,
+              "num_kv_heads": nkv, "head_dim": hd, "rms_norm_eps": 1e-5, "rope_inv_freq": inv.tolist(),
+              "rope_attention_scaling": 1.0, "attention_scale": hd**-0.5}
+
+    def w(*shape):
+        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.05)).astype(np.float32)
+
+    t = {"embed": w(V, H), "norm": (1 + w(H)).astype(np.float32)}
+    for i in range(L):
+        p = f"layers.{i}."
+        t[p + "input_norm"] = (1 + w(H)).astype(np.float32)
+        t[p + "post_norm"] = (1 + w(H)).astype(np.float32)
+        t[p + "q"], t[p + "k"], t[p + "v"], t[p + "o"] = w(nh * hd, H), w(nkv * hd, H), w(nkv * hd, H), w(H, nh * hd)
+        t[p + "gate"], t[p + "up"], t[p + "down"] = w(I, H), w(I, H), w(H, I)
+    return config, t
+
+
+def gpu_main(args) -> None:
+    """GPU port (cuda_kernels/engine.cu) on SmolLM2's shapes with random weights: bit-identity
+    with the CPU engine (prefill rows, batched steps, graph-replayed greedy decode, KV) and
+    batched-decode throughput over 1, 64 and 256 streams."""
+    import cupy as cp
+
+    from seqkv.engine import GpuEngine
+
+    res: dict = {"what": "GPU port of seqkv.engine, SmolLM2-135M shapes, random bf16 weights"}
+    t0 = time.perf_counter()
+    config, tensors = smollm2_shaped()
+    cpu = Engine.from_tensors(config, tensors, "bf16")
+    max_len = 160
+    g = GpuEngine(config, tensors, max_slots=256, max_len=max_len, max_rows=256)
+    res["setup_s"] = round(time.perf_counter() - t0, 1)
+    print("setup", res["setup_s"], "s", flush=True)
+    V = config["vocab_size"]
+    dev = cp.cuda.runtime.getDeviceProperties(0)
+    res["device"] = dev["name"].decode() if isinstance(dev["name"], bytes) else str(dev["name"])
+    rng = np.random.default_rng(1)
+    checks: dict[str, bool] = {}
+
+    # 1. prefill rows of 4 slots in one pass + 4 batched steps vs the CPU engine, slot by slot
+    prompts = [rng.integers(0, V, n) for n in (5, 17, 33, 64)]
+    steps = [rng.integers(0, V, 4) for _ in range(4)]
+    gl = [cp.asnumpy(g.forward([0, 1, 2, 3], prompts))]
+    for st in steps:
+        gl.append(cp.asnumpy(g.forward([0, 1, 2, 3], [[int(t)] for t in st])))
+    ok_logits, ok_kv = True, True
+    at = 0
+    for s in range(4):
+        seq = cpu.new_sequence()
+        ref = [cpu.prefill(seq, prompts[s])]
+        for st in steps:
+            ref.append(cpu.step([seq], [int(st[s])]))
+        got = [gl[0][at : at + len(prompts[s])]] + [x[s : s + 1] for x in gl[1:]]
+        at += len(prompts[s])
+        ok_logits &= np.concatenate(ref).tobytes() == np.concatenate(got).tobytes()
+        for layer, (k, v) in enumerate(seq.kv_arrays()):
+            gk, gv = g.kv_layer(s, layer)
+            ok_kv &= k.tobytes() == gk.tobytes() and v.tobytes() == gv.tobytes()
+    checks["prefill_and_steps_logits_vs_cpu"] = bool(ok_logits)
+    checks["kv_vs_cpu"] = bool(ok_kv)
+    print("checks", checks, flush=True)
+
+    # 2. 256 streams: prefill 32 tokens each, then graph-replayed greedy decode
+    S = 256
+    P = 32
+    slots = list(range(S))
+    sprompts = [rng.integers(0, V, P) for _ in slots]
+    for s in slots:
+        g.lens[s] = 0
+    cp.cuda.Device().synchronize()
+    t = time.perf_counter()
+    for a in range(0, S, 8):
+        g.forward(slots[a : a + 8], sprompts[a : a + 8])
+    cp.cuda.Device().synchronize()
+    res["gpu_prefill_tokens_per_s"] = S * P / (time.perf_counter() - t)
+    first = [int(p[-1]) for p in sprompts]
+    # the prompts' last tokens are fed by the first graph step: rewind one position
+    for s in slots:
+        g.lens[s] -= 1
+    cp.cuda.Device().synchronize()
+    replay = g.greedy_decode_graph(slots, first)
+    watch = [0, 77, 255]
+    fed = {s: [first[s]] for s in watch}
+    rows: dict[int, list[np.ndarray]] = {s: [] for s in watch}
+    for _ in range(3):
+        replay(1)
+        replay.stream.synchronize()
+        lg = g.buf["logits"]
+        nxt = cp.asnumpy(g.buf["tokens"][:S])
+        for s in watch:
+            rows[s].append(cp.asnumpy(lg[s]))
+            fed[s].append(int(nxt[s]))
+    ok = True
+    for s in watch:
+        hist = np.concatenate([sprompts[s][:-1], np.array(fed[s][:-1])])
+        ref_rows = cpu.prefill(cpu.new_sequence(), hist)[-3:]
+        ok &= ref_rows.tobytes() == np.stack(rows[s]).tobytes()
+    checks["graph_greedy_decode_256_streams_vs_cpu_prefill"] = bool(ok)
+
+    # 3. throughput: replays of one batched step for 256, 64 and 1 streams
+    tput = {}
+    for n_streams in (256, 64, 1):
+        sl = slots[:n_streams]
+        cp.cuda.Device().synchronize()
+        rep = replay if n_streams == S else g.greedy_decode_graph(sl, [int(x) for x in cp.asnumpy(g.buf["tokens"][:n_streams])])
+        reps = 20 if n_streams > 1 else 40
+        if max(g.lens[s] for s in sl) + reps + 3 > max_len:
+            reps = max_len - max(g.lens[s] for s in sl) - 4
+        rep(2)
+        rep.stream.synchronize()
+        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+        e0.record(rep.stream)
+        rep(reps)
+        e1.record(rep.stream)
+        e1.synchronize()
+        ms = cp.cuda.get_elapsed_time(e0, e1)
+        tput[str(n_streams)] = n_streams * reps / (ms / 1e3)
+        print("streams", n_streams, "tokens/s", tput[str(n_streams)], flush=True)
+    res["gpu_batched_decode_tokens_per_s"] = tput
+    res["checks"] = checks
+    res["bit_identical_to_cpu"] = all(checks.values())
+    res["target_256_streams_ge_50000_tokens_per_s"] = tput["256"] >= 50000
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
+    ap.add_argument("--gpu", action="store_true", help="only the GPU port (needs CuPy and a CUDA GPU)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.gpu:
+        args.out = args.out or str(ROOT / "benches" / "results" / "engine_gpu.json")
+        gpu_main(args)
+        return
+    args.out = args.out or str(ROOT / "benches" / "results" / "engine.json")
+    q = args.quick
+    N = 128 if q else 256  # prefill length
+    R = 2 if q else 5  # repeats (best of: the machine may be shared)
+    STEPS = 8 if q else 24  # single steps timed
+    BSTEPS = {1: 8, 8: 4, 64: 2} if q else {1: 16, 8: 8, 64: 4}
+    LM_N = 128 if q else 512
+    INV_N = 48 if q else 96
+    SCALAR_N = 3 if q else 6
+
+    from seqkv.models import load_smollm2
+
+    load_start = os.getloadavg()
+    t0 = time.perf_counter()
+    model, tok = load_smollm2()
+    torch.set_grad_enabled(False)
+    res: dict = {"quick": q, "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to fp32)"}
+    t = time.perf_counter()
+    eng = Engine.from_hf(model, "bf16")
+    res["engine_build_s"] = round(time.perf_counter() - t, 2)
+    eng32 = Engine.from_hf(model, "f32")
+    ids = text_tokens(tok, max(N, LM_N, INV_N) + 64)
+    prompt = ids[:N]
+
+    # --- prefill -------------------------------------------------------------------
+    # Repeats are interleaved (transformers, engine, ...) so that both see the same load.
+    hf_prefill(model, prompt[:16])
+    t_hf = t_en = t_en32 = t_en_kv = float("inf")
+    for _ in range(R):
+        t_hf = min(t_hf, best(lambda: hf_prefill(model, prompt), 1))
+        t_en = min(t_en, best(lambda: eng.prefill(eng.new_sequence(), prompt), 1))
+        t_en32 = min(t_en32, best(lambda: eng32.prefill(eng32.new_sequence(), prompt), 1))
+        t_en_kv = min(t_en_kv, best(lambda: eng.prefill(eng.new_sequence(), prompt, logits="none"), 1))
+    res["prefill_tokens"] = N
+    res["transformers_prefill_tokens_per_s"] = N / t_hf
+    res["prefill_tokens_per_s"] = N / t_en
+    res["prefill_f32_weights_tokens_per_s"] = N / t_en32
+    res["prefill_kv_only_tokens_per_s"] = N / t_en_kv
+
+    # --- single steps --------------------------------------------------------------
+    sp = ids[:32]
+    t_hfs = t_ens = t_ens32 = float("inf")
+    for _ in range(R):
+        t_hfs = min(t_hfs, hf_steps(model, sp, STEPS))
+        t_ens = min(t_ens, engine_steps(eng, sp, STEPS))
+        t_ens32 = min(t_ens32, engine_steps(eng32, sp, STEPS))
+    res["transformers_step_tokens_per_s"] = STEPS / t_hfs
+    # transformers on one thread: its two-thread OpenMP kernels stall whenever the other core
+    # is busy (a shared machine), so this is the steadier reference
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    t1p = min(best(lambda: hf_prefill(model, prompt), 1) for _ in range(max(1, R - 2)))
+    t1s = min(hf_steps(model, sp, STEPS) for _ in range(max(1, R - 2)))
+    torch.set_num_threads(threads)
+    res["transformers_1thread_prefill_tokens_per_s"] = N / t1p
+    res["transformers_1thread_step_tokens_per_s"] = STEPS / t1s
+    res["step_tokens_per_s"] = STEPS / t_ens
+    res["step_f32_weights_tokens_per_s"] = STEPS / t_ens32
+
+    # --- memory bound --------------------------------------------------------------
+    bw_np = bw_engine = 0.0
+    for _ in range(3):  # spread over time: the bound must not be taken in a busy moment
+        bw_np = max(bw_np, numpy_read_bandwidth())
+        bw_engine = max(bw_engine, read_bandwidth(1 << 28, 10))
+        engine_steps(eng, sp, 4)
+    bw = max(bw_np, bw_engine)
+    res["read_bandwidth_bytes_per_s"] = {"numpy": bw_np, "engine_threads": bw_engine, "used": bw}
+    res["step_weight_bytes"] = eng.step_weight_bytes
+    res["step_bound_tokens_per_s"] = bw / eng.step_weight_bytes
+    res["step_fraction_of_bound"] = res["step_tokens_per_s"] / res["step_bound_tokens_per_s"]
+
+    # --- batched decode ------------------------------------------------------------
+    invariant_checks: dict[str, bool] = {}
+    rng = np.random.default_rng(0)
+    batched = {}
+    batch_rows = {}
+    for S, steps in BSTEPS.items():
+        prompts = [ids[o : o + 8 + (i % 9)] for i, o in enumerate(rng.integers(0, len(ids) - 20, S))]
+        best_dt = float("inf")
+        for _ in range(2 if q else 3):
+            dt, rows, fed = batched_decode(eng, prompts, steps)
+            best_dt = min(best_dt, dt)
+        batched[str(S)] = S * steps / best_dt
+        batch_rows[S] = (prompts, rows, fed)
+    res["batched_decode_tokens_per_s"] = batched
+    res["batched_decode_speedup_64_vs_1"] = batched["64"] / batched["1"]
+    # each stream of the 8-stream batch == the same stream decoded alone by one prefill
+    prompts, rows, fed = batch_rows[8]
+    ok = True
+    for p, r, f in zip(prompts, rows, fed):
+        alone = eng.prefill(eng.new_sequence(), np.concatenate([p[:-1], np.array(f)]))[len(p) - 1 :]
+        ok &= alone.tobytes() == r.tobytes()
+    invariant_checks["batched_8_streams_vs_alone_prefill"] = bool(ok)
+
+    # --- invariance over schedules --------------------------------------------------
+    inv = ids[:INV_N]
+    ref_seq = eng.new_sequence()
+    ref = eng.prefill(ref_seq, inv)
+    ref_h = ref_seq.layer_hashes()
+    for name, sched in [("chunks_7_13_..", None), ("random_chunks", "rand"), ("single_steps", "steps")]:
+        seq = eng.new_sequence()
+        out = []
+        at = 0
+        while at < INV_N:
+            if sched == "steps":
+                c = 1
+            elif sched == "rand":
+                c = int(rng.integers(1, 24))
+            else:
+                c = 7 if (at // 7) % 2 == 0 else 13
+            out.append(eng.prefill(seq, inv[at : at + c]))
+            at += c
+        got = np.concatenate(out)
+        invariant_checks[f"schedule_{name}"] = bool(got.tobytes() == ref.tobytes() and seq.layer_hashes() == ref_h)
+    sc = eng.with_isa("scalar")
+    s_seq = sc.new_sequence()
+    s_rows = sc.prefill(s_seq, inv[:SCALAR_N])
+    a_seq = eng.new_sequence()
+    a_rows = eng.prefill(a_seq, inv[:SCALAR_N])
+    invariant_checks["scalar_isa_vs_" + eng.isa] = bool(
+        s_rows.tobytes() == a_rows.tobytes() and s_seq.layer_hashes() == a_seq.layer_hashes()
+    )
+
+    # --- lm codec with the engine --------------------------------------------------
+    from seqkv.codecs.lm import LMCodec
+
+    lm_ids = ids[:LM_N]
+    codec = LMCodec(model, source=EngineLogitsSource(eng), tokenizer=tok)
+    t_enc = float("inf")
+    for _ in range(1 if q else 2):
+        t = time.perf_counter()
+        data, stats = codec.encode_with_stats(lm_ids)
+        t_enc = min(t_enc, time.perf_counter() - t)
+    t = time.perf_counter()
+    back = codec.decode(data)
+    t_dec = time.perf_counter() - t
+    res["lm_tokens"] = int(LM_N)
+    res["lm_encode_tokens_per_s"] = LM_N / t_enc
+    res["lm_decode_tokens_per_s"] = LM_N / t_dec
+    res["lm_bits_per_token"] = 8 * len(data) / LM_N
+    res["lm_payload_bits_per_token"] = stats.payload_bits / LM_N
+    res["lm_cross_entropy_bits_per_token"] = (stats.cross_entropy_bits or 0.0) / LM_N
+    invariant_checks["lm_roundtrip_prefill_encode_step_decode"] = bool(np.array_equal(back, lm_ids))
+
+    # --- agreement with transformers fp32 -------------------------------------------
+    agree_ids = ids[:N]
+    ref_logits = hf_prefill(model, agree_ids).numpy()
+    l32 = eng32.prefill(eng32.new_sequence(), agree_ids)
+    l16 = eng.prefill(eng.new_sequence(), agree_ids)
+    G = 16 if q else 32
+    with torch.inference_mode():
+        hf_greedy = model.generate(torch.tensor(agree_ids[None][:, :64]), max_new_tokens=G, do_sample=False)[0, 64:].tolist()
+    greedy = {}
+    for name, e in (("f32", eng32), ("bf16", eng)):
+        s = e.new_sequence()
+        e.prefill(s, agree_ids[:64], logits="none")
+        g = e.generate(s, G)
+        greedy[name] = sum(a == b for a, b in zip(g, hf_greedy)) / G
+    res["agreement_vs_transformers_fp32"] = {
+        "tokens": int(N),
+        "max_abs_dlogit_f32_weights": float(np.abs(l32 - ref_logits).max()),
+        "max_abs_dlogit_bf16_weights": float(np.abs(l16 - ref_logits).max()),
+        "logit_scale_max_abs": float(np.abs(ref_logits).max()),
+        "argmax_agreement_f32_weights": float((l32.argmax(1) == ref_logits.argmax(1)).mean()),
+        "argmax_agreement_bf16_weights": float((l16.argmax(1) == ref_logits.argmax(1)).mean()),
+        "greedy_continuation_tokens": G,
+        "greedy_agreement_f32_weights": greedy["f32"],
+        "greedy_agreement_bf16_weights": greedy["bf16"],
+    }
+
+    res["invariance_checks"] = invariant_checks
+    res["invariant"] = all(invariant_checks.values())
+    res["targets"] = {
+        "prefill_ge_0.5x_transformers": res["prefill_tokens_per_s"] >= 0.5 * res["transformers_prefill_tokens_per_s"],
+        "step_ge_2x_transformers": res["step_tokens_per_s"] >= 2 * res["transformers_step_tokens_per_s"],
+        "step_ge_0.5x_memory_bound": res["step_fraction_of_bound"] >= 0.5,
+        "batched_64_ge_10x_one_stream": res["batched_decode_speedup_64_vs_1"] >= 10,
+        "lm_encode_ge_100_tokens_per_s": res["lm_encode_tokens_per_s"] >= 100,
+    }
+    res["machine"] = {**machine(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
+    res["engine"] = eng.numerics_profile()
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2, sort_keys=False) + "\n")
+    for k, v in res.items():
+        if k not in ("machine", "engine"):
+            print(f"{k}: {v}")
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
