@@ -3,6 +3,8 @@ SmolLM2-135M, all measured in one run on this machine.
 
 * prefill: one forward pass over N tokens with logits for every position (both engines);
 * single steps, one stream (transformers with a DynamicCache; engine ``step``);
+  transformers is measured with torch's default threads and with one thread (its OpenMP
+  kernels stall when another process holds a core); targets use the better of the two;
 * the memory bound of a step: this machine's streaming read bandwidth (best of a NumPy sum,
   a NumPy copy and the engine's own threaded read) divided by the weight bytes one engine
   step reads (bf16: ~270 MB);
@@ -463,9 +465,14 @@ def main() -> None:
 
     res["invariance_checks"] = invariant_checks
     res["invariant"] = all(invariant_checks.values())
+    # targets against transformers' better configuration (2 threads or 1) of this run
+    hf_pre = max(res["transformers_prefill_tokens_per_s"], res["transformers_1thread_prefill_tokens_per_s"])
+    hf_step = max(res["transformers_step_tokens_per_s"], res["transformers_1thread_step_tokens_per_s"])
+    res["prefill_vs_transformers_best"] = res["prefill_tokens_per_s"] / hf_pre
+    res["step_vs_transformers_best"] = res["step_tokens_per_s"] / hf_step
     res["targets"] = {
-        "prefill_ge_0.5x_transformers": res["prefill_tokens_per_s"] >= 0.5 * res["transformers_prefill_tokens_per_s"],
-        "step_ge_2x_transformers": res["step_tokens_per_s"] >= 2 * res["transformers_step_tokens_per_s"],
+        "prefill_ge_0.5x_transformers": res["prefill_tokens_per_s"] >= 0.5 * hf_pre,
+        "step_ge_2x_transformers": res["step_tokens_per_s"] >= 2 * hf_step,
         "step_ge_0.5x_memory_bound": res["step_fraction_of_bound"] >= 0.5,
         "batched_64_ge_10x_one_stream": res["batched_decode_speedup_64_vs_1"] >= 10,
         "lm_encode_ge_100_tokens_per_s": res["lm_encode_tokens_per_s"] >= 100,

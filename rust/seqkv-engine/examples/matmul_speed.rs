@@ -1,19 +1,35 @@
+//! Quick speed check of the matmul kernel on SmolLM2 shapes:
+//! `cargo run --release --example matmul_speed` (`RAYON_NUM_THREADS=1` for one core).
+//! Times are process CPU seconds divided by the thread count, so they show what the kernel
+//! does with its cores even when other jobs share the machine.
 #![allow(clippy::needless_range_loop)]
-//! Quick speed check of the matmul kernel on SmolLM2 shapes: `cargo run --release --example matmul_speed`.
+
 use seqkv_engine::{matmul, Isa, PackedMatrix, WeightDtype};
-#[repr(C)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-extern "C" {
-    fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
-}
-/// Process CPU seconds (robust to other processes sharing the machine).
+
+/// Process CPU seconds (robust to other processes sharing the machine) on Linux;
+/// wall-clock seconds elsewhere.
+#[cfg(target_os = "linux")]
 fn cpu_now() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
+    }
     let mut ts = Timespec { sec: 0, nsec: 0 };
-    unsafe { clock_gettime(2, &mut ts) };
+    unsafe { clock_gettime(2, &mut ts) }; // CLOCK_PROCESS_CPUTIME_ID
     ts.sec as f64 + ts.nsec as f64 * 1e-9
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cpu_now() -> f64 {
+    use std::sync::OnceLock;
+    static T0: OnceLock<std::time::Instant> = OnceLock::new();
+    T0.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
 }
 
 fn main() {
