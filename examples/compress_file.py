@@ -30,9 +30,9 @@ print(f"{'xz -9e (uint16 ids)':>22}: {xz_bits / len(tokens):6.2f} bits/token")
 
 codecs = [("raw", {}, tokens), ("plt", {}, tokens)]
 if not args.no_model:
-    codecs.append(("lm", {"model": model}, tokens[: args.tokens]))
+    codecs.append(("lm", {"model": model, "tokenizer": tokenizer}, tokens[: args.tokens]))
 for name, options, ids in codecs:
-    codec = seqkv.codecs.get(name, vocab_size=vocab, **options)
+    codec = seqkv.codecs.get(name, **(options or {"vocab_size": vocab}))
     data = codec.encode(ids)
     assert np.array_equal(codec.decode(data), ids), name
     print(f"{name:>22}: {8 * len(data) / len(ids):6.2f} bits/token over {len(ids)} tokens (round trip ok)")

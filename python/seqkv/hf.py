@@ -203,13 +203,19 @@ def kv_bits_per_token(model: Any, bits_per_component: float = 16.0) -> float:
 
 def greedy_continuation(model: Any, tokens: Any, cache: Any = None, max_new_tokens: int = 8) -> list[int]:
     """``model.generate(..., do_sample=False)`` from ``tokens`` (reusing a copy of ``cache`` if
-    given); returns only the new token ids."""
+    given); returns only the new token ids.
+
+    ``generate`` feeds the last prompt token again, so a cache holding all of ``tokens`` is cut
+    to ``tokens[:-1]`` first (feeding a position twice would change the continuation)."""
     torch, _ = require_torch()
     ids = torch.tensor([[int(t) for t in np.asarray(tokens).reshape(-1)]], dtype=torch.long,
                        device=next(iter(model.parameters())).device)
     kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "do_sample": False}
     if cache is not None:
-        kwargs["past_key_values"] = clone_cache(model, cache)
+        keep = min(cache_length(cache), ids.shape[1] - 1)
+        kwargs["past_key_values"] = cache_from_layers(
+            model, [(k[..., :keep, :].clone(), v[..., :keep, :].clone()) for k, v in cache_layers(cache)]
+        )
     pad = getattr(model.generation_config, "pad_token_id", None)
     if pad is None:
         kwargs["pad_token_id"] = getattr(model.config, "eos_token_id", None) or 0
