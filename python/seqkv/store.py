@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .codecs.base import TOKEN_DTYPE, as_tokens
+from .codecs.base import TOKEN_DTYPE, as_tokens, run_lengths
 from .errors import InvalidInputError, NumericsMismatchError, SessionNotFoundError, StoreError
 
 __all__ = ["SessionStore", "META_KEYS"]
@@ -64,16 +64,6 @@ _HIDDEN_PREFIX = "__seqkv_hidden__/"
 _STORE_BLOB = "store"
 _TRIE_BLOB = "trie"
 _POS_BITS = 32
-
-
-def _rle(schedule: tuple[int, ...]) -> list[list[int]]:
-    runs: list[list[int]] = []
-    for s in schedule:
-        if runs and runs[-1][0] == s:
-            runs[-1][1] += 1
-        else:
-            runs.append([int(s), 1])
-    return runs
 
 
 def _unrle(runs: list[list[int]]) -> tuple[int, ...]:
@@ -364,7 +354,7 @@ class SessionStore:
                     "prefix": int(prefix_len),
                     "parent": parent,
                     "codec": self.codec.name,
-                    "schedule": _rle(sched),
+                    "schedule": run_lengths(sched),
                     "hashes": [h.hex() for h in hashes],
                     "payload_bits": int(stats.payload_bits),
                     "container_bytes": len(data),

@@ -119,12 +119,17 @@ def split_blocks(n: int, block_tokens: int) -> Sequence[tuple[int, int]]:
     return [(s, min(s + block_tokens, n)) for s in range(0, n, block_tokens)]
 
 
-def describe_schedule(schedule: Sequence[int]) -> str:
-    """A compact text form of a compute schedule: ``"12, 1×49"`` (run-length)."""
+def run_lengths(schedule: Sequence[int]) -> list[list[int]]:
+    """A compute schedule run-length encoded: ``[[size, repeat], ...]``."""
     runs: list[list[int]] = []
     for s in schedule:
         if runs and runs[-1][0] == s:
             runs[-1][1] += 1
         else:
             runs.append([int(s), 1])
-    return ", ".join(f"{s}×{r}" if r > 1 else str(s) for s, r in runs) or "(none)"
+    return runs
+
+
+def describe_schedule(schedule: Sequence[int]) -> str:
+    """A compact text form of a compute schedule: ``"12, 1×49"`` (run-length)."""
+    return ", ".join(f"{s}×{r}" if r > 1 else str(s) for s, r in run_lengths(schedule)) or "(none)"
