@@ -189,11 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_s = []
         for sid, s in sessions.items():
             path = os.path.join(tmp, sid.replace("/", "_") + ".kv")
-            with open(path, "wb") as f:
-                f.write(hf.kv_to_bf16_bytes(s["cache"]))
+            with open(path, "wb") as fw:
+                fw.write(hf.kv_to_bf16_bytes(s["cache"]))
             t0 = time.perf_counter()
-            with open(path, "rb") as f:
-                hf.kv_from_bf16_bytes(model, f.read())
+            with open(path, "rb") as fr:
+                hf.kv_from_bf16_bytes(model, fr.read())
             load_s.append(time.perf_counter() - t0)
             s["bf16_bytes"] = os.path.getsize(path)
         for sid, s in sessions.items():
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.append(f"total {time.perf_counter() - t_start:.0f} s")
     print("\n".join(out))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+        with open(args.json, "w", encoding="utf-8") as fj:
             json.dump(
                 {
                     "codecs": codec_rows,
@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "exact_verified": int(sum(exact_ok)),
                     "sessions": n_sessions,
                 },
-                f,
+                fj,
                 indent=2,
             )
     return 0 if all(exact_ok) else 1

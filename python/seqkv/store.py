@@ -144,10 +144,7 @@ class SessionStore:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size(model)
         self._codec_options = dict(codec_options)
-        if isinstance(codec, str):
-            self.codec = codecs.get(codec, **self._codec_kwargs(codec))
-        else:
-            self.codec = codec
+        self.codec: Any = codecs.get(codec, **self._codec_kwargs(codec)) if isinstance(codec, str) else codec
         self._codecs: dict[str, Any] = {self.codec.name: self.codec}
         if trie is None:
             from .trie import Trie
