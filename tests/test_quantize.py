@@ -24,6 +24,7 @@ def test_exp2_tables_are_exact_and_identical():
     assert len(rust) == len(EXP2) == 1024
     assert rust == [int(v) for v in EXP2]
     assert rust[0] == 1 << 31
+    assert rust[1023] == 1074468888  # round(2**(30 + 1/1024)), a known answer
     assert all(exact_exp2_ok(r, n) for r, n in enumerate(rust))
 
 
