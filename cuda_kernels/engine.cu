@@ -77,58 +77,149 @@ extern "C" __global__ void eng_rmsnorm(const float* x, const int* rows_sel, cons
 }
 
 // ---- matmul: Y[M][N] (=, or +=) X[M][K] @ W[K][N] (bf16), one fmaf chain over k per output -----
-// Block tile BM x BN, K tile BK; each thread TM x TN outputs; blockDim = (BN/TN) * (BM/TM).
+// Block tile BM x BN, K tile BK (both operands staged in shared memory as f32, two buffers: the
+// next K tile is loaded into registers while the current one is multiplied). Each thread owns a
+// TM x TN register tile: rows in TM / RM chunks of RM = min(TM, 4) consecutive rows spaced BM / (TM / RM)
+// apart (likewise columns), so that a warp reads its operands from shared memory as broadcast
+// float4/float2 loads without bank conflicts. Every output is one fmaf chain over k = 0..K-1
+// whatever the tile shape (the chain only moves from register to register), so any
+// configuration gives the same bits. VEC: K % 4 == 0 and N % 8 == 0 (16-byte global loads).
+template <int N_> struct FVec;
+template <> struct FVec<1> { typedef float T; };
+template <> struct FVec<2> { typedef float2 T; };
+template <> struct FVec<4> { typedef float4 T; };
+
+template <int R>
+__device__ __forceinline__ void lds_vec(const float* p, float* d) {
+    typedef typename FVec<R>::T T;
+    T v = *reinterpret_cast<const T*>(p);
+    const float* f = reinterpret_cast<const float*>(&v);
+#pragma unroll
+    for (int i = 0; i < R; i++) d[i] = f[i];
+}
+
 template <int BM, int BN, int BK, int TM, int TN, int MODE>
-__global__ void eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restrict__ Y,
-                         int M, int N, int K) {
-    __shared__ float As[BK][BM + 4];
-    __shared__ float Bs[BK][BN];
-    const int tx = threadIdx.x % (BN / TN), ty = threadIdx.x / (BN / TN);
-    const int nthreads = (BN / TN) * (BM / TM);
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restrict__ Y, int M, int N, int K, int vec) {
+    constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
+    constexpr int RM = TM < 4 ? TM : 4, RN = TN < 4 ? TN : 4;   // rows / columns per chunk
+    constexpr int CM = TM / RM, CN = TN / RN;                    // chunks
+    constexpr int SM_ = BM / CM, SN = BN / CN;                   // chunk spacing
+    constexpr int SA = BM + 4;                                   // padded row of As
+    constexpr int AV = BM * BK / 4, BV = BK * BN / 8;            // 16-byte loads per tile
+    constexpr int AL = (AV + NT - 1) / NT, BL = (BV + NT - 1) / NT;
+    static_assert(BK % 4 == 0 && BN % 8 == 0 && BM % TM == 0 && BN % TN == 0, "tile shape");
+    __shared__ __align__(16) float As[2][BK][SA];
+    __shared__ __align__(16) float Bs[2][BK][BN];
+    const int tid = threadIdx.x;
+    const int tx = tid % TX, ty = tid / TX;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     float acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; i++)
 #pragma unroll
         for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
-    for (int k0 = 0; k0 < K; k0 += BK) {
-        for (int idx = threadIdx.x; idx < BM * BK; idx += nthreads) {
-            int m = idx / BK, kk = idx % BK;
-            int gm = m0 + m, gk = k0 + kk;
-            As[kk][m] = (gm < M && gk < K) ? X[(u64)gm * K + gk] : 0.0f;
-        }
-        for (int idx = threadIdx.x; idx < BK * BN; idx += nthreads) {
-            int kk = idx / BN, n = idx % BN;
-            int gn = n0 + n, gk = k0 + kk;
-            Bs[kk][n] = (gn < N && gk < K) ? bf16f(W[(u64)gk * N + gn]) : 0.0f;
-        }
-        __syncthreads();
-        const int kmax = min(BK, K - k0);
+    float ra[AL][4];
+    float rb[BL][8];
+    // global -> registers (tile at k0); out-of-range entries read as 0 (their products are
+    // either never stored or, past K, never multiplied)
+    auto load = [&](int k0) {
 #pragma unroll
-        for (int kk = 0; kk < BK; kk++) {
-            if (kk < kmax) {
-                float a[TM], b[TN];
+        for (int l = 0; l < AL; l++) {
+            const int idx = tid + l * NT;
+            const int m = idx / (BK / 4), k4 = (idx % (BK / 4)) * 4;
+            const int gm = m0 + m, gk = k0 + k4;
+            if (idx < AV) {
+                if (vec) {
+                    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    if (gm < M && gk < K) v = *reinterpret_cast<const float4*>(X + (u64)gm * K + gk);
+                    ra[l][0] = v.x; ra[l][1] = v.y; ra[l][2] = v.z; ra[l][3] = v.w;
+                } else {
 #pragma unroll
-                for (int i = 0; i < TM; i++) a[i] = As[kk][ty * TM + i];
-#pragma unroll
-                for (int j = 0; j < TN; j++) b[j] = Bs[kk][tx * TN + j];
-#pragma unroll
-                for (int i = 0; i < TM; i++)
-#pragma unroll
-                    for (int j = 0; j < TN; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+                    for (int c = 0; c < 4; c++) ra[l][c] = (gm < M && gk + c < K) ? X[(u64)gm * K + gk + c] : 0.0f;
+                }
             }
         }
+#pragma unroll
+        for (int l = 0; l < BL; l++) {
+            const int idx = tid + l * NT;
+            const int k = idx / (BN / 8), n8 = (idx % (BN / 8)) * 8;
+            const int gk = k0 + k, gn = n0 + n8;
+            if (idx < BV) {
+                if (vec) {
+                    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                    if (gk < K && gn < N) v = *reinterpret_cast<const uint4*>(W + (u64)gk * N + gn);
+                    const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                    for (int c = 0; c < 4; c++) {
+                        rb[l][2 * c] = __uint_as_float(w[c] << 16);
+                        rb[l][2 * c + 1] = __uint_as_float(w[c] & 0xffff0000u);
+                    }
+                } else {
+#pragma unroll
+                    for (int c = 0; c < 8; c++) rb[l][c] = (gk < K && gn + c < N) ? bf16f(W[(u64)gk * N + gn + c]) : 0.0f;
+                }
+            }
+        }
+    };
+    // registers -> shared buffer `buf`
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int l = 0; l < AL; l++) {
+            const int idx = tid + l * NT;
+            const int m = idx / (BK / 4), k4 = (idx % (BK / 4)) * 4;
+            if (idx < AV) {
+#pragma unroll
+                for (int c = 0; c < 4; c++) As[buf][k4 + c][m] = ra[l][c];
+            }
+        }
+#pragma unroll
+        for (int l = 0; l < BL; l++) {
+            const int idx = tid + l * NT;
+            const int k = idx / (BN / 8), n8 = (idx % (BN / 8)) * 8;
+            if (idx < BV) {
+                *reinterpret_cast<float4*>(&Bs[buf][k][n8]) = make_float4(rb[l][0], rb[l][1], rb[l][2], rb[l][3]);
+                *reinterpret_cast<float4*>(&Bs[buf][k][n8 + 4]) = make_float4(rb[l][4], rb[l][5], rb[l][6], rb[l][7]);
+            }
+        }
+    };
+    auto step = [&](int buf, int kk) {
+        float a[TM], b[TN];
+#pragma unroll
+        for (int c = 0; c < CM; c++) lds_vec<RM>(&As[buf][kk][c * SM_ + ty * RM], a + c * RM);
+#pragma unroll
+        for (int c = 0; c < CN; c++) lds_vec<RN>(&Bs[buf][kk][c * SN + tx * RN], b + c * RN);
+#pragma unroll
+        for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int j = 0; j < TN; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    };
+    const int ntiles = (K + BK - 1) / BK;
+    load(0);
+    store(0);
+    __syncthreads();
+    for (int t = 0; t < ntiles; t++) {
+        const int buf = t & 1;
+        if (t + 1 < ntiles) load((t + 1) * BK);
+        if ((t + 1) * BK <= K) {
+#pragma unroll
+            for (int kk = 0; kk < BK; kk++) step(buf, kk);
+        } else {
+            const int kmax = K - t * BK;
+            for (int kk = 0; kk < kmax; kk++) step(buf, kk);
+        }
+        if (t + 1 < ntiles) store(buf ^ 1);
         __syncthreads();
     }
 #pragma unroll
     for (int i = 0; i < TM; i++) {
-        int gm = m0 + ty * TM + i;
+        const int gm = m0 + (i / RM) * SM_ + ty * RM + (i % RM);
         if (gm >= M) continue;
 #pragma unroll
         for (int j = 0; j < TN; j++) {
-            int gn = n0 + tx * TN + j;
+            const int gn = n0 + (j / RN) * SN + tx * RN + (j % RN);
             if (gn >= N) continue;
-            u64 o = (u64)gm * N + gn;
+            const u64 o = (u64)gm * N + gn;
             if (MODE == 0) Y[o] = acc[i][j];
             else Y[o] = __fadd_rn(Y[o], acc[i][j]);
         }
@@ -164,82 +255,112 @@ extern "C" __global__ void eng_rope_kv(float* qkv, const float* cosv, const floa
     }
 }
 
-// ---- attention: one block per (row, head); keys 0..pos of the row's slot -----------------------
-// dynamic shared memory: (max_len + ntiles_max * (hd + 1)) floats.
+// ---- attention: one block per (row, KV head); its G = nh / nkv query heads share every K/V load --
+// Same arithmetic as before per (row, head): s_j = tree8(lane-structured dot) * scale (lane l of
+// an 8-lane group sums d = l, l+8, ... with one fmaf chain; xor shuffles 4, 2, 1 are exactly
+// tree8's order), m = max s_j, e_j = exp(s_j - m), per key tile of KEY_TILE keys from position 0
+// o_t[d] (fmaf chain over the tile's keys) and l_t (sum), tiles combined in order, o / l.
+// Dynamic shared memory: G * (hd + max_len + ntiles_max * (hd + 1)) floats.
 #define KEY_TILE 32
-extern "C" __global__ void eng_attention(const float* qkv, const float* kv, const int* row_slot, const int* row_pos,
-                                         float* out, int layer, int layers, int max_len, int nh, int nkv, int hd,
-                                         float scale) {
+template <int G>
+__global__ void __launch_bounds__(128)
+eng_attention(const float* qkv, const float* kv, const int* row_slot, const int* row_pos, float* out, int layer,
+              int layers, int max_len, int nh, int nkv, int hd, float scale) {
     extern __shared__ float sm[];
-    __shared__ float red[32];
-    __shared__ float lsum;
-    int r = blockIdx.x / nh, head = blockIdx.x % nh;
-    int g = head / (nh / nkv);
-    int n = row_pos[r] + 1;
-    int ntiles = (n + KEY_TILE - 1) / KEY_TILE;
-    float* s = sm;                 // [max_len]
-    float* ot = sm + max_len;      // [ntiles][hd]
-    float* lt = ot + (u64)ntiles * hd;  // [ntiles]
-    int width = (nh + 2 * nkv) * hd;
-    const float* q = qkv + (u64)r * width + head * hd;
-    u64 rowlen = (u64)nkv * hd;
-    const float* K = kv + (((u64)row_slot[r] * layers + layer) * 2) * max_len * rowlen + g * hd;
+    __shared__ float red[4][G];
+    const int r = blockIdx.x / nkv, g = blockIdx.x % nkv;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int n = row_pos[r] + 1;
+    const int ntiles = (n + KEY_TILE - 1) / KEY_TILE;
+    float* qs = sm;                          // [G][hd]
+    float* s = qs + G * hd;                  // [G][max_len]
+    float* ot = s + (u64)G * max_len;        // [G][ntiles][hd]
+    float* lt = ot + (u64)G * ntiles * hd;   // [G][ntiles]
+    const int width = (nh + 2 * nkv) * hd;
+    const float* q = qkv + (u64)r * width + (u64)g * G * hd;  // the group's G heads, contiguous
+    const u64 rowlen = (u64)nkv * hd;
+    const float* K = kv + (((u64)row_slot[r] * layers + layer) * 2) * max_len * rowlen + (u64)g * hd;
     const float* V = K + (u64)max_len * rowlen;
-    // 1. scores: lane-structured dot (lane l: d = l, l+8, ...), tree, times scale
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const float* k = K + (u64)j * rowlen;
-        float a[8];
+    for (int i = tid; i < G * hd; i += blockDim.x) qs[i] = q[i];
+    __syncthreads();
+    // 1. scores: a warp takes 4 keys at a time, 8 lanes per key
+    const int l8 = lane & 7;
+    for (int jb = warp * 4; jb < n; jb += 16) {
+        const int j = jb + (lane >> 3);
+        const bool ok = j < n;
+        const float* k = K + (u64)(ok ? j : 0) * rowlen;
+        float a[G];
 #pragma unroll
-        for (int l = 0; l < 8; l++) a[l] = 0.0f;
-        for (int c = 0; c < hd; c += 8) {
+        for (int h = 0; h < G; h++) a[h] = 0.0f;
+        for (int c = l8; c < hd; c += 8) {
+            const float kc = k[c];
 #pragma unroll
-            for (int l = 0; l < 8; l++) a[l] = fmaf(q[c + l], k[c + l], a[l]);
+            for (int h = 0; h < G; h++) a[h] = fmaf(qs[h * hd + c], kc, a[h]);
         }
-        s[j] = __fmul_rn(tree8(a), scale);
+#pragma unroll
+        for (int h = 0; h < G; h++) {
+            float v = a[h];
+            v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 4));
+            v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 2));
+            v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 1));
+            if (ok && l8 == 0) s[h * max_len + j] = __fmul_rn(v, scale);
+        }
     }
     __syncthreads();
-    // 2. max (exact in any order)
-    float m = NEG_INF;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, s[j]);
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float mm = NEG_INF;
-        for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) mm = fmaxf(mm, red[w]);
-        red[0] = mm;
+    // 2. max per head (exact in any order)
+    {
+        float m[G];
+#pragma unroll
+        for (int h = 0; h < G; h++) m[h] = NEG_INF;
+        for (int j = tid; j < n; j += blockDim.x)
+#pragma unroll
+            for (int h = 0; h < G; h++) m[h] = fmaxf(m[h], s[h * max_len + j]);
+#pragma unroll
+        for (int h = 0; h < G; h++) {
+            for (int o = 16; o > 0; o >>= 1) m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], o));
+            if (lane == 0) red[warp][h] = m[h];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int h = 0; h < G; h++) m[h] = fmaxf(fmaxf(red[0][h], red[1][h]), fmaxf(red[2][h], red[3][h]));
+        // 3. e_j
+        for (int j = tid; j < n; j += blockDim.x)
+#pragma unroll
+            for (int h = 0; h < G; h++) s[h * max_len + j] = eng_exp(__fsub_rn(s[h * max_len + j], m[h]));
     }
     __syncthreads();
-    m = red[0];
-    // 3. e_j
-    for (int j = threadIdx.x; j < n; j += blockDim.x) s[j] = eng_exp(__fsub_rn(s[j], m));
-    __syncthreads();
-    // 4. per tile: o_t[d] (fmaf chain over the tile's keys), l_t (sum)
-    for (int idx = threadIdx.x; idx < ntiles * hd; idx += blockDim.x) {
-        int t = idx / hd, d = idx % hd;
-        int j0 = t * KEY_TILE, j1 = min(j0 + KEY_TILE, n);
+    // 4. per tile: o_t[d] (fmaf chain over the tile's keys, one V load for the G heads), l_t
+    for (int idx = tid; idx < ntiles * hd; idx += blockDim.x) {
+        const int t = idx / hd, d = idx % hd;
+        const int j0 = t * KEY_TILE, j1 = min(j0 + KEY_TILE, n);
+        float acc[G];
+#pragma unroll
+        for (int h = 0; h < G; h++) acc[h] = 0.0f;
+        for (int j = j0; j < j1; j++) {
+            const float vj = V[(u64)j * rowlen + d];
+#pragma unroll
+            for (int h = 0; h < G; h++) acc[h] = fmaf(s[h * max_len + j], vj, acc[h]);
+        }
+#pragma unroll
+        for (int h = 0; h < G; h++) ot[((u64)h * ntiles + t) * hd + d] = acc[h];
+    }
+    for (int idx = tid; idx < G * ntiles; idx += blockDim.x) {
+        const int h = idx / ntiles, t = idx % ntiles;
+        const int j0 = t * KEY_TILE, j1 = min(j0 + KEY_TILE, n);
         float acc = 0.0f;
-        for (int j = j0; j < j1; j++) acc = fmaf(s[j], V[(u64)j * rowlen + d], acc);
-        ot[idx] = acc;
-    }
-    for (int t = threadIdx.x; t < ntiles; t += blockDim.x) {
-        int j0 = t * KEY_TILE, j1 = min(j0 + KEY_TILE, n);
-        float acc = 0.0f;
-        for (int j = j0; j < j1; j++) acc = __fadd_rn(acc, s[j]);
-        lt[t] = acc;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float l = 0.0f;
-        for (int t = 0; t < ntiles; t++) l = __fadd_rn(l, lt[t]);
-        lsum = l;
+        for (int j = j0; j < j1; j++) acc = __fadd_rn(acc, s[h * max_len + j]);
+        lt[idx] = acc;
     }
     __syncthreads();
     // 5. combine tiles in order, divide
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float o = 0.0f;
-        for (int t = 0; t < ntiles; t++) o = __fadd_rn(o, ot[t * hd + d]);
-        out[(u64)r * nh * hd + head * hd + d] = __fdiv_rn(o, lsum);
+    for (int idx = tid; idx < G * hd; idx += blockDim.x) {
+        const int h = idx / hd, d = idx % hd;
+        float o = 0.0f, l = 0.0f;
+        for (int t = 0; t < ntiles; t++) {
+            o = __fadd_rn(o, ot[((u64)h * ntiles + t) * hd + d]);
+            l = __fadd_rn(l, lt[h * ntiles + t]);
+        }
+        out[(u64)r * nh * hd + (u64)(g * G + h) * hd + d] = __fdiv_rn(o, l);
     }
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from . import errors as _errors
 from .errors import (
     CapacityError,
     CorruptStreamError,
@@ -43,19 +44,7 @@ _LAZY = {
     "residual": "seqkv.residual",
 }
 
-__all__ = [
-    "SeqkvError",
-    "InvalidInputError",
-    "CorruptStreamError",
-    "FormatVersionError",
-    "ModelMismatchError",
-    "NumericsMismatchError",
-    "CapacityError",
-    "SessionNotFoundError",
-    "StoreError",
-    "MissingExtraError",
-    *_LAZY,
-]
+__all__ = [*_errors.__all__, *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -612,10 +612,14 @@ class GpuEngine:
     Weights must have no biases. CuPy is the ``seqkv[cuda]`` extra.
     """
 
-    _GEMMS = {
-        "big": (64, 64, 16, 4, 4),
-        "small": (32, 64, 32, 2, 4),
-    }
+    #: register-blocked GEMM shapes ``(BM, BN, BK, TM, TN)`` (block tile, K tile, thread tile)
+    #: compiled for every engine; all of them give the same bits (one fmaf chain per output).
+    GEMM_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
+        (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 64, 16, 8, 8), (64, 128, 16, 8, 8),
+        (64, 64, 16, 8, 8), (64, 64, 16, 8, 4), (64, 64, 16, 4, 4), (64, 32, 16, 4, 4),
+        (32, 64, 16, 4, 4), (32, 64, 16, 2, 4), (32, 32, 16, 2, 4), (32, 32, 16, 2, 2),
+        (16, 64, 16, 2, 4),
+    )
 
     def __init__(self, config: dict[str, Any], tensors: dict[str, Any], *, max_slots: int = 256,
                  max_len: int = 512, max_rows: int | None = None):
@@ -633,6 +637,9 @@ class GpuEngine:
             raise InvalidInputError("GpuEngine: biases are not supported")
         self.V, self.H, self.I = int(c["vocab_size"]), int(c["hidden_size"]), int(c["intermediate_size"])
         self.L, self.nh, self.nkv, self.hd = int(c["num_layers"]), int(c["num_heads"]), int(c["num_kv_heads"]), int(c["head_dim"])
+        if self.nh % self.nkv or self.hd % 8:
+            raise InvalidInputError("GpuEngine: needs num_heads % num_kv_heads == 0 and head_dim % 8 == 0")
+        self.G = self.nh // self.nkv
         self.eps = np.float32(c["rms_norm_eps"])
         self.scale = np.float32(c["attention_scale"])
         self.max_slots, self.max_len = int(max_slots), int(max_len)
@@ -645,12 +652,14 @@ class GpuEngine:
         self.layers = [{k: cp.asarray(host[f"layers.{i}.{k}"]) for k in keys} for i in range(self.L)]
         self.cos, self.sin = cp.asarray(host["cos"]), cp.asarray(host["sin"])
         self.kv = cp.zeros((self.max_slots, self.L, 2, self.max_len, self.nkv, self.hd), dtype=cp.float32)
-        names = [f"eng_gemm<{a},{b},{k},{m},{n},{mode}>" for (a, b, k, m, n) in self._GEMMS.values() for mode in (0, 1)]
+        gemm_names = [self._gemm_name(shape, mode) for shape in self.GEMM_SHAPES for mode in (0, 1)]
+        att_name = f"eng_attention<{self.G}>"
         src = (kernel_dir() / "engine.cu").read_text()
-        self.mod = cp.RawModule(code=src, options=("-std=c++17",), name_expressions=names)
+        self.mod = cp.RawModule(code=src, options=("-std=c++17",), name_expressions=gemm_names + [att_name])
         self.fn = {n: self.mod.get_function(n) for n in
-                   ("eng_embed", "eng_rmsnorm", "eng_rope_kv", "eng_attention", "eng_silu_mul", "eng_argmax", "eng_advance")}
-        self.gemm_fn = {name: self.mod.get_function(name) for name in names}
+                   ("eng_embed", "eng_rmsnorm", "eng_rope_kv", "eng_silu_mul", "eng_argmax", "eng_advance")}
+        self.fn["eng_attention"] = self.mod.get_function(att_name)
+        self.gemm_fn = {name: self.mod.get_function(name) for name in gemm_names}
         R, W = self.max_rows, (self.nh + 2 * self.nkv) * self.hd
         f32 = cp.float32
         self.buf = {
@@ -661,16 +670,72 @@ class GpuEngine:
         }
         self.lens = [0] * self.max_slots
         ntiles = (self.max_len + 31) // 32
-        self.att_smem = 4 * (self.max_len + ntiles * self.hd + ntiles)
+        self.att_smem = 4 * self.G * (self.hd + self.max_len + ntiles * (self.hd + 1))
+        if self.att_smem > 48 * 1024:
+            from .gpu import _allow_smem
+
+            _allow_smem(self.fn["eng_attention"], self.att_smem)
+        #: GEMM shape per matmul (``"qkv"``, ``"o"``, ``"gu"``, ``"down"``, ``"lm_head"``); see
+        #: :meth:`tune_gemms`
+        self.gemm_shapes = dict(self.DEFAULT_GEMM_SHAPES)
+
+    #: default shape per matmul (measured on an H100 with SmolLM2's sizes at 256 rows,
+    #: benches/results/engine_gpu.json)
+    DEFAULT_GEMM_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
+        "qkv": (32, 32, 16, 2, 4), "o": (32, 32, 16, 2, 4), "gu": (64, 64, 16, 8, 4),
+        "down": (32, 32, 16, 2, 4), "lm_head": (128, 128, 16, 8, 8),
+    }
+
+    @staticmethod
+    def _gemm_name(shape: tuple[int, int, int, int, int], mode: int) -> str:
+        return "eng_gemm<{},{},{},{},{},{}>".format(*shape, mode)
 
     # -- launches (all on the current stream, into preallocated buffers) ------------------------
 
-    def _gemm(self, x: Any, w: Any, y: Any, M: int, K: int, N: int, accumulate: bool) -> None:
-        kind = "big" if N >= 2048 else "small"
-        bm, bn, bk, tm, tn = self._GEMMS[kind]
-        f = self.gemm_fn[f"eng_gemm<{bm},{bn},{bk},{tm},{tn},{int(accumulate)}>"]
+    def _gemm(self, which: str, x: Any, w: Any, y: Any, M: int, K: int, N: int, accumulate: bool,
+              shape: tuple[int, int, int, int, int] | None = None) -> None:
+        bm, bn, bk, tm, tn = shape or self.gemm_shapes[which]
+        f = self.gemm_fn[self._gemm_name((bm, bn, bk, tm, tn), int(accumulate))]
+        vec = int(K % 4 == 0 and N % 8 == 0)
         grid = ((N + bn - 1) // bn, (M + bm - 1) // bm)
-        f(grid, ((bn // tn) * (bm // tm),), (x, w, y, np.int32(M), np.int32(N), np.int32(K)))
+        f(grid, ((bn // tn) * (bm // tm),), (x, w, y, np.int32(M), np.int32(N), np.int32(K), np.int32(vec)))
+
+    def _gemm_args(self, which: str, R: int) -> tuple[Any, Any, Any, int, int, int, bool]:
+        """(x, w, y, M, K, N, accumulate) of one of the step's matmuls on ``R`` rows (layer 0)."""
+        b, lw, W = self.buf, self.layers[0], (self.nh + 2 * self.nkv) * self.hd
+        return {
+            "qkv": (b["xn"], lw["qkv"], b["qkv"], R, self.H, W, False),
+            "o": (b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, True),
+            "gu": (b["xn"], lw["gu"], b["gu"], R, self.H, 2 * self.I, False),
+            "down": (b["act"], lw["down"], b["x"], R, self.I, self.H, True),
+            "lm_head": (b["xn"], self.lm_head, b["logits"], R, self.H, self.V, False),
+        }[which]
+
+    def tune_gemms(self, rows: int | None = None, reps: int = 20) -> dict[str, dict[str, float]]:
+        """Time every compiled GEMM shape on each matmul of a step over ``rows`` rows (default
+        ``max_rows``), keep the fastest per matmul in :attr:`gemm_shapes` and return the
+        microseconds per launch, ``{matmul: {"BMxBNxBK/TMxTN": us}}``. Numerics do not change
+        (every shape gives the same bits); the buffers' contents are overwritten."""
+        cp = self.cp
+        R = int(rows or self.max_rows)
+        if not 1 <= R <= self.max_rows:
+            raise InvalidInputError(f"GpuEngine.tune_gemms: rows must be in 1..{self.max_rows}")
+        out: dict[str, dict[str, float]] = {}
+        for which in ("qkv", "o", "gu", "down", "lm_head"):
+            args = self._gemm_args(which, R)
+            times = {}
+            for shape in self.GEMM_SHAPES:
+                self._gemm(which, *args, shape=shape)
+                e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+                e0.record()
+                for _ in range(reps):
+                    self._gemm(which, *args, shape=shape)
+                e1.record()
+                e1.synchronize()
+                times[shape] = cp.cuda.get_elapsed_time(e0, e1) * 1e3 / reps
+            self.gemm_shapes[which] = min(times, key=times.__getitem__)
+            out[which] = {"{}x{}x{}/{}x{}".format(*s): t for s, t in times.items()}
+        return out
 
     def _layers(self, R: int) -> None:
         b, fn, i32 = self.buf, self.fn, np.int32
@@ -679,19 +744,19 @@ class GpuEngine:
         fn["eng_embed"]((R,), (128,), (b["tokens"], self.embed, b["x"], i32(R), i32(self.H)))
         for li, lw in enumerate(self.layers):
             fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["in_norm"], self.eps, b["xn"], i32(self.H)))
-            self._gemm(b["xn"], lw["qkv"], b["qkv"], R, self.H, W, False)
+            self._gemm("qkv", b["xn"], lw["qkv"], b["qkv"], R, self.H, W, False)
             fn["eng_rope_kv"]((R,), (128,), (b["qkv"], self.cos, self.sin, b["slot"], b["pos"], self.kv, i32(li),
                                             i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv), i32(self.hd)))
-            fn["eng_attention"]((R * self.nh,), (128,), (b["qkv"], self.kv, b["slot"], b["pos"], b["att"], i32(li),
+            fn["eng_attention"]((R * self.nkv,), (128,), (b["qkv"], self.kv, b["slot"], b["pos"], b["att"], i32(li),
                                                         i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv),
                                                         i32(self.hd), self.scale), shared_mem=self.att_smem)
-            self._gemm(b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, True)
+            self._gemm("o", b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, True)
             fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["post_norm"], self.eps, b["xn"], i32(self.H)))
-            self._gemm(b["xn"], lw["gu"], b["gu"], R, self.H, 2 * self.I, False)
+            self._gemm("gu", b["xn"], lw["gu"], b["gu"], R, self.H, 2 * self.I, False)
             fn["eng_silu_mul"](((R * self.I + 255) // 256,), (256,), (b["gu"], b["act"], i32(R), i32(self.I)))
-            self._gemm(b["act"], lw["down"], b["x"], R, self.I, self.H, True)
+            self._gemm("down", b["act"], lw["down"], b["x"], R, self.I, self.H, True)
         fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, self.norm, self.eps, b["xn"], i32(self.H)))
-        self._gemm(b["xn"], self.lm_head, b["logits"], R, self.H, self.V, False)
+        self._gemm("lm_head", b["xn"], self.lm_head, b["logits"], R, self.H, self.V, False)
 
     # -- host-driven passes ----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""``SessionStore``: KV caches stored as token sequences, deduplicated through a shared trie.
+"""``SessionStore``: KV caches stored as token sequences, deduplicated through a shared trie,
+with hot / warm / cold storage tiers under a memory budget.
 
 ``put(session_id, tokens)`` looks the tokens up in the trie. The longest prefix another
 stored session already holds is stored as a **reference** (0 bits: the owning session's
@@ -8,30 +9,59 @@ tokens then go into the trie (values: per-token handles ``session_number << 32 |
 log-probabilities from the model when the codec computed them), so later sessions dedupe
 against them.
 
-``get(session_id)`` decodes the tokens (following prefix references, with a small cache of
-decoded sessions) and rebuilds the KV cache by recompute:
+Tiers
+-----
+Every session lives in the **cold** tier: its record (container, metadata, optional residual)
+is written to the backend at ``put`` and stays there until the session is deleted. Above it,
+within ``capacity_bytes`` of memory (placement decided by :class:`seqkv.tiers.Tiers`, LRU or the
+``plt`` policy):
 
-* ``mode="faithful"``: one prefill (fast; float noise against the original, see
-  ``docs/numerics.md``);
-* ``mode="exact"``: replays the compute schedule recorded at ``put`` (prefill chunk sizes, then
-  single steps) and checks the per-layer hashes recorded then (BLAKE2b of each layer's K and
-  V bytes); a difference raises :class:`~seqkv.errors.NumericsMismatchError`.
+* **hot**: the KV cache itself (a transformers ``DynamicCache``), kept per session;
+* **warm**: the KV quantized per vector, TurboQuant-like 3 bits per component plus an f32 norm
+  per vector (:class:`seqkv.quantizers.TurboQuant`; quantized on the GPU through
+  :mod:`seqkv.gpu` when the cache lives there).
+
+Demotion (hot → warm → cold) happens when the budget is exceeded; promotion on access (a
+``get`` that found a session warm or cold keeps the restored KV hot when it fits). A session is
+never lost by demotion: the worst case is a cold restore from its tokens.
+
+``get(session_id)`` serves from the hottest tier present:
+
+* ``mode="faithful"``: the hot copy, else the warm codes dequantized (lossy: about 3 bits per
+  component), else one prefill over the decoded tokens;
+* ``mode="exact"``: a hot copy only when it is the recorded KV itself (never warm KV); else the
+  KV is recomputed, replaying the compute schedule recorded at ``put``, and checked against
+  the per-layer hashes recorded then (BLAKE2b of each layer's K and V bytes). When they differ
+  and ``put(..., residual=True)`` kept the residual between the original and the recomputed
+  KV, it is applied and the result checked again; otherwise
+  :class:`~seqkv.errors.NumericsMismatchError`.
+
+With ``engine=`` (a :class:`seqkv.engine.Engine`, or ``"auto"`` for Llama-family models) every
+KV the store computes comes from the batch-invariant engine: one prefill gives the same bits as
+any schedule, so exact restores match with a zero residual.
+
+``get_prefix(tokens)`` serves a new request: the longest prefix of ``tokens`` any in-memory
+session holds (hot, else warm), or else the longest stored prefix restored from the cold tier;
+the caller prefills only the rest.
 
 Records live in a :class:`~seqkv.backends.Backend` (in memory by default; SQLite or Redis
 with ``backend="store.sqlite"`` / ``"redis://..."``): the container is the codec's stream, the
-metadata (keys listed in :data:`META_KEYS`) carries the reference, schedule and hashes. With a
-persistent backend the trie snapshot is written with every ``put`` (blob ``"trie"``), and a
-store opened on an existing backend picks up its sessions and trie.
+metadata (keys listed in :data:`META_KEYS`) carries the reference, schedule and hashes, the
+attachment ``"residual"`` the exact-mode residual. With a persistent backend the trie snapshot
+is written with every ``put`` (blob ``"trie"``), and a store opened on an existing backend picks
+up its sessions (cold) and trie.
 
-Thread safety: one lock guards the bookkeeping; model work (coding, recompute) runs outside
-it under a second lock per store, so concurrent ``get``s of different sessions queue on the
-model, not on the dictionaries.
+Thread safety: every method may be called from many threads at once. Locks, always taken in
+this order: the bookkeeping lock (sessions, references), then the tier lock (placement and the
+in-memory KV); model work runs outside both (under a model lock for transformers; the engine
+needs none), and so does dequantizing warm KV.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import sys
 import threading
 import time
 import uuid
@@ -43,7 +73,7 @@ import numpy as np
 from .codecs.base import TOKEN_DTYPE, as_tokens, run_lengths
 from .errors import InvalidInputError, NumericsMismatchError, SessionNotFoundError, StoreError
 
-__all__ = ["SessionStore", "META_KEYS"]
+__all__ = ["SessionStore", "META_KEYS", "TIER_NAMES"]
 
 #: Metadata keys a SessionStore writes into each record.
 META_KEYS = (
@@ -56,14 +86,23 @@ META_KEYS = (
     "schedule",  # run-length compute schedule [[size, repeat], ...]
     "hashes",  # per-layer KV hashes, hex (empty if not recorded)
     "payload_bits",  # coded payload bits of the container
+    "container_bytes",  # bytes of the container
+    "residual_bytes",  # bytes of the "residual" attachment (0: none kept)
+    "kv_source",  # what computed the recorded KV: "given", "transformers" or "seqkv-engine"
     "hidden",  # deleted but still referenced by other sessions
     "sid",  # the user's session id
+    "tokens_crc32c",  # checksum of the session's tokens
 )
+
+#: The tier names a SessionStore knows, hottest first.
+TIER_NAMES = ("hot", "warm", "cold")
 
 _HIDDEN_PREFIX = "__seqkv_hidden__/"
 _STORE_BLOB = "store"
 _TRIE_BLOB = "trie"
+_RESIDUAL = "residual"
 _POS_BITS = 32
+_WARM_BITS = 3
 
 
 def _unrle(runs: list[list[int]]) -> tuple[int, ...]:
@@ -71,6 +110,11 @@ def _unrle(runs: list[list[int]]) -> tuple[int, ...]:
     for size, repeat in runs:
         out.extend([int(size)] * int(repeat))
     return tuple(out)
+
+
+def _key(number: int) -> str:
+    """The tier manager's key of a session number (numbers are never reused, ids may be)."""
+    return f"#{number}"
 
 
 @dataclass
@@ -87,14 +131,161 @@ class _Entry:
     payload_bits: int
     container_bytes: int
     record_bytes: int
+    residual_bytes: int = 0
+    kv_source: str = ""
     hidden: bool = False
     refs: int = 0
     pin: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _QTensor:
+    """One K or V tensor in the warm tier: bit-packed 3-bit codes and an f32 norm per vector."""
+
+    packed: np.ndarray
+    norms: np.ndarray
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.packed.nbytes + self.norms.nbytes)
+
+
+@dataclass(frozen=True)
+class _WarmKV:
+    """A session's KV in the warm tier (immutable: read without the tier lock)."""
+
+    layers: tuple[tuple[_QTensor, _QTensor], ...]
+    dtype: Any
+    device: Any
+    length: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.layers)
+
+
+@dataclass
+class _HotKV:
+    """A session's KV in the hot tier. ``kind``: ``"exact"`` (the recorded KV: its hashes match),
+    ``"faithful"`` (one prefill) or ``"quantized"`` (dequantized warm KV; ``codes`` keeps the warm
+    form so that a later demotion does not quantize twice)."""
+
+    cache: Any
+    kind: str
+    nbytes: int
+    codes: _WarmKV | None = None
+
+
+@dataclass
+class _Built:
+    """A cache built by a ``get`` and what it is, offered to the tier manager for promotion."""
+
+    cache: Any
+    kind: str
+    codes: _WarmKV | None = None
+
+
+def _cache_nbytes(cache: Any) -> int:
+    from . import hf
+
+    return sum(int(k.numel()) * k.element_size() + int(v.numel()) * v.element_size() for k, v in hf.cache_layers(cache))
+
+
+def _slice_cache(model: Any, cache: Any, n: int) -> Any:
+    """A copy of the first ``n`` positions of ``cache``."""
+    from . import hf
+
+    return hf.cache_from_layers(model, [(k[..., :n, :].clone(), v[..., :n, :].clone()) for k, v in hf.cache_layers(cache)])
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    m = min(a.size, b.size)
+    if m == 0:
+        return 0
+    neq = np.flatnonzero(a[:m] != b[:m])
+    return int(neq[0]) if neq.size else m
+
+
+class _WarmCodec:
+    """TurboQuant-like 3-bit per-vector quantization of whole caches (the warm tier's form)."""
+
+    def __init__(self, head_dim: int, bits: int = _WARM_BITS):
+        from .quantizers import TurboQuant
+
+        self.bits = bits
+        self.tq = TurboQuant(head_dim, bits=bits, seed=0)
+
+    def nbytes(self, n_vectors: int) -> int:
+        """Bytes of one tensor of ``n_vectors`` vectors in the warm form."""
+        return (n_vectors * self.tq.dim * self.bits + 7) // 8 + 4 * n_vectors
+
+    def _quantize(self, t: Any) -> _QTensor:
+        from .quantizers import pack_codes
+
+        q = self.tq.quantize(t)  # a CUDA tensor runs the GPU kernel (seqkv.gpu)
+        codes = q.codes.get() if hasattr(q.codes, "get") else q.codes  # CuPy -> host
+        norms = q.norms.get() if hasattr(q.norms, "get") else q.norms
+        return _QTensor(pack_codes(codes, self.bits), np.ascontiguousarray(norms, dtype=np.float32), tuple(t.shape))
+
+    def quantize(self, cache: Any) -> _WarmKV:
+        from . import hf
+
+        layers = hf.cache_layers(cache)
+        k0 = layers[0][0]
+        return _WarmKV(
+            tuple((self._quantize(k), self._quantize(v)) for k, v in layers), k0.dtype, k0.device, int(k0.shape[-2])
+        )
+
+    def _dequantize(self, q: _QTensor, n: int, dtype: Any, device: Any) -> Any:
+        import torch
+
+        from .quantizers import TurboCodes, unpack_codes
+
+        count = int(np.prod(q.shape))
+        codes = unpack_codes(q.packed, self.bits, count).reshape(q.shape)
+        x = self.tq.dequantize(TurboCodes(codes[..., :n, :], q.norms[..., :n], self.bits))
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dtype=dtype, device=device)
+
+    def dequantize(self, model: Any, warm: _WarmKV, n: int | None = None) -> Any:
+        """A ``DynamicCache`` of the first ``n`` positions (default all), in the original dtype."""
+        from . import hf
+
+        n = warm.length if n is None else n
+        return hf.cache_from_layers(
+            model,
+            [(self._dequantize(k, n, warm.dtype, warm.device), self._dequantize(v, n, warm.dtype, warm.device))
+             for k, v in warm.layers],
+        )
+
+
+def _resolve_engine(model: Any, engine: Any) -> Any:
+    if engine is None:
+        return None
+    if isinstance(engine, str):
+        if engine != "auto":
+            raise InvalidInputError(f"engine must be an Engine, 'auto' or None, not {engine!r}")
+        from .engine import SUPPORTED_MODEL_TYPES, Engine
+
+        if getattr(getattr(model, "config", None), "model_type", None) not in SUPPORTED_MODEL_TYPES:
+            return None
+        param = next(iter(model.parameters()))
+        if param.device.type != "cpu":
+            return None  # the CPU engine; a GPU model keeps computing its own KV
+        import torch
+
+        try:
+            return Engine.from_hf(model, dtype="f32" if param.dtype == torch.float32 else "bf16")
+        except InvalidInputError:
+            return None  # a Llama variant the engine does not reproduce (RoPE type, activation ...)
+    if not (hasattr(engine, "new_sequence") and hasattr(engine, "prefill")):
+        raise InvalidInputError(f"engine must be a seqkv.engine.Engine, not {type(engine).__name__}")
+    return engine
+
+
 class SessionStore:
-    """Store sessions' KV caches as tokens (see the module doc).
+    """Store sessions' KV caches as tokens, with in-memory tiers (see the module doc).
 
     Parameters
     ----------
@@ -111,15 +302,31 @@ class SessionStore:
     namespace:
         the trie namespace of this store's sessions (kept in the backend; default: a new UUID).
     keep_kv:
-        keep a copy of each session's cache in memory (``get(mode="faithful")`` then skips the
-        recompute); ``put(keep_kv=...)`` overrides per session.
+        put each session's KV into memory (the first tier of ``tiers``) at ``put``; default: on
+        when ``capacity_bytes`` is given. ``put(keep_kv=...)`` overrides per session.
     record_hashes:
         compute the session's KV at ``put`` (replaying its schedule) and record per-layer hashes
         for ``mode="exact"``.
     token_cache:
         decoded sessions kept in memory (prefix references are resolved through it).
+    capacity_bytes:
+        bytes of KV the in-memory tiers (hot and warm) may hold together; ``None``: unbounded
+        (nothing is demoted).
+    tiers:
+        the tiers to use, hottest first: an ordered subset of ``("hot", "warm", "cold")`` ending
+        with ``"cold"`` (e.g. ``("hot", "cold")`` for no quantized tier).
+    policy:
+        demotion policy of the tier manager: ``"lru"`` or ``"plt"`` (reuse-weighted, see
+        :mod:`seqkv.tiers`).
+    engine:
+        a :class:`seqkv.engine.Engine` that computes every KV the store builds (hashes at put,
+        restores), or ``"auto"``: one built from ``model`` when it is a Llama-family model on the
+        CPU (f32 weights for an f32 model), else none.
     codec_options:
         forwarded to ``seqkv.codecs.get``.
+
+    Raises :class:`~seqkv.errors.InvalidInputError` for bad arguments (unknown tiers, a negative
+    capacity, a warm tier for a head dimension that is not a power of two).
     """
 
     def __init__(
@@ -131,18 +338,51 @@ class SessionStore:
         *,
         backend: Any = None,
         namespace: str | None = None,
-        keep_kv: bool = False,
+        keep_kv: bool | None = None,
         record_hashes: bool = True,
         token_cache: int = 64,
+        capacity_bytes: int | None = None,
+        tiers: Any = TIER_NAMES,
+        policy: str = "lru",
+        engine: Any = None,
         **codec_options: Any,
     ):
         from . import codecs
         from .backends import MemoryBackend, open_backend
         from .models import vocab_size
+        from .tiers import Tiers
 
         self.model = model
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size(model)
+        tiers = tuple(tiers) if isinstance(tiers, (tuple, list)) else tiers
+        if (
+            not isinstance(tiers, tuple)
+            or len(tiers) < 2
+            or tiers[-1] != "cold"
+            or any(t not in TIER_NAMES for t in tiers)
+            or list(tiers) != sorted(set(tiers), key=TIER_NAMES.index)
+        ):
+            raise InvalidInputError(
+                f"tiers must be an ordered subset of {TIER_NAMES} ending with 'cold', got {tiers!r}"
+            )
+        if capacity_bytes is not None and (
+            not isinstance(capacity_bytes, int) or isinstance(capacity_bytes, bool) or capacity_bytes < 0
+        ):
+            raise InvalidInputError(f"capacity_bytes must be an int >= 0 or None, not {capacity_bytes!r}")
+        self.capacity_bytes = capacity_bytes
+        self._tiers = Tiers(sys.maxsize if capacity_bytes is None else capacity_bytes, policy, tiers=tiers)
+        self._layout = self._kv_layout(model)
+        self._warm_codec: _WarmCodec | None = None
+        if "warm" in tiers:
+            head_dim = self._layout[2]
+            if head_dim < 1 or head_dim & (head_dim - 1) or head_dim > 1024:
+                raise InvalidInputError(
+                    f"the warm tier quantizes vectors of a power-of-two length <= 1024; this model's head "
+                    f"dim is {head_dim}: use tiers=('hot', 'cold')"
+                )
+            self._warm_codec = _WarmCodec(head_dim)
+        self.engine = _resolve_engine(model, engine)
         self._codec_options = dict(codec_options)
         self.codec: Any = codecs.get(codec, **self._codec_kwargs(codec)) if isinstance(codec, str) else codec
         self._codecs: dict[str, Any] = {self.codec.name: self.codec}
@@ -153,13 +393,17 @@ class SessionStore:
         self.trie = trie
         self.backend = MemoryBackend() if backend is None else open_backend(backend)
         self._persist = not isinstance(self.backend, MemoryBackend)
-        self.keep_kv = bool(keep_kv)
+        self.keep_kv = (capacity_bytes is not None) if keep_kv is None else bool(keep_kv)
         self.record_hashes = bool(record_hashes)
         self._lock = threading.RLock()
+        self._tier_lock = threading.RLock()
         self._model_lock = threading.RLock()
         self._sessions: dict[str, _Entry] = {}
         self._by_number: dict[int, _Entry] = {}
-        self._hot: dict[str, Any] = {}
+        self._hot: dict[int, _HotKV] = {}
+        self._warm: dict[int, _WarmKV] = {}
+        self._mem_tokens: dict[int, np.ndarray] = {}  # tokens of the sessions in hot/warm
+        self._hits = dict.fromkeys(TIER_NAMES, 0)
         self._tokens: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._token_cache = max(0, int(token_cache))
         self._next_number = 1
@@ -167,6 +411,24 @@ class SessionStore:
         self._load()
 
     # -- construction helpers -----------------------------------------------------------
+
+    @staticmethod
+    def _kv_layout(model: Any) -> tuple[int, int, int, int]:
+        """``(layers, kv heads, head dim, bytes per component)`` of the model's KV cache."""
+        config = model.config
+        heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        param = next(iter(model.parameters()))
+        return int(config.num_hidden_layers), heads, dim, int(param.element_size())
+
+    def _tier_sizes(self, n_tokens: int, record_bytes: int) -> dict[str, int]:
+        layers, heads, dim, elem = self._layout
+        sizes = {"cold": int(record_bytes)}
+        if "hot" in self._tiers.tiers:
+            sizes["hot"] = n_tokens * layers * 2 * heads * dim * elem
+        if self._warm_codec is not None:
+            sizes["warm"] = 2 * layers * self._warm_codec.nbytes(heads * n_tokens)
+        return sizes
 
     def _codec_kwargs(self, name: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self._codec_options)
@@ -188,7 +450,7 @@ class SessionStore:
         return codec
 
     def _load(self) -> None:
-        """Pick up the sessions (and trie) of an existing backend."""
+        """Pick up the sessions (and trie) of an existing backend; they start in the cold tier."""
         config = self.backend.get_blob(_STORE_BLOB)
         if config is not None:
             try:
@@ -231,12 +493,15 @@ class SessionStore:
                 hashes=[bytes.fromhex(h) for h in meta.get("hashes", [])],
                 payload_bits=int(meta.get("payload_bits", 0)),
                 container_bytes=int(meta.get("container_bytes", 0)),
-                record_bytes=int(meta.get("record_bytes", 0)),
+                record_bytes=int(meta.get("record_bytes", 0)) or self.backend.size(key),
+                residual_bytes=int(meta.get("residual_bytes", 0)),
+                kv_source=str(meta.get("kv_source", "")),
                 hidden=bool(meta.get("hidden", False)),
             )
             self._by_number[entry.number] = entry
             if not entry.hidden:
                 self._sessions[entry.sid] = entry
+                self._tiers.add(_key(entry.number), "cold", sizes=self._tier_sizes(entry.n_tokens, entry.record_bytes))
             self._next_number = max(self._next_number, entry.number + 1)
         for entry in self._by_number.values():
             if entry.parent is not None and entry.parent in self._by_number:
@@ -270,6 +535,28 @@ class SessionStore:
             raise InvalidInputError(f"session ids may not start with {_HIDDEN_PREFIX!r}")
         return session_id
 
+    # -- computing KV ---------------------------------------------------------------------
+
+    @property
+    def kv_source(self) -> str:
+        """What computes the KV this store rebuilds: ``"seqkv-engine"`` or ``"transformers"``."""
+        return "seqkv-engine" if self.engine is not None else "transformers"
+
+    def _compute(self, toks: np.ndarray, schedule: Any) -> Any:
+        """The KV of ``toks``: through the engine (one prefill: its bits do not depend on the
+        schedule), else through the model chunk by chunk as ``schedule`` says (``None``: one
+        prefill)."""
+        from . import hf
+
+        if self.engine is not None:
+            seq = self.engine.new_sequence()
+            self.engine.prefill(seq, toks, logits="none")
+            param = next(iter(self.model.parameters()))
+            return seq.kv_cache(dtype=param.dtype, device=param.device, config=self.model.config)
+        with self._model_lock:
+            cache, _ = hf.compute_cache(self.model, toks, schedule)
+        return cache
+
     # -- put ------------------------------------------------------------------------------
 
     def _match(self, toks: np.ndarray) -> tuple[int, int | None]:
@@ -292,16 +579,25 @@ class SessionStore:
         schedule: Any = None,
         keep_kv: bool | None = None,
         kv: Any = None,
+        residual: bool = False,
         progress: Any = None,
     ) -> dict[str, Any]:
-        """Store a session; returns a summary (tokens, prefix, coded tokens, bits, bytes).
+        """Store a session; returns a summary (tokens, prefix, coded tokens, bits, bytes, tier).
 
         ``schedule``: the chunk sizes the session's KV was computed with (default: one
-        prefill), replayed by ``get(mode="exact")``. ``kv``: the session's own cache, hashed
-        instead of recomputing it (it must hold exactly ``tokens``). Replacing an existing id
-        deletes the old session first. ``progress(n)`` is called as tokens are coded.
+        prefill), replayed by ``get(mode="exact")``. ``kv``: the session's own cache (it must
+        hold exactly ``tokens``), hashed instead of recomputing it and, with ``keep_kv``, kept
+        in memory (copied). ``residual=True`` (needs ``kv``): also store the residual between
+        ``kv`` and the KV an exact restore recomputes, so that ``get(mode="exact")`` returns
+        ``kv``'s bits even when the recompute differs (another schedule, engine or device).
+        Replacing an existing id deletes the old session first. ``progress(n)`` is called as
+        tokens are coded.
+
+        Raises :class:`InvalidInputError` (bad id, tokens, schedule, kv, or ``residual``
+        without ``kv``), :class:`StoreError` when the backend fails.
         """
         from . import container, hf
+        from . import residual as residual_coding
 
         sid = self._check_id(session_id)
         toks = as_tokens(tokens, self.vocab_size)
@@ -309,6 +605,10 @@ class SessionStore:
         keep = self.keep_kv if keep_kv is None else bool(keep_kv)
         if kv is not None and hf.cache_length(kv) != toks.size:
             raise InvalidInputError(f"kv holds {hf.cache_length(kv)} positions, tokens {toks.size}")
+        if residual and kv is None:
+            raise InvalidInputError("residual=True needs the session's original kv (put(..., kv=cache))")
+        if residual and toks.size == 0:
+            raise InvalidInputError("residual=True needs a non-empty session")
         t0 = time.perf_counter()
         with self._lock:
             if sid in self._sessions:
@@ -323,14 +623,21 @@ class SessionStore:
             tail = toks[prefix_len:]
             with self._model_lock:
                 data, stats = self.codec.encode_with_stats(tail, context=prefix, progress=progress)
-                cache = kv
-                hashes: list[bytes] = []
-                if self.record_hashes or keep:
-                    if cache is None and toks.size:
-                        cache, _ = hf.compute_cache(self.model, toks, sched)
-                    if self.record_hashes and cache is not None:
-                        hashes = hf.layer_hashes(cache)
+            cache = kv
+            kv_source = "given" if kv is not None else self.kv_source
+            hashes: list[bytes] = []
+            attachments: dict[str, bytes] = {}
+            if (self.record_hashes or keep) and cache is None and toks.size:
+                cache = self._compute(toks, sched)
+            if self.record_hashes and cache is not None:
+                hashes = hf.layer_hashes(cache)
+            if residual:
+                recomputed = self._compute(toks, sched)
+                pairs = [pair for layer in zip(hf.cache_layers(kv), hf.cache_layers(recomputed))
+                         for pair in zip(*layer)]
+                attachments[_RESIDUAL] = residual_coding.encode(pairs)
             log2p = stats.extra.get("token_log2p")
+            kept = hf.clone_cache(self.model, kv) if (keep and kv is not None and toks.size) else cache
             with self._lock:
                 values = (np.uint64(number) << np.uint64(_POS_BITS)) | np.arange(toks.size, dtype=np.uint64)
                 logprobs = None
@@ -343,6 +650,7 @@ class SessionStore:
                     node = self.trie.match_prefix(prefix, namespace=self.namespace).node
                     pin = self.trie.pin(node)
                 key = sid
+                residual_bytes = len(attachments.get(_RESIDUAL, b""))
                 meta = {
                     "v": 1,
                     "sid": sid,
@@ -355,11 +663,13 @@ class SessionStore:
                     "hashes": [h.hex() for h in hashes],
                     "payload_bits": int(stats.payload_bits),
                     "container_bytes": len(data),
+                    "residual_bytes": residual_bytes,
+                    "kv_source": kv_source,
                     "tokens_crc32c": container.tokens_checksum(toks),
                 }
                 from .backends import SessionRecord
 
-                record = SessionRecord(container=data, meta=meta)
+                record = SessionRecord(container=data, meta=meta, attachments=attachments)
                 blobs = {_TRIE_BLOB: self.trie.snapshot()} if self._persist else None
                 self.backend.put(key, record, blobs=blobs)
                 entry = _Entry(
@@ -375,13 +685,19 @@ class SessionStore:
                     payload_bits=int(stats.payload_bits),
                     container_bytes=len(data),
                     record_bytes=record.nbytes,
+                    residual_bytes=residual_bytes,
+                    kv_source=kv_source,
                     pin=pin,
                 )
                 self._sessions[sid] = entry
                 self._by_number[number] = entry
                 self._remember_tokens(number, toks)
-                if keep and cache is not None:
-                    self._hot[sid] = cache if kv is None else hf.clone_cache(self.model, kv)
+                parent_entry = self._by_number.get(parent) if parent is not None else None
+                with self._tier_lock:
+                    self._place_new(entry, toks, kept if keep else None)
+                    if parent_entry is not None and not parent_entry.hidden:
+                        self._rescore(parent_entry)
+                    tier = self._tiers.tier_of(_key(number))
         except BaseException:
             with self._lock:
                 if parent is not None and parent in self._by_number:
@@ -395,9 +711,138 @@ class SessionStore:
             "payload_bits": int(stats.payload_bits),
             "container_bytes": len(data),
             "record_bytes": entry.record_bytes,
+            "residual_bytes": entry.residual_bytes,
             "cross_entropy_bits": stats.cross_entropy_bits,
+            "tier": tier,
             "seconds": time.perf_counter() - t0,
         }
+
+    # -- tier placement (everything below runs under the tier lock) -----------------------
+
+    def _place_new(self, entry: _Entry, toks: np.ndarray, cache: Any) -> None:
+        """Track a new session: in the first tier with ``cache``, or cold without it."""
+        key = _key(entry.number)
+        sizes = self._tier_sizes(entry.n_tokens, entry.record_bytes)
+        first = self._tiers.tiers[0]
+        if cache is None or first == "cold" or entry.n_tokens == 0:
+            self._apply(self._tiers.add(key, "cold", sizes=sizes))
+            return
+        self._mem_tokens[entry.number] = toks
+        if first == "hot":
+            nbytes = _cache_nbytes(cache)
+            sizes["hot"] = nbytes
+            self._hot[entry.number] = _HotKV(cache, "exact", nbytes)
+        else:
+            assert self._warm_codec is not None
+            warm = self._warm_codec.quantize(cache)
+            sizes["warm"] = warm.nbytes
+            self._warm[entry.number] = warm
+        self._apply(self._tiers.add(key, first, sizes=sizes))
+
+    def _rescore(self, entry: _Entry) -> None:
+        """The ``plt`` policy's reuse estimate: tokens a restore of this session saves, times the
+        sessions that reference it (plus one for itself)."""
+        key = _key(entry.number)
+        if key in self._tiers:
+            self._tiers.set_score(key, float(entry.n_tokens * (1 + entry.refs)) / 1024.0)
+
+    def _apply(self, moves: list[Any], built: _Built | None = None) -> None:
+        """Carry out the tier manager's moves (demotions first, then the accessed entry's
+        promotion, which installs ``built``)."""
+        rank = TIER_NAMES.index
+        for move in moves:
+            number = int(move.session_id[1:])
+            if rank(move.to_tier) < rank(move.from_tier):
+                self._promote(number, move.from_tier, move.to_tier, built)
+            else:
+                self._demote(number, move.from_tier, move.to_tier)
+
+    def _demote(self, number: int, frm: str, to: str) -> None:
+        codes: _WarmKV | None = None
+        if frm == "hot":
+            hot = self._hot.pop(number)
+            if to == "warm":
+                assert self._warm_codec is not None
+                codes = hot.codes if hot.codes is not None else self._warm_codec.quantize(hot.cache)
+        elif frm == "warm":
+            self._warm.pop(number)
+        if codes is not None:
+            self._warm[number] = codes
+            self._sync_size(number, "warm", codes.nbytes)
+        else:
+            self._mem_tokens.pop(number, None)
+
+    def _promote(self, number: int, frm: str, to: str, built: _Built | None) -> None:
+        if built is None:  # only the accessed entry is promoted, and its cache was built
+            self._apply(self._tiers.place(_key(number), frm))
+            return
+        toks = self._mem_tokens.get(number)
+        if toks is None:
+            toks = self._tokens_cached(number)
+            if toks is None:
+                self._apply(self._tiers.place(_key(number), frm))
+                return
+            self._mem_tokens[number] = toks
+        if to == "hot":
+            codes = self._warm.pop(number, None) if frm == "warm" else None
+            if built.kind == "quantized":
+                codes = built.codes or codes
+            else:
+                codes = None
+            hot = _HotKV(self._private(built.cache), built.kind, 0, codes)
+            hot.nbytes = _cache_nbytes(hot.cache) + (codes.nbytes if codes is not None else 0)
+            self._hot[number] = hot
+            self._sync_size(number, "hot", hot.nbytes)
+        else:  # cold -> warm
+            assert self._warm_codec is not None
+            warm = built.codes if built.codes is not None else self._warm_codec.quantize(built.cache)
+            self._warm[number] = warm
+            self._sync_size(number, "warm", warm.nbytes)
+
+    def _private(self, cache: Any) -> Any:
+        from . import hf
+
+        return hf.clone_cache(self.model, cache)
+
+    def _sync_size(self, number: int, tier: str, nbytes: int) -> None:
+        key = _key(number)
+        if key in self._tiers and self._tiers.tier_of(key) == tier:
+            info = next(e for e in self._tiers.entries() if e.session_id == key)
+            if info.sizes.get(tier) != nbytes:
+                self._apply(self._tiers.resize(key, nbytes, tier))
+
+    def _tokens_cached(self, number: int) -> np.ndarray | None:
+        toks = self._tokens.get(number)
+        return None if toks is None else toks
+
+    def _forget(self, number: int) -> None:
+        """Drop a session from the tiers and memory (under the bookkeeping lock)."""
+        with self._tier_lock:
+            self._tiers.remove(_key(number))
+            self._hot.pop(number, None)
+            self._warm.pop(number, None)
+            self._mem_tokens.pop(number, None)
+
+    def _snapshot_tier(self, number: int) -> tuple[str, _HotKV | None, _WarmKV | None]:
+        with self._tier_lock:
+            key = _key(number)
+            tier = self._tiers.tier_of(key) if key in self._tiers else "cold"
+            return tier, self._hot.get(number), self._warm.get(number)
+
+    def _accessed(self, number: int, served: str, built: _Built, *, promote: bool = True) -> None:
+        """Count a hit in ``served`` and let the tier manager promote the session with ``built``."""
+        with self._tier_lock:
+            self._hits[served] += 1
+            key = _key(number)
+            if key not in self._tiers:  # deleted meanwhile
+                return
+            self._apply(self._tiers.access(key, promote=promote), built)
+            if self._tiers.tier_of(key) == "hot" and built.kind == "exact":
+                hot = self._hot.get(number)
+                if hot is not None and hot.kind != "exact":  # upgrade a faithful/quantized copy
+                    nbytes = _cache_nbytes(built.cache)
+                    self._hot[number] = _HotKV(self._private(built.cache), "exact", nbytes)
+                    self._sync_size(number, "hot", nbytes)
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -448,53 +893,162 @@ class SessionStore:
 
     # -- get ------------------------------------------------------------------------------
 
-    def get(self, session_id: str, mode: str = "faithful", *, progress: Any = None) -> tuple[np.ndarray, Any]:
-        """``(tokens, cache)``: the tokens and a transformers ``DynamicCache`` rebuilt for them.
+    def tier_of(self, session_id: str) -> str:
+        """The hottest tier holding the session (``"hot"``, ``"warm"`` or ``"cold"``)."""
+        with self._lock:
+            entry = self._entry(session_id)
+        return self._snapshot_tier(entry.number)[0]
 
-        ``mode="faithful"``: one prefill (or the kept copy); ``"exact"``: replay the recorded
-        schedule and check the recorded per-layer hashes (:class:`NumericsMismatchError` if
-        any layer differs).
+    def get(
+        self, session_id: str, mode: str = "faithful", *, promote: bool = True, progress: Any = None
+    ) -> tuple[np.ndarray, Any]:
+        """``(tokens, cache)``: the tokens and a transformers ``DynamicCache`` for them (a copy
+        the caller owns), from the hottest tier present.
+
+        ``mode="faithful"``: the hot copy, the dequantized warm KV, or one prefill;
+        ``"exact"``: the recorded KV bit for bit — a hot copy of it, or a recompute replaying
+        the recorded schedule, checked against the recorded hashes and corrected by the stored
+        residual when they differ. ``promote``: let the tier manager move the session up
+        (default). Raises :class:`SessionNotFoundError`, :class:`InvalidInputError` (bad mode;
+        exact mode for a session stored without hashes), :class:`NumericsMismatchError` (exact
+        mode: the KV differs and no residual was kept, or it does not repair it).
         """
-        from . import hf
-
         if mode not in ("faithful", "exact"):
             raise InvalidInputError(f"mode must be 'faithful' or 'exact', got {mode!r}")
         with self._lock:
             entry = self._entry(session_id)
-            hot = self._hot.get(session_id)
-        toks = self._tokens_of(entry.number, progress)
-        if mode == "faithful":
-            if hot is not None:
-                return toks.copy(), hf.clone_cache(self.model, hot)
-            with self._model_lock:
-                cache, _ = hf.compute_cache(self.model, toks, None)
-            return toks.copy(), cache
-        if not entry.hashes:
+        if mode == "exact" and not entry.hashes:
             raise InvalidInputError(f"session {session_id!r} was stored without KV hashes; exact mode needs them")
-        with self._model_lock:
-            cache, _ = hf.compute_cache(self.model, toks, entry.schedule)
-        got = hf.layer_hashes(cache, len(entry.hashes[0]))
-        bad = [i for i, (a, b) in enumerate(zip(got, entry.hashes)) if a != b]
-        if bad or len(got) != len(entry.hashes):
-            from .models import numerics_profile_json
+        toks = self._tokens_of(entry.number, progress)
+        tier, hot, warm = self._snapshot_tier(entry.number)
+        if hot is not None and (mode == "faithful" or hot.kind == "exact"):
+            built = _Built(self._private(hot.cache), hot.kind, hot.codes)
+            served = "hot"
+        elif warm is not None and mode == "faithful":
+            assert self._warm_codec is not None
+            built = _Built(self._warm_codec.dequantize(self.model, warm), "quantized", warm)
+            served = "warm"
+        elif mode == "faithful":
+            cache = self._compute(toks, None) if toks.size else self._empty_cache()
+            built = _Built(cache, "faithful")
+            served = "cold"
+        else:
+            built = _Built(self._exact_restore(entry, toks), "exact")
+            served = "cold"
+        self._accessed(entry.number, served, built, promote=promote and toks.size > 0)
+        return toks.copy(), built.cache
 
+    def _empty_cache(self) -> Any:
+        from . import hf
+
+        return hf.new_cache(self.model)
+
+    def _exact_restore(self, entry: _Entry, toks: np.ndarray) -> Any:
+        from . import hf
+
+        cache = self._compute(toks, entry.schedule)
+        digest = len(entry.hashes[0])
+        bad = self._bad_layers(hf.layer_hashes(cache, digest), entry.hashes)
+        if not bad:
+            return cache
+        from .models import numerics_profile_json
+
+        how = (
+            "recomputed by the seqkv engine"
+            if self.engine is not None
+            else f"replayed schedule of {len(entry.schedule)} chunks on {numerics_profile_json(self.model)}"
+        )
+        if not entry.residual_bytes:
             raise NumericsMismatchError(
-                f"exact restore of {session_id!r}: layers {bad} differ from the hashes recorded at put "
-                f"(replayed schedule of {len(entry.schedule)} chunks on {numerics_profile_json(self.model)})"
+                f"exact restore of {entry.sid!r}: layers {bad} differ from the hashes recorded at put "
+                f"({how}; KV recorded from {entry.kv_source or 'an unknown source'}) and no residual was kept "
+                f"(put(..., kv=cache, residual=True) keeps one)"
             )
-        return toks.copy(), cache
+        from . import residual as residual_coding
+
+        data = self.backend.get(entry.key).attachments.get(_RESIDUAL)
+        if data is None:
+            raise StoreError(f"session {entry.sid!r} records a residual but its record has no attachment")
+        flat = [t for pair in hf.cache_layers(cache) for t in pair]
+        fixed = residual_coding.decode(data, flat)
+        cache = hf.cache_from_layers(self.model, list(zip(fixed[0::2], fixed[1::2])))
+        bad = self._bad_layers(hf.layer_hashes(cache, digest), entry.hashes)
+        if bad:
+            raise NumericsMismatchError(
+                f"exact restore of {entry.sid!r}: the stored residual does not reproduce layers {bad} "
+                f"(the recompute differs from the one at put: {how})"
+            )
+        return cache
+
+    @staticmethod
+    def _bad_layers(got: list[bytes], want: list[bytes]) -> list[int]:
+        bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
+        if len(got) != len(want):
+            bad.extend(range(min(len(got), len(want)), max(len(got), len(want))))
+        return bad
+
+    def get_prefix(self, tokens: Any) -> tuple[int, Any]:
+        """``(n, cache)``: KV for the longest prefix ``tokens[:n]`` this store can serve, for a
+        new request whose first ``n`` tokens need no prefill (``(0, None)`` when nothing
+        matches). Looks first at the sessions in memory (hot, then warm: dequantized), else
+        restores the longest stored prefix (the trie's match) from the cold tier by one prefill.
+        Faithful quality; the cache is the caller's. Counts a hit and promotes as ``get`` does.
+        Raises :class:`InvalidInputError` for bad tokens."""
+        toks = as_tokens(tokens, self.vocab_size)
+        if toks.size == 0:
+            return 0, None
+        best: tuple[int, int, int] | None = None  # (length, hotness, number)
+        with self._tier_lock:
+            for number, mem in self._mem_tokens.items():
+                n = _common_prefix(mem, toks)
+                hotness = 1 if number in self._hot else 0
+                if n and (best is None or (n, hotness) > best[:2]):
+                    best = (n, hotness, number)
+            hot = self._hot.get(best[2]) if best is not None else None
+            warm = self._warm.get(best[2]) if best is not None else None
+        if best is not None and (hot is not None or warm is not None):
+            n, _, number = best
+            if hot is not None:
+                out = _slice_cache(self.model, hot.cache, n)
+                built = _Built(hot.cache, hot.kind, hot.codes)
+                served = "hot"
+            else:
+                assert warm is not None and self._warm_codec is not None
+                full = self._warm_codec.dequantize(self.model, warm)
+                out = _slice_cache(self.model, full, n) if n < warm.length else self._private(full)
+                built = _Built(full, "quantized", warm)
+                served = "warm"
+            self._accessed(number, served, built)
+            return n, out
+        with self._lock:
+            n, owner = self._match(toks)
+            entry = self._by_number.get(owner) if owner is not None else None
+        if entry is None or n == 0:
+            return 0, None
+        cache = self._compute(toks[:n], None)
+        if n == entry.n_tokens and not entry.hidden:
+            self._accessed(entry.number, "cold", _Built(cache, "faithful"))
+            return n, self._private(cache)
+        with self._tier_lock:
+            self._hits["cold"] += 1
+        return n, cache
 
     def drop_caches(self) -> None:
-        """Forget decoded tokens and kept KV copies (the next ``get`` decodes from the records)."""
-        with self._lock:
+        """Forget decoded tokens and every in-memory KV (all sessions go cold; the next ``get``
+        decodes from the records)."""
+        with self._lock, self._tier_lock:
             self._tokens.clear()
+            for number in list(self._hot) + list(self._warm):
+                self._tiers.place(_key(number), "cold")
             self._hot.clear()
+            self._warm.clear()
+            self._mem_tokens.clear()
 
     # -- delete ---------------------------------------------------------------------------
 
     def delete(self, session_id: str) -> bool:
         """Remove a session; ``False`` if absent. A session other sessions reference is kept
-        (hidden) until the last of them goes."""
+        (hidden, its record only) until the last of them goes."""
         with self._lock:
             if session_id not in self._sessions:
                 return False
@@ -503,7 +1057,7 @@ class SessionStore:
 
     def _delete_locked(self, sid: str) -> None:
         entry = self._sessions.pop(sid)
-        self._hot.pop(sid, None)
+        self._forget(entry.number)
         if entry.refs > 0:
             hidden_key = f"{_HIDDEN_PREFIX}{entry.number}"
             record = self.backend.get(entry.key)
@@ -511,7 +1065,9 @@ class SessionStore:
             meta["hidden"] = True
             from .backends import SessionRecord
 
-            self.backend.put(hidden_key, SessionRecord(container=record.container, meta=meta))
+            self.backend.put(
+                hidden_key, SessionRecord(container=record.container, meta=meta, attachments=record.attachments)
+            )
             self.backend.delete(entry.key)
             entry.key = hidden_key
             entry.hidden = True
@@ -540,17 +1096,47 @@ class SessionStore:
 
     # -- stats ----------------------------------------------------------------------------
 
+    def tier_stats(self) -> dict[str, Any]:
+        """Per tier: ``count`` (sessions whose hottest tier it is), ``bytes`` (hot/warm: memory
+        held; cold: backend bytes of every record, since the cold tier holds every session),
+        ``hits`` (restores served from it), ``promotions_in``, ``demotions_out``; plus
+        ``capacity_bytes`` (``None``: unbounded), ``used_bytes`` and ``policy``."""
+        with self._lock:
+            record_bytes = sum(e.record_bytes for e in self._by_number.values())
+        with self._tier_lock:
+            st = self._tiers.stats()
+            out: dict[str, Any] = {}
+            for name in TIER_NAMES:
+                t = st["tiers"].get(name)
+                if t is None:
+                    continue
+                out[name] = {
+                    "count": t["entries"],
+                    "bytes": record_bytes if name == "cold" else t["bytes"],
+                    "hits": self._hits[name],
+                    "promotions_in": t["promotions_in"],
+                    "demotions_out": t["demotions_out"],
+                }
+            return {
+                "tiers": out,
+                "capacity_bytes": self.capacity_bytes,
+                "used_bytes": st["used_bytes"],
+                "policy": st["policy"],
+            }
+
     def stats(self) -> dict[str, Any]:
-        """Sizes and ratios over the stored sessions.
+        """Sizes and ratios over the stored sessions, and the tiers.
 
         ``tokens``: token positions of the visible sessions; ``coded_tokens``: tokens actually
         coded in all stored records (hidden ones included); ``dedup_ratio``: tokens /
         coded_tokens; ``bits_per_token``: container bits / tokens (headers included,
         amortized over every position); ``payload_bits_per_token``: coded payload only;
-        ``ratio_vs_bf16``: bf16 KV bits of the same positions / container bits.
+        ``ratio_vs_bf16``: bf16 KV bits of the same positions / container bits;
+        ``residual_bytes``: exact-mode residuals kept; ``tiers`` etc.: see :meth:`tier_stats`.
         """
         from .hf import kv_bits_per_token
 
+        tiers = self.tier_stats()
         with self._lock:
             visible = list(self._sessions.values())
             records = list(self._by_number.values())
@@ -570,17 +1156,20 @@ class SessionStore:
                 "payload_bits": payload,
                 "container_bytes": container_bytes,
                 "record_bytes": record_bytes,
+                "residual_bytes": sum(e.residual_bytes for e in records),
                 "bits_per_token": 8 * container_bytes / tokens if tokens else 0.0,
                 "payload_bits_per_token": payload / tokens if tokens else 0.0,
                 "payload_bits_per_coded_token": payload / coded if coded else 0.0,
                 "ratio_vs_bf16": kv_bits / (8 * container_bytes) if container_bytes else float("inf"),
-                "kept_kv_sessions": len(self._hot),
+                "kept_kv_sessions": tiers["tiers"].get("hot", {}).get("count", 0),
                 "codec": self.codec.name,
+                "kv_source": self.kv_source,
                 "trie": self.trie.stats(),
+                **tiers,
             }
 
     def close(self) -> None:
-        """Release pins and close the backend."""
+        """Release pins, drop the in-memory tiers and close the backend."""
         with self._lock:
             for entry in self._by_number.values():
                 if entry.pin is not None:
@@ -589,6 +1178,10 @@ class SessionStore:
                     except Exception:  # pragma: no cover
                         pass
                     entry.pin = None
+            with self._tier_lock:
+                self._hot.clear()
+                self._warm.clear()
+                self._mem_tokens.clear()
             self.backend.close()
 
     def __enter__(self) -> "SessionStore":

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -16,6 +17,7 @@ struct dim3e { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3e threadIdx;
 inline dim3e blockIdx, blockDim, gridDim;
 inline std::barrier<>* g_bar = nullptr;
+inline std::vector<std::barrier<>*> g_warp_bar;  // one per warp: shuffles only wait for their warp
 inline float* g_dynsmem = nullptr;
 inline float g_shfl_f[1024];
 inline int g_shfl_i[1024];
@@ -25,6 +27,13 @@ inline int g_shfl_i[1024];
 #define __forceinline__ inline
 #define __restrict__
 #define __shared__ static
+#define __align__(n) alignas(n)
+#define __launch_bounds__(...)
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 #define __syncthreads() g_bar->arrive_and_wait()
 using std::min;
 
@@ -35,14 +44,16 @@ inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
+// full-warp shuffles: every lane of the calling thread's warp takes part (as the kernels ensure)
+inline void warp_sync() { g_warp_bar[threadIdx.x / 32]->arrive_and_wait(); }
 inline float __shfl_xor_sync(unsigned, float v, int o) {
-    g_shfl_f[threadIdx.x] = v; __syncthreads();
-    float r = g_shfl_f[threadIdx.x ^ o]; __syncthreads();
+    g_shfl_f[threadIdx.x] = v; warp_sync();
+    float r = g_shfl_f[threadIdx.x ^ o]; warp_sync();
     return r;
 }
 inline int __shfl_xor_sync(unsigned, int v, int o) {
-    g_shfl_i[threadIdx.x] = v; __syncthreads();
-    int r = g_shfl_i[threadIdx.x ^ o]; __syncthreads();
+    g_shfl_i[threadIdx.x] = v; warp_sync();
+    int r = g_shfl_i[threadIdx.x ^ o]; warp_sync();
     return r;
 }
 
@@ -58,6 +69,12 @@ inline void launch(dim3e grid, dim3e block, size_t dyn_smem_bytes, const std::fu
             blockIdx = {bx, by, 1};
             std::barrier<> bar(n);
             g_bar = &bar;
+            std::vector<std::unique_ptr<std::barrier<>>> wb;
+            g_warp_bar.clear();
+            for (unsigned w = 0; w * 32 < n; w++) {
+                wb.emplace_back(new std::barrier<>(std::min(32u, n - w * 32)));
+                g_warp_bar.push_back(wb.back().get());
+            }
             std::vector<std::thread> ts;
             for (unsigned t = 0; t < n; t++)
                 ts.emplace_back([t, &body] { threadIdx = {t, 0, 0}; body(); });

@@ -3,6 +3,7 @@
 #include "cuda_emu.h"
 #include "engine_emu.cu"
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -23,12 +24,14 @@ template <int BM, int BN, int BK, int TM, int TN>
 void gemm(const float* x, const u16* w, float* y, int M, int K, int N, bool acc) {
     dim3e grid{(unsigned)((N + BN - 1) / BN), (unsigned)((M + BM - 1) / BM), 1};
     dim3e block{(unsigned)((BN / TN) * (BM / TM)), 1, 1};
-    if (acc) launch(grid, block, 0, [&] { eng_gemm<BM, BN, BK, TM, TN, 1>(x, w, y, M, N, K); });
-    else launch(grid, block, 0, [&] { eng_gemm<BM, BN, BK, TM, TN, 0>(x, w, y, M, N, K); });
+    int vec = (K % 4 == 0 && N % 8 == 0) ? 1 : 0;
+    if (acc) launch(grid, block, 0, [&] { eng_gemm<BM, BN, BK, TM, TN, 1>(x, w, y, M, N, K, vec); });
+    else launch(grid, block, 0, [&] { eng_gemm<BM, BN, BK, TM, TN, 0>(x, w, y, M, N, K, vec); });
 }
+// two of the GPU engine's tile shapes (any shape gives the same bits; both are exercised)
 void gemm_any(const float* x, const u16* w, float* y, int M, int K, int N, bool acc) {
-    if (N >= 2048) gemm<64, 64, 16, 4, 4>(x, w, y, M, K, N, acc);
-    else gemm<32, 64, 32, 2, 4>(x, w, y, M, K, N, acc);
+    if (N >= 2048) gemm<64, 64, 16, 8, 8>(x, w, y, M, K, N, acc);
+    else gemm<32, 32, 16, 2, 4>(x, w, y, M, K, N, acc);
 }
 
 int main(int argc, char** argv) {
@@ -57,7 +60,8 @@ int main(int argc, char** argv) {
     auto passes = load<int32_t>(d + "/passes.i32");  // [R, (slot, pos, token) * R] ...
     int W = (nh + 2 * nkv) * hd;
     int ntiles = (max_len + 31) / 32;
-    size_t att_smem = 4 * (size_t)(max_len + ntiles * hd + ntiles);
+    int G = nh / nkv;
+    size_t att_smem = 4 * (size_t)G * (hd + max_len + ntiles * (hd + 1));
     size_t at = 0;
     int pass = 0;
     while (at < passes.size()) {
@@ -74,8 +78,10 @@ int main(int argc, char** argv) {
             launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] {
                 eng_rope_kv(qkv.data(), cosv.data(), sinv.data(), slot.data(), pos.data(), kv.data(), l, L, max_len, nh, nkv, hd);
             });
-            launch({(unsigned)(R * nh), 1, 1}, {128, 1, 1}, att_smem, [&] {
-                eng_attention(qkv.data(), kv.data(), slot.data(), pos.data(), att.data(), l, L, max_len, nh, nkv, hd, scale);
+            launch({(unsigned)(R * nkv), 1, 1}, {128, 1, 1}, att_smem, [&] {
+                if (G == 2) eng_attention<2>(qkv.data(), kv.data(), slot.data(), pos.data(), att.data(), l, L, max_len, nh, nkv, hd, scale);
+                else if (G == 1) eng_attention<1>(qkv.data(), kv.data(), slot.data(), pos.data(), att.data(), l, L, max_len, nh, nkv, hd, scale);
+                else { std::fprintf(stderr, "driver: group size %d not instantiated\n", G); std::exit(2); }
             });
             gemm_any(att.data(), o_w[l].data(), x.data(), R, nh * hd, H, true);
             launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] { eng_rmsnorm(x.data(), nullptr, post_norm[l].data(), eps, xn.data(), H); });

@@ -48,6 +48,7 @@ __all__ = [
     "CallableSource",
     "TransformersSource",
     "LMCodec",
+    "default_source",
     "default_start_token",
     "decode_params",
     "log2_softmax_at",
@@ -73,6 +74,9 @@ class LogitsSource:
     engine = "abstract"
     #: True when logits do not depend on how the tokens were batched or chunked
     schedule_invariant = False
+    #: True when the source runs several sequences at once (:meth:`start_many`,
+    #: :meth:`step_many`, :meth:`rows_many`): ``LMCodec.encode_batch``/``decode_batch`` use them
+    batched = False
     vocab_size: int
 
     def fingerprint(self) -> bytes:
@@ -107,6 +111,24 @@ class LogitsSource:
         stores them run-length encoded): the prefix as one chunk, then one step for each
         coded token but the last."""
         return ((prefix_len,) if prefix_len else ()) + (1,) * max(n_tokens - 1, 0)
+
+    # -- several sequences at once (sources with ``batched = True``) -------------------
+
+    def start_many(self, prefixes: Sequence[np.ndarray]) -> tuple[list[Any], list[np.ndarray | None]]:
+        """Start one new sequence per prefix, all in one pass; returns ``(handles, rows)``
+        (a row is ``None`` for an empty prefix). Handles go to :meth:`step_many`."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode several sequences at once")
+
+    def step_many(self, handles: Sequence[Any], tokens: Sequence[int]) -> np.ndarray:
+        """Append ``tokens[i]`` to ``handles[i]`` for every i in one pass; float32 ``[len, vocab]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode several sequences at once")
+
+    def rows_many(
+        self, prefixes: Sequence[np.ndarray], token_lists: Sequence[np.ndarray]
+    ) -> Iterator[tuple[int, np.ndarray | None]]:
+        """The encoder's rows of several streams: yields ``(stream, row)`` with each stream's
+        rows in order (the rows :meth:`iter_rows` would give for it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not encode several sequences at once")
 
 
 class CallableSource(LogitsSource):
@@ -227,6 +249,29 @@ class TransformersSource(LogitsSource):
         return ((prefix_len,) if prefix_len else ()) + chunks
 
 
+def default_source(model: Any, engine: Any = "auto") -> LogitsSource:
+    """The logits source :class:`LMCodec` builds for ``model`` (see its ``engine`` option):
+    the batch-invariant engine when ``engine`` is ``"auto"`` and the model is one it
+    supports, or ``True``; transformers steps when ``False`` (or unsupported under
+    ``"auto"``); an ``Engine`` instance as given. Engines are shared per model
+    (:meth:`seqkv.engine.Engine.for_model`). Raises :class:`InvalidInputError` for an
+    unknown ``engine`` value, or ``True`` with an unsupported model."""
+    if engine is False or engine == "transformers":
+        return TransformersSource(model)
+    from .. import engine as engine_mod
+
+    if isinstance(engine, engine_mod.Engine):
+        return engine_mod.EngineLogitsSource(engine)
+    if engine == "auto" or engine is True or engine == "seqkv":
+        why = engine_mod.unsupported_reason(model)
+        if why is None:
+            return engine_mod.EngineLogitsSource(engine_mod.Engine.for_model(model))
+        if engine == "auto":
+            return TransformersSource(model)
+        raise InvalidInputError(f"engine=True: seqkv.engine cannot run this model ({why})")
+    raise InvalidInputError(f"engine must be 'auto', True, False or a seqkv.engine.Engine, got {engine!r}")
+
+
 def default_start_token(model: Any = None, tokenizer: Any = None) -> int | None:
     """The start token ``start_token="auto"`` picks: the tokenizer's ``<|endoftext|>`` (the
     document separator most LMs were trained with), else the config's ``bos_token_id``, else
@@ -327,6 +372,186 @@ class _PlainScheme:
         return int(dec.pop_logits(row))
 
 
+class _StreamEncoder:
+    """Codes one stream, one row at a time (the rows may come from any driver)."""
+
+    def __init__(self, codec: "LMCodec", toks: np.ndarray, ctx: np.ndarray):
+        from .. import coder
+
+        self._coder = coder
+        self.codec = codec
+        self.toks = toks
+        self.ctx = ctx
+        self.prefix = codec._prefix(codec.start_token, ctx)
+        self.scheme = codec._scheme(codec.precision)
+        self.spans = list(split_blocks(toks.size, codec.block_tokens))
+        self.blocks: list[Any] = []
+        self.i = 0
+        self.bi = 0
+        self.ce_bits = 0.0
+        self.table_bits = 0.0
+        self.token_log2p = np.zeros(toks.size, dtype=np.float64)
+        self.token_bits = np.zeros(toks.size, dtype=np.float64)
+        self.enc: Any = None
+        self.state: Any = None
+        self._open()
+
+    @property
+    def done(self) -> bool:
+        return self.i >= self.toks.size
+
+    def _open(self) -> None:
+        if self.bi < len(self.spans):
+            self.enc = self._coder.Encoder(self.codec.precision)
+            self.state = self.scheme.new_state()
+
+    def push(self, row: np.ndarray | None) -> None:
+        """Code the next token under ``row`` (``None``: the uniform distribution)."""
+        from .. import container
+
+        if row is None:
+            row = self.codec._uniform()
+        i = self.i
+        sym = int(self.toks[i])
+        tb = self.scheme.push(self.enc, self.state, sym, row)
+        self.table_bits += tb
+        self.token_bits[i] = tb
+        lp = log2_softmax_at(row, sym)
+        self.token_log2p[i] = lp
+        self.ce_bits -= lp
+        self.i = i + 1
+        a, b = self.spans[self.bi]
+        if self.i == b:
+            self.blocks.append(
+                container.Block(n_tokens=b - a, payload=self.enc.finish(), tokens_crc32c=container.tokens_checksum(self.toks[a:b]))
+            )
+            self.bi += 1
+            self._open()
+
+    def finish(self, seconds: float) -> tuple[bytes, CodingStats]:
+        from .. import container
+
+        codec = self.codec
+        header = container.Header(
+            codec=codec.name,
+            precision=codec.precision,
+            token_count=int(self.toks.size),
+            vocab_size=codec.vocab_size,
+            model_fingerprint=codec.fingerprint,
+            numerics_profile=codec._header_profile(),
+            schedule=tuple(codec.source.schedule(int(self.prefix.size), int(self.toks.size))),
+            params=encode_params(codec.start_token, self.ctx, codec.target_fingerprint) + codec._extra_params(),
+        )
+        data = container.pack(header, self.blocks)
+        stats = CodingStats(
+            codec=codec.name,
+            tokens=int(self.toks.size),
+            payload_bits=8 * sum(len(blk.payload) for blk in self.blocks),
+            container_bits=8 * len(data),
+            seconds=seconds,
+            cross_entropy_bits=float(self.ce_bits),
+            table_bits=float(self.table_bits),
+            extra={"token_log2p": self.token_log2p, "token_bits": self.token_bits},
+        )
+        return data, stats
+
+
+class _StreamDecoder:
+    """Decodes one stream, one row at a time: header checks at construction, then
+    :meth:`feed` per token (block checksums checked as each block ends)."""
+
+    def __init__(self, codec: "LMCodec", data: bytes, ctx: np.ndarray):
+        from .. import container
+
+        c, fields, extra = codec.read_header(data)
+        h = c.header
+        if ctx.size != fields["context_len"] or container.tokens_checksum(ctx) != fields["context_crc"]:
+            raise InvalidInputError(
+                f"stream was coded with a context of {fields['context_len']} tokens "
+                f"(crc32c {fields['context_crc']:#010x}); got {ctx.size} tokens "
+                f"(crc32c {container.tokens_checksum(ctx):#010x})"
+            )
+        if sum(b.n_tokens for b in c.blocks) != h.token_count:
+            raise CorruptStreamError("block token counts do not add up to the header's token count")
+        start = fields["start_token"]
+        if start is not None and start >= codec.vocab_size:
+            raise CorruptStreamError("stream start token is out of range")
+        self.codec = codec
+        self.header = h
+        self.blocks = c.blocks
+        self.scheme = codec._scheme(h.precision, extra)
+        self.prefix = codec._prefix(start, ctx)
+        self.n = int(h.token_count)
+        self.out = np.empty(self.n, dtype=TOKEN_DTYPE)
+        self.k = 0
+        self.bi = -1
+        self.left = 0
+        self.dec: Any = None
+        self.state: Any = None
+        self._next_block()
+
+    @property
+    def done(self) -> bool:
+        return self.k >= self.n
+
+    def _next_block(self) -> None:
+        """Close the current block (token checksum, end of payload), open the next non-empty one."""
+        from .. import coder, container
+
+        while True:
+            if self.dec is not None:
+                block = self.blocks[self.bi]
+                got = container.tokens_checksum(self.out[self.k - block.n_tokens : self.k])
+                if got != block.tokens_crc32c:
+                    codec, h = self.codec, self.header
+                    prof = codec._profile_json()
+                    raise NumericsMismatchError(
+                        f"block {self.bi} of {len(self.blocks)} fails its token checksum: this machine's logits differ "
+                        f"from the encoder's. Encoded with {h.numerics_profile} schedule {describe_schedule(h.schedule)}; "
+                        f"decoding with {prof} ({profile_digest(prof)}) schedule "
+                        f"{describe_schedule(LogitsSource.schedule(codec.source, int(self.prefix.size), self.n))}"
+                    )
+                # checked after the tokens: with another machine's tables the coder may also
+                # stop at the wrong place, and that is a numerics mismatch, not corruption
+                self.dec.finish()
+                self.dec = None
+            self.bi += 1
+            if self.bi >= len(self.blocks):
+                return
+            block = self.blocks[self.bi]
+            self.dec = coder.Decoder(block.payload, self.header.precision)
+            self.state = self.scheme.new_state()
+            self.left = block.n_tokens
+            if self.left:
+                return
+
+    def feed(self, row: np.ndarray | None) -> int:
+        """Decode the next token under ``row`` (``None``: uniform) and return it."""
+        if row is None:
+            row = self.codec._uniform()
+        try:
+            sym = self.scheme.pop(self.dec, self.state, row)
+        except CorruptStreamError as exc:
+            # the payload passed its CRC, so the bytes are the encoder's: our tables are not
+            raise NumericsMismatchError(
+                f"block {self.bi}: the coder ran off its payload ({exc}); this machine's logits "
+                f"differ from the encoder's ({self.header.numerics_profile})"
+            ) from exc
+        if not 0 <= sym < self.codec.vocab_size:
+            raise NumericsMismatchError(f"decoded token id {sym} is out of range in block {self.bi}")
+        self.out[self.k] = sym
+        self.k += 1
+        self.left -= 1
+        if self.left == 0:
+            self._next_block()
+        return sym
+
+
+def _in_stream(i: int, exc: Exception) -> Exception:
+    """The same error, naming the stream of a batch it came from."""
+    return type(exc)(f"stream {i}: {exc}")
+
+
 class LMCodec:
     """Range coding under a causal LM's next-token distributions (see the module doc).
 
@@ -337,6 +562,15 @@ class LMCodec:
         unless ``draft`` or ``source`` is given).
     source:
         a :class:`LogitsSource` to code under instead of ``model`` (another engine, tests).
+    engine:
+        how logits are computed from ``model`` (or ``draft``) when no ``source`` is given:
+        ``"auto"`` (default) uses the batch-invariant :mod:`seqkv.engine` (bf16 weights, f32
+        activations; :class:`seqkv.engine.EngineLogitsSource`) when it supports the model
+        (Llama family on the CPU, see :func:`seqkv.engine.supports`) and transformers
+        single steps (:class:`TransformersSource`) otherwise; ``True`` requires the engine
+        (:class:`InvalidInputError` if unsupported); ``False`` forces transformers; an
+        :class:`seqkv.engine.Engine` is used as it is. The two compute different bits, so
+        each records its own fingerprint and a stream decodes only under the same choice.
     draft:
         a smaller causal LM with the same vocabulary to code under; the stream records the
         draft's fingerprint as the coding model and ``model``'s as the target.
@@ -356,6 +590,10 @@ class LMCodec:
         ``"full"`` records the numerics profile JSON in the header (~170 bytes);
         ``"digest"`` only its 8-byte BLAKE2b (:func:`profile_digest`), for stores of many
         short streams that keep the full profile once elsewhere.
+
+    With the engine (or any source with ``batched = True``), :meth:`encode_batch` and
+    :meth:`decode_batch` code many streams at once: every forward pass carries rows of all
+    of them, and each stream's bits are those of coding it alone (batch invariance).
     """
 
     name = "lm"
@@ -365,6 +603,7 @@ class LMCodec:
         model: Any = None,
         *,
         source: LogitsSource | None = None,
+        engine: Any = "auto",
         draft: Any = None,
         tokenizer: Any = None,
         precision: int = 24,
@@ -381,7 +620,7 @@ class LMCodec:
             coding_model = draft if draft is not None else model
             if coding_model is None:
                 raise InvalidInputError(f"the {self.name} codec needs model= (or source=)")
-            source = TransformersSource(coding_model)
+            source = default_source(coding_model, engine)
         self.source = source
         self.model = model
         self.vocab_size = int(source.vocab_size)
@@ -448,6 +687,17 @@ class LMCodec:
     def _uniform(self) -> np.ndarray:
         return np.zeros(self.vocab_size, dtype=np.float32)
 
+    def _context(self, context: Any) -> np.ndarray:
+        return self.context if context is None else as_tokens(context, self.vocab_size, what="context")
+
+    def _contexts(self, n: int, contexts: Any) -> list[np.ndarray]:
+        if contexts is None:
+            return [self.context] * n
+        contexts = list(contexts)
+        if len(contexts) != n:
+            raise InvalidInputError(f"{len(contexts)} contexts for {n} streams")
+        return [self._context(c) for c in contexts]
+
     # -- encode -------------------------------------------------------------------
 
     def encode(self, tokens: Any, *, context: Any = None, progress: ProgressFn | None = None) -> bytes:
@@ -458,63 +708,18 @@ class LMCodec:
         self, tokens: Any, *, context: Any = None, progress: ProgressFn | None = None
     ) -> tuple[bytes, CodingStats]:
         """Like :meth:`encode`, and also return a :class:`CodingStats`."""
-        from .. import coder, container
-
         toks = as_tokens(tokens, self.vocab_size)
-        ctx = self.context if context is None else as_tokens(context, self.vocab_size, what="context")
-        prefix = self._prefix(self.start_token, ctx)
-        scheme = self._scheme(self.precision)
+        ctx = self._context(context)
         with self._lock:
             t0 = time.perf_counter()
-            rows = self.source.iter_rows(prefix, toks)
-            blocks = []
-            ce_bits = 0.0
-            table_bits = 0.0
-            token_log2p = np.zeros(toks.size, dtype=np.float64)
-            token_bits = np.zeros(toks.size, dtype=np.float64)
-            for a, b in split_blocks(toks.size, self.block_tokens):
-                enc = coder.Encoder(self.precision)
-                state = scheme.new_state()
-                for i in range(a, b):
-                    row = next(rows)
-                    if row is None:
-                        row = self._uniform()
-                    sym = int(toks[i])
-                    tb = scheme.push(enc, state, sym, row)
-                    table_bits += tb
-                    token_bits[i] = tb
-                    lp = log2_softmax_at(row, sym)
-                    token_log2p[i] = lp
-                    ce_bits -= lp
-                    if progress is not None:
-                        progress(1)
-                blocks.append(
-                    container.Block(
-                        n_tokens=b - a, payload=enc.finish(), tokens_crc32c=container.tokens_checksum(toks[a:b])
-                    )
-                )
-            header = container.Header(
-                codec=self.name,
-                precision=self.precision,
-                token_count=int(toks.size),
-                vocab_size=self.vocab_size,
-                model_fingerprint=self.fingerprint,
-                numerics_profile=self._header_profile(),
-                schedule=tuple(self.source.schedule(int(prefix.size), int(toks.size))),
-                params=encode_params(self.start_token, ctx, self.target_fingerprint) + self._extra_params(),
-            )
-            data = container.pack(header, blocks)
-            seconds = time.perf_counter() - t0
-            stats = CodingStats(
-                codec=self.name,
-                tokens=int(toks.size),
-                payload_bits=8 * sum(len(blk.payload) for blk in blocks),
-                container_bits=8 * len(data),
-                seconds=seconds,
-                cross_entropy_bits=float(ce_bits),
-                table_bits=float(table_bits),
-                extra={"token_log2p": token_log2p, "token_bits": token_bits},
-            )
+            se = _StreamEncoder(self, toks, ctx)
+            for row in self.source.iter_rows(se.prefix, toks):
+                se.push(row)
+                if progress is not None:
+                    progress(1)
+                if se.done:
+                    break
+            data, stats = se.finish(time.perf_counter() - t0)
             if self.verify:
                 t1 = time.perf_counter()
                 back = self.decode(data, context=ctx)
@@ -523,6 +728,48 @@ class LMCodec:
                     raise NumericsMismatchError("verify: decoding the fresh stream did not give the tokens back")
             self.last_stats = stats
         return data, stats
+
+    def encode_batch(
+        self, token_lists: Sequence[Any], *, contexts: Sequence[Any] | None = None, progress: ProgressFn | None = None
+    ) -> list[bytes]:
+        """Code several token sequences (``contexts[i]`` conditions ``token_lists[i]``); each
+        stream is the bytes :meth:`encode` would give for it. See :meth:`encode_batch_with_stats`."""
+        return [data for data, _ in self.encode_batch_with_stats(token_lists, contexts=contexts, progress=progress)]
+
+    def encode_batch_with_stats(
+        self, token_lists: Sequence[Any], *, contexts: Sequence[Any] | None = None, progress: ProgressFn | None = None
+    ) -> list[tuple[bytes, CodingStats]]:
+        """Like :meth:`encode_batch`, with a :class:`CodingStats` per stream (``seconds`` is
+        the whole batch's wall time). With a batched source (the engine) the rows of all
+        streams are computed together (``source.rows_many``); otherwise one after another.
+        ``progress(1)`` is called per coded token."""
+        toks_list = [as_tokens(t, self.vocab_size) for t in token_lists]
+        ctxs = self._contexts(len(toks_list), contexts)
+        if not getattr(self.source, "batched", False):
+            return [self.encode_with_stats(t, context=c, progress=progress) for t, c in zip(toks_list, ctxs)]
+        with self._lock:
+            t0 = time.perf_counter()
+            encs = [_StreamEncoder(self, t, c) for t, c in zip(toks_list, ctxs)]
+            for i, row in self.source.rows_many([e.prefix for e in encs], toks_list):
+                if encs[i].done:
+                    continue
+                encs[i].push(row)
+                if progress is not None:
+                    progress(1)
+            if not all(e.done for e in encs):
+                raise NumericsMismatchError("the logits source gave too few rows")  # pragma: no cover - source bug
+            seconds = time.perf_counter() - t0
+            out = [e.finish(seconds) for e in encs]
+            if self.verify:
+                t1 = time.perf_counter()
+                back = self.decode_batch([d for d, _ in out], contexts=ctxs)
+                for (_, stats), b, t in zip(out, back, toks_list):
+                    stats.extra["verify_seconds"] = time.perf_counter() - t1
+                    if b.shape != t.shape or not np.array_equal(b, t):
+                        raise NumericsMismatchError("verify: decoding the fresh streams did not give the tokens back")
+            if out:
+                self.last_stats = out[-1][1]
+        return out
 
     # -- decode -------------------------------------------------------------------
 
@@ -555,59 +802,51 @@ class LMCodec:
 
     def decode(self, data: bytes, *, context: Any = None, progress: ProgressFn | None = None) -> np.ndarray:
         """Decode a stream made by :meth:`encode` (with the same ``context``)."""
-        from .. import coder, container
-
-        c, fields, extra = self.read_header(data)
-        h = c.header
-        ctx = self.context if context is None else as_tokens(context, self.vocab_size, what="context")
-        if ctx.size != fields["context_len"] or container.tokens_checksum(ctx) != fields["context_crc"]:
-            raise InvalidInputError(
-                f"stream was coded with a context of {fields['context_len']} tokens "
-                f"(crc32c {fields['context_crc']:#010x}); got {ctx.size} tokens "
-                f"(crc32c {container.tokens_checksum(ctx):#010x})"
-            )
-        if sum(b.n_tokens for b in c.blocks) != h.token_count:
-            raise CorruptStreamError("block token counts do not add up to the header's token count")
-        start = fields["start_token"]
-        if start is not None and start >= self.vocab_size:
-            raise CorruptStreamError("stream start token is out of range")
-        scheme = self._scheme(h.precision, extra)
-        prefix = self._prefix(start, ctx)
-        out = np.empty(h.token_count, dtype=TOKEN_DTYPE)
+        sd = _StreamDecoder(self, data, self._context(context))
         with self._lock:
-            row = self.source.start(prefix)
-            if row is None:
-                row = self._uniform()
-            k = 0
-            for bi, block in enumerate(c.blocks):
-                dec = coder.Decoder(block.payload, h.precision)
-                state = scheme.new_state()
-                for _ in range(block.n_tokens):
+            row = self.source.start(sd.prefix)
+            while not sd.done:
+                sym = sd.feed(row)
+                if progress is not None:
+                    progress(1)
+                if not sd.done:
+                    row = self.source.step(sym)
+        return sd.out
+
+    def decode_batch(
+        self, streams: Sequence[bytes], *, contexts: Sequence[Any] | None = None, progress: ProgressFn | None = None
+    ) -> list[np.ndarray]:
+        """Decode several streams (``contexts[i]`` for ``streams[i]``) at once: every step of
+        the source appends one token to each unfinished stream (multi-stream decode through
+        the engine's batched step), so N streams cost about as many passes as the longest
+        one. Each stream's tokens are those :meth:`decode` gives it alone. Every header is
+        checked before any logits are computed; an error while decoding names its stream
+        (``"stream i: ..."``) and ends the whole batch. Without a batched source the streams
+        are decoded one after another. ``progress(1)`` is called per decoded token."""
+        ctxs = self._contexts(len(streams), contexts)
+        decs = []
+        for i, (data, ctx) in enumerate(zip(streams, ctxs)):
+            try:
+                decs.append(_StreamDecoder(self, data, ctx))
+            except (CorruptStreamError, FormatVersionError, InvalidInputError, ModelMismatchError) as exc:
+                raise _in_stream(i, exc) from exc
+        if not getattr(self.source, "batched", False):
+            return [self.decode(data, context=ctx, progress=progress) for data, ctx in zip(streams, ctxs)]
+        with self._lock:
+            handles, rows = self.source.start_many([d.prefix for d in decs])
+            active = [i for i, d in enumerate(decs) if not d.done]
+            while active:
+                syms = {}
+                for i in active:
                     try:
-                        sym = scheme.pop(dec, state, row)
-                    except CorruptStreamError as exc:
-                        # the payload passed its CRC, so the bytes are the encoder's: our tables are not
-                        raise NumericsMismatchError(
-                            f"block {bi}: the coder ran off its payload ({exc}); this machine's logits "
-                            f"differ from the encoder's ({h.numerics_profile})"
-                        ) from exc
-                    if not 0 <= sym < self.vocab_size:
-                        raise NumericsMismatchError(f"decoded token id {sym} is out of range in block {bi}")
-                    out[k] = sym
-                    k += 1
-                    if k < h.token_count:
-                        row = self.source.step(sym)
+                        syms[i] = decs[i].feed(rows[i])
+                    except NumericsMismatchError as exc:
+                        raise _in_stream(i, exc) from exc
                     if progress is not None:
                         progress(1)
-                got = container.tokens_checksum(out[k - block.n_tokens : k])
-                if got != block.tokens_crc32c:
-                    raise NumericsMismatchError(
-                        f"block {bi} of {len(c.blocks)} fails its token checksum: this machine's logits differ "
-                        f"from the encoder's. Encoded with {h.numerics_profile} schedule {describe_schedule(h.schedule)}; "
-                        f"decoding with {self._profile_json()} ({profile_digest(self._profile_json())}) schedule "
-                        f"{describe_schedule(LogitsSource.schedule(self.source, int(prefix.size), int(h.token_count)))}"
-                    )
-                # checked after the tokens: with another machine's tables the coder may also
-                # stop at the wrong place, and that is a numerics mismatch, not corruption
-                dec.finish()
-        return out
+                active = [i for i in active if not decs[i].done]
+                if active:
+                    out = self.source.step_many([handles[i] for i in active], [syms[i] for i in active])
+                    for j, i in enumerate(active):
+                        rows[i] = out[j]
+        return [d.out for d in decs]
