@@ -493,26 +493,7 @@ impl Trie {
             return (0, self.orphan.clone());
         };
         let tokens = &tokens[..self.aligned(tokens.len())];
-        let n = tokens.len();
-        let mut node: &Node = root;
-        let mut end: Option<&Arc<Node>> = None;
-        let mut pos = 0;
-        while pos < n {
-            let rest = &tokens[pos..];
-            let Some(lp) = self.find_child(node, rest, guard) else { break };
-            let link = unsafe { &*lp };
-            let l = self.aligned(lcp(&link.tokens, rest));
-            if l == 0 {
-                break;
-            }
-            values.extend_from_slice(&link.values[..l]);
-            pos += l;
-            end = Some(&link.node);
-            if l < link.tokens.len() {
-                break;
-            }
-            node = &link.node;
-        }
+        let (pos, end) = self.walk(root, tokens, values, guard);
         match end {
             None => (0, self.root_arc(ns, guard)),
             Some(e) => {
@@ -631,21 +612,29 @@ impl Trie {
 
     /// Like `match_in` from a given root, without touching; returns the deepest node.
     fn match_from<'g>(&self, root: &'g Node, tokens: &[u32], values: &mut Vec<u64>, guard: &'g Guard) -> (usize, &'g Node) {
+        let (pos, end) = self.walk(root, tokens, values, guard);
+        (pos, end.map_or(root, |e| &**e))
+    }
+
+    /// Follows `tokens` down from `root` (whole pages only), appending the matched values;
+    /// returns the matched length and the node the match ends in (`None`: nothing matched).
+    fn walk<'g>(&self, root: &'g Node, tokens: &[u32], values: &mut Vec<u64>, guard: &'g Guard) -> (usize, Option<&'g Arc<Node>>) {
         let n = tokens.len();
         let mut node: &Node = root;
-        let mut end: &Node = root;
+        let mut end = None;
         let mut pos = 0;
         while pos < n {
             let rest = &tokens[pos..];
             let Some(lp) = self.find_child(node, rest, guard) else { break };
-            let link = unsafe { &*lp };
+            // SAFETY: links are reclaimed through the epoch, and `guard` pins it.
+            let link: &'g Link = unsafe { &*lp };
             let l = self.aligned(lcp(&link.tokens, rest));
             if l == 0 {
                 break;
             }
             values.extend_from_slice(&link.values[..l]);
             pos += l;
-            end = &link.node;
+            end = Some(&link.node);
             if l < link.tokens.len() {
                 break;
             }
