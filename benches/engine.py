@@ -171,6 +171,42 @@ def smollm2_shaped(seed: int = 0) -> tuple[dict, dict]:
     return config, t
 
 
+def step_breakdown(g, rows: int) -> dict[str, float]:
+    """GPU microseconds per kernel kind in one forward pass over ``rows`` rows (events around
+    every launch, no graph; the KV cache positions of the last graph replay are reused)."""
+    import cupy as cp
+
+    spans: list[tuple[str, object, object]] = []
+
+    def timed(name, f):
+        def call(*a, **k):
+            e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+            e0.record()
+            f(*a, **k)
+            e1.record()
+            spans.append((name, e0, e1))
+        return call
+
+    fn, gemm = g.fn, g._gemm  # gemm: the bound method
+    g.fn = {k: timed(k.removeprefix("eng_"), v) for k, v in fn.items()}
+    g._gemm = lambda which, *a, **k: timed("gemm_" + which, gemm)(which, *a, **k)
+    try:
+        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+        e0.record()
+        g._layers(rows)
+        e1.record()
+        e1.synchronize()
+    finally:
+        g.fn = fn
+        del g._gemm  # back to the class method
+    out: dict[str, float] = {}
+    for name, a, b in spans:
+        out[name] = out.get(name, 0.0) + cp.cuda.get_elapsed_time(a, b) * 1e3
+    out = {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+    out["total_with_gaps"] = round(cp.cuda.get_elapsed_time(e0, e1) * 1e3, 1)
+    return out
+
+
 def gpu_main(args) -> None:
     """GPU port (cuda_kernels/engine.cu) on SmolLM2's shapes with random weights: bit-identity
     with the CPU engine (prefill rows, batched steps, graph-replayed greedy decode, KV) and
@@ -190,6 +226,12 @@ def gpu_main(args) -> None:
     V = config["vocab_size"]
     dev = cp.cuda.runtime.getDeviceProperties(0)
     res["device"] = dev["name"].decode() if isinstance(dev["name"], bytes) else str(dev["name"])
+    # GEMM tile shape per matmul at 256 rows (every shape gives the same bits; the checks below
+    # run with the chosen ones)
+    tune = g.tune_gemms(rows=256)
+    res["gemm_us_per_shape_256_rows"] = {k: {s: round(t, 2) for s, t in v.items()} for k, v in tune.items()}
+    res["gemm_shapes"] = {k: "{}x{}x{}/{}x{}".format(*v) for k, v in g.gemm_shapes.items()}
+    print("gemm shapes", res["gemm_shapes"], {k: round(min(v.values()), 1) for k, v in tune.items()}, flush=True)
     rng = np.random.default_rng(1)
     checks: dict[str, bool] = {}
 
@@ -273,6 +315,8 @@ def gpu_main(args) -> None:
         tput[str(n_streams)] = n_streams * reps / (ms / 1e3)
         print("streams", n_streams, "tokens/s", tput[str(n_streams)], flush=True)
     res["gpu_batched_decode_tokens_per_s"] = tput
+    res["gpu_step_breakdown_256_streams_us"] = step_breakdown(g, S)
+    print("step breakdown (us)", res["gpu_step_breakdown_256_streams_us"], flush=True)
     res["checks"] = checks
     res["bit_identical_to_cpu"] = all(checks.values())
     res["target_256_streams_ge_50000_tokens_per_s"] = tput["256"] >= 50000

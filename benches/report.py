@@ -1,12 +1,18 @@
-"""Writes benches/report/report.md and its PNG plots from the JSON under benches/results/.
+"""Runs the benches and writes benches/report/report.md and its PNG plots from their JSON.
 
-`make report` runs this script. Every measured figure in the report comes from a committed JSON
-file in benches/results/; a missing file or key is shown as "not measured" rather than invented.
-The only numbers not read from JSON are model shapes (layers, KV heads, head dim), the bit widths
-of the formats being compared, the paper's claims and the issue targets, each stated where used;
-anything computed from them is labelled as arithmetic.
+``make report`` runs ``python benches/report.py --run``: every CPU bench first runs (in its quick
+mode where the full run takes more than ~15 minutes on the 2-core dev machine, see BENCHES), each
+writing to benches/results/quick/NAME.json so that no committed JSON is overwritten; benches that
+need a GPU run only where CuPy sees one. Then the report is rendered. For each bench the report
+uses the committed full-run JSON (benches/results/NAME.json) when present, else this run's JSON
+under results/quick/, and says which file every figure comes from; a "this run vs committed"
+table puts the headline numbers of both side by side. A missing file or key is shown as
+"not measured" rather than invented. The only numbers not read from JSON are model shapes
+(layers, KV heads, head dim), the bit widths of the formats being compared, the paper's claims
+and the issue targets, each stated where used; anything computed from them is labelled as
+arithmetic.
 
-Usage: python benches/report.py [--out DIR]   (default: benches/report/)
+Usage: python benches/report.py [--run] [--only NAME ...] [--out DIR]   (default: benches/report/)
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +35,116 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
+RUNS = RESULTS / "quick"
 NM = "not measured"
 
+# (result name, script, arguments, mode, needs a GPU). Quick mode where the full run takes more
+# than ~15 minutes on the 2-core dev machine (compression: ~1 h of lm decoding; engine, trie,
+# store, residual, stress: 15-60 min), full mode otherwise.
+BENCHES: list[tuple[str, str, list[str], str, bool]] = [
+    ("coder", "coder.py", [], "full", False),
+    ("plt", "plt.py", [], "full", False),
+    ("trie", "trie.py", ["--quick"], "quick", False),
+    ("compression", "compression.py", ["--quick"], "quick", False),
+    ("residual", "residual.py", ["--quick"], "quick", False),
+    ("store", "store.py", ["--quick"], "quick", False),
+    ("engine", "engine.py", ["--quick"], "quick", False),
+    ("serve", "serve.py", ["--quick"], "quick", False),
+    ("competitors", "competitors.py", ["--quick"], "quick", False),
+    ("stress", "stress.py", ["--quick"], "quick", False),
+    ("gpu_kernels", "gpu_kernels.py", ["--quick"], "quick", True),
+    ("engine_gpu", "engine.py", ["--gpu", "--quick"], "quick", True),
+]
 
-def load(name: str) -> dict[str, Any] | None:
-    """The parsed JSON of benches/results/NAME.json, or None when the file is absent."""
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount()) > 0
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: all mean "no GPU"
+        return False
+
+
+def out_flag(script: Path) -> str | None:
+    """The output option a bench script takes (``--out`` or ``--output``), from its ``--help``."""
+    text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300).stdout
+    return "--out" if "--out " in text or "--out\n" in text or "--out OUT" in text else (
+        "--output" if "--output" in text else None)
+
+
+def run_benches(only: list[str] | None) -> list[dict[str, Any]]:
+    """Runs BENCHES (or those named in ``only``) into RUNS; returns one record per bench and writes
+    them to RUNS/runs.json. A bench that fails is recorded with the tail of its output."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    gpu = gpu_available()
+    records = []
+    for name, script, args, mode, needs_gpu in BENCHES:
+        if only and name not in only:
+            continue
+        rec: dict[str, Any] = {"name": name, "script": f"benches/{script}", "mode": mode, "out": f"benches/results/quick/{name}.json"}
+        path = ROOT / script
+        if needs_gpu and not gpu:
+            rec["status"] = "not run: no CUDA GPU visible to CuPy on this machine; the committed device JSON is used"
+        elif not path.exists():
+            rec["status"] = f"not run: benches/{script} does not exist"
+        else:
+            flag = out_flag(path)
+            if flag is None:
+                rec["status"] = f"not run: benches/{script} takes no --out/--output option"
+            else:
+                cmd = [sys.executable, str(path), *args, flag, str(RUNS / f"{name}.json")]
+                rec["command"] = " ".join(["python", f"benches/{script}", *args, flag, rec["out"]])
+                print(f"[report] {rec['command']}", file=sys.stderr, flush=True)
+                t0 = time.monotonic()
+                p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT.parent)
+                rec["seconds"] = round(time.monotonic() - t0, 1)
+                rec["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+                rec["status"] = "ok" if p.returncode == 0 else f"failed (exit {p.returncode})"
+                if p.returncode != 0:
+                    rec["output_tail"] = (p.stdout + p.stderr)[-2000:]
+                    print(rec["output_tail"], file=sys.stderr)
+        print(f"[report] {name}: {rec['status']}", file=sys.stderr, flush=True)
+        records.append(rec)
+    (RUNS / "runs.json").write_text(json.dumps({"gpu": gpu, "runs": records}, indent=1) + "\n")
+    return records
+
+
+class Sources:
+    """Which JSON each bench's figures come from: the committed full run benches/results/NAME.json
+    when present, else this ``make report`` run's benches/results/quick/NAME.json, else a committed
+    quick run benches/results/NAME-quick.json."""
+
+    def __init__(self) -> None:
+        self.path: dict[str, Path] = {}
+        self.data: dict[str, dict[str, Any]] = {}
+
+    def candidates(self, name: str) -> list[Path]:
+        return [RESULTS / f"{name}.json", RUNS / f"{name}.json", RESULTS / f"{name}-quick.json"]
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        for path in self.candidates(name):
+            if path.exists():
+                try:
+                    d = json.loads(path.read_text())
+                except json.JSONDecodeError:
+                    continue
+                self.path[name], self.data[name] = path, d
+                return d
+        return None
+
+    def rel(self, name: str) -> str:
+        p = self.path.get(name)
+        return str(p.relative_to(ROOT.parent)) if p else f"no {name}.json"
+
+    def fresh(self, name: str) -> dict[str, Any] | None:
+        """This run's JSON for ``name`` (results/quick/), whatever the report uses."""
+        p = RUNS / f"{name}.json"
+        try:
+            return json.loads(p.read_text()) if p.exists() else None
+        except json.JSONDecodeError:
+            return None
 
 
 def get(d: Any, *keys: Any) -> Any:
@@ -125,20 +238,29 @@ def bar_plot(path: Path, labels: list[str], values: list[float], colors: list[st
 
 
 class Report:
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, runs: list[dict[str, Any]] | None = None):
         self.out = out
+        self.runs = runs
         self.lines: list[str] = []
-        self.coder = load("coder")
-        self.trie = load("trie")
-        self.trie16 = load("trie_16core")
-        self.plt = load("plt")
-        self.comp_name = "compression" if (RESULTS / "compression.json").exists() else "compression-quick"
-        self.comp = load(self.comp_name)
-        self.residual = load("residual")
-        self.gpu = load("gpu_kernels")
-        self.engine = load("engine")
-        self.engine_gpu = load("engine_gpu")
-        self.store = load("store")
+        self.src = src = Sources()
+        self.coder = src.load("coder")
+        self.trie = src.load("trie")
+        self.trie16 = src.load("trie_16core")
+        self.plt = src.load("plt")
+        self.comp = src.load("compression")
+        self.comp_name = src.rel("compression")
+        self.residual = src.load("residual")
+        self.gpu = src.load("gpu_kernels")
+        self.engine = src.load("engine")
+        self.engine_gpu = src.load("engine_gpu")
+        self.store = src.load("store")
+        self.serve = src.load("serve")
+        self.competitors = src.load("competitors")
+        self.stress = src.load("stress")
+
+    def f(self, name: str) -> str:
+        """The file a bench's figures come from, as inline code."""
+        return f"`{self.src.rel(name)}`"
 
     def w(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -188,7 +310,7 @@ class Report:
             "",
             f"KV per token position of SmolLM2-135M: {s.formula} components "
             f"(layers × K,V × KV heads × head dim); at bf16 that is {s.bits(16):,.0f} bits.",
-            f"seqkv figures: `benches/results/{self.comp_name}.json` "
+            f"seqkv figures: `{self.comp_name}` "
             f"({get(self.comp, 'model') or NM}; texts: {', '.join(t['text'] for t in self.texts) or NM}, "
             f"{', '.join(str(t['tokens']) for t in self.texts)} tokens), residual from `residual.json`, "
             "plt over more text from `plt.json`.",
@@ -256,7 +378,7 @@ class Report:
         self.w("## 2. Bits per token against position in the context", "")
         texts = [t for t in self.texts if t.get("by_position")]
         if not texts:
-            self.w(f"{NM} (no `by_position` in {self.comp_name}.json).", "")
+            self.w(f"{NM} (no `by_position` in {self.comp_name}).", "")
             return
         fig, ax = plt.subplots(figsize=(9, 4.5))
         rows = []
@@ -276,7 +398,7 @@ class Report:
         ax.set_xlabel("position in the context (bucket midpoint, log2)")
         ax.set_ylabel("bits per token")
         ax.set_ylim(0, None)
-        ax.set_title(f"lm codec bits/token by position bucket ({self.comp_name}.json)", fontsize=11)
+        ax.set_title(f"lm codec bits/token by position bucket ({self.comp_name})", fontsize=11)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -346,7 +468,7 @@ class Report:
         self.w("From `store.json` (SessionStore tiers, SmolLM2 shape):", "")
         self.table(["tokens", "hot restore ms", "warm dequantize ms", "cold fetch+decode raw ms",
                     "cold fetch+decode plt ms", "cold end-to-end ms"], rows)
-        self.w(f"From `{self.comp_name}.json` (one context length per text):", "")
+        self.w(f"From `{self.comp_name}` (one context length per text):", "")
         self.table(["text", "tokens", "recompute ms", "load bf16 KV ms", "KV file bytes", "lm restore ms",
                     "lm decode tokens/s"],
                    [[t["text"], str(t["tokens"]), fmt(t.get("recompute_ms"), ",.0f"), fmt(t.get("kv_load_ms"), ",.1f"),
@@ -678,7 +800,7 @@ class Report:
              met(None if get(self.gpu, "summary", "residual_bw_fraction") is None else get(self.gpu, "summary", "residual_bw_fraction") >= 0.5)],
         ])
         if comp and comp.get("quick"):
-            self.w(f"The compression figures come from the quick run (`{self.comp_name}.json`: "
+            self.w(f"The compression figures come from the quick run (`{self.comp_name}`: "
                    f"{len(self.texts)} texts × {', '.join(str(t['tokens']) for t in self.texts)} tokens); a full run was not committed.", "")
 
     def competitors(self) -> None:
@@ -702,7 +824,7 @@ class Report:
         self.w("## Where each figure was measured", "")
         rows = []
         for name, d in (("coder.json", self.coder), ("trie.json", self.trie), ("trie_16core.json", self.trie16),
-                        ("plt.json", self.plt), (f"{self.comp_name}.json", self.comp), ("residual.json", self.residual),
+                        ("plt.json", self.plt), (f"{self.comp_name}", self.comp), ("residual.json", self.residual),
                         ("store.json", self.store), ("engine.json", self.engine), ("engine_gpu.json", self.engine_gpu),
                         ("gpu_kernels.json", self.gpu)):
             if d is None:

@@ -1,7 +1,10 @@
 """Stress bench: the 16-thread Trie and SessionStore workloads of tests/test_stress.py at a
-larger size, and the memory bound of tests/test_memory_bounds.py over 10^6 inserted tokens.
+larger size (10x the CI test's operations per thread, 5x its sessions), and the memory bound of
+tests/test_memory_bounds.py over 10^6 inserted tokens.
 
-Prints a table and writes benches/results/stress.json (stress-quick.json with --quick)."""
+Every workload checks itself against its reference model (nothing lost, nothing wrong) and runs
+under a deadline (DEADLINE_S) that fails it on a deadlock. Prints a table and writes
+benches/results/stress.json (stress-quick.json with --quick, or --out PATH)."""
 
 from __future__ import annotations
 
@@ -21,25 +24,31 @@ import test_memory_bounds as mb  # noqa: E402
 import test_stress as ts  # noqa: E402
 
 
+DEADLINE_S = 900.0  # per workload: a bound that fails the run on a hang, not a performance figure
+
+
 def machine_info() -> dict:
     cpu = platform.processor()
     try:
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "usable_cpus": len(os.sched_getaffinity(0)), "python": platform.python_version()}
+    return {"cpu": cpu, "usable_cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "seqkv": seqkv.__version__, "loadavg_start": list(os.getloadavg())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-store", action="store_true", help="skip the SessionStore workload (needs transformers)")
+    ap.add_argument("--out", default=None, help="default benches/results/stress.json (stress-quick.json with --quick)")
     args = ap.parse_args()
+    info = machine_info()
     q = args.quick
     rows = []
     for cap in (None, 5_000):
         t0 = time.perf_counter()
-        r = ts.trie_workload(seqkv.Trie(max_tokens=cap), ops=2_000 if q else 20_000, seed=7)
+        r = ts.trie_workload(seqkv.Trie(max_tokens=cap), ops=2_000 if q else 20_000, seed=7, deadline_s=DEADLINE_S)
         rows.append({"workload": f"trie 16 threads max_tokens={cap}", "seconds": time.perf_counter() - t0, **r})
     cap = 50_000
     n = 100_000 if q else 1_000_000
@@ -50,7 +59,8 @@ def main() -> None:
     r = mb.fill(trie, n, key_len=32, seed=3, check_every=50)
     grown = mb.rss_bytes() - r0
     bound = cap * mb.BYTES_PER_TOKEN_BOUND + mb.RSS_SLACK
-    assert r["peak_len"] <= cap and grown <= bound, (grown, bound, r)
+    if r["peak_len"] > cap or grown > bound:
+        raise SystemExit(f"memory bound broken: RSS grew {grown} B (bound {bound} B), peak len {r['peak_len']} (cap {cap})")
     rows.append({"workload": f"memory: {n} tokens into max_tokens={cap}", "seconds": time.perf_counter() - t0,
                  "rss_growth_bytes": grown, "rss_bound_bytes": bound, **r})
     if not args.no_store:
@@ -62,16 +72,17 @@ def main() -> None:
                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                              head_dim=16, tie_word_embeddings=True)).eval()
         store = seqkv.SessionStore(model, codec="plt", record_hashes=False)
-        ts.DEADLINE_S = 600.0
         t0 = time.perf_counter()
-        r = ts.store_workload(store, sessions=12 if q else 60, vocab=512, seed=7)
+        r = ts.store_workload(store, sessions=12 if q else 60, vocab=512, seed=7, deadline_s=DEADLINE_S)
         rows.append({"workload": "SessionStore(plt) 16 threads", "seconds": time.perf_counter() - t0, **r})
     for row in rows:
         print(f"{row['workload']:<45} {row['seconds']:8.2f} s  " +
               " ".join(f"{k}={v}" for k, v in row.items() if k not in ("workload", "seconds")))
-    out = ROOT / "benches" / "results" / ("stress-quick.json" if q else "stress.json")
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=1))
+    info["loadavg_end"] = list(os.getloadavg())
+    out = Path(args.out) if args.out else ROOT / "benches" / "results" / ("stress-quick.json" if q else "stress.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": info, "quick": q, "threads": ts.THREADS, "deadline_s": DEADLINE_S,
+                               "all_checks_passed": True, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -180,7 +180,10 @@ def test_lm_stats_and_header(tiny_llama):
     assert "verify_seconds" in stats.extra
     info = codecs.stream_info(stream)
     assert info.codec == "lm" and info.vocab_size == 512 and info.precision == 24
-    assert info.schedule == (4,) + (1,) * 39  # prefill [start] + context, then single steps
+    # the engine (default for a Llama): [start] + context in one pass, the 39 fed tokens in another
+    assert info.schedule == (4, 39)
+    info = codecs.stream_info(LMCodec(tiny_llama, start_token=5, engine=False).encode(toks, context=[1, 2, 3]))
+    assert info.schedule == (4,) + (1,) * 39  # transformers: prefill [start] + context, then single steps
     assert len(info.model_fingerprint) == 32
     from seqkv import container
 

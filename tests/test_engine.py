@@ -228,7 +228,9 @@ def test_logits_source_encode_by_prefill_decode_by_steps(tiny_llama, tiny_engine
     assert np.array_equal(codec.decode(data), toks)
     # a stream coded by the engine is refused by plain transformers (different fingerprint)
     with pytest.raises(seqkv.ModelMismatchError):
-        LMCodec(tiny_llama).decode(data)
+        LMCodec(tiny_llama, engine=False).decode(data)
+    # ... and decoded by the default codec of the model, which is the engine (bf16 weights)
+    assert np.array_equal(LMCodec(tiny_llama).decode(data), toks)
 
 
 # ---- SmolLM2 (small: <= 32 tokens) ---------------------------------------------------

@@ -32,7 +32,10 @@ def value_of(tokens: list[int], i: int) -> int:
     return (tokens[i] << 8) | min(i, 255)
 
 
-def run_threads(worker, n: int = THREADS, deadline_s: float = DEADLINE_S) -> None:
+def run_threads(worker, n: int = THREADS, deadline_s: float | None = None) -> None:
+    """Runs ``worker(tid)`` on ``n`` threads started together; fails if any raised, or if any is
+    still running ``deadline_s`` seconds (default :data:`DEADLINE_S`) after the start."""
+    deadline_s = DEADLINE_S if deadline_s is None else deadline_s
     errors: list[BaseException] = []
     start = threading.Barrier(n)
 
@@ -55,7 +58,7 @@ def run_threads(worker, n: int = THREADS, deadline_s: float = DEADLINE_S) -> Non
         raise errors[0]
 
 
-def trie_workload(trie: seqkv.Trie, ops: int, seed: int = 0) -> dict[str, int]:
+def trie_workload(trie: seqkv.Trie, ops: int, seed: int = 0, deadline_s: float | None = None) -> dict[str, int]:
     """Insert / match (+pin) / evict from every thread. Checks: every match's values are the
     values of its path; a pinned path survives every eviction; and at the end, tokens stored
     = tokens newly inserted - tokens evicted (nothing lost, nothing freed twice)."""
@@ -93,7 +96,7 @@ def trie_workload(trie: seqkv.Trie, ops: int, seed: int = 0) -> dict[str, int]:
             totals["evicted"] += evicted
             totals["matches"] += matches
 
-    run_threads(worker)
+    run_threads(worker, deadline_s=deadline_s)
     totals["evicted"] += len(trie.take_evicted())
     assert len(trie) == totals["inserted"] - totals["evicted"], totals
     if trie.stats()["max_tokens"] is not None:
@@ -102,7 +105,9 @@ def trie_workload(trie: seqkv.Trie, ops: int, seed: int = 0) -> dict[str, int]:
     return totals
 
 
-@pytest.mark.timeout(90)
+# method="thread": the timeout fires even if the main thread is stuck inside native code (a
+# signal handler would wait for it to return to Python); it dumps every stack and fails the run.
+@pytest.mark.timeout(90, method="thread")
 @pytest.mark.parametrize("max_tokens", [None, 300])
 def test_trie_16_threads(max_tokens):
     trie = seqkv.Trie(max_tokens=max_tokens)
@@ -110,7 +115,8 @@ def test_trie_16_threads(max_tokens):
     assert totals["matches"] > 0 and totals["inserted"] > 0
 
 
-def store_workload(store: seqkv.SessionStore, sessions: int, vocab: int, seed: int = 0) -> dict[str, int]:
+def store_workload(store: seqkv.SessionStore, sessions: int, vocab: int, seed: int = 0,
+                   deadline_s: float | None = None) -> dict[str, int]:
     """put / tokens / get / delete / trie evict from every thread, against a reference dict
     ``session id -> tokens`` updated under a lock; at the end the store holds exactly the
     reference's sessions with exactly their tokens."""
@@ -154,7 +160,7 @@ def store_workload(store: seqkv.SessionStore, sessions: int, vocab: int, seed: i
             if rng.random() < 0.1:
                 store.drop_caches()  # the next reads decode from the records
 
-    run_threads(worker)
+    run_threads(worker, deadline_s=deadline_s)
     assert sorted(store.ids()) == sorted(ref)
     store.drop_caches()
     for sid, toks in ref.items():
@@ -162,7 +168,7 @@ def store_workload(store: seqkv.SessionStore, sessions: int, vocab: int, seed: i
     return counts
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120, method="thread")
 def test_session_store_16_threads(tiny_llama):
     store = seqkv.SessionStore(tiny_llama, codec="plt", record_hashes=False)
     counts = store_workload(store, sessions=12, vocab=512)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from typing import Any, Iterable, Iterator, Sequence as Seq
 
 import numpy as np
@@ -42,6 +43,8 @@ from .errors import InvalidInputError
 
 __all__ = [
     "Engine",
+    "supports",
+    "unsupported_reason",
     "Sequence",
     "EngineLogitsSource",
     "KERNEL_DEFINITION",
@@ -111,6 +114,35 @@ def cache_layer_hashes(cache: Any, batch_index: int = 0) -> list[str]:
     return kv_layer_hashes(arrays)
 
 
+def unsupported_reason(model: Any) -> str | None:
+    """Why the engine cannot run ``model`` (a transformers causal LM), or ``None`` if it can:
+    ``model_type`` in :data:`SUPPORTED_MODEL_TYPES`, SiLU MLP, no tensor-parallel split,
+    a static RoPE table, the usual ``model.model.{embed_tokens, layers, norm, rotary_emb}``."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return "not a transformers model (no .config)"
+    model_type = getattr(cfg, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type {model_type!r} (supported: {sorted(SUPPORTED_MODEL_TYPES)})"
+    act = getattr(cfg, "hidden_act", "silu")
+    if act != "silu":
+        return f"hidden_act {act!r} (needs 'silu')"
+    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1"
+    inner = getattr(model, "model", None)
+    if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return "unexpected module layout (needs model.model.embed_tokens/layers/norm/rotary_emb)"
+    rope_type = getattr(inner.rotary_emb, "rope_type", "default")
+    if rope_type not in _STATIC_ROPE_TYPES:
+        return f"RoPE type {rope_type!r} (length-dependent)"
+    return None
+
+
+def supports(model: Any) -> bool:
+    """Whether :meth:`Engine.from_hf` can take ``model`` (see :func:`unsupported_reason`)."""
+    return unsupported_reason(model) is None
+
+
 def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(config, tensors)`` of a transformers Llama-family causal LM, in the engine's naming:
     ``embed`` ``[V, H]``, ``lm_head`` (only when untied), ``norm``, and per layer
@@ -120,20 +152,12 @@ def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     from .models import require_torch
 
     torch, _ = require_torch()
+    why = unsupported_reason(model)
+    if why is not None:
+        raise InvalidInputError(f"seqkv.engine cannot run this model: {why}")
     cfg = model.config
-    model_type = getattr(cfg, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise InvalidInputError(f"seqkv.engine supports model types {sorted(SUPPORTED_MODEL_TYPES)}, not {model_type!r}")
-    act = getattr(cfg, "hidden_act", "silu")
-    if act != "silu":
-        raise InvalidInputError(f"seqkv.engine needs hidden_act='silu', not {act!r}")
-    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
-        raise InvalidInputError("pretraining_tp > 1 is not supported")
     inner = model.model
     rotary = inner.rotary_emb
-    rope_type = getattr(rotary, "rope_type", "default")
-    if rope_type not in _STATIC_ROPE_TYPES:
-        raise InvalidInputError(f"RoPE type {rope_type!r} (length-dependent) is not supported")
     attn0 = inner.layers[0].self_attn
     head_dim = int(getattr(attn0, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
@@ -268,6 +292,10 @@ class Sequence:
         return tuple(self._core.page_stats())  # type: ignore[return-value]
 
 
+_SHARED: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], Engine]]" = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
 class Engine:
     """Weights of one model in the engine's layout; creates sequences and runs them.
 
@@ -309,6 +337,26 @@ class Engine:
         eng = cls.from_tensors(config, tensors, dtype, kv_dtype=kv_dtype, page_tokens=page_tokens)
         eng.hf_config = model.config
         eng.source_fingerprint = source_fp
+        return eng
+
+    @classmethod
+    def for_model(cls, model: Any, dtype: str = "bf16", *, kv_dtype: str = "f32", page_tokens: int = 64) -> "Engine":
+        """A shared engine of ``model``: built once by :meth:`from_hf` and reused while the
+        model lives and its :func:`seqkv.models.fingerprint` is unchanged (codecs and stores
+        built for one model share its engine; thread-safe)."""
+        from .models import fingerprint as model_fingerprint
+
+        fp = model_fingerprint(model)
+        key = (str(dtype), str(kv_dtype), int(page_tokens))
+        with _SHARED_LOCK:
+            per_model = _SHARED.get(model)
+            if per_model is None:
+                per_model = {}
+                _SHARED[model] = per_model
+            eng = per_model.get(key)
+            if eng is None or eng.source_fingerprint != fp:
+                eng = cls.from_hf(model, dtype, kv_dtype=kv_dtype, page_tokens=page_tokens)
+                per_model[key] = eng
         return eng
 
     @classmethod
@@ -460,13 +508,17 @@ class EngineLogitsSource(LogitsSource):
     Rows do not depend on the schedule (``schedule_invariant = True``), so the encoder
     computes every row with prefill chunks (:meth:`iter_rows`, ``chunk`` rows per pass) and
     the decoder with :meth:`start` + single :meth:`step` calls, and both get the same bits.
-    Use it as ``LMCodec(model, source=EngineLogitsSource(Engine.from_hf(model)))``.
+    ``LMCodec(model)`` uses it by default for models the engine supports (one shared
+    :meth:`Engine.for_model` per model); explicitly: ``LMCodec(model, source=EngineLogitsSource(eng))``.
+    It runs several streams at once (``batched = True``) for ``LMCodec.encode_batch`` and
+    ``decode_batch``.
     Its :meth:`fingerprint` is :meth:`Engine.fingerprint` (model, dtypes, kernel definition),
     so a stream coded under the engine refuses to decode under plain transformers.
     """
 
     engine = "seqkv-engine"
     schedule_invariant = True
+    batched = True
 
     def __init__(self, engine: Engine, *, chunk: int = 256):
         if int(chunk) < 1:
@@ -518,6 +570,59 @@ class EngineLogitsSource(LogitsSource):
         k = self.chunk
         chunks = (k,) * (fed // k) + ((fed % k,) if fed % k else ())
         return ((prefix_len,) if prefix_len else ()) + chunks
+
+    # -- several streams at once (LMCodec.encode_batch / decode_batch) ------------------
+
+    def start_many(self, prefixes: Seq[Any]) -> tuple[list[Sequence], list[np.ndarray | None]]:
+        """New sequences fed their prefixes in one batched pass; each one's last row (``None``
+        for an empty prefix)."""
+        seqs = [self.eng.new_sequence() for _ in prefixes]
+        arrays = [np.asarray(p) for p in prefixes]
+        rows: list[np.ndarray | None] = [None] * len(arrays)
+        if any(a.size for a in arrays):
+            out = self.eng.forward(seqs, arrays, logits="last")
+            j = 0
+            for i, a in enumerate(arrays):
+                if a.size:
+                    rows[i] = out[j]
+                    j += 1
+        return seqs, rows
+
+    def step_many(self, handles: Seq[Sequence], tokens: Seq[int]) -> np.ndarray:
+        """One batched decode step: ``tokens[i]`` appended to ``handles[i]``."""
+        return self.eng.step(handles, tokens)
+
+    def rows_many(self, prefixes: Seq[Any], token_lists: Seq[Any]) -> Iterator[tuple[int, np.ndarray | None]]:
+        """The encoder's rows of several streams: the prefixes in one pass, then passes of up
+        to ``chunk`` rows taken from the streams in order (a pass may mix streams)."""
+        seqs, first = self.start_many(prefixes)
+        n = len(token_lists)
+        for i in range(n):
+            if len(token_lists[i]):
+                yield i, first[i]
+        fed = [np.asarray(t)[: max(len(t) - 1, 0)] for t in token_lists]
+        at = [0] * n
+        while True:
+            budget = self.chunk
+            idx: list[int] = []
+            chunks: list[np.ndarray] = []
+            for i in range(n):
+                take = min(fed[i].size - at[i], budget)
+                if take > 0:
+                    idx.append(i)
+                    chunks.append(fed[i][at[i] : at[i] + take])
+                    at[i] += take
+                    budget -= take
+                if budget == 0:
+                    break
+            if not idx:
+                return
+            out = self.eng.forward([seqs[i] for i in idx], chunks, logits="all")
+            r = 0
+            for i, c in zip(idx, chunks):
+                for j in range(c.size):
+                    yield i, out[r + j]
+                r += c.size
 
 
 # ---- RoPE table (NumPy replica of rust/seqkv-engine Model::rope_row) -------------------------

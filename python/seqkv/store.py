@@ -182,6 +182,7 @@ class _HotKV:
 class _Built:
     """A cache built by a ``get`` and what it is, offered to the tier manager for promotion."""
 
+    tokens: np.ndarray
     cache: Any
     kind: str
     codes: _WarmKV | None = None
@@ -266,19 +267,15 @@ def _resolve_engine(model: Any, engine: Any) -> Any:
     if isinstance(engine, str):
         if engine != "auto":
             raise InvalidInputError(f"engine must be an Engine, 'auto' or None, not {engine!r}")
-        from .engine import SUPPORTED_MODEL_TYPES, Engine
+        from .engine import Engine, unsupported_reason
 
-        if getattr(getattr(model, "config", None), "model_type", None) not in SUPPORTED_MODEL_TYPES:
-            return None
         param = next(iter(model.parameters()))
-        if param.device.type != "cpu":
-            return None  # the CPU engine; a GPU model keeps computing its own KV
+        if unsupported_reason(model) is not None or param.device.type != "cpu":
+            return None  # not a model the engine runs; or a GPU model, which computes its own KV
         import torch
 
-        try:
-            return Engine.from_hf(model, dtype="f32" if param.dtype == torch.float32 else "bf16")
-        except InvalidInputError:
-            return None  # a Llama variant the engine does not reproduce (RoPE type, activation ...)
+        # f32 weights for an f32 model: the engine's KV then agrees with the model's to ~1e-4
+        return Engine.for_model(model, dtype="f32" if param.dtype == torch.float32 else "bf16")
     if not (hasattr(engine, "new_sequence") and hasattr(engine, "prefill")):
         raise InvalidInputError(f"engine must be a seqkv.engine.Engine, not {type(engine).__name__}")
     return engine
@@ -318,6 +315,11 @@ class SessionStore:
     policy:
         demotion policy of the tier manager: ``"lru"`` or ``"plt"`` (reuse-weighted, see
         :mod:`seqkv.tiers`).
+    tier_limits:
+        optional per-tier caps in bytes within ``capacity_bytes`` (e.g. ``{"hot": 1 << 30}``).
+        Default with a warm tier and a capacity: hot may take at most 3/4 of the capacity, so
+        that demoted sessions find room in the warm tier (a hot tier filling the whole budget
+        would push every demoted session straight to cold).
     engine:
         a :class:`seqkv.engine.Engine` that computes every KV the store builds (hashes at put,
         restores), or ``"auto"``: one built from ``model`` when it is a Llama-family model on the
@@ -344,6 +346,7 @@ class SessionStore:
         capacity_bytes: int | None = None,
         tiers: Any = TIER_NAMES,
         policy: str = "lru",
+        tier_limits: Any = None,
         engine: Any = None,
         **codec_options: Any,
     ):
@@ -371,7 +374,11 @@ class SessionStore:
         ):
             raise InvalidInputError(f"capacity_bytes must be an int >= 0 or None, not {capacity_bytes!r}")
         self.capacity_bytes = capacity_bytes
-        self._tiers = Tiers(sys.maxsize if capacity_bytes is None else capacity_bytes, policy, tiers=tiers)
+        if tier_limits is None and capacity_bytes is not None and "warm" in tiers and "hot" in tiers:
+            tier_limits = {"hot": capacity_bytes * 3 // 4}
+        self._tiers = Tiers(
+            sys.maxsize if capacity_bytes is None else capacity_bytes, policy, tiers=tiers, limits=tier_limits
+        )
         self._layout = self._kv_layout(model)
         self._warm_codec: _WarmCodec | None = None
         if "warm" in tiers:
@@ -629,7 +636,7 @@ class SessionStore:
             attachments: dict[str, bytes] = {}
             if (self.record_hashes or keep) and cache is None and toks.size:
                 cache = self._compute(toks, sched)
-            if self.record_hashes and cache is not None:
+            if (self.record_hashes or residual) and cache is not None:
                 hashes = hf.layer_hashes(cache)
             if residual:
                 recomputed = self._compute(toks, sched)
@@ -748,16 +755,20 @@ class SessionStore:
 
     def _apply(self, moves: list[Any], built: _Built | None = None) -> None:
         """Carry out the tier manager's moves (demotions first, then the accessed entry's
-        promotion, which installs ``built``)."""
+        promotion, which installs ``built``), then report the real sizes of the entries that
+        moved (which may demote others: carried out the same way)."""
         rank = TIER_NAMES.index
+        sizes: list[tuple[int, str, int]] = []
         for move in moves:
             number = int(move.session_id[1:])
             if rank(move.to_tier) < rank(move.from_tier):
-                self._promote(number, move.from_tier, move.to_tier, built)
+                sizes.extend(self._promote(number, move.from_tier, move.to_tier, built))
             else:
-                self._demote(number, move.from_tier, move.to_tier)
+                sizes.extend(self._demote(number, move.from_tier, move.to_tier))
+        for number, tier, nbytes in sizes:
+            self._sync_size(number, tier, nbytes)
 
-    def _demote(self, number: int, frm: str, to: str) -> None:
+    def _demote(self, number: int, frm: str, to: str) -> list[tuple[int, str, int]]:
         codes: _WarmKV | None = None
         if frm == "hot":
             hot = self._hot.pop(number)
@@ -768,21 +779,15 @@ class SessionStore:
             self._warm.pop(number)
         if codes is not None:
             self._warm[number] = codes
-            self._sync_size(number, "warm", codes.nbytes)
-        else:
-            self._mem_tokens.pop(number, None)
+            return [(number, "warm", codes.nbytes)]
+        self._mem_tokens.pop(number, None)
+        return []
 
-    def _promote(self, number: int, frm: str, to: str, built: _Built | None) -> None:
-        if built is None:  # only the accessed entry is promoted, and its cache was built
+    def _promote(self, number: int, frm: str, to: str, built: _Built | None) -> list[tuple[int, str, int]]:
+        if built is None:  # pragma: no cover - only the accessed entry is promoted, with its cache
             self._apply(self._tiers.place(_key(number), frm))
-            return
-        toks = self._mem_tokens.get(number)
-        if toks is None:
-            toks = self._tokens_cached(number)
-            if toks is None:
-                self._apply(self._tiers.place(_key(number), frm))
-                return
-            self._mem_tokens[number] = toks
+            return []
+        self._mem_tokens[number] = built.tokens
         if to == "hot":
             codes = self._warm.pop(number, None) if frm == "warm" else None
             if built.kind == "quantized":
@@ -792,12 +797,11 @@ class SessionStore:
             hot = _HotKV(self._private(built.cache), built.kind, 0, codes)
             hot.nbytes = _cache_nbytes(hot.cache) + (codes.nbytes if codes is not None else 0)
             self._hot[number] = hot
-            self._sync_size(number, "hot", hot.nbytes)
-        else:  # cold -> warm
-            assert self._warm_codec is not None
-            warm = built.codes if built.codes is not None else self._warm_codec.quantize(built.cache)
-            self._warm[number] = warm
-            self._sync_size(number, "warm", warm.nbytes)
+            return [(number, "hot", hot.nbytes)]
+        assert self._warm_codec is not None  # cold -> warm
+        warm = built.codes if built.codes is not None else self._warm_codec.quantize(built.cache)
+        self._warm[number] = warm
+        return [(number, "warm", warm.nbytes)]
 
     def _private(self, cache: Any) -> Any:
         from . import hf
@@ -807,13 +811,7 @@ class SessionStore:
     def _sync_size(self, number: int, tier: str, nbytes: int) -> None:
         key = _key(number)
         if key in self._tiers and self._tiers.tier_of(key) == tier:
-            info = next(e for e in self._tiers.entries() if e.session_id == key)
-            if info.sizes.get(tier) != nbytes:
-                self._apply(self._tiers.resize(key, nbytes, tier))
-
-    def _tokens_cached(self, number: int) -> np.ndarray | None:
-        toks = self._tokens.get(number)
-        return None if toks is None else toks
+            self._apply(self._tiers.resize(key, nbytes, tier))
 
     def _forget(self, number: int) -> None:
         """Drop a session from the tiers and memory (under the bookkeeping lock)."""
@@ -842,6 +840,7 @@ class SessionStore:
                 if hot is not None and hot.kind != "exact":  # upgrade a faithful/quantized copy
                     nbytes = _cache_nbytes(built.cache)
                     self._hot[number] = _HotKV(self._private(built.cache), "exact", nbytes)
+                    self._mem_tokens[number] = built.tokens
                     self._sync_size(number, "hot", nbytes)
 
     # -- tokens -----------------------------------------------------------------------------
@@ -921,19 +920,19 @@ class SessionStore:
             raise InvalidInputError(f"session {session_id!r} was stored without KV hashes; exact mode needs them")
         toks = self._tokens_of(entry.number, progress)
         tier, hot, warm = self._snapshot_tier(entry.number)
-        if hot is not None and (mode == "faithful" or hot.kind == "exact"):
-            built = _Built(self._private(hot.cache), hot.kind, hot.codes)
+        if hot is not None:
+            built = _Built(toks, self._private(hot.cache), hot.kind, hot.codes)
             served = "hot"
         elif warm is not None and mode == "faithful":
             assert self._warm_codec is not None
-            built = _Built(self._warm_codec.dequantize(self.model, warm), "quantized", warm)
+            built = _Built(toks, self._warm_codec.dequantize(self.model, warm), "quantized", warm)
             served = "warm"
         elif mode == "faithful":
             cache = self._compute(toks, None) if toks.size else self._empty_cache()
-            built = _Built(cache, "faithful")
+            built = _Built(toks, cache, "faithful")
             served = "cold"
         else:
-            built = _Built(self._exact_restore(entry, toks), "exact")
+            built = _Built(toks, self._exact_restore(entry, toks), "exact")
             served = "cold"
         self._accessed(entry.number, served, built, promote=promote and toks.size > 0)
         return toks.copy(), built.cache
@@ -1006,17 +1005,18 @@ class SessionStore:
                     best = (n, hotness, number)
             hot = self._hot.get(best[2]) if best is not None else None
             warm = self._warm.get(best[2]) if best is not None else None
-        if best is not None and (hot is not None or warm is not None):
+            mem = self._mem_tokens.get(best[2]) if best is not None else None
+        if best is not None and mem is not None and (hot is not None or warm is not None):
             n, _, number = best
             if hot is not None:
                 out = _slice_cache(self.model, hot.cache, n)
-                built = _Built(hot.cache, hot.kind, hot.codes)
+                built = _Built(mem, hot.cache, hot.kind, hot.codes)
                 served = "hot"
             else:
                 assert warm is not None and self._warm_codec is not None
                 full = self._warm_codec.dequantize(self.model, warm)
                 out = _slice_cache(self.model, full, n) if n < warm.length else self._private(full)
-                built = _Built(full, "quantized", warm)
+                built = _Built(mem, full, "quantized", warm)
                 served = "warm"
             self._accessed(number, served, built)
             return n, out
@@ -1027,8 +1027,8 @@ class SessionStore:
             return 0, None
         cache = self._compute(toks[:n], None)
         if n == entry.n_tokens and not entry.hidden:
-            self._accessed(entry.number, "cold", _Built(cache, "faithful"))
-            return n, self._private(cache)
+            self._accessed(entry.number, "cold", _Built(toks[:n].copy(), cache, "faithful"))
+            return n, cache
         with self._tier_lock:
             self._hits["cold"] += 1
         return n, cache
@@ -1120,6 +1120,9 @@ class SessionStore:
             return {
                 "tiers": out,
                 "capacity_bytes": self.capacity_bytes,
+                "limits": {t: v["limit"] for t, v in st["tiers"].items() if t != "cold"}
+                if self.capacity_bytes is not None
+                else {},
                 "used_bytes": st["used_bytes"],
                 "policy": st["policy"],
             }

@@ -51,13 +51,18 @@ class MemoryBackend(Backend):
             for name, data in new_blobs.items():
                 self._write_blob(name, data)
 
+    def _parts(self, session_id: str) -> tuple[bytes, bytes, bytes]:
+        """The stored parts of a session; call with the lock held."""
+        self._check_open()
+        parts = self._sessions.get(session_id)
+        if parts is None:
+            raise not_found(session_id)
+        return parts
+
     def get(self, session_id: str) -> SessionRecord:
         check_session_id(session_id)
         with self._lock:
-            self._check_open()
-            parts = self._sessions.get(session_id)
-        if parts is None:
-            raise not_found(session_id)
+            parts = self._parts(session_id)
         return SessionRecord.from_stored(session_id, *parts, data_crc=None, meta_crc=None)
 
     def delete(self, session_id: str) -> bool:
@@ -80,11 +85,7 @@ class MemoryBackend(Backend):
     def patch_meta(self, session_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         check_session_id(session_id)
         with self._lock:
-            self._check_open()
-            parts = self._sessions.get(session_id)
-            if parts is None:
-                raise not_found(session_id)
-            container, meta_json, attachments = parts
+            container, meta_json, attachments = self._parts(session_id)
             meta = merge_meta(decode_meta(meta_json, f"session {session_id!r}"), changes)
             new_json = encode_meta(meta)
             self._sessions[session_id] = (container, new_json, attachments)
@@ -93,11 +94,7 @@ class MemoryBackend(Backend):
     def size(self, session_id: str) -> int:
         check_session_id(session_id)
         with self._lock:
-            self._check_open()
-            parts = self._sessions.get(session_id)
-        if parts is None:
-            raise not_found(session_id)
-        return sum(map(len, parts))
+            return sum(map(len, self._parts(session_id)))
 
     # -- blobs -------------------------------------------------------------------------
 

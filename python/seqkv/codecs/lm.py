@@ -7,11 +7,15 @@ How a stream is made (and must be remade by the decoder)
   config's BOS; ``None`` means none), ``context`` the tokens both ends already know (e.g.
   the prefix a :class:`~seqkv.Trie` matched). With an empty prefix the first token is coded
   under the uniform distribution (all-zero logits).
-* Logits come from a :class:`LogitsSource`. :class:`TransformersSource` runs the prefix as
-  one prefill chunk, then **single-token steps with the KV cache at batch size 1**, in
-  float32; the header's ``schedule`` records the chunk sizes of those forward passes:
-  ``(len(prefix), 1, 1, ...)``. Encoder and decoder run the same schedule, which on one machine
-  and software stack gives bit-identical logits.
+* Logits come from a :class:`LogitsSource`. For a Llama-family model on the CPU the default
+  (``engine="auto"``) is the batch-invariant engine (:class:`seqkv.engine.EngineLogitsSource`):
+  its rows are the same bits under any schedule, so the encoder computes them with prefill
+  passes and the decoder with single steps — or many streams at once
+  (:meth:`LMCodec.encode_batch`, :meth:`LMCodec.decode_batch`). Otherwise (or with
+  ``engine=False``) :class:`TransformersSource` runs the prefix as one prefill chunk, then
+  **single-token steps with the KV cache at batch size 1**, in float32, at both ends: the
+  same schedule, which on one machine and software stack gives bit-identical logits. The
+  header's ``schedule`` records the chunk sizes of the encoder's forward passes.
 * Each logits row becomes an integer table through ``seqkv.coder.quantize_logits`` (the
   quantizer of ``docs/numerics.md``, precision 24 by default) and the token is range-coded
   under it. Tokens are cut into blocks of ``block_tokens`` (4096); each block is its own
@@ -25,8 +29,9 @@ How a stream is made (and must be remade by the decoder)
   fingerprint of the target model.
 
 ``LogitsSource`` is the seam for other engines: the batch-invariant engine subclasses it,
-sets ``schedule_invariant = True`` and overrides :meth:`LogitsSource.iter_rows` to compute
-all rows with one prefill.
+sets ``schedule_invariant = True`` and ``batched = True``, overrides
+:meth:`LogitsSource.iter_rows` to compute the rows in prefill passes, and implements the
+several-sequences methods (:meth:`LogitsSource.start_many`, ``step_many``, ``rows_many``).
 """
 
 from __future__ import annotations
@@ -249,10 +254,17 @@ class TransformersSource(LogitsSource):
         return ((prefix_len,) if prefix_len else ()) + chunks
 
 
+def _device_type(model: Any) -> str:
+    try:
+        return str(next(iter(model.parameters())).device.type)
+    except (AttributeError, StopIteration, TypeError):
+        return "cpu"
+
+
 def default_source(model: Any, engine: Any = "auto") -> LogitsSource:
     """The logits source :class:`LMCodec` builds for ``model`` (see its ``engine`` option):
     the batch-invariant engine when ``engine`` is ``"auto"`` and the model is one it
-    supports, or ``True``; transformers steps when ``False`` (or unsupported under
+    supports and sits on the CPU, or ``True``; transformers steps when ``False`` (or unsupported under
     ``"auto"``); an ``Engine`` instance as given. Engines are shared per model
     (:meth:`seqkv.engine.Engine.for_model`). Raises :class:`InvalidInputError` for an
     unknown ``engine`` value, or ``True`` with an unsupported model."""
@@ -264,6 +276,8 @@ def default_source(model: Any, engine: Any = "auto") -> LogitsSource:
         return engine_mod.EngineLogitsSource(engine)
     if engine == "auto" or engine is True or engine == "seqkv":
         why = engine_mod.unsupported_reason(model)
+        if why is None and engine == "auto" and _device_type(model) != "cpu":
+            return TransformersSource(model)  # the engine runs on the CPU; leave a GPU model to torch
         if why is None:
             return engine_mod.EngineLogitsSource(engine_mod.Engine.for_model(model))
         if engine == "auto":
@@ -566,7 +580,7 @@ class LMCodec:
         how logits are computed from ``model`` (or ``draft``) when no ``source`` is given:
         ``"auto"`` (default) uses the batch-invariant :mod:`seqkv.engine` (bf16 weights, f32
         activations; :class:`seqkv.engine.EngineLogitsSource`) when it supports the model
-        (Llama family on the CPU, see :func:`seqkv.engine.supports`) and transformers
+        (Llama family, model on the CPU; see :func:`seqkv.engine.supports`) and transformers
         single steps (:class:`TransformersSource`) otherwise; ``True`` requires the engine
         (:class:`InvalidInputError` if unsupported); ``False`` forces transformers; an
         :class:`seqkv.engine.Engine` is used as it is. The two compute different bits, so

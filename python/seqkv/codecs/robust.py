@@ -324,6 +324,12 @@ class RobustLMCodec(LMCodec):
     encode_chunk:
         with ``model=``, compute the encoder's logits in prefill chunks of this many tokens
         (several times faster than single steps; the decoder still steps).
+    engine:
+        as for ``lm``, but ``False`` (transformers) by default: robust mode is for logits that
+        differ between the two ends (transformers on another device or kernel); the engine's
+        are the same bits everywhere, where plain ``lm`` already decodes exactly. With
+        ``engine="auto"`` or ``True`` the stream is coded under the engine (and records its
+        fingerprint, so only an engine-backed codec decodes it).
     """
 
     name = "lm-robust"
@@ -337,16 +343,19 @@ class RobustLMCodec(LMCodec):
         limit: float = 16.0,
         encode_chunk: int | None = None,
         source: LogitsSource | None = None,
+        engine: Any = False,
         draft: Any = None,
         precision: int = 24,
         **options: Any,
     ):
         if source is None and encode_chunk is not None:
+            if engine is not False and engine != "transformers":
+                raise InvalidInputError("encode_chunk is a transformers option; the engine always encodes by prefill")
             coding_model = draft if draft is not None else model
             if coding_model is None:
                 raise InvalidInputError("encode_chunk needs model= (or draft=)")
             source = TransformersSource(coding_model, encode_chunk=encode_chunk)
-        super().__init__(model, source=source, draft=draft, precision=precision, **options)
+        super().__init__(model, source=source, engine=engine, draft=draft, precision=precision, **options)
         unit = default_unit(epsilon) if bin_unit is None else bin_unit
         self.bins = RobustBins(epsilon, unit, limit, self.precision)
 
