@@ -920,7 +920,7 @@ class SessionStore:
             raise InvalidInputError(f"session {session_id!r} was stored without KV hashes; exact mode needs them")
         toks = self._tokens_of(entry.number, progress)
         tier, hot, warm = self._snapshot_tier(entry.number)
-        if hot is not None:
+        if hot is not None and (mode == "faithful" or hot.kind == "exact"):
             built = _Built(toks, self._private(hot.cache), hot.kind, hot.codes)
             served = "hot"
         elif warm is not None and mode == "faithful":
