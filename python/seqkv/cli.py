@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .codecs.base import describe_schedule
 from .errors import CorruptStreamError, InvalidInputError, MissingExtraError, SeqkvError
 
 __all__ = ["main", "build_parser"]
@@ -216,20 +217,6 @@ def _unpack(data: bytes, what: str) -> Any:
     return container.unpack(data)
 
 
-def _expand_schedule(schedule: Sequence[int]) -> str:
-    """``(5, 1, 1, 1)`` -> ``"5, 1 x 3"``."""
-    parts: list[str] = []
-    runs: list[list[int]] = []
-    for s in schedule:
-        if runs and runs[-1][0] == s:
-            runs[-1][1] += 1
-        else:
-            runs.append([int(s), 1])
-    for value, count in runs:
-        parts.append(f"{value}" if count == 1 else f"{value} x {count}")
-    return ", ".join(parts) if parts else "(none)"
-
-
 def describe(data: bytes, what: str = "stream") -> dict[str, Any]:
     """A JSON-able summary of a container: header, sizes, schedule and blocks."""
     c = _unpack(data, what)
@@ -278,7 +265,7 @@ def _print_description(d: dict[str, Any], out: Any) -> None:
         ("size", f"{d['bytes']:,} bytes ({d['payload_bytes']:,} payload + {d['overhead_bytes']:,} header/framing)"),
         ("bits/token", "-" if bpt is None else f"{bpt:.3f} ({d['payload_bits_per_token']:.3f} payload)"),
         ("fingerprint", d["model_fingerprint"] or "(none: no model)"),
-        ("schedule", _expand_schedule(d["schedule"])),
+        ("schedule", describe_schedule(d["schedule"])),
         ("params", d["params"] or "(none)"),
     ]
     width = max(len(k) for k, _ in rows)

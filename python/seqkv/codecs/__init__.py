@@ -21,7 +21,7 @@ from importlib import import_module
 from typing import Any, Callable
 
 from ..errors import InvalidInputError
-from .base import Codec, CodingStats, as_tokens
+from .base import Codec, CodingStats, PerTokenBits, as_tokens
 
 __all__ = ["Codec", "CodingStats", "StreamInfo", "as_tokens", "available", "get", "register", "stream_info"]
 
@@ -73,7 +73,7 @@ def available() -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class StreamInfo:
+class StreamInfo(PerTokenBits):
     """What a stream's container says about it, without decoding it."""
 
     codec: str
@@ -87,13 +87,6 @@ class StreamInfo:
     numerics_profile: str
     schedule: tuple[int, ...]
 
-    @property
-    def payload_bits_per_token(self) -> float:
-        return self.payload_bits / self.tokens if self.tokens else 0.0
-
-    @property
-    def container_bits_per_token(self) -> float:
-        return self.container_bits / self.tokens if self.tokens else 0.0
 
 
 def stream_info(data: bytes) -> StreamInfo:

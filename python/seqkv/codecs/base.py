@@ -26,8 +26,24 @@ class Codec(Protocol):
     def decode(self, data: bytes) -> np.ndarray: ...
 
 
+class PerTokenBits:
+    """``payload_bits`` and ``container_bits`` divided by ``tokens`` (0 for an empty stream)."""
+
+    tokens: int
+    payload_bits: int
+    container_bits: int
+
+    @property
+    def payload_bits_per_token(self) -> float:
+        return self.payload_bits / self.tokens if self.tokens else 0.0
+
+    @property
+    def container_bits_per_token(self) -> float:
+        return self.container_bits / self.tokens if self.tokens else 0.0
+
+
 @dataclasses.dataclass
-class CodingStats:
+class CodingStats(PerTokenBits):
     """What one ``encode`` cost.
 
     ``payload_bits`` counts the coded blocks only; ``container_bits`` the whole stream
@@ -49,13 +65,6 @@ class CodingStats:
     table_bits: float | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    @property
-    def payload_bits_per_token(self) -> float:
-        return self.payload_bits / self.tokens if self.tokens else 0.0
-
-    @property
-    def container_bits_per_token(self) -> float:
-        return self.container_bits / self.tokens if self.tokens else 0.0
 
     @property
     def cross_entropy_per_token(self) -> float | None:
