@@ -142,3 +142,17 @@ def run_lengths(schedule: Sequence[int]) -> list[list[int]]:
 def describe_schedule(schedule: Sequence[int]) -> str:
     """A compact text form of a compute schedule: ``"12, 1×49"`` (run-length)."""
     return ", ".join(f"{s}×{r}" if r > 1 else str(s) for s, r in run_lengths(schedule)) or "(none)"
+
+
+def unpack_stream(data: bytes, codec: str, vocab_size: int) -> Any:
+    """``container.unpack(data)`` for a codec: raises :class:`InvalidInputError` when another
+    codec or another vocabulary size wrote the stream."""
+    from .. import container
+
+    c = container.unpack(data)
+    h = c.header
+    if h.codec != codec:
+        raise InvalidInputError(f"stream was written by codec {h.codec!r}, not {codec!r}")
+    if h.vocab_size != vocab_size:
+        raise InvalidInputError(f"stream has vocab size {h.vocab_size}, this codec {vocab_size}")
+    return c

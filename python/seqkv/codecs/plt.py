@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import _native
 from ..errors import CorruptStreamError, FormatVersionError, InvalidInputError, ModelMismatchError
-from .base import TOKEN_DTYPE, CodingStats, as_tokens, split_blocks
+from .base import TOKEN_DTYPE, CodingStats, as_tokens, split_blocks, unpack_stream
 
 __all__ = ["PLTCodec", "DEFAULT_ORDER", "MAX_ORDER"]
 
@@ -145,12 +145,8 @@ class PLTCodec:
         """Decode a stream written by :meth:`encode` with the same primer and ``context``."""
         from .. import container
 
-        c = container.unpack(data)
+        c = unpack_stream(data, self.name, self.vocab_size)
         h = c.header
-        if h.codec != self.name:
-            raise InvalidInputError(f"stream was written by codec {h.codec!r}, not {self.name!r}")
-        if h.vocab_size != self.vocab_size:
-            raise InvalidInputError(f"stream has vocab size {h.vocab_size}, this codec {self.vocab_size}")
         try:
             _profile, order, primer_tokens, primer_crc = _native.ppm_parse_params(bytes(h.params), self.vocab_size)
         except InvalidInputError as exc:  # well-formed (the header's CRC holds) but not ours to read

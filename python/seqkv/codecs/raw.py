@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptStreamError, InvalidInputError
-from .base import TOKEN_DTYPE, CodingStats, as_tokens, split_blocks
+from .base import TOKEN_DTYPE, CodingStats, as_tokens, split_blocks, unpack_stream
 
 __all__ = ["RawCodec", "bits_per_token", "pack_bits", "unpack_bits"]
 
@@ -97,12 +97,8 @@ class RawCodec:
     def decode(self, data: bytes, **_ignored: Any) -> np.ndarray:
         from .. import container
 
-        c = container.unpack(data)
+        c = unpack_stream(data, self.name, self.vocab_size)
         h = c.header
-        if h.codec != self.name:
-            raise InvalidInputError(f"stream was written by codec {h.codec!r}, not {self.name!r}")
-        if h.vocab_size != self.vocab_size:
-            raise InvalidInputError(f"stream has vocab size {h.vocab_size}, this codec {self.vocab_size}")
         parts = []
         for block in c.blocks:
             toks = unpack_bits(block.payload, block.n_tokens, self.bits)
