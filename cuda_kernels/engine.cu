@@ -38,12 +38,6 @@ __device__ __forceinline__ float eng_exp(float x) {
     return __fmul_rn(__fmul_rn(y, s1), s2);
 }
 
-// ---- 8-lane reductions (rust/seqkv-engine/src/ops.rs) ----------------------------------------
-__device__ __forceinline__ float tree8(const float* a) {
-    return __fadd_rn(__fadd_rn(__fadd_rn(a[0], a[4]), __fadd_rn(a[2], a[6])),
-                     __fadd_rn(__fadd_rn(a[1], a[5]), __fadd_rn(a[3], a[7])));
-}
-
 // ---- embedding -----------------------------------------------------------------------------
 extern "C" __global__ void eng_embed(const unsigned* tokens, const u16* table, float* out, int rows, int H) {
     int r = blockIdx.x;
@@ -52,28 +46,35 @@ extern "C" __global__ void eng_embed(const unsigned* tokens, const u16* table, f
     for (int i = threadIdx.x; i < H; i += blockDim.x) out[(u64)r * H + i] = bf16f(src[i]);
 }
 
-// ---- RMSNorm: one block (>= 8 threads) per row; rows[] selects input rows (or null) ------------
+// ---- RMSNorm: one block per row; rows[] selects input rows (or null). The row is staged in
+// shared memory by the whole block (dynamic shared memory: H floats), then lane l of warp 0
+// (l < 8) runs the sum's fmaf chain over i = l, l+8, ... (the CPU's 8-lane order) and tree8.
 extern "C" __global__ void eng_rmsnorm(const float* x, const int* rows_sel, const float* w, float eps,
                                        float* out, int H) {
-    __shared__ float lanes[8];
+    extern __shared__ float sm[];
     __shared__ float rs;
     int r = blockIdx.x;
     int src = rows_sel ? rows_sel[r] : r;
     const float* xr = x + (u64)src * H;
-    if (threadIdx.x < 8) {
-        float a = 0.0f;
-        for (int i = threadIdx.x; i < H; i += 8) a = fmaf(xr[i], xr[i], a);
-        lanes[threadIdx.x] = a;
-    }
+    for (int i = threadIdx.x; i < H; i += blockDim.x) sm[i] = xr[i];
     __syncthreads();
-    if (threadIdx.x == 0) {
-        float s = tree8(lanes);
-        float mean = __fdiv_rn(s, (float)H);
-        rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(mean, eps)));
+    if (threadIdx.x < 32) {
+        const int l = threadIdx.x & 7;
+        float a = 0.0f;
+        if (threadIdx.x < 8)
+            for (int i = l; i < H; i += 8) a = fmaf(sm[i], sm[i], a);
+        // lanes 0..7 hold a[0..7]: tree8 = ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))
+        a = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 4));
+        a = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 2));
+        a = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 1));
+        if (threadIdx.x == 0) {
+            float mean = __fdiv_rn(a, (float)H);
+            rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(mean, eps)));
+        }
     }
     __syncthreads();
     float rr = rs;
-    for (int i = threadIdx.x; i < H; i += blockDim.x) out[(u64)r * H + i] = __fmul_rn(w[i], __fmul_rn(xr[i], rr));
+    for (int i = threadIdx.x; i < H; i += blockDim.x) out[(u64)r * H + i] = __fmul_rn(w[i], __fmul_rn(sm[i], rr));
 }
 
 // ---- matmul: Y[M][N] (=, or +=) X[M][K] @ W[K][N] (bf16), one fmaf chain over k per output -----
@@ -99,7 +100,7 @@ __device__ __forceinline__ void lds_vec(const float* p, float* d) {
 }
 
 template <int BM, int BN, int BK, int TM, int TN, int MODE>
-__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+__global__ void __launch_bounds__((BM / TM) * (BN / TN), 1)
 eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restrict__ Y, int M, int N, int K, int vec) {
     constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
     constexpr int RM = TM < 4 ? TM : 4, RN = TN < 4 ? TN : 4;   // rows / columns per chunk
@@ -256,54 +257,83 @@ extern "C" __global__ void eng_rope_kv(float* qkv, const float* cosv, const floa
 }
 
 // ---- attention: one block per (row, KV head); its G = nh / nkv query heads share every K/V load --
-// Same arithmetic as before per (row, head): s_j = tree8(lane-structured dot) * scale (lane l of
-// an 8-lane group sums d = l, l+8, ... with one fmaf chain; xor shuffles 4, 2, 1 are exactly
-// tree8's order), m = max s_j, e_j = exp(s_j - m), per key tile of KEY_TILE keys from position 0
-// o_t[d] (fmaf chain over the tile's keys) and l_t (sum), tiles combined in order, o / l.
-// Dynamic shared memory: G * (hd + max_len + ntiles_max * (hd + 1)) floats.
+// Same arithmetic as the CPU engine per (row, head): s_j = tree8(lane-structured dot) * scale
+// (lane l of an 8-lane group sums d = l, l+8, ... with one fmaf chain; xor shuffles 4, 2, 1 are
+// exactly tree8's order), m = max s_j, e_j = exp(s_j - m), per key tile of KEY_TILE keys from
+// position 0: o_t[d] (fmaf chain over the tile's keys) and l_t (sum); tiles combined in order, o / l.
+// K and V tiles are staged in shared memory by coalesced 16-byte loads of the whole block.
+// Dynamic shared memory: see att_smem_floats.
 #define KEY_TILE 32
+#define ATT_THREADS 128
+__host__ __device__ constexpr int att_tiles_per_pass(int hd) { return hd >= ATT_THREADS ? 1 : ATT_THREADS / hd; }
+// floats: q [G][hd] | s [G][max_len] | o_t [G][ntiles][hd] | l_t [G][ntiles] | (to 16 bytes)
+// tiles [TP][KEY_TILE][hd + 8]; GpuEngine sizes the launch with the same formula
+__host__ __device__ constexpr long long att_tiles_offset(int G, int hd, int max_len) {
+    return ((long long)G * hd + (long long)G * max_len + (long long)G * ((max_len + KEY_TILE - 1) / KEY_TILE) * (hd + 1) + 3) / 4 * 4;
+}
+__host__ __device__ constexpr long long att_smem_floats(int G, int hd, int max_len) {
+    return att_tiles_offset(G, hd, max_len) + (long long)att_tiles_per_pass(hd) * KEY_TILE * (hd + 8);
+}
+
+// rows [j0, j1) of K or V (row stride rowlen floats) -> tile[j - j0][0..hd) (stride hd + 8); zeros past j1
+__device__ __forceinline__ void att_stage(float* tile, const float* src, u64 rowlen, int j0, int j1, int hd) {
+    const int q4 = hd / 4;
+    for (int i = threadIdx.x; i < KEY_TILE * q4; i += ATT_THREADS) {
+        const int j = i / q4, c = (i % q4) * 4;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (j0 + j < j1) v = *reinterpret_cast<const float4*>(src + (u64)(j0 + j) * rowlen + c);
+        *reinterpret_cast<float4*>(tile + j * (hd + 8) + c) = v;
+    }
+}
+
 template <int G>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(ATT_THREADS)
 eng_attention(const float* qkv, const float* kv, const int* row_slot, const int* row_pos, float* out, int layer,
               int layers, int max_len, int nh, int nkv, int hd, float scale) {
     extern __shared__ float sm[];
-    __shared__ float red[4][G];
+    __shared__ float red[ATT_THREADS / 32][G];
     const int r = blockIdx.x / nkv, g = blockIdx.x % nkv;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int n = row_pos[r] + 1;
     const int ntiles = (n + KEY_TILE - 1) / KEY_TILE;
-    float* qs = sm;                          // [G][hd]
-    float* s = qs + G * hd;                  // [G][max_len]
-    float* ot = s + (u64)G * max_len;        // [G][ntiles][hd]
-    float* lt = ot + (u64)G * ntiles * hd;   // [G][ntiles]
+    const int ntiles_max = (max_len + KEY_TILE - 1) / KEY_TILE;
+    const int TP = att_tiles_per_pass(hd), ts = hd + 8;
+    float* qs = sm;                                  // [G][hd]
+    float* s = qs + G * hd;                          // [G][max_len]
+    float* ot = s + (u64)G * max_len;                // [G][ntiles_max][hd]
+    float* lt = ot + (u64)G * ntiles_max * hd;       // [G][ntiles_max]
+    float* tiles = sm + att_tiles_offset(G, hd, max_len);  // [TP][KEY_TILE][hd + 8], 16-byte aligned
     const int width = (nh + 2 * nkv) * hd;
     const float* q = qkv + (u64)r * width + (u64)g * G * hd;  // the group's G heads, contiguous
     const u64 rowlen = (u64)nkv * hd;
     const float* K = kv + (((u64)row_slot[r] * layers + layer) * 2) * max_len * rowlen + (u64)g * hd;
     const float* V = K + (u64)max_len * rowlen;
-    for (int i = tid; i < G * hd; i += blockDim.x) qs[i] = q[i];
-    __syncthreads();
-    // 1. scores: a warp takes 4 keys at a time, 8 lanes per key
-    const int l8 = lane & 7;
-    for (int jb = warp * 4; jb < n; jb += 16) {
-        const int j = jb + (lane >> 3);
-        const bool ok = j < n;
-        const float* k = K + (u64)(ok ? j : 0) * rowlen;
-        float a[G];
+    for (int i = tid; i < G * hd; i += ATT_THREADS) qs[i] = q[i];
+    // 1. scores, one key tile at a time: 8 lanes per key, 16 keys per round
+    const int l8 = lane & 7, kq = tid >> 3;
+    for (int t = 0; t < ntiles; t++) {
+        const int j0 = t * KEY_TILE, j1 = min(j0 + KEY_TILE, n);
+        __syncthreads();  // the previous tile is consumed (and qs is written)
+        att_stage(tiles, K, rowlen, j0, j1, hd);
+        __syncthreads();
+        for (int jj = kq; jj < KEY_TILE; jj += ATT_THREADS / 8) {
+            const float* k = tiles + jj * ts;
+            float a[G];
 #pragma unroll
-        for (int h = 0; h < G; h++) a[h] = 0.0f;
-        for (int c = l8; c < hd; c += 8) {
-            const float kc = k[c];
+            for (int h = 0; h < G; h++) a[h] = 0.0f;
+            for (int c = l8; c < hd; c += 8) {
+                const float kc = k[c];
 #pragma unroll
-            for (int h = 0; h < G; h++) a[h] = fmaf(qs[h * hd + c], kc, a[h]);
-        }
+                for (int h = 0; h < G; h++) a[h] = fmaf(qs[h * hd + c], kc, a[h]);
+            }
 #pragma unroll
-        for (int h = 0; h < G; h++) {
-            float v = a[h];
-            v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 4));
-            v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 2));
-            v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 1));
-            if (ok && l8 == 0) s[h * max_len + j] = __fmul_rn(v, scale);
+            for (int h = 0; h < G; h++) {
+                float v = a[h];
+                v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 4));
+                v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 2));
+                v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 1));
+                if (j0 + jj < j1 && l8 == 0) s[h * max_len + j0 + jj] = __fmul_rn(v, scale);
+            }
         }
     }
     __syncthreads();
@@ -312,7 +342,7 @@ eng_attention(const float* qkv, const float* kv, const int* row_slot, const int*
         float m[G];
 #pragma unroll
         for (int h = 0; h < G; h++) m[h] = NEG_INF;
-        for (int j = tid; j < n; j += blockDim.x)
+        for (int j = tid; j < n; j += ATT_THREADS)
 #pragma unroll
             for (int h = 0; h < G; h++) m[h] = fmaxf(m[h], s[h * max_len + j]);
 #pragma unroll
@@ -322,43 +352,55 @@ eng_attention(const float* qkv, const float* kv, const int* row_slot, const int*
         }
         __syncthreads();
 #pragma unroll
-        for (int h = 0; h < G; h++) m[h] = fmaxf(fmaxf(red[0][h], red[1][h]), fmaxf(red[2][h], red[3][h]));
+        for (int h = 0; h < G; h++) {
+            m[h] = red[0][h];
+            for (int w = 1; w < ATT_THREADS / 32; w++) m[h] = fmaxf(m[h], red[w][h]);
+        }
         // 3. e_j
-        for (int j = tid; j < n; j += blockDim.x)
+        for (int j = tid; j < n; j += ATT_THREADS)
 #pragma unroll
             for (int h = 0; h < G; h++) s[h * max_len + j] = eng_exp(__fsub_rn(s[h * max_len + j], m[h]));
     }
-    __syncthreads();
-    // 4. per tile: o_t[d] (fmaf chain over the tile's keys, one V load for the G heads), l_t
-    for (int idx = tid; idx < ntiles * hd; idx += blockDim.x) {
-        const int t = idx / hd, d = idx % hd;
-        const int j0 = t * KEY_TILE, j1 = min(j0 + KEY_TILE, n);
-        float acc[G];
-#pragma unroll
-        for (int h = 0; h < G; h++) acc[h] = 0.0f;
-        for (int j = j0; j < j1; j++) {
-            const float vj = V[(u64)j * rowlen + d];
-#pragma unroll
-            for (int h = 0; h < G; h++) acc[h] = fmaf(s[h * max_len + j], vj, acc[h]);
+    // 4. TP value tiles per pass: o_t[d] (fmaf chain over the tile's keys, one V read for the G heads)
+    for (int t0 = 0; t0 < ntiles; t0 += TP) {
+        __syncthreads();  // e_j written / the previous tiles consumed
+        for (int u = 0; u < TP && t0 + u < ntiles; u++) {
+            const int j0 = (t0 + u) * KEY_TILE;
+            att_stage(tiles + u * KEY_TILE * ts, V, rowlen, j0, min(j0 + KEY_TILE, n), hd);
         }
+        __syncthreads();
+        for (int idx = tid; idx < TP * hd; idx += ATT_THREADS) {
+            const int u = idx / hd, d = idx % hd, t = t0 + u;
+            if (t >= ntiles) continue;
+            const int j0 = t * KEY_TILE, cnt = min(KEY_TILE, n - j0);
+            const float* vt = tiles + u * KEY_TILE * ts + d;
+            float acc[G];
 #pragma unroll
-        for (int h = 0; h < G; h++) ot[((u64)h * ntiles + t) * hd + d] = acc[h];
+            for (int h = 0; h < G; h++) acc[h] = 0.0f;
+            for (int j = 0; j < cnt; j++) {
+                const float vj = vt[j * ts];
+#pragma unroll
+                for (int h = 0; h < G; h++) acc[h] = fmaf(s[h * max_len + j0 + j], vj, acc[h]);
+            }
+#pragma unroll
+            for (int h = 0; h < G; h++) ot[((u64)h * ntiles_max + t) * hd + d] = acc[h];
+        }
     }
-    for (int idx = tid; idx < G * ntiles; idx += blockDim.x) {
+    for (int idx = tid; idx < G * ntiles; idx += ATT_THREADS) {
         const int h = idx / ntiles, t = idx % ntiles;
         const int j0 = t * KEY_TILE, j1 = min(j0 + KEY_TILE, n);
         float acc = 0.0f;
         for (int j = j0; j < j1; j++) acc = __fadd_rn(acc, s[h * max_len + j]);
-        lt[idx] = acc;
+        lt[h * ntiles_max + t] = acc;
     }
     __syncthreads();
     // 5. combine tiles in order, divide
-    for (int idx = tid; idx < G * hd; idx += blockDim.x) {
+    for (int idx = tid; idx < G * hd; idx += ATT_THREADS) {
         const int h = idx / hd, d = idx % hd;
         float o = 0.0f, l = 0.0f;
         for (int t = 0; t < ntiles; t++) {
-            o = __fadd_rn(o, ot[((u64)h * ntiles + t) * hd + d]);
-            l = __fadd_rn(l, lt[h * ntiles + t]);
+            o = __fadd_rn(o, ot[((u64)h * ntiles_max + t) * hd + d]);
+            l = __fadd_rn(l, lt[h * ntiles_max + t]);
         }
         out[(u64)r * nh * hd + (u64)(g * G + h) * hd + d] = __fdiv_rn(o, l);
     }

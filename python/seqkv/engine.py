@@ -720,10 +720,10 @@ class GpuEngine:
     #: register-blocked GEMM shapes ``(BM, BN, BK, TM, TN)`` (block tile, K tile, thread tile)
     #: compiled for every engine; all of them give the same bits (one fmaf chain per output).
     GEMM_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
-        (128, 128, 16, 8, 8), (128, 128, 8, 8, 8), (128, 64, 16, 8, 8), (64, 128, 16, 8, 8),
-        (64, 64, 16, 8, 8), (64, 64, 16, 8, 4), (64, 64, 16, 4, 4), (64, 32, 16, 4, 4),
-        (32, 64, 16, 4, 4), (32, 64, 16, 2, 4), (32, 32, 16, 2, 4), (32, 32, 16, 2, 2),
-        (16, 64, 16, 2, 4),
+        (128, 128, 8, 8, 8), (128, 128, 16, 8, 8), (64, 64, 16, 8, 4), (64, 64, 32, 4, 4),
+        (64, 32, 32, 4, 4), (32, 64, 16, 4, 4), (32, 64, 32, 4, 4), (32, 64, 16, 2, 4),
+        (32, 64, 32, 2, 4), (32, 32, 32, 2, 4), (32, 32, 64, 2, 4), (32, 32, 64, 2, 2),
+        (16, 64, 32, 2, 4), (16, 64, 64, 2, 4),
     )
 
     def __init__(self, config: dict[str, Any], tensors: dict[str, Any], *, max_slots: int = 256,
@@ -774,12 +774,17 @@ class GpuEngine:
             "tokens": cp.zeros(R, cp.uint32), "slot": cp.zeros(R, cp.int32), "pos": cp.zeros(R, cp.int32),
         }
         self.lens = [0] * self.max_slots
+        # cuda_kernels/engine.cu att_smem_floats: q, scores, per-tile sums, then K/V tiles of 32
+        # keys (rows padded to hd + 8), as many per pass as 128 threads cover
         ntiles = (self.max_len + 31) // 32
-        self.att_smem = 4 * self.G * (self.hd + self.max_len + ntiles * (self.hd + 1))
-        if self.att_smem > 48 * 1024:
-            from .gpu import _allow_smem
+        head = -(-(self.G * (self.hd + self.max_len + ntiles * (self.hd + 1))) // 4) * 4
+        self.att_smem = 4 * (head + max(1, 128 // self.hd) * 32 * (self.hd + 8))
+        self.norm_smem = 4 * self.H  # eng_rmsnorm stages the row
+        from .gpu import _allow_smem
 
-            _allow_smem(self.fn["eng_attention"], self.att_smem)
+        for name, nbytes in (("eng_attention", self.att_smem), ("eng_rmsnorm", self.norm_smem)):
+            if nbytes > 48 * 1024:
+                _allow_smem(self.fn[name], nbytes)
         #: GEMM shape per matmul (``"qkv"``, ``"o"``, ``"gu"``, ``"down"``, ``"lm_head"``); see
         #: :meth:`tune_gemms`
         self.gemm_shapes = dict(self.DEFAULT_GEMM_SHAPES)
@@ -787,8 +792,8 @@ class GpuEngine:
     #: default shape per matmul (measured on an H100 with SmolLM2's sizes at 256 rows,
     #: benches/results/engine_gpu.json)
     DEFAULT_GEMM_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
-        "qkv": (32, 32, 16, 2, 4), "o": (32, 32, 16, 2, 4), "gu": (64, 64, 16, 8, 4),
-        "down": (32, 32, 16, 2, 4), "lm_head": (128, 128, 16, 8, 8),
+        "qkv": (32, 64, 16, 2, 4), "o": (32, 64, 16, 2, 4), "gu": (32, 64, 16, 4, 4),
+        "down": (32, 64, 16, 2, 4), "lm_head": (128, 128, 8, 8, 8),
     }
 
     @staticmethod
@@ -848,7 +853,7 @@ class GpuEngine:
         null = np.uint64(0)
         fn["eng_embed"]((R,), (128,), (b["tokens"], self.embed, b["x"], i32(R), i32(self.H)))
         for li, lw in enumerate(self.layers):
-            fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["in_norm"], self.eps, b["xn"], i32(self.H)))
+            fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["in_norm"], self.eps, b["xn"], i32(self.H)), shared_mem=self.norm_smem)
             self._gemm("qkv", b["xn"], lw["qkv"], b["qkv"], R, self.H, W, False)
             fn["eng_rope_kv"]((R,), (128,), (b["qkv"], self.cos, self.sin, b["slot"], b["pos"], self.kv, i32(li),
                                             i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv), i32(self.hd)))
@@ -856,11 +861,11 @@ class GpuEngine:
                                                         i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv),
                                                         i32(self.hd), self.scale), shared_mem=self.att_smem)
             self._gemm("o", b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, True)
-            fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["post_norm"], self.eps, b["xn"], i32(self.H)))
+            fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["post_norm"], self.eps, b["xn"], i32(self.H)), shared_mem=self.norm_smem)
             self._gemm("gu", b["xn"], lw["gu"], b["gu"], R, self.H, 2 * self.I, False)
             fn["eng_silu_mul"](((R * self.I + 255) // 256,), (256,), (b["gu"], b["act"], i32(R), i32(self.I)))
             self._gemm("down", b["act"], lw["down"], b["x"], R, self.I, self.H, True)
-        fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, self.norm, self.eps, b["xn"], i32(self.H)))
+        fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, self.norm, self.eps, b["xn"], i32(self.H)), shared_mem=self.norm_smem)
         self._gemm("lm_head", b["xn"], self.lm_head, b["logits"], R, self.H, self.V, False)
 
     # -- host-driven passes ----------------------------------------------------------------------

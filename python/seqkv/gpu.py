@@ -60,6 +60,8 @@ QUANTIZE_BLOCK = {4096: 256, 1 << 30: 1024}
 
 _lock = threading.Lock()
 _modules: dict[tuple[str, tuple[str, ...]], Any] = {}
+#: kernel handles by (source, name, device): looked up without the lock on every call
+_functions: dict[tuple[str, str, int], Any] = {}
 
 
 def _cupy() -> Any:
@@ -92,16 +94,22 @@ def kernel_dir() -> Path:
 
 
 def _function(source: str, name: str) -> Any:
-    """The kernel ``name`` (a template instantiation expression) of ``cuda_kernels/<source>``."""
+    """The kernel ``name`` (a template instantiation expression) of ``cuda_kernels/<source>``,
+    loaded on the current device (compiled once per process, then a dictionary lookup)."""
+    cp = _cupy()
+    fkey = (source, name, cp.cuda.runtime.getDevice())
+    fn = _functions.get(fkey)
+    if fn is not None:
+        return fn
     key = (source, (name,))
     with _lock:
         mod = _modules.get(key)
         if mod is None:
-            cp = _cupy()
             code = (kernel_dir() / source).read_text()
             mod = cp.RawModule(code=code, options=("-std=c++17",), name_expressions=(name,))
             _modules[key] = mod
-    return mod.get_function(name)
+        fn = _functions[fkey] = mod.get_function(name)
+    return fn
 
 
 # --- input handling ---------------------------------------------------------------------------
@@ -446,12 +454,46 @@ RESIDUAL_BPW = 16
 
 
 def _residual_view(x: Any, kind: str | None) -> tuple[Any, str]:
-    arr, k = _device_view(x, kind)
+    """Flat contiguous uint16/uint32 bits of ``x``, 4-byte aligned (copied only if needed)."""
     cp = _cupy()
+    if type(x) is cp.ndarray and x.flags.c_contiguous and x.data.ptr % 4 == 0:
+        # fast path (one call is a few microseconds of host time): the kinds _device_view accepts
+        dt = x.dtype
+        k = ("f32" if dt == cp.float32 or (dt == cp.uint32 and kind == "f32") else
+             "f16" if dt == cp.float16 and kind in (None, "f16") else
+             kind if dt == cp.uint16 and kind in ("bf16", "f16") else None)
+        if k is not None:
+            return x.reshape(-1).view(cp.uint32 if k == "f32" else cp.uint16), k
+    arr, k = _device_view(x, kind)
     arr = cp.ascontiguousarray(arr).ravel()
     if arr.data.ptr % 4:  # the kernels read 16-bit kinds two elements at a time
         arr = arr.copy()
     return arr.view(cp.uint32 if k == "f32" else cp.uint16), k
+
+
+def _zeroed_states(ntiles: int) -> Any:
+    """``ntiles + 1`` u64 tile states (the last is the ticket), zeroed on the current stream."""
+    cp = _cupy()
+    state = cp.empty(ntiles + 1, dtype=cp.uint64)
+    cp.cuda.runtime.memsetAsync(state.data.ptr, 0, state.nbytes, cp.cuda.get_current_stream().ptr)
+    return state
+
+
+_pinned = threading.local()
+
+
+def _read_u64(dev_array: Any, index: int) -> int:
+    """One u64 of a device array, through a pinned per-thread buffer (waits for the stream)."""
+    cp = _cupy()
+    buf = getattr(_pinned, "buf", None)
+    if buf is None:
+        mem = cp.cuda.alloc_pinned_memory(8)
+        buf = _pinned.buf = (mem, np.frombuffer(mem, dtype=np.uint64, count=1))
+    stream = cp.cuda.get_current_stream()
+    cp.cuda.runtime.memcpyAsync(buf[0].ptr, dev_array.data.ptr + 8 * index, 8,
+                                cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
+    stream.synchronize()
+    return int(buf[1][0])
 
 
 def _residual_geometry(k: str, nb: int, bpw: int | None) -> tuple[str, int, int]:
@@ -475,7 +517,7 @@ def _residual_pack_launch(o: Any, r: Any, k: str, bpw: int | None) -> tuple[Any,
     widths = cp.empty(nb, dtype=cp.uint8)
     if ntiles == 0:
         return widths, cp.empty(0, dtype=cp.uint32), None
-    state = cp.zeros(ntiles + 1, dtype=cp.uint64)
+    state = _zeroed_states(ntiles)
     words = cp.empty(nb * W, dtype=cp.uint32)
     _function("residual.cu", f"residual_pack<{utype},{steps}>")(
         (ntiles,), (_RES_WARPS * 32,), (o, r, np.int64(n), np.int64(nb), widths, words, state, np.int64(ntiles)))
@@ -499,7 +541,7 @@ def residual_pack(orig: Any, recomp: Any, *, kind: str | None = None, host: bool
         n = int(o.size)
         widths, words, state = _residual_pack_launch(o, r, k1, bpw)
         if state is not None:
-            total = int(state[-2:-1].get()[0]) & ((1 << 62) - 1)  # the last tile's inclusive count
+            total = _read_u64(state, state.size - 2) & ((1 << 62) - 1)  # the last tile's inclusive count
             words = words[:total]
         if not host:
             return k1, n, widths, words
@@ -529,7 +571,7 @@ def residual_unpack(packed: Any, recomp: Any, *, kind: str | None = None, bpw: i
         utype, steps, ntiles = _residual_geometry(k, nb, bpw)
         out = cp.empty_like(r)
         if ntiles:
-            state = cp.zeros(ntiles + 1, dtype=cp.uint64)
+            state = _zeroed_states(ntiles)
             _function("residual.cu", f"residual_unpack<{utype},{steps}>")(
                 (ntiles,), (_RES_WARPS * 32,), (r, np.int64(n), np.int64(nb), widths, words, state, np.int64(ntiles), out))
         shape = recomp.shape

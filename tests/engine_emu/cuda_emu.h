@@ -24,6 +24,7 @@ inline int g_shfl_i[1024];
 
 #define __global__
 #define __device__
+#define __host__
 #define __forceinline__ inline
 #define __restrict__
 #define __shared__ static

@@ -59,9 +59,8 @@ int main(int argc, char** argv) {
     std::vector<float> kv((size_t)slots * L * 2 * max_len * nkv * hd, 0.0f);
     auto passes = load<int32_t>(d + "/passes.i32");  // [R, (slot, pos, token) * R] ...
     int W = (nh + 2 * nkv) * hd;
-    int ntiles = (max_len + 31) / 32;
     int G = nh / nkv;
-    size_t att_smem = 4 * (size_t)G * (hd + max_len + ntiles * (hd + 1));
+    size_t att_smem = 4 * (size_t)att_smem_floats(G, hd, max_len);
     size_t at = 0;
     int pass = 0;
     while (at < passes.size()) {
@@ -73,7 +72,7 @@ int main(int argc, char** argv) {
             gu((size_t)R * 2 * I), act((size_t)R * I), logits((size_t)R * V);
         launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] { eng_embed(tok.data(), embed.data(), x.data(), R, H); });
         for (int l = 0; l < L; l++) {
-            launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] { eng_rmsnorm(x.data(), nullptr, in_norm[l].data(), eps, xn.data(), H); });
+            launch({(unsigned)R, 1, 1}, {128, 1, 1}, 4 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, in_norm[l].data(), eps, xn.data(), H); });
             gemm_any(xn.data(), qkv_w[l].data(), qkv.data(), R, H, W, false);
             launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] {
                 eng_rope_kv(qkv.data(), cosv.data(), sinv.data(), slot.data(), pos.data(), kv.data(), l, L, max_len, nh, nkv, hd);
@@ -84,12 +83,12 @@ int main(int argc, char** argv) {
                 else { std::fprintf(stderr, "driver: group size %d not instantiated\n", G); std::exit(2); }
             });
             gemm_any(att.data(), o_w[l].data(), x.data(), R, nh * hd, H, true);
-            launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] { eng_rmsnorm(x.data(), nullptr, post_norm[l].data(), eps, xn.data(), H); });
+            launch({(unsigned)R, 1, 1}, {128, 1, 1}, 4 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, post_norm[l].data(), eps, xn.data(), H); });
             gemm_any(xn.data(), gu_w[l].data(), gu.data(), R, H, 2 * I, false);
             launch({(unsigned)((R * I + 255) / 256), 1, 1}, {256, 1, 1}, 0, [&] { eng_silu_mul(gu.data(), act.data(), R, I); });
             gemm_any(act.data(), down_w[l].data(), x.data(), R, I, H, true);
         }
-        launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] { eng_rmsnorm(x.data(), nullptr, norm.data(), eps, xn.data(), H); });
+        launch({(unsigned)R, 1, 1}, {128, 1, 1}, 4 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, norm.data(), eps, xn.data(), H); });
         gemm_any(xn.data(), lm.data(), logits.data(), R, H, V, false);
         save(d + "/logits_" + std::to_string(pass) + ".f32", logits);
         // greedy helper kernels: argmax must pick the lowest index of the maximum
