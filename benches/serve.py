@@ -1,0 +1,145 @@
+"""Serving benchmark: time to first token, tokens/s and resident KV bytes of a multithreaded chat
+loop on SmolLM2, with a seqkv SessionStore against the same loop without it.
+
+    python benches/serve.py [--quick] [--out benches/results/serve.json]
+
+The loop is ``examples/serve.py``: conversations sharing three system prompts, each turn's prompt
+extending the previous turn's prompt and answer; greedy answers of ``max_new_tokens``. With
+seqkv, each request takes the longest prefix the store can serve (hot KV, warm 3-bit KV,
+or a cold session restored from its tokens), prefills the rest, and stores the conversation
+(plt codec, ``capacity_bytes`` of hot + warm memory); without it, every prompt is prefilled in
+full and its KV dropped after the answer. Both run at 1, 2 and 4 threads (torch at one
+intra-op thread each, so the pool is the only parallelism), on the same conversations.
+
+Writes ``benches/results/serve.json``: per thread count, ``seqkv`` and ``baseline`` with
+``ttft_ms`` (p50/p95/mean), ``tokens_per_s`` (answer tokens / wall time, the store's put
+included), ``kv_bytes`` (peak and final resident: requests in flight plus the store's hot and
+warm tiers; ``kv_bytes_if_all_hot``: the stored sessions' KV in fp32, for comparison), prompt
+tokens reused vs prefilled, and ``answers_equal_baseline`` (the share of
+answers identical to the baseline's: KV served warm is 3-bit, and hot KV comes from a different
+compute schedule, so a greedy answer can change); plus the store's tier stats and the machine
+(CPU, load average at start and end: a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))
+
+
+def load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("seqkv_example_serve", ROOT / "examples" / "serve.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def machine() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer conversations (a smoke run)")
+    ap.add_argument("--out", default=str(ROOT / "benches" / "results" / "serve.json"))
+    ap.add_argument("--threads", default="1,2,4")
+    ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--capacity-mib", type=float, default=24.0)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from seqkv import hf
+    from seqkv.models import load_smollm2
+    from seqkv.store import SessionStore
+
+    torch.set_num_threads(1)
+    serve = load_example()
+    model, tokenizer = load_smollm2()
+    n_conv, turns = (4, 2) if args.quick else (12, 3)
+    conversations = serve.chat_workload(tokenizer, n_conv, turns)
+    capacity = int(args.capacity_mib * (1 << 20))
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "model": "SmolLM2-135M-Instruct (fp32, CPU)",
+        "quick": args.quick,
+        "workload": {
+            "conversations": n_conv,
+            "turns": turns,
+            "requests": n_conv * turns,
+            "system_prompts": len(serve.SYSTEM_PROMPTS),
+            "system_prompt_tokens": [int(c.system.size) for c in conversations[: len(serve.SYSTEM_PROMPTS)]],
+            "max_new_tokens": args.max_new_tokens,
+        },
+        "store": {"codec": "plt", "capacity_bytes": capacity, "tiers": ["hot", "warm", "cold"], "policy": "lru"},
+        "threads": {},
+    }
+    # warm up torch's kernels once so the first measured request pays no start-up cost
+    serve.run(serve.ChatServer(model, None, max_new_tokens=2), conversations[:1], 1)
+    t_start = time.perf_counter()
+    for threads in [int(t) for t in args.threads.split(",")]:
+        baseline = serve.run(serve.ChatServer(model, None, max_new_tokens=args.max_new_tokens), conversations, threads)
+        store = SessionStore(model, codec="plt", capacity_bytes=capacity)
+        seqkv = serve.run(serve.ChatServer(model, store, max_new_tokens=args.max_new_tokens), conversations, threads)
+        ref = {(r.cid, r.turn): r.answer for r in baseline.replies}
+        equal = sum(ref[(r.cid, r.turn)] == r.answer for r in seqkv.replies) / len(seqkv.replies)
+        row = {
+            "baseline": serve.summary(baseline),
+            "seqkv": {**serve.summary(seqkv), "answers_equal_baseline": round(equal, 3),
+                      # what the stored sessions' KV would take if all of it stayed hot (fp32)
+                      "kv_bytes_if_all_hot": int(store.stats()["tokens"] * hf.kv_bits_per_token(model, 32) // 8),
+                      "tiers": store.tier_stats()},
+        }
+        b, s = row["baseline"], row["seqkv"]
+        row["ttft_p50_speedup"] = round(b["ttft_ms"]["p50"] / s["ttft_ms"]["p50"], 2)
+        row["tokens_per_s_ratio"] = round(s["tokens_per_s"] / b["tokens_per_s"], 2)
+        result["threads"][str(threads)] = row
+        print(f"{threads} threads: ttft p50 {b['ttft_ms']['p50']:.0f} -> {s['ttft_ms']['p50']:.0f} ms, "
+              f"p95 {b['ttft_ms']['p95']:.0f} -> {s['ttft_ms']['p95']:.0f} ms, tokens/s {b['tokens_per_s']:.1f} -> "
+              f"{s['tokens_per_s']:.1f}, peak KV {b['kv_bytes']['peak'] / 2**20:.1f} -> "
+              f"{s['kv_bytes']['peak'] / 2**20:.1f} MiB, reused {s['reused_tokens']}/{s['prompt_tokens']} tokens, "
+              f"answers equal {equal:.0%}", flush=True)
+        store.close()
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
