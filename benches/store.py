@@ -1,6 +1,6 @@
 """Store benchmark: backend put/get throughput, bytes per session per tier, restore latency.
 
-    python benches/store.py [--quick] [--out benches/results/store.json] [--dir DIR]
+    python benches/store.py [--quick] [--out benches/results/store.json] [--dir DIR] [--no-ops] [--no-tiers]
 
 Writes ``benches/results/store.json``:
 
@@ -8,14 +8,14 @@ Writes ``benches/results/store.json``:
   normal) and Redis backends (a local ``redis-server`` is started when the binary exists), for a
   small record (1 KiB container, about a 2,000-token session at 4 bits/token, plus typical
   metadata) and a large one (64 KiB, e.g. with a residual), from 1 and 4 threads;
-* ``tiers``: bytes per session in each tier at context lengths 256 … 4096 for SmolLM2's shape
-  (30 layers, 3 KV heads, head_dim 64): hot = KV in fp32 and bf16, warm = TurboQuant 3-bit
-  codes (measured), cold = container bytes (raw and plt codecs measured on license text; lm
-  estimated from ``benches/results/compression.json`` when present, else null with a reason);
-* ``restore``: restore latency per tier and context length. What the SessionStore does end to
-  end is measured only when ``seqkv.store.SessionStore`` exists; otherwise the parts that exist
-  are measured (fetching the record from SQLite and decoding its tokens with raw/plt;
-  dequantizing the warm codes) and the rest is null with the reason;
+* ``tiers``: bytes per session in each tier at context lengths 256, 1024 and 4096, measured
+  through ``SessionStore`` on SmolLM2 (fp32; 30 layers, 3 KV heads, head_dim 64): hot = the
+  kept KV cache (fp32; bf16 = half), warm = the 3-bit TurboQuant codes and norms, cold = the
+  session's record (plt codec; lm estimated from ``benches/results/compression.json``);
+* ``restore``: ``SessionStore.get`` latency per tier and context length (same model): hot (a
+  copy of the kept cache), warm (dequantize), cold faithful (fetch + decode tokens + one
+  prefill), cold exact (replay + hash check), and cold exact through the batch-invariant
+  engine (zero residual; contexts up to ``--engine-max``), plus ``put`` and the warm error;
 * ``machine``: CPU, cores, OS, Python, SQLite and Redis versions, the file system under test.
 """
 
@@ -44,7 +44,7 @@ from seqkv.backends import MemoryBackend, SessionRecord, SQLiteBackend, open_bac
 from seqkv.backends.testing import local_redis_server, redis_server_binary  # noqa: E402
 
 LAYERS, KV_HEADS, HEAD_DIM, VOCAB = 30, 3, 64, 49152  # SmolLM2-135M
-CONTEXTS = (256, 512, 1024, 2048, 4096)
+CONTEXTS = (256, 1024, 4096)
 
 
 def machine_info(workdir: Path) -> dict[str, Any]:
@@ -210,86 +210,96 @@ def lm_bits_per_token() -> tuple[float | None, str]:
     return float(np.mean(values)), "mean lm_bits_per_token of benches/results/compression.json"
 
 
-def bench_tiers(workdir: Path, quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    tiers: dict[str, Any] = {"model_shape": {"layers": LAYERS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM}}
-    restore: dict[str, Any] = {}
-    tokens, tok_reason = real_tokens(max(CONTEXTS))
-    try:
-        from seqkv import codecs
+def _median_ms(fn: Callable[[], Any], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return round(1000 * float(np.median(times)), 2)
 
-        codecs.get("raw", vocab_size=VOCAB).encode(np.zeros(4, dtype=np.uint32))
-        codec_reason = None
-    except Exception as exc:  # noqa: BLE001
-        codecs, codec_reason = None, f"seqkv.codecs raw codec unavailable: {exc}"  # type: ignore[assignment]
-    try:
-        from seqkv.quantizers import TurboQuant
 
-        tq = TurboQuant(HEAD_DIM, bits=3)
-        quant_reason = None
-    except Exception as exc:  # noqa: BLE001
-        tq, quant_reason = None, f"seqkv.quantizers.TurboQuant unavailable: {exc}"
+def bench_tiers(workdir: Path, quick: bool, contexts: tuple[int, ...], engine_max: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore latency per tier and bytes per session per tier, through ``SessionStore`` on
+    SmolLM2 (fp32, CPU, torch at one thread), at each context length in ``contexts``."""
+    import torch
+
+    from seqkv import hf
+    from seqkv.models import load_smollm2
+    from seqkv.store import SessionStore
+
+    torch.set_num_threads(1)
+    model, _ = load_smollm2()
+    tokens, tok_reason = real_tokens(max(contexts))
+    if tokens is None:
+        raise SystemExit(tok_reason)
     lm_bpt, lm_source = lm_bits_per_token()
-    try:
-        from seqkv.store import SessionStore  # noqa: F401
+    tiers: dict[str, Any] = {
+        "model": "SmolLM2-135M-Instruct (fp32): 30 layers, 3 KV heads, head_dim 64",
+        "model_shape": {"layers": LAYERS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM},
+        "cold_codec": "plt (SQLite backend); lm estimated from compression.json",
+    }
+    restore: dict[str, Any] = {
+        "how": (
+            "SessionStore.get on SmolLM2 (fp32, CPU, torch 1 thread; the engine at its own threads), median of "
+            "reps: hot = copy of the kept DynamicCache; warm = unpack + dequantize the 3-bit TurboQuant codes "
+            "(NumPy); cold = fetch the record from SQLite, decode the tokens (plt), one prefill (faithful) or "
+            "the recorded schedule + hash check (exact); cold_exact_engine_ms = exact restore computed by the "
+            "batch-invariant engine (f32 weights), zero residual"
+        ),
+        "torch_threads": torch.get_num_threads(),
+    }
+    for n in contexts:
+        toks = tokens[:n]
+        reps_fast = 3 if quick else 5
+        reps_slow = 1 if (quick or n >= 2048) else 2
+        store = SessionStore(model, codec="plt", backend=str(workdir / f"tiers-{n}.sqlite"), capacity_bytes=1 << 34)
+        t0 = time.perf_counter()
+        store.put("s", toks)
+        put_ms = round(1000 * (time.perf_counter() - t0), 1)
+        hot_bytes = store.tier_stats()["tiers"]["hot"]["bytes"]
+        rest: dict[str, Any] = {"put_ms": put_ms}
+        rest["hot_ms"] = _median_ms(lambda: store.get("s", promote=False), reps_fast)
+        store.demote("s", "warm")
+        warm_bytes = store.tier_stats()["tiers"]["warm"]["bytes"]
+        _, warm_cache = store.get("s", promote=False)
+        ref = store.get("s", mode="exact", promote=False)[1]
+        rest["warm_ms"] = _median_ms(lambda: store.get("s", promote=False), reps_fast)
+        store.demote("s", "cold")
 
-        store_reason = "SessionStore exists but this benchmark does not drive it yet"
-    except Exception:  # noqa: BLE001
-        store_reason = "seqkv.store.SessionStore is not written yet (codecs issue); end-to-end tier restore needs it"
-    rng = np.random.default_rng(0)
-    reps = 3 if quick else 10
-    db = SQLiteBackend(workdir / "tiers.sqlite")
-    for n in CONTEXTS:
-        row: dict[str, Any] = {
-            "hot_bytes_fp32": n * LAYERS * 2 * KV_HEADS * HEAD_DIM * 4,
-            "hot_bytes_bf16": n * LAYERS * 2 * KV_HEADS * HEAD_DIM * 2,
+        def cold(mode: str) -> None:
+            store.drop_caches()  # decoded tokens too: the restore reads the record
+            store.get("s", mode=mode, promote=False)
+
+        rest["cold_faithful_ms"] = _median_ms(lambda: cold("faithful"), reps_slow)
+        rest["cold_exact_ms"] = _median_ms(lambda: cold("exact"), reps_slow)
+        rest["cold_tokens_only_ms"] = _median_ms(lambda: (store.drop_caches(), store.tokens("s")), reps_fast)
+        err = hf.max_abs_diff(warm_cache, ref)
+        rest["warm_max_abs_err"] = round(err, 5)
+        if n <= engine_max:
+            eng_store = SessionStore(model, codec="plt", engine="auto", capacity_bytes=0)
+            eng_store.put("s", toks, schedule=[1] * 16 + [n - 16])
+            rest["cold_exact_engine_ms"] = _median_ms(lambda: eng_store.get("s", mode="exact", promote=False), reps_slow)
+            eng_store.close()
+        else:
+            rest["cold_exact_engine_ms"] = None
+            rest["cold_exact_engine_reason"] = f"skipped above {engine_max} tokens to keep the run short"
+        record_bytes = store.stats()["record_bytes"]
+        tiers[str(n)] = {
+            "hot_bytes_fp32": hot_bytes,
+            "hot_bytes_bf16": hot_bytes // 2,
+            "warm_bytes_turboquant3": warm_bytes,
+            "cold_bytes_plt_record": record_bytes,
+            "cold_bytes_lm_estimate": None if lm_bpt is None else int(np.ceil(n * lm_bpt / 8)),
+            "cold_lm_source": lm_source,
+            "hot_over_warm": round(hot_bytes / warm_bytes, 2),
+            "hot_over_cold_plt": round(hot_bytes / record_bytes, 1),
         }
-        rest: dict[str, Any] = {"hot_ms": None, "hot_reason": store_reason}
-        # warm: TurboQuant 3-bit codes of the whole cache (random KV: the code size does not depend on values)
-        if tq is not None:
-            kv = rng.standard_normal((LAYERS * 2 * KV_HEADS, n, HEAD_DIM)).astype(np.float32)
-            codes = tq.quantize(kv)
-            row["warm_bytes_turboquant3"] = int(codes.nbytes)
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                tq.dequantize(codes)
-                times.append(time.perf_counter() - t0)
-            rest["warm_dequantize_ms"] = round(1000 * float(np.median(times)), 3)
-            rest["warm_ms"] = None
-            rest["warm_reason"] = "dequantize only (NumPy, CPU); " + store_reason
-        else:
-            row["warm_bytes_turboquant3"] = None
-            row["warm_reason"] = quant_reason
-            rest["warm_ms"] = None
-            rest["warm_reason"] = quant_reason
-        # cold: container bytes, and fetching + decoding the tokens from SQLite
-        if codecs is not None and tokens is not None:
-            for name in ("raw", "plt"):
-                try:
-                    codec = codecs.get(name, vocab_size=VOCAB)
-                    data = codec.encode(tokens[:n])
-                except Exception as exc:  # noqa: BLE001 - reported in the results
-                    row[f"cold_bytes_{name}"] = None
-                    row[f"cold_{name}_reason"] = f"{name} codec unavailable: {exc}"
-                    continue
-                row[f"cold_bytes_{name}"] = len(data)
-                db.put(f"{name}{n}", SessionRecord(data, {"tokens": n, "codec": name}))
-                times = []
-                for _ in range(reps):
-                    t0 = time.perf_counter()
-                    codec.decode(db.get(f"{name}{n}").container)
-                    times.append(time.perf_counter() - t0)
-                rest[f"cold_fetch_decode_{name}_ms"] = round(1000 * float(np.median(times)), 3)
-        else:
-            row["cold_bytes_raw"] = None
-            row["cold_reason"] = codec_reason or tok_reason
-        row["cold_bytes_lm_estimate"] = None if lm_bpt is None else int(np.ceil(n * lm_bpt / 8))
-        row["cold_lm_source"] = lm_source
-        rest["cold_ms"] = None
-        rest["cold_reason"] = "decode under the model + prefill recompute: " + store_reason
-        tiers[str(n)] = row
         restore[str(n)] = rest
-    db.close()
+        store.close()
+        print(f"context {n}: hot {rest['hot_ms']} ms, warm {rest['warm_ms']} ms, cold {rest['cold_faithful_ms']} ms "
+              f"(exact {rest['cold_exact_ms']} ms, engine {rest['cold_exact_engine_ms']} ms); bytes hot {hot_bytes}, "
+              f"warm {warm_bytes}, cold {record_bytes}", flush=True)
     return tiers, restore
 
 
@@ -298,18 +308,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer operations (a smoke run)")
     ap.add_argument("--out", default=str(ROOT / "benches" / "results" / "store.json"))
     ap.add_argument("--dir", default=None, help="directory for the SQLite files (default: a temp dir)")
+    ap.add_argument("--no-ops", action="store_true", help="skip the backend put/get throughput part")
+    ap.add_argument("--no-tiers", action="store_true", help="skip the SessionStore tier part (needs SmolLM2)")
+    ap.add_argument("--engine-max", type=int, default=1024, help="longest context restored through the engine")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="seqkv-bench-", dir=args.dir) as tmp:
         workdir = Path(tmp)
         t0 = time.perf_counter()
         result: dict[str, Any] = {"machine": machine_info(workdir), "quick": args.quick}
-        result["ops"] = bench_ops(workdir, args.quick)
-        result["tiers"], result["restore"] = bench_tiers(workdir, args.quick)
+        if not args.no_ops:
+            result["ops"] = bench_ops(workdir, args.quick)
+        if not args.no_tiers:
+            contexts = (256, 1024) if args.quick else CONTEXTS
+            result["tiers"], result["restore"] = bench_tiers(workdir, args.quick, contexts, args.engine_max)
+        result["machine"]["load_average_at_end"] = list(os.getloadavg())
         result["seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    for name, rows in result["ops"].items():
+    for name, rows in result.get("ops", {}).items():
         for label, r in rows.items():
             if isinstance(r, dict):
                 print(f"{name:14s} {label:9s} put {r['put_ops_per_s']:>10.0f}/s  get {r['get_ops_per_s']:>10.0f}/s")

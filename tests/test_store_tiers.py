@@ -396,3 +396,25 @@ def test_warm_slices_match_the_full_restore(tiny_llama, n, cut):
     assert k == cut
     for (pk, pv), (fk, fv) in zip(hf.cache_layers(part), hf.cache_layers(full)):
         assert bool((pk == fk[..., :cut, :]).all()) and bool((pv == fv[..., :cut, :]).all())
+
+
+def test_explicit_demotion(tiny_llama, convo):
+    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=10**6)
+    store.put("a", convo["s0"])
+    ref, _ = hf.compute_cache(tiny_llama, convo["s0"])
+    assert store.tier_of("a") == "hot"
+    assert store.demote("a", "warm") == "warm"
+    st_ = store.tier_stats()
+    assert st_["tiers"]["warm"]["count"] == 1 and 0 < st_["used_bytes"] < convo["s0"].size * PER_TOKEN / 4
+    _, c = store.get("a", promote=False)
+    assert store.tier_of("a") == "warm" and _warm_bound(c, ref) and not hf.caches_equal(c, ref)
+    assert store.demote("a", "warm") == "warm"  # already there
+    with pytest.raises(InvalidInputError):
+        store.demote("a", "hot")
+    assert store.demote("a", "cold") == "cold" and store.tier_stats()["used_bytes"] == 0
+    assert store.demote("a", "warm") == "cold"  # demotion only: it stays cold
+    with pytest.raises(InvalidInputError):
+        SessionStore(tiny_llama, codec="raw", tiers=("hot", "cold")).demote("a", "warm")
+    with pytest.raises(SessionNotFoundError):
+        store.demote("nope")
+    assert hf.caches_equal(store.get("a", mode="exact")[1], ref)

@@ -210,25 +210,69 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 class _WarmCodec:
-    """TurboQuant-like 3-bit per-vector quantization of whole caches (the warm tier's form)."""
+    """TurboQuant-like 3-bit per-vector quantization of whole caches (the warm tier's form).
 
-    def __init__(self, head_dim: int, bits: int = _WARM_BITS):
-        from .quantizers import TurboQuant
+    The quantizer is :class:`seqkv.quantizers.TurboQuant` (seeded random signs, Walsh-Hadamard
+    rotation, Lloyd-Max codebook of the Gaussian, an f32 norm per vector). A cache on a GPU is
+    quantized by its CUDA kernel (:mod:`seqkv.gpu`); on the CPU the rotation runs as a torch
+    matmul with the ±1 Hadamard matrix (the same transform, in another summation order), which
+    is much faster than the butterfly reference. Codes are packed 8 to 3 bytes."""
 
-        self.bits = bits
-        self.tq = TurboQuant(head_dim, bits=bits, seed=0)
+    def __init__(self, head_dim: int):
+        import torch
 
-    def nbytes(self, n_vectors: int) -> int:
-        """Bytes of one tensor of ``n_vectors`` vectors in the warm form."""
-        return (n_vectors * self.tq.dim * self.bits + 7) // 8 + 4 * n_vectors
+        from .quantizers import TurboQuant, fwht
+
+        self.bits = _WARM_BITS
+        self.tq = TurboQuant(head_dim, bits=_WARM_BITS, seed=0)
+        self.hadamard = torch.from_numpy(fwht(np.eye(head_dim, dtype=np.float32)))  # y @ H = fwht(y)
+        self.signs = torch.from_numpy(self.tq.signs)
+        self.boundaries = torch.from_numpy(self.tq.boundaries)
+        self.centroids = torch.from_numpy(self.tq.centroids)
+        self.out_scale = self.signs * float(self.tq.inv_d)
+
+    @staticmethod
+    def nbytes(n_vectors: int, dim: int) -> int:
+        """Bytes of one tensor of ``n_vectors`` vectors of ``dim`` in the warm form."""
+        return (n_vectors * dim + 7) // 8 * 3 + 4 * n_vectors
+
+    @staticmethod
+    def _pack(codes: np.ndarray) -> np.ndarray:
+        c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
+        pad = (-c.size) % 8
+        if pad:
+            c = np.concatenate([c, np.zeros(pad, np.uint8)])
+        g = c.reshape(-1, 8).astype(np.uint32)
+        v = np.zeros(g.shape[0], np.uint32)
+        for j in range(8):
+            v |= g[:, j] << np.uint32(3 * j)
+        return np.ascontiguousarray(v.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3]).reshape(-1)
+
+    @staticmethod
+    def _unpack(packed: np.ndarray, count: int) -> np.ndarray:
+        b = packed.reshape(-1, 3).astype(np.uint32)
+        v = b[:, 0] | (b[:, 1] << np.uint32(8)) | (b[:, 2] << np.uint32(16))
+        out = np.empty((v.size, 8), np.uint8)
+        for j in range(8):
+            out[:, j] = (v >> np.uint32(3 * j)) & np.uint32(7)
+        return out.reshape(-1)[:count]
 
     def _quantize(self, t: Any) -> _QTensor:
-        from .quantizers import pack_codes
+        import torch
 
-        q = self.tq.quantize(t)  # a CUDA tensor runs the GPU kernel (seqkv.gpu)
-        codes = q.codes.get() if hasattr(q.codes, "get") else q.codes  # CuPy -> host
-        norms = q.norms.get() if hasattr(q.norms, "get") else q.norms
-        return _QTensor(pack_codes(codes, self.bits), np.ascontiguousarray(norms, dtype=np.float32), tuple(t.shape))
+        from . import gpu
+
+        if gpu.is_device_array(t):
+            q = self.tq.quantize(t)  # the CUDA kernel; codes and norms to the host
+            codes, norms = q.codes.get(), q.norms.get()
+        else:
+            with torch.inference_mode():
+                y = (t.detach().float() * self.signs) @ self.hadamard
+                r = torch.linalg.vector_norm(y, dim=-1)
+                u = torch.where(r[..., None] > 0, y / r[..., None], torch.zeros((), dtype=y.dtype))
+                codes = torch.bucketize(u, self.boundaries).to(torch.uint8).numpy()
+                norms = r.numpy()
+        return _QTensor(self._pack(codes), np.ascontiguousarray(norms, dtype=np.float32), tuple(t.shape))
 
     def quantize(self, cache: Any) -> _WarmKV:
         from . import hf
@@ -242,12 +286,13 @@ class _WarmCodec:
     def _dequantize(self, q: _QTensor, n: int, dtype: Any, device: Any) -> Any:
         import torch
 
-        from .quantizers import TurboCodes, unpack_codes
-
         count = int(np.prod(q.shape))
-        codes = unpack_codes(q.packed, self.bits, count).reshape(q.shape)
-        x = self.tq.dequantize(TurboCodes(codes[..., :n, :], q.norms[..., :n], self.bits))
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dtype=dtype, device=device)
+        codes = torch.from_numpy(self._unpack(q.packed, count).reshape(q.shape)[..., :n, :].astype(np.int64))
+        norms = torch.from_numpy(q.norms[..., :n])
+        with torch.inference_mode():
+            y = self.centroids[codes] * norms[..., None]
+            x = (y @ self.hadamard) * self.out_scale
+        return x.to(dtype=dtype, device=device)
 
     def dequantize(self, model: Any, warm: _WarmKV, n: int | None = None) -> Any:
         """A ``DynamicCache`` of the first ``n`` positions (default all), in the original dtype."""
@@ -434,7 +479,7 @@ class SessionStore:
         if "hot" in self._tiers.tiers:
             sizes["hot"] = n_tokens * layers * 2 * heads * dim * elem
         if self._warm_codec is not None:
-            sizes["warm"] = 2 * layers * self._warm_codec.nbytes(heads * n_tokens)
+            sizes["warm"] = 2 * layers * self._warm_codec.nbytes(heads * n_tokens, dim)
         return sizes
 
     def _codec_kwargs(self, name: str) -> dict[str, Any]:
@@ -1032,6 +1077,27 @@ class SessionStore:
         with self._tier_lock:
             self._hits["cold"] += 1
         return n, cache
+
+    def demote(self, session_id: str, tier: str = "cold") -> str:
+        """Move a session down to ``tier`` now (``"warm"``: quantize its hot KV; ``"cold"``: drop
+        its in-memory KV), e.g. before a known idle period; a session already there or lower
+        stays. Returns the tier it is in afterwards. Raises :class:`SessionNotFoundError`, and
+        :class:`InvalidInputError` for a tier this store does not have (or its first tier)."""
+        if tier not in self._tiers.tiers or tier == self._tiers.tiers[0]:
+            raise InvalidInputError(f"demote to one of {self._tiers.tiers[1:]}, not {tier!r}")
+        with self._lock:
+            entry = self._entry(session_id)
+        rank = TIER_NAMES.index
+        with self._tier_lock:
+            key = _key(entry.number)
+            current = self._tiers.tier_of(key)
+            if rank(tier) <= rank(current):
+                return current
+            sizes = self._demote(entry.number, current, tier)
+            self._apply(self._tiers.place(key, tier))
+            for number, t, nbytes in sizes:
+                self._sync_size(number, t, nbytes)
+            return self._tiers.tier_of(key)
 
     def drop_caches(self) -> None:
         """Forget decoded tokens and every in-memory KV (all sessions go cold; the next ``get``
