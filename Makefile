@@ -57,11 +57,16 @@ docs: build
 	$(PIP) install -q pdoc
 	$(PY) -m pdoc seqkv -o site --docformat google
 
-bench-quick: build redis-server
-	for b in benches/*.py; do $(PY) $$b --quick || exit 1; done
+# The CPU benches; the GPU ones (gpu_kernels.py, engine.py --gpu) run on a CUDA machine by hand.
+CPU_BENCHES := coder plt trie compression residual store engine serve competitors stress
 
+# Quick mode of every CPU bench, into benches/results/quick/ (the committed JSON stays).
+bench-quick: build redis-server
+	$(PY) benches/report.py --run --all-quick --no-render
+
+# Full runs, rewriting the committed benches/results/NAME.json (hours on the 2-core dev machine).
 bench: build redis-server
-	for b in benches/*.py; do $(PY) $$b || exit 1; done
+	for b in $(CPU_BENCHES); do test ! -f benches/$$b.py || $(PY) benches/$$b.py || exit 1; done
 
 # Debian's redis-server, for the tests marked `redis` (they skip when it cannot be installed).
 redis-server:
@@ -70,15 +75,21 @@ redis-server:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server; } \
 	  || echo "warning: redis-server not installed; tests marked redis will skip"
 
-report: build
-	$(PY) benches/report.py
+# Runs the benches (quick mode where a full run takes > ~15 min) into benches/results/quick/,
+# then writes benches/report/report.md and its PNGs (committed full-run JSON preferred).
+report: build redis-server
+	$(PY) benches/report.py --run
 
 FUZZ_SECONDS ?= 60
-# cargo-fuzz on nightly, each target for FUZZ_SECONDS; not part of CI.
+# Replays the kept inputs (fuzz/corpus, fuzz/regressions) on stable, then runs each cargo-fuzz
+# target on nightly for FUZZ_SECONDS and minimizes its corpus (cmin); not part of CI. A crash
+# stops the loop: move it from fuzz/artifacts/<target>/ to fuzz/regressions/<target>/ with the fix.
 fuzz:
 	command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz
+	cargo test --release -q --manifest-path fuzz/Cargo.toml
 	cd fuzz && for t in $$(cargo +nightly fuzz list); do \
-	  cargo +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+	  cargo +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	  cargo +nightly fuzz cmin $$t corpus/$$t || exit 1; done
 
 clean:
 	rm -rf target dist $(NATIVE)

@@ -1,7 +1,7 @@
 """Runs the benches and writes benches/report/report.md and its PNG plots from their JSON.
 
 ``make report`` runs ``python benches/report.py --run``: every CPU bench first runs (in its quick
-mode where the full run takes more than ~15 minutes on the 2-core dev machine, see BENCHES), each
+mode where the full run takes more than ~15 minutes on the 2-core dev machine; see BENCHES), each
 writing to benches/results/quick/NAME.json so that no committed JSON is overwritten; benches that
 need a GPU run only where CuPy sees one. Then the report is rendered. For each bench the report
 uses the committed full-run JSON (benches/results/NAME.json) when present, else this run's JSON
@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -70,19 +71,21 @@ def gpu_available() -> bool:
 def out_flag(script: Path) -> str | None:
     """The output option a bench script takes (``--out`` or ``--output``), from its ``--help``."""
     text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300).stdout
-    return "--out" if "--out " in text or "--out\n" in text or "--out OUT" in text else (
-        "--output" if "--output" in text else None)
+    return "--out" if re.search(r"--out\b(?!put)", text) else "--output" if "--output" in text else None
 
 
-def run_benches(only: list[str] | None) -> list[dict[str, Any]]:
-    """Runs BENCHES (or those named in ``only``) into RUNS; returns one record per bench and writes
-    them to RUNS/runs.json. A bench that fails is recorded with the tail of its output."""
+def run_benches(only: list[str] | None, all_quick: bool = False) -> list[dict[str, Any]]:
+    """Runs BENCHES (or those named in ``only``; each in quick mode with ``all_quick``) into RUNS;
+    returns one record per bench and writes them to RUNS/runs.json. A bench that fails is recorded
+    with the tail of its output."""
     RUNS.mkdir(parents=True, exist_ok=True)
     gpu = gpu_available()
     records = []
     for name, script, args, mode, needs_gpu in BENCHES:
         if only and name not in only:
             continue
+        if all_quick and mode == "full":
+            args, mode = [*args, "--quick"], "quick"
         rec: dict[str, Any] = {"name": name, "script": f"benches/{script}", "mode": mode, "out": f"benches/results/quick/{name}.json"}
         path = ROOT / script
         if needs_gpu and not gpu:
@@ -107,7 +110,8 @@ def run_benches(only: list[str] | None) -> list[dict[str, Any]]:
                     print(rec["output_tail"], file=sys.stderr)
         print(f"[report] {name}: {rec['status']}", file=sys.stderr, flush=True)
         records.append(rec)
-    (RUNS / "runs.json").write_text(json.dumps({"gpu": gpu, "runs": records}, indent=1) + "\n")
+    (RUNS / "runs.json").write_text(json.dumps({"gpu": gpu, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                                "runs": records}, indent=1) + "\n")
     return records
 
 
@@ -148,11 +152,16 @@ class Sources:
 
 
 def get(d: Any, *keys: Any) -> Any:
-    """``d[k0][k1]...``, or None when any level is missing or null."""
+    """``d[k0][k1]...`` (dict keys or list indices), or None when any level is missing or null."""
     for k in keys:
-        if not isinstance(d, dict) or k not in d or d[k] is None:
+        if isinstance(d, list) and isinstance(k, int) and -len(d) <= k < len(d):
+            d = d[k]
+        elif isinstance(d, dict) and k in d:
+            d = d[k]
+        else:
             return None
-        d = d[k]
+        if d is None:
+            return None
     return d
 
 
@@ -300,6 +309,10 @@ class Report:
         return get(self.residual, "summary", "single_step_bf16_bits_per_token")
 
     # (1) --------------------------------------------------------------------------------------------
+    def competitor_kv_rows(self) -> list[dict[str, Any]]:
+        """Measured rows of competitors.json's kv_quantizers (those with a bits_per_token)."""
+        return [r for r in get(self.competitors, "kv_quantizers") or [] if r.get("bits_per_token") is not None]
+
     def bits_per_token(self) -> None:
         s = SMOLLM2
         t2 = get(self.gpu, "quantizers", "turbo3", "bits_per_component")
@@ -312,68 +325,123 @@ class Report:
             f"(layers × K,V × KV heads × head dim); at bf16 that is {s.bits(16):,.0f} bits.",
             f"seqkv figures: `{self.comp_name}` "
             f"({get(self.comp, 'model') or NM}; texts: {', '.join(t['text'] for t in self.texts) or NM}, "
-            f"{', '.join(str(t['tokens']) for t in self.texts)} tokens), residual from `residual.json`, "
-            "plt over more text from `plt.json`.",
+            f"{', '.join(str(t['tokens']) for t in self.texts)} tokens), residual from {self.f('residual')}, "
+            f"plt over more text from {self.f('plt')}; competitor libraries from {self.f('competitors')} "
+            f"({fmt(get(self.competitors, 'tokens'), 'd')} tokens of {get(self.competitors, 'text') or NM}).",
             "",
         )
         raw = self.mean_text("raw_bits_per_token")
         pltb = self.mean_text("plt_bits_per_token")
         lm = self.lm_bits
         res = self.residual_bits
-        rows: list[tuple[str, float | None, str, str]] = [
-            ("bf16 KV", s.bits(16), "16 bits/component", "arithmetic"),
-            ("fp8 KV", s.bits(8), "8 bits/component, no side info", "arithmetic"),
+        exact_ce = get(self.competitors, "exact", "cross_entropy_bits")
+        # (name, bits/token, what is stored, source, kind) with kind: arithmetic / competitor / seqkv
+        rows: list[tuple[str, float | None, str, str, str]] = [
+            ("bf16 KV", s.bits(16), "16 bits/component", "arithmetic", "arithmetic"),
+            ("fp8 KV", s.bits(8), "8 bits/component, no side info", "arithmetic", "arithmetic"),
             (
                 "KIVI-like 2-bit",
                 s.bits(kivi_bpc_),
                 f"2 bits + f32 scale + f32 min per group of {KIVI_GROUP} = {kivi_bpc_:g} bits/component "
                 f"(gpu_kernels.json reports {fmt(k2, 'g')})",
-                "arithmetic (seqkv.quantizers.KIVI layout)",
+                "arithmetic (seqkv.quantizers.KIVI layout)", "arithmetic",
             ),
             (
                 "TurboQuant-like 3-bit",
                 s.bits(tq_bpc),
                 f"3 bits + one f32 norm per {s.head_dim}-vector = 3 + 32/{s.head_dim} = {tq_bpc:g} bits/component "
                 f"(gpu_kernels.json reports {fmt(t2, 'g')}); the paper's flat 3 bits would be {s.bits(3):,.0f}",
-                "arithmetic (seqkv.quantizers.TurboQuant layout)",
+                "arithmetic (seqkv.quantizers.TurboQuant layout)", "arithmetic",
             ),
-            ("seqkv raw", raw, "token ids, 16 bits each (payload)", self.comp_name),
-            ("seqkv plt", pltb, "order-k PPM model of the ids (payload)", self.comp_name),
-            ("seqkv lm", lm, "ids range-coded under SmolLM2 itself (payload)", self.comp_name),
+        ]
+        for r in self.competitor_kv_rows():
+            if r.get("library") == "seqkv":
+                continue
+            ce = r.get("cross_entropy_bits")
+            rows.append((
+                f"{r['library']} {r['nbits']}-bit (transformers QuantizedCache '{r['backend']}')",
+                r["bits_per_token"],
+                f"measured bytes of codes + scales + zero points ({r.get('settings', '')}); lossy: relative MSE "
+                f"K {fmt(r.get('relative_mse_keys'), '.4f')} / V {fmt(r.get('relative_mse_values'), '.4f')}, "
+                f"next-token cross-entropy {fmt(None if ce is None or exact_ce is None else ce - exact_ce, '+.3f')} "
+                f"bits/token, top-1 agreement {fmt(r.get('top1_agreement_with_exact'), '.3f')} vs the exact cache",
+                self.src.rel("competitors"), "competitor"))
+        rows += [
+            ("seqkv raw", raw, "token ids, 16 bits each (payload); lossless", self.comp_name, "seqkv"),
+            ("seqkv plt", pltb, "order-k PPM model of the ids (payload); lossless", self.comp_name, "seqkv"),
+            ("seqkv lm", lm, "ids range-coded under SmolLM2 itself (payload); lossless", self.comp_name, "seqkv"),
             (
                 "seqkv lm + residual",
                 None if lm is None or res is None else lm + res,
                 f"lm + bf16 residual when the restoring schedule differs (single steps vs prefill): "
                 f"{fmt(res)} bits/token; with the same schedule the residual is "
                 f"{fmt(get(self.residual, 'summary', 'same_schedule_bits_per_token'))} bits/token",
-                f"{self.comp_name} + residual.json",
+                f"{self.comp_name} + {self.src.rel('residual')}", "seqkv",
             ),
         ]
         table_rows = []
-        for name, v, how, src in rows:
+        for name, v, how, src, _ in rows:
             table_rows.append([name, fmt(v, ",.3f" if v is not None and v < 100 else ",.1f" if v is not None and v < 1000 else ",.0f"),
                                ratio(s.bits(16), v, ",.1f"), how, src])
         cont = self.mean_text("lm_container_bits_per_token")
         table_rows.append(["seqkv lm, whole container", fmt(cont, ",.3f"), ratio(s.bits(16), cont, ",.1f"),
                            f"stream incl. header and checksums at {', '.join(str(t['tokens']) for t in self.texts)} "
                            "tokens (the header is fixed, so this falls with length)", self.comp_name])
-        table_rows.append(["seqkv plt, 42k tokens of licence text", fmt(get(self.plt, "summary", "plt_bits_per_token"), ",.3f"),
+        long = get(self.plt, "long_text")
+        table_rows.append([f"seqkv plt, {fmt(get(self.plt, 'summary', 'texts'), 'd')} licence texts",
+                           fmt(get(self.plt, "summary", "plt_bits_per_token"), ",.3f"),
                            ratio(s.bits(16), get(self.plt, "summary", "plt_bits_per_token"), ",.1f"),
-                           "12 texts, whole containers", "plt.json"])
-        table_rows.append(["cross-session dedup", NM, NM,
-                           "no committed JSON measures bits/token with dedup on a multi-session workload with real KV "
-                           "(`seqkv demo --json` can write one; none is in benches/results/). For scale only: the trie "
-                           f"bench's synthetic workload stores {fmt(get(self.trie, 'stored_tokens'), ',')} of "
-                           f"{fmt(get(self.trie, 'logical_tokens'), ',')} logical tokens", "—"])
+                           "whole containers", self.src.rel("plt")])
+        if long:
+            table_rows.append([f"seqkv plt, one {fmt(get(long, 'tokens'), ',')}-token text",
+                               fmt(get(long, "plt_bits_per_token"), ",.3f"), ratio(s.bits(16), get(long, "plt_bits_per_token"), ",.1f"),
+                               f"{get(long, 'text') or NM}", self.src.rel("plt")])
+        table_rows.append(self.dedup_row())
         self.table(["format", "bits / token position", "vs bf16", "what is stored", "source"], table_rows)
-        plotted = [(n, v) for n, v, _, _ in rows if v is not None]
-        colors = ["#888888"] * 4 + ["#3b6ea5"] * (len(plotted) - 4)
-        bar_plot(self.out / "bits_per_token.png", [n for n, _ in plotted], [v for _, v in plotted], colors,
-                 "Bits per token position, SmolLM2-135M (grey: per-vector KV formats, blue: seqkv)",
-                 "bits per token position (log)")
-        self.w("![bits per token](bits_per_token.png)", "")
+        plotted = [(n, v, kind) for n, v, _, _, kind in rows if v is not None]
+        colors = {"arithmetic": "#888888", "competitor": "#e08a3c", "seqkv": "#3b6ea5"}
+        bar_plot(self.out / "bits_per_token.png", [n.split(" (")[0] for n, _, _ in plotted], [v for _, v, _ in plotted],
+                 [colors[k] for _, _, k in plotted],
+                 "Bits per token position, SmolLM2-135M (grey: format arithmetic, orange: competitor libraries "
+                 "measured, blue: seqkv measured)", "bits per token position (log)")
+        self.w("![bits per token](bits_per_token.png)", "",
+               "The per-vector formats (grey, orange) are lossy and keep every position's KV; seqkv's rows are "
+               "lossless token streams from which the KV is recomputed (or, with the residual, restored "
+               "bit-exactly across schedules). They are tiers of one store, not substitutes (section 5, last claim).", "")
+
+    def dedup_row(self) -> list[str]:
+        """Cross-session dedup on a multi-session workload: from serve.json when it measures it."""
+        d = self.serve
+        keys = [k for k in (d or {}) if "dedup" in k.lower() or "shared" in k.lower()]
+        if d is not None and keys:
+            vals = "; ".join(f"{k}: {json.dumps(d[k])[:200]}" for k in keys)
+            return ["cross-session dedup (multi-session workload)", "see source", "—", vals, self.src.rel("serve")]
+        return ["cross-session dedup", NM, NM,
+                "no JSON measures bits/token with dedup on a multi-session workload with real KV. For scale only: "
+                f"the trie bench's synthetic workload stores {fmt(get(self.trie, 'stored_tokens'), ',')} of "
+                f"{fmt(get(self.trie, 'logical_tokens'), ',')} logical tokens", self.src.rel("trie")]
 
     # (2) --------------------------------------------------------------------------------------------
+    def position_trend(self) -> list[tuple[str, float, bool, float]]:
+        """Per text: (name, least-squares slope of lm bits/token on log2(bucket midpoint) over the
+        buckets after the first, in bits per doubling of the position; whether those buckets fall
+        monotonically; first bucket minus the mean of the later ones)."""
+        out = []
+        for t in self.texts:
+            b = t.get("by_position") or []
+            if len(b) < 3:
+                continue
+            xs, ys = [], []
+            for x in b[1:]:
+                lo, hi = (int(v) for v in x["positions"].split("-"))
+                xs.append(math.log2((lo + hi + 1) / 2))
+                ys.append(x["table_bits_per_token"])
+            mx, my = statistics.fmean(xs), statistics.fmean(ys)
+            slope = sum((a - mx) * (c - my) for a, c in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+            mono = all(a >= c for a, c in zip(ys, ys[1:]))
+            out.append((t["text"], slope, mono, b[0]["table_bits_per_token"] - my))
+        return out
+
     def by_position(self) -> None:
         self.w("## 2. Bits per token against position in the context", "")
         texts = [t for t in self.texts if t.get("by_position")]
@@ -398,31 +466,31 @@ class Report:
         ax.set_xlabel("position in the context (bucket midpoint, log2)")
         ax.set_ylabel("bits per token")
         ax.set_ylim(0, None)
-        ax.set_title(f"lm codec bits/token by position bucket ({self.comp_name})", fontsize=11)
+        ax.set_title(f"lm codec bits/token by position bucket ({self.comp_name})", fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(self.out / "bits_vs_position.png", dpi=110)
         plt.close(fig)
         self.table(["text", "positions", "tokens", "lm coded bits/token", "cross-entropy bits/token"], rows)
+        trend = self.position_trend()
+        first = texts[0]["by_position"][0]["positions"]
         self.w(
             "![bits vs position](bits_vs_position.png)",
             "",
-            f"What this shows: the first bucket costs {self.first_bucket_range()} bits/token (little to condition "
-            "on); after it, per text: " + "; ".join(
-                f"{t['text']}: " + " → ".join(f"{b['table_bits_per_token']:.1f}" for b in t["by_position"][1:])
-                for t in texts)
-            + (" — falling monotonically in every text." if all(
-                all(a["table_bits_per_token"] >= b["table_bits_per_token"] for a, b in zip(t["by_position"][1:], t["by_position"][2:]))
-                for t in texts) else " — not monotone: after the first bucket the cost follows the content, not the position.")
-            + " The lm codec was measured only up to "
-            f"{max(t['tokens'] for t in texts)} tokens; beyond that it is not measured. The static plt model "
-            "does fall with more text: "
-            f"{fmt(get(self.plt, 'summary', 'plt_bits_per_token'), '.2f')} bits/token over 12 short texts vs "
+            f"What this shows: the first bucket (positions {first}) costs {self.first_bucket_range()} bits/token "
+            "(little to condition on); after it, per text: " + "; ".join(
+                f"{t['text']}: " + " → ".join(f"{b['table_bits_per_token']:.2f}" for b in t["by_position"][1:])
+                for t in texts) + ". Least-squares slope over the buckets after the first, in bits/token per "
+            "doubling of the position: " + ", ".join(f"{n} {s:+.2f}{' (monotone)' if m else ''}" for n, s, m, _ in trend)
+            + ". A small slope of mixed sign means that past the first bucket the cost follows the content, "
+            f"not the position. The lm codec was measured up to {max(t['tokens'] for t in texts):,} tokens; "
+            "beyond that it is not measured. The static plt model "
+            f"falls with more text: {fmt(get(self.plt, 'summary', 'plt_bits_per_token'), '.2f')} bits/token over "
+            f"{fmt(get(self.plt, 'summary', 'texts'), 'd')} short texts vs "
             f"{fmt(get(long, 'plt_bits_per_token'), '.2f')} on one {fmt(get(long, 'tokens'), ',')}-token text "
-            f"(`plt.json`, {get(long, 'text') or NM}; different text, so content differs too). The whole-container "
-            "cost falls with length regardless, "
-            "because the header is fixed.",
+            f"({self.f('plt')}, {get(long, 'text') or NM}; different text, so content differs too). The "
+            "whole-container cost falls with length regardless, because the header is fixed.",
             "",
         )
 
@@ -430,44 +498,51 @@ class Report:
     def restore(self) -> None:
         self.w("## 3. Restore latency against context length", "")
         restore = get(self.store, "restore") or {}
-        lengths = sorted(int(k) for k in restore)
-        series = {
-            "warm tier: dequantize TurboQuant-like 3-bit (NumPy, CPU)": "warm_dequantize_ms",
-            "cold tier: fetch + decode token stream, raw": "cold_fetch_decode_raw_ms",
-            "cold tier: fetch + decode token stream, plt": "cold_fetch_decode_plt_ms",
-        }
-        fig, ax = plt.subplots(figsize=(9, 5))
-        rows = []
-        for label, key in series.items():
-            pts = [(n, restore[str(n)].get(key)) for n in lengths if restore[str(n)].get(key) is not None]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label + " (store.json)")
+        lengths = sorted(int(k) for k in restore if str(k).isdigit())
+        # every "<what>_ms" key the store bench wrote, in first-seen order (the store helper may add tiers)
+        keys: list[str] = []
         for n in lengths:
-            r = restore[str(n)]
-            rows.append([str(n), fmt(r.get("hot_ms"), ",.1f"), fmt(r.get("warm_dequantize_ms"), ",.1f"),
-                         fmt(r.get("cold_fetch_decode_raw_ms"), ",.3f"), fmt(r.get("cold_fetch_decode_plt_ms"), ",.3f"),
-                         fmt(r.get("cold_ms"), ",.1f")])
+            for k in restore[str(n)]:
+                if k.endswith("_ms") and k not in keys:
+                    keys.append(k)
+        label = {k: k[:-3].replace("_", " ") for k in keys}
+        fig, ax = plt.subplots(figsize=(9, 5))
+        for k in keys:
+            pts = [(n, restore[str(n)].get(k)) for n in lengths if isinstance(restore[str(n)].get(k), (int, float))]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{label[k]} ({self.src.rel('store')})")
+        rows = [[str(n)] + [fmt(restore[str(n)].get(k), ",.3f" if (restore[str(n)].get(k) or 0) < 10 else ",.1f") for k in keys]
+                for n in lengths]
         markers = {"recompute_ms": ("s", "recompute the KV (transformers prefill, CPU)"),
                    "kv_load_ms": ("^", "load bf16 KV file from disk"),
                    "restore_ms": ("D", "lm restore: decode ids under the model + KV (CPU)")}
-        for key, (m, label) in markers.items():
+        for key, (m, lab) in markers.items():
             pts = [(t["tokens"], t[key]) for t in self.texts if t.get(key) is not None]
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=m, s=60, zorder=3,
-                           label=f"{label} ({self.comp_name})")
+                           label=f"{lab} ({self.comp_name})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context length (tokens, log2)")
         ax.set_ylabel("milliseconds (log)")
-        ax.set_title("Restore latency — what is measured (2-core loaded CPU; no GPU restore measured)", fontsize=10)
+        ax.set_title("Restore latency by tier and context length (CPU)", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="center right", framealpha=0.9)
+        ax.legend(fontsize=7, loc="best", framealpha=0.9)
         fig.tight_layout()
         fig.savefig(self.out / "restore_latency.png", dpi=110)
         plt.close(fig)
-        self.w("From `store.json` (SessionStore tiers, SmolLM2 shape):", "")
-        self.table(["tokens", "hot restore ms", "warm dequantize ms", "cold fetch+decode raw ms",
-                    "cold fetch+decode plt ms", "cold end-to-end ms"], rows)
+        self.w(f"From {self.f('store')} (SessionStore tiers, SmolLM2 shape; milliseconds):", "")
+        if lengths:
+            self.table(["tokens"] + [label[k] for k in keys], rows)
+        else:
+            self.w(f"{NM} (no `restore` in store.json).", "")
+        reasons: dict[str, str] = {}
+        for n in lengths:
+            for k, v in restore[str(n)].items():
+                if k.endswith("_reason") and v:
+                    reasons.setdefault(k[: -len("_reason")].replace("_", " "), v)
+        if reasons:
+            self.w("Not measured, with the bench's reason: " + "; ".join(f"**{k}**: {v}" for k, v in reasons.items()) + ".", "")
         self.w(f"From `{self.comp_name}` (one context length per text):", "")
         self.table(["text", "tokens", "recompute ms", "load bf16 KV ms", "KV file bytes", "lm restore ms",
                     "lm decode tokens/s"],
@@ -476,29 +551,43 @@ class Report:
                      fmt(t.get("lm_decode_tokens_per_s"), ",.1f")] for t in self.texts])
         eng = get(self.engine, "lm_decode_tokens_per_s")
         n0 = self.texts[0]["tokens"] if self.texts else None
+        rest = [t.get("restore_ms") for t in self.texts]
+        reco = [t.get("recompute_ms") for t in self.texts]
+        slower = all(a is not None and b is not None and a > b for a, b in zip(rest, reco)) and bool(rest)
         self.w(
             "![restore latency](restore_latency.png)",
             "",
-            "Reading it honestly: hot and end-to-end cold restores through `SessionStore` were not measured "
-            "(store.json records the reason: the store did not exist when the bench ran). The cold tier's token "
-            "fetch+decode is sub-millisecond to 20 ms, but a cold restore also needs the KV rebuilt: by prefill "
-            "recompute, or, for `lm`, by decoding each id under the model one step at a time. On this loaded 2-core "
-            "CPU the measured `lm` restore of 256 tokens took "
-            + " / ".join(fmt(t.get("restore_ms"), ",.0f") for t in self.texts)
-            + " ms, i.e. slower than recomputing the KV ("
-            + " / ".join(fmt(t.get("recompute_ms"), ",.0f") for t in self.texts)
-            + " ms) and far slower than loading the bf16 KV ("
-            + " / ".join(fmt(t.get("kv_load_ms"), ",.1f") for t in self.texts)
-            + " ms). The spread between the two texts (×2–×30) is machine load (load average "
-            f"{fmt(get(self.comp, 'machine', 'loadavg_start', 0), '.1f')} at start). The seqkv engine decodes "
-            f"`lm` at {fmt(eng, ',.1f')} tokens/s (`engine.json`); at that rate {fmt(n0)} tokens would take "
-            + (fmt(n0 / eng * 1000, ",.0f") + " ms (arithmetic, not timed)" if eng and n0 else NM)
-            + ". The warm tier's dequantize grows linearly with length (NumPy on CPU, "
-            f"{fmt(get(restore, '4096', 'warm_dequantize_ms'), ',.0f')} ms at 4,096 tokens); on the H200 the "
-            f"turbo3 dequantize runs at {fmt(get(self.gpu, 'quantizers', 'turbo3', 'dequantize_GBps'), ',.0f')} GB/s "
-            "(`gpu_kernels.json`).",
+            f"Reading it: a cold restore needs the KV rebuilt from the tokens — by prefill recompute or, for `lm`, by "
+            "decoding each id under the model one step at a time. On this 2-core CPU the measured `lm` restore of "
+            + " / ".join(f"{t['tokens']:,}" for t in self.texts) + " tokens took "
+            + " / ".join(fmt(v, ",.0f") for v in rest) + " ms against "
+            + " / ".join(fmt(v, ",.0f") for v in reco) + " ms to recompute the KV by prefill and "
+            + " / ".join(fmt(t.get("kv_load_ms"), ",.1f") for t in self.texts) + " ms to load the bf16 KV"
+            + (" — the lm decode is the slow step, since it is sequential where prefill is one batched pass" if slower else "")
+            + f" (load average {fmt(get(self.comp, 'machine', 'loadavg_start', 0), '.1f')} at start). The seqkv engine "
+            f"decodes `lm` at {fmt(eng, ',.1f')} tokens/s ({self.f('engine')}); at that rate {fmt(n0, ',')} tokens would "
+            "take " + (fmt(n0 / eng * 1000, ",.0f") + " ms (arithmetic, not timed)" if eng and n0 else NM) + ". "
+            f"On the H200 the turbo3 dequantize runs at {fmt(get(self.gpu, 'quantizers', 'turbo3', 'dequantize_GBps'), ',.0f')} "
+            f"GB/s ({self.f('gpu_kernels')}).",
             "",
         )
+        self.serve_section()
+
+    def serve_section(self) -> None:
+        d = self.serve
+        self.w("### Serving: time to first token and KV bytes with and without seqkv", "")
+        if d is None:
+            self.w(f"{NM}: no `benches/results/serve.json` (nor a run of `benches/serve.py` by `make report`).", "")
+            return
+        rows = []
+        for path, v in flatten(d):
+            low = path.lower()
+            if path.startswith("machine") or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if any(w in low for w in ("ttft", "bytes", "_ms", "speedup", "ratio", "hit", "tokens")):
+                rows.append([f"`{path}`", fmt(v, ",.3f" if abs(v) < 10 else ",.1f")])
+        self.w(f"From {self.f('serve')} ({'quick run' if d.get('quick') else 'full run'}):", "")
+        self.table(["measure", "value"], rows[:60] or [[NM, ""]])
 
     # (4) --------------------------------------------------------------------------------------------
     def speed(self) -> None:
@@ -541,8 +630,9 @@ class Report:
             f"{fmt(get(c, 'encode_speedup_vs_constriction'))}×, decode {fmt(get(c, 'decode_speedup_vs_constriction'))}× "
             f"constriction with softmax excluded — the target was ≥ 3× each: "
             f"{met(None if get(c, 'encode_speedup_vs_constriction') is None else min(get(c, 'encode_speedup_vs_constriction'), get(c, 'decode_speedup_vs_constriction')) >= 3)} "
-            f"on this {fmt(get(c, 'machine', 'cores'), 'd')}-core machine under load (the fused path is parallel across "
-            "rows, so 2 busy cores cap it). Counting the softmax a constriction user has to do, "
+            f"on this {fmt(get(c, 'machine', 'cores'), 'd')}-core machine (load average "
+            f"{fmt(get(c, 'machine', 'loadavg_start', 0), '.1f')} at start; the fused path is parallel across rows, so "
+            "the core count caps it). Counting the softmax a constriction user has to do, "
             f"{fmt(get(c, 'encode_speedup_vs_constriction_with_softmax'))}× / "
             f"{fmt(get(c, 'decode_speedup_vs_constriction_with_softmax'))}×.",
             "",
@@ -637,7 +727,9 @@ class Report:
                 rows.append([f"{q} quantize / dequantize", f"{fmt(r.get('quantize_GBps'), ',.0f')} / {fmt(r.get('dequantize_GBps'), ',.0f')}",
                              ratio(r.get("dequantize_GBps"), copy, ".3f").rstrip("×") + " (dequantize)" if copy else NM, "—"])
                 bars.append((f"{q}\ndequantize", r["dequantize_GBps"]))
-        self.w(f"Roofline: measured device-to-device copy bandwidth {fmt(copy, ',.0f')} GB/s in the same run.", "")
+        self.w(f"From {self.f('gpu_kernels')}, a device-machine run (`make report` re-runs the GPU benches only where "
+               "CuPy sees a CUDA GPU; elsewhere this committed device JSON is used as is). Roofline: measured "
+               f"device-to-device copy bandwidth {fmt(copy, ',.0f')} GB/s in the same run.", "")
         self.table(["kernel", "achieved GB/s", "fraction of copy bandwidth", "tokens/s"], rows)
         if bars and copy:
             fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -695,36 +787,56 @@ class Report:
         ce = get(self.coder, "cross_entropy_bits_per_token")
         res = self.residual_bits
         self.w("## 5. The paper's claims next to what seqkv measured", "")
-        self.w("KV components per token position (layers × K,V × KV heads × head dim):", "")
+        self.w("KV components per token position (layers × K,V × KV heads × head dim), and the ratios the paper "
+               "quotes (arithmetic; the last column uses the measured `lm` payload):", "")
         self.table(["model", "components", "bf16 bits/token", "3-bit bits/token (paper's TurboQuant)",
                     "3-bit + f32 norm (as implemented)", "÷ 4.3 bits (Shannon-limit ratio)",
                     "÷ 4,300 bits (1000× overhead)", f"÷ measured lm {fmt(lm, '.3f')} bits"],
                    [[s.name, s.formula, f"{s.bits(16):,.0f}", f"{s.bits(3):,.0f}", f"{s.bits(turbo_bpc(3, s.head_dim)):,.0f}",
                      f"{s.bits(3) / 4.3:,.0f}×", f"{s.bits(3) / 4300:,.0f}×",
                      ratio(s.bits(3), lm)] for s in SHAPES])
-        mha = LLAMA70B_MHA
-        gqa = LLAMA70B_GQA
-        ce_q = self.comp and get(self.comp, "summary", "cross_entropy_bits")
+        mha, gqa = LLAMA70B_MHA, LLAMA70B_GQA
+        ce_q = get(self.comp, "summary", "cross_entropy_bits")
+        # claim 1: per-text perplexity and coded bits
+        per_text = [(t["text"], 2 ** t["cross_entropy_bits"], t["lm_bits_per_token"]) for t in self.texts
+                    if t.get("cross_entropy_bits") is not None and t.get("lm_bits_per_token") is not None]
+        in_range = [(n, p, b) for n, p, b in per_text if 10 <= p <= 20]
+        over = get(self.comp, "summary", "lm_overhead_bits_per_token_max")
+        c1 = (None if not per_text or over is None else
+              all(math.log2(10) - 0.05 <= b <= math.log2(20) + 0.05 for _, _, b in in_range) and over <= 0.02)
+        # claim 5: position trend
+        trend = self.position_trend()
+        first_drop = bool(trend) and all(d > 0 for _, _, _, d in trend)
+        all_fall = bool(trend) and all(s < 0 for _, s, _, _ in trend)
+        # claim 4: determinism premise
+        same_nz = get(self.residual, "scenarios", "same_schedule/bf16", "nonzero_fraction")
+        if same_nz is None:
+            same_nz = get(self.residual, "summary", "same_schedule_nonzero_fraction")
         rows = [
             ["3.3–4.3 bits/token at perplexity 10–20",
-             "log2(10) = 3.32, log2(20) = 4.32: an ideal coder pays log2(ppl) bits/token",
-             f"SmolLM2 cross-entropy {fmt(ce, '.3f')} bits/token (ppl {fmt(2 ** ce if ce else None, '.1f')}, coder.json) and "
-             f"{fmt(ce_q, '.3f')} (ppl {fmt(2 ** ce_q if ce_q else None, '.1f')}, {self.comp_name}); seqkv `lm` codes at "
-             f"{fmt(get(self.coder, 'bits_per_token'), '.3f')} and {fmt(lm, '.3f')} bits/token — inside the range; the "
-             f"whole 256-token container costs {fmt(self.mean_text('lm_container_bits_per_token'), '.2f')} bits/token "
-             "(fixed header)", "**holds** (payload)"],
+             "an ideal coder pays log2(ppl) bits/token: log2(10) = 3.32, log2(20) = 4.32",
+             "per text (ppl = 2^cross-entropy → lm payload bits/token): " + "; ".join(
+                 f"{n} ppl {p:.1f} → {b:.3f}" for n, p, b in per_text) + f" ({self.comp_name}); lm overhead over the "
+             f"cross-entropy ≤ {fmt(over, '.4f')} bits/token. coder.json: cross-entropy {fmt(ce, '.3f')} (ppl "
+             f"{fmt(2 ** ce if ce else None, '.1f')}), coded {fmt(get(self.coder, 'bits_per_token'), '.3f')}. Whole "
+             f"containers cost {fmt(self.mean_text('lm_container_bits_per_token'), '.2f')} bits/token at "
+             f"{', '.join(str(t['tokens']) for t in self.texts)} tokens (fixed header)",
+             NM if c1 is None else ("**holds** (payload): bits/token = log2(ppl) + ≤ " + fmt(over, ".3f")
+                                    if c1 else "**does not hold** on these texts")],
             ["~914,000× over TurboQuant at the Shannon limit",
-             f"it matches 70B **without** GQA: {mha.formula} components × 3 bits = {mha.bits(3):,.0f} bits; ÷ 4.3 = "
-             f"{mha.bits(3) / 4.3:,.0f}×. With GQA: {gqa.bits(3):,.0f} ÷ 4.3 = {gqa.bits(3) / 4.3:,.0f}×. "
-             f"SmolLM2: {SMOLLM2.bits(3):,.0f} ÷ 4.3 = {SMOLLM2.bits(3) / 4.3:,.0f}×",
+             f"70B **without** GQA: {mha.formula} components × 3 bits = {mha.bits(3):,.0f} bits; ÷ 4.3 = "
+             f"{mha.bits(3) / 4.3:,.0f}×. With GQA (8 KV heads): {gqa.formula}; × 3 = {gqa.bits(3):,.0f} ÷ 4.3 = "
+             f"{gqa.bits(3) / 4.3:,.0f}×. SmolLM2 (GQA, 3 KV heads): {SMOLLM2.bits(3):,.0f} ÷ 4.3 = "
+             f"{SMOLLM2.bits(3) / 4.3:,.0f}×",
              f"SmolLM2 measured: {SMOLLM2.bits(3):,.0f} ÷ {fmt(lm, '.3f')} = {ratio(SMOLLM2.bits(3), lm)} "
-             f"(ratio_vs_3bit min {fmt(get(self.comp, 'summary', 'ratio_vs_3bit_min'), ',.0f')}×; with TurboQuant's f32 "
-             f"norm counted {ratio(SMOLLM2.bits(turbo_bpc(3, 64)), lm)}). 70B not measured: the figure is arithmetic on the "
-             "model's KV size and only holds for an MHA model, 8× less with GQA",
-             "arithmetic holds; **8× overstated for GQA models**"],
+             f"(per-text minimum {fmt(get(self.comp, 'summary', 'ratio_vs_3bit_min'), ',.0f')}×; with TurboQuant's "
+             f"f32 norm counted {ratio(SMOLLM2.bits(turbo_bpc(3, 64)), lm)}). 70B not measured: the figure is "
+             "arithmetic on the model's KV size",
+             f"arithmetic holds for a 70B **MHA** model; {mha.bits(3) / gqa.bits(3):.0f}× overstated for Llama-style "
+             "70B models, which use GQA"],
             ["~914× at 1000× overhead",
              f"4.3 × 1000 = 4,300 bits/token; {mha.bits(3):,.0f} ÷ 4,300 = {mha.bits(3) / 4300:,.0f}× "
-             f"(GQA: {gqa.bits(3) / 4300:,.0f}×)",
+             f"(GQA: {gqa.bits(3) / 4300:,.0f}×; SmolLM2: {SMOLLM2.bits(3) / 4300:,.1f}×)",
              f"seqkv's coder overhead is {fmt(get(self.coder, 'overhead_bits_per_token'), '.4f')} bits/token, not 1000×. "
              f"The real overhead is the bf16 residual when the restoring schedule differs: lm + residual = "
              f"{fmt(None if lm is None or res is None else lm + res, ',.1f')} bits/token "
@@ -732,42 +844,56 @@ class Report:
              f"{ratio(SMOLLM2.bits(3), None if lm is None or res is None else lm + res)} over 3-bit for SmolLM2; "
              f"with an f32 KV the residual is {fmt(get(self.residual, 'summary', 'single_step_f32_bits_per_token'), ',.0f')} "
              f"bits/token, only {ratio(SMOLLM2.bits(16), get(self.residual, 'summary', 'single_step_f32_bits_per_token'), '.1f')} "
-             "smaller than the bf16 KV itself. "
-             "With the same schedule the residual is "
+             "smaller than the bf16 KV itself. With the same schedule the residual is "
              f"{fmt(get(self.residual, 'summary', 'same_schedule_bits_per_token'), '.3f')} bits/token",
-             "holds for bf16 KV; fails for f32 KV across schedules"],
+             "holds for bf16 KV across schedules (overhead well under 1000×); fails for f32 KV across schedules"],
             ["H(KV_{i+1} | KV_≤i) ≤ H(token_{i+1} | token_≤i)",
              "KV_≤i = f(token_≤i) for a fixed model and fixed kernels. If f is injective (token j is recoverable from "
              "the layer-0 K/V of position j), KV_≤i and token_≤i carry the same information, so "
              "H(KV_{i+1}|KV_≤i) = H(KV_{i+1}|token_≤i) ≤ H(token_{i+1}|token_≤i), since given token_≤i, KV_{i+1} is a "
              "function of token_{i+1} (a function never adds entropy). Without injectivity the first step is only ≥, "
              "so injectivity is needed, not just determinism",
-             "the 'deterministic' premise holds only for one kernel schedule: residual.json shows 0 differing "
-             "components with the same schedule but "
+             f"the 'deterministic' premise holds only for one kernel schedule: {self.f('residual')} shows "
+             f"{fmt(same_nz, '.0%') if same_nz is not None else '0'} differing components with the same schedule but "
              f"{fmt(100 * (get(self.residual, 'scenarios', 'single_step/bf16', 'nonzero_fraction') or 0), '.2f')}% (bf16) / "
              f"{fmt(100 * (get(self.residual, 'scenarios', 'single_step/f32', 'nonzero_fraction') or 0), '.1f')}% (f32) "
              "when prefill is replaced by single steps; the seqkv engine makes it hold by construction "
-             f"(engine.json invariant: {fmt(get(self.engine, 'invariant'))}). Injectivity not checked by a bench",
-             "holds with a fixed schedule (exact_verified: "
+             f"({self.f('engine')} invariant: {fmt(get(self.engine, 'invariant'))}). Injectivity not checked by a bench",
+             "holds with a fixed schedule (exact mode verified by KV hashes: "
              f"{fmt(get(self.comp, 'summary', 'exact_verified_all'))})"],
             ["compression improves with context length",
              "per-token cost should fall as more context conditions each prediction",
-             f"lm: first bucket {self.first_bucket_range()} bits/token, later buckets {self.later_bucket_range()} "
-             f"(section 2); plt: {fmt(get(self.plt, 'summary', 'plt_bits_per_token'), '.2f')} bits/token on short texts vs "
-             f"{fmt(get(self.plt, 'long_text', 'plt_bits_per_token'), '.2f')} on a "
-             f"{fmt(get(self.plt, 'long_text', 'tokens'), ',')}-token text; the container's fixed header amortizes with "
-             f"length. Beyond {max((t['tokens'] for t in self.texts), default=0)} tokens under the LM: not measured",
-             "**partly**: true for the first ~16 tokens and for the container; not shown beyond"],
+             f"lm ({self.comp_name}): first bucket {self.first_bucket_range()} bits/token, later buckets "
+             f"{self.later_bucket_range()}; slope after the first bucket, bits/token per doubling of the position: "
+             + ", ".join(f"{n} {s:+.2f}" for n, s, _, _ in trend)
+             + f" (section 2). plt: {fmt(get(self.plt, 'summary', 'plt_bits_per_token'), '.2f')} bits/token on short "
+             f"texts vs {fmt(get(self.plt, 'long_text', 'plt_bits_per_token'), '.2f')} on a "
+             f"{fmt(get(self.plt, 'long_text', 'tokens'), ',')}-token text; the container's fixed header amortizes "
+             f"with length. Beyond {max((t['tokens'] for t in self.texts), default=0):,} tokens under the LM: not measured",
+             NM if not trend else "**holds**" if first_drop and all_fall else
+             ("**partly**: the cost falls after the first bucket in every text, and for the adaptive plt model and "
+              "the container; past the first bucket the lm cost has no consistent trend" if first_drop else "**not shown**")],
             ["composable with per-vector quantizers",
-             "seqkv stores the tokens; KIVI/TurboQuant compress the KV held in memory; the two are tiers, not rivals",
-             f"store.json: at 256 tokens hot bf16 {fmt(get(self.store, 'tiers', '256', 'hot_bytes_bf16'), ',')} B, warm "
+             "seqkv stores the tokens; KIVI/TurboQuant/QuantizedCache compress the KV held in memory; the two are "
+             "tiers, not rivals",
+             f"{self.f('store')}: at 256 tokens hot bf16 {fmt(get(self.store, 'tiers', '256', 'hot_bytes_bf16'), ',')} B, warm "
              f"TurboQuant-like 3-bit {fmt(get(self.store, 'tiers', '256', 'warm_bytes_turboquant3'), ',')} B, cold plt "
              f"{fmt(get(self.store, 'tiers', '256', 'cold_bytes_plt'), ',')} B; TurboQuant-like 3-bit relative MSE "
-             f"{fmt(get(self.gpu, 'quantizers', 'turbo3', 'relative_mse'), '.4f')} (gpu_kernels.json). A residual coded "
-             "against a quantized KV: not measured",
+             f"{fmt(get(self.gpu, 'quantizers', 'turbo3', 'relative_mse'), '.4f')} ({self.f('gpu_kernels')}). "
+             + self.quantizedcache_summary() + " A residual coded against a quantized KV: not measured",
              "holds as tiers; residual-over-quantized not measured"],
         ]
         self.table(["claim", "arithmetic", "seqkv measured", "verdict"], rows)
+
+    def quantizedcache_summary(self) -> str:
+        rows = [r for r in self.competitor_kv_rows() if r.get("library") != "seqkv"]
+        if not rows:
+            return ""
+        exact = get(self.competitors, "exact", "cross_entropy_bits")
+        return ("transformers QuantizedCache on the same model (" + self.src.rel("competitors") + "): " + "; ".join(
+            f"{r['backend']} {r['nbits']}-bit {r['bits_per_token']:,.0f} bits/token, "
+            f"{fmt(None if exact is None or r.get('cross_entropy_bits') is None else r['cross_entropy_bits'] - exact, '+.3f')} "
+            "bits/token cross-entropy" for r in rows) + ".")
 
     def targets(self) -> None:
         c, p, comp = self.coder, self.plt, self.comp
@@ -779,7 +905,9 @@ class Report:
         self.table(["target (issue)", "measured", "result"], [
             ["coder overhead ≤ 0.02 bits/token", fmt(get(c, "overhead_bits_per_token"), ".5f"),
              met(None if get(c, "overhead_bits_per_token") is None else get(c, "overhead_bits_per_token") <= 0.02)],
-            ["coder encode and decode ≥ 3× constriction", f"{fmt(enc)}× / {fmt(dec)}× (2 loaded cores)",
+            ["coder encode and decode ≥ 3× constriction",
+             f"{fmt(enc)}× / {fmt(dec)}× ({fmt(get(c, 'machine', 'cores'), 'd')} cores, load average "
+             f"{fmt(get(c, 'machine', 'loadavg_start', 0), '.1f')})",
              met(None if enc is None else min(enc, dec) >= 3)],
             ["plt ≤ 0.85 × xz (all texts)", f"{fmt(pr, '.3f')}× overall; {fmt(get(p, 'summary', 'texts_meeting_target'), 'd')} of "
              f"{fmt(get(p, 'summary', 'texts'), 'd')} texts ≤ 0.85", met(None if pr is None else pr <= 0.85)],
@@ -803,48 +931,166 @@ class Report:
             self.w(f"The compression figures come from the quick run (`{self.comp_name}`: "
                    f"{len(self.texts)} texts × {', '.join(str(t['tokens']) for t in self.texts)} tokens); a full run was not committed.", "")
 
-    def competitors(self) -> None:
+    def competitors_section(self) -> None:
+        c = self.competitors
+        self.w("## 6. Competitor libraries from PyPI", "")
         self.w(
-            "## Competitors",
-            "",
-            f"- **constriction** {get(self.coder, 'machine', 'constriction') or ''} (PyPI): measured in the same run as "
-            "seqkv's coder (section 4, `coder.json`).",
+            f"- **constriction** {get(self.coder, 'machine', 'constriction') or ''}: measured in the same run as "
+            f"seqkv's coder (section 4, {self.f('coder')}).",
             f"- **SGLang RadixCache** ({get(self.trie, 'sglang', 'status') or NM}): measured in the same run as the "
-            "trie (section 4, `trie.json`, `trie_16core.json`).",
-            "- **torchac** (CacheGen's arithmetic coder): **not run.** It is on PyPI (`pip download --no-deps torchac` "
-            "fetches torchac-0.9.3, a pure-Python wheel from November 2020 whose C++ backend is JIT-compiled against "
-            "torch at import); no bench compares against it, so there is no number here.",
-            "- **Hugging Face transformers' QuantizedCache** (quanto or hqq backends): **not run.** transformers is "
-            "installed but neither `optimum-quanto` nor `hqq` is, and no bench uses them; the KIVI-like and "
-            "TurboQuant-like rows above are seqkv's own re-implementations (`seqkv.quantizers`), not those libraries.",
+            f"trie (section 4, {self.f('trie')}, {self.f('trie_16core')}).",
+        )
+        if c is None:
+            self.w("- **torchac**, **optimum-quanto**, **hqq**: not measured (no competitors.json; "
+                   "`benches/competitors.py` writes it).", "")
+            return
+        m = c.get("machine") or {}
+        coders = {r.get("library"): r for r in c.get("coders") or []}
+        ta = coders.get("torchac") or {}
+        self.w(
+            f"- **torchac** {m.get('torchac') or ''} (CacheGen's arithmetic coder): "
+            + (f"measured ({self.f('competitors')}). It takes int16 symbols and 16-bit CDFs with one count per "
+               "symbol, so SmolLM2's 49,152-token vocabulary cannot be one torchac symbol (ids above 32,767 overflow "
+               "int16, and 49,152 of the 65,536 counts would go to the floor); each token is coded as a high part "
+               "(192 values) and a low part (256 values, conditioned on the high part), which factorises the same "
+               "distribution exactly." if ta.get("status") == "measured" else f"**{ta.get('status', NM)}**."),
+            f"- **optimum-quanto** {m.get('optimum-quanto') or ''} and **hqq** {m.get('hqq') or ''} through "
+            f"transformers {m.get('transformers') or ''}' `QuantizedCache`, and its built-in `fp8` backend: "
+            f"{self.f('competitors')}, on SmolLM2-135M with the text fed in chunks of {fmt(c.get('chunk'), 'd')} tokens.",
             "",
         )
-
-    def machines(self) -> None:
-        self.w("## Where each figure was measured", "")
+        exact = get(c, "exact", "cross_entropy_bits")
         rows = []
-        for name, d in (("coder.json", self.coder), ("trie.json", self.trie), ("trie_16core.json", self.trie16),
-                        ("plt.json", self.plt), (f"{self.comp_name}", self.comp), ("residual.json", self.residual),
-                        ("store.json", self.store), ("engine.json", self.engine), ("engine_gpu.json", self.engine_gpu),
-                        ("gpu_kernels.json", self.gpu)):
+        for r in c.get("kv_quantizers") or []:
+            ce = r.get("cross_entropy_bits")
+            rows.append([f"{r.get('library')} `{r.get('backend')}` {fmt(r.get('nbits'), 'd') + '-bit' if r.get('nbits') else ''}",
+                         fmt(r.get("bits_per_token"), ",.0f"), ratio(c.get("bf16_bits_per_token"), r.get("bits_per_token"), ".1f"),
+                         fmt(r.get("relative_mse_keys"), ".4f"), fmt(r.get("relative_mse_values"), ".4f"),
+                         fmt(None if ce is None or exact is None else ce - exact, "+.3f"),
+                         fmt(r.get("top1_agreement_with_exact"), ".3f"), r.get("status", "")])
+        lm = coders.get("seqkv") or {}
+        rows.append(["seqkv `lm` (token stream, lossless)", fmt(lm.get("bits_per_token"), ",.3f"),
+                     ratio(c.get("bf16_bits_per_token"), lm.get("bits_per_token"), ",.0f"), "0", "0", "+0.000 (exact)",
+                     "1.000", lm.get("status", NM)])
+        self.w(f"KV formats on {fmt(c.get('tokens'), 'd')} tokens of {c.get('text')} (exact cache: next-token "
+               f"cross-entropy {fmt(exact, '.3f')} bits/token; bf16 KV {fmt(c.get('bf16_bits_per_token'), ',.0f')} "
+               "bits/token). Δ cross-entropy and top-1 agreement are over every position after the first chunk, "
+               "against the exact cache:", "")
+        self.table(["format", "bits / token position", "vs bf16", "relative MSE K", "relative MSE V",
+                    "Δ cross-entropy bits/token", "top-1 agreement", "status"], rows)
+        self.w(f"Token coders on the same text, under the same exact logits (cross-entropy "
+               f"{fmt(c.get('coders_cross_entropy_bits'), '.4f')} bits/token):", "")
+        self.table(["coder", "bits/token", "bytes", "encode tokens/s", "decode tokens/s", "encode from logits tokens/s",
+                    "round trip", "how"],
+                   [[r.get("library", ""), fmt(r.get("bits_per_token"), ".4f"), fmt(r.get("bytes"), ","),
+                     fmt(r.get("encode_tokens_per_s"), ",.0f"), fmt(r.get("decode_tokens_per_s"), ",.0f"),
+                     fmt(r.get("encode_from_logits_tokens_per_s"), ",.0f"), fmt(r.get("round_trip")),
+                     r.get("method") or r.get("status", "")] for r in c.get("coders") or []])
+        self.w(f"Timing: {ta.get('timing', '')}; seqkv: {lm.get('timing', '')}. Machine: {m.get('cpu')}, "
+               f"{m.get('cores')} cores, load average {fmt(get(m, 'loadavg_start', 0), '.1f')} at start.", "")
+        pts = [(r["bits_per_token"], r["cross_entropy_bits"] - exact, f"{r['backend']} {r['nbits']}")
+               for r in c.get("kv_quantizers") or [] if r.get("bits_per_token") and r.get("cross_entropy_bits") is not None
+               and exact is not None]
+        if pts:
+            fig, ax = plt.subplots(figsize=(8, 4.5))
+            for b, d, lab in pts:
+                ax.scatter(b, max(d, 1e-3), color="#e08a3c", s=50)
+                ax.annotate(lab, (b, max(d, 1e-3)), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            if lm.get("bits_per_token"):
+                ax.scatter(lm["bits_per_token"], 1e-3, color="#3b6ea5", marker="*", s=160, label="seqkv lm (lossless, Δ = 0)")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("bits per token position (log)")
+            ax.set_ylabel("Δ next-token cross-entropy, bits/token (log; 0 drawn at 1e-3)")
+            ax.set_title("Stored size vs what the model loses, SmolLM2-135M (competitors.json)", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(self.out / "competitors.png", dpi=110)
+            plt.close(fig)
+            self.w("![competitors](competitors.png)", "")
+
+    def hardening(self) -> None:
+        self.w("## 7. Hardening: stress, memory bound, fuzzing", "")
+        d = self.stress
+        if d is None:
+            self.w(f"Stress bench: {NM} (no stress.json).", "")
+        else:
+            self.w(f"`benches/stress.py` ({self.f('stress')}, {'quick' if d.get('quick') else 'full'} run, "
+                   f"{fmt(d.get('threads'), 'd')} threads, each workload under a {fmt(d.get('deadline_s'), ',.0f')} s "
+                   f"deadline that fails it; all checks passed: {fmt(d.get('all_checks_passed'))}):", "")
+            rows = []
+            for r in d.get("rows") or []:
+                extra = ", ".join(f"{k} {fmt(v, ',')}" for k, v in r.items() if k not in ("workload", "seconds"))
+                rows.append([r.get("workload", ""), fmt(r.get("seconds"), ",.1f"), extra])
+            self.table(["workload (checked against a reference model)", "seconds", "counts"], rows)
+        fuzz = ROOT.parent / "fuzz"
+        rows = []
+        for t in sorted(p.name for p in (fuzz / "fuzz_targets").glob("*.rs")):
+            t = t[:-3]
+            corpus = [p for p in (fuzz / "corpus" / t).glob("*") if p.is_file()]
+            regs = [p.name for p in (fuzz / "regressions" / t).glob("*") if p.is_file()]
+            rows.append([f"`{t}`", f"{len(corpus)} files, {sum(p.stat().st_size for p in corpus):,} B",
+                         ", ".join(f"`{r[:18]}…`" for r in regs) or "none"])
+        if rows:
+            self.w("cargo-fuzz targets (`make fuzz`), with the inputs kept in the repository and replayed by "
+                   "`fuzz/tests/replay.rs` (stable Rust, the first step of `make fuzz`):", "")
+            self.table(["target", "corpus (minimized)", "crashes kept as regressions"], rows)
+
+    def sources(self) -> None:
+        self.w("## Where each figure comes from", "")
+        rows = []
+        for name in ("coder", "trie", "trie_16core", "plt", "compression", "residual", "store", "engine", "engine_gpu",
+                     "gpu_kernels", "serve", "competitors", "stress"):
+            d = self.src.data.get(name)
             if d is None:
-                rows.append([name, NM, ""])
+                rows.append([name, NM, "", "", ""])
                 continue
             m = d.get("machine") or {}
             desc = d.get("device") or m.get("gpu") or " ".join(
-                str(x) for x in (m.get("cpu"), f"{m.get('cores') or m.get('nproc') or m.get('logical_cpus') or m.get('threads') or '?'} cores") if x)
+                str(x) for x in (m.get("cpu"), f"{m.get('cores') or m.get('usable_cpus') or m.get('nproc') or m.get('logical_cpus') or m.get('threads') or '?'} cores") if x)
             load_ = m.get("loadavg_start") or m.get("load_average_at_start")
-            rows.append([name, desc, f"load avg {load_[0]:.1f}" if load_ else ""])
-        self.table(["file", "machine", "load at start"], rows)
+            mode = "quick" if d.get("quick") else ("full" if "quick" in d else "")
+            rows.append([name, f"`{self.src.rel(name)}`", mode, desc, f"{load_[0]:.1f}" if load_ else ""])
+        self.table(["bench", "file", "mode", "machine", "load avg at start"], rows)
+
+    def runs_section(self) -> None:
+        runs = self.runs
+        if runs is None and (RUNS / "runs.json").exists():
+            runs = json.loads((RUNS / "runs.json").read_text()).get("runs")
+        self.w("## How this report was made", "")
+        if not runs:
+            self.w("`benches/report.py` was run without `--run`: no bench ran; every figure comes from committed JSON.", "")
+            return
+        self.w("`make report` (= `python benches/report.py --run`) ran these benches first, each into "
+               "`benches/results/quick/` so that no committed JSON is overwritten; the report then takes each bench's "
+               "committed full-run JSON when there is one, else this run's (see the last table).", "")
+        self.table(["bench", "mode", "status", "seconds", "load avg after"],
+                   [[r["name"], r["mode"], r["status"], fmt(r.get("seconds"), ",.0f"),
+                     fmt(get(r, "loadavg_end", 0), ".1f")] for r in runs])
+        rows = []
+        for name, label, keys, spec in REPRO:
+            committed = self.src.data.get(name) if self.src.path.get(name) != RUNS / f"{name}.json" else None
+            fresh = self.src.fresh(name)
+            if fresh is None:
+                continue
+            rows.append([name, label, fmt(get(committed, *keys), spec) if committed else "—", fmt(get(fresh, *keys), spec)])
+        if rows:
+            self.w("Headline figures, committed JSON vs this run (quick runs use smaller inputs, and CPU speeds depend "
+                   "on the load, so only the sizes and checks are expected to agree closely):", "")
+            self.table(["bench", "figure", "committed", "this run"], rows)
 
     def build(self) -> str:
+        loads = [get(d, "machine", "loadavg_start", 0) for d in self.src.data.values()]
+        loads = [x for x in loads if isinstance(x, (int, float))]
         self.w(
             "# seqkv evaluation report",
             "",
-            "Generated by `benches/report.py` from the JSON committed under `benches/results/`; nothing here is "
-            "typed in by hand except model shapes, format bit widths, the paper's claims and the issue targets. "
-            "A figure no JSON holds reads \"not measured\". The dev machine is a shared 2-core AMD EPYC that was "
-            "under load (load average 4–7) during most runs, so CPU speeds are pessimistic and noisy.",
+            "Generated by `benches/report.py` (`make report`) from the bench JSON under `benches/results/`; nothing "
+            "here is typed in by hand except model shapes, format bit widths, the paper's claims and the issue "
+            "targets. A figure no JSON holds reads \"not measured\". CPU figures come from a shared 2-core AMD EPYC "
+            + (f"(load average {min(loads):.1f}–{max(loads):.1f} at the start of the runs), " if loads else "")
+            + "so CPU speeds are pessimistic and noisy; GPU figures from the device machines named in the last table.",
             "",
         )
         self.targets()
@@ -853,19 +1099,57 @@ class Report:
         self.restore()
         self.speed()
         self.claims()
-        self.competitors()
-        self.machines()
+        self.competitors_section()
+        self.hardening()
+        self.runs_section()
+        self.sources()
         return "\n".join(self.lines).rstrip() + "\n"
+
+
+# (bench, figure, key path, format) for the "committed vs this run" table
+REPRO: list[tuple[str, str, tuple[Any, ...], str]] = [
+    ("coder", "coded bits/token", ("bits_per_token",), ".4f"),
+    ("coder", "encode × constriction", ("encode_speedup_vs_constriction",), ".2f"),
+    ("plt", "plt / xz", ("summary", "ratio_total"), ".3f"),
+    ("trie", "match × SGLang", ("speedup_vs_sglang_match",), ".1f"),
+    ("compression", "lm bits/token", ("summary", "lm_bits_per_token"), ".3f"),
+    ("compression", "exact restore verified", ("summary", "exact_verified_all"), ""),
+    ("residual", "bf16 residual bits/token across schedules", ("summary", "single_step_bf16_bits_per_token"), ",.1f"),
+    ("store", "cold plt bytes at 256 tokens", ("tiers", "256", "cold_bytes_plt"), ","),
+    ("engine", "invariant under batching/chunking", ("invariant",), ""),
+    ("engine", "decode step tokens/s", ("step_tokens_per_s",), ",.1f"),
+    ("competitors", "exact cross-entropy bits/token", ("exact", "cross_entropy_bits"), ".3f"),
+    ("stress", "all checks passed", ("all_checks_passed",), ""),
+]
+
+
+def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key path, leaf) for every leaf of nested dicts (lists are leaves)."""
+    if not isinstance(d, dict):
+        return [(prefix, d)]
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        out += flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="store_true", help="run the benches into benches/results/quick/ first")
+    ap.add_argument("--all-quick", action="store_true", help="with --run: every bench in its quick mode")
+    ap.add_argument("--only", nargs="*", help="with --run: only these benches (names as in BENCHES)")
+    ap.add_argument("--no-render", action="store_true", help="with --run: do not write the report")
     ap.add_argument("--out", type=Path, default=ROOT / "report", help="output folder (default: benches/report/)")
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = Report(args.out).build()
-    (args.out / "report.md").write_text(text, encoding="utf-8")
-    print(f"wrote {args.out / 'report.md'} and {len(list(args.out.glob('*.png')))} PNG plots")
+    runs = run_benches(args.only, args.all_quick) if args.run else None
+    if not args.no_render:
+        args.out.mkdir(parents=True, exist_ok=True)
+        text = Report(args.out, runs).build()
+        (args.out / "report.md").write_text(text, encoding="utf-8")
+        print(f"wrote {args.out / 'report.md'} and {len(list(args.out.glob('*.png')))} PNG plots")
+    failed = [r["name"] for r in runs or [] if r["status"].startswith("failed")]
+    if failed:
+        raise SystemExit(f"benches failed: {', '.join(failed)} (their figures come from committed JSON or read 'not measured')")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ never another exception, a crash or a hang (each test runs under a pytest-timeou
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -131,6 +133,26 @@ def test_residual_stream_never_crashes(rng):
 def test_residual_stream_detects_every_flip(rng):
     data, decode, same = _residual_case(rng)
     sweep(data, decode, same)
+
+
+FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
+
+
+@pytest.mark.timeout(60)
+def test_container_fuzz_inputs():
+    """The container fuzz corpus and every kept crash (fuzz/corpus/container, fuzz/regressions/
+    container) through the Python API: a SeqkvError, or a container that packs back to bytes
+    that unpack to the same container."""
+    from seqkv import container
+
+    paths = sorted(p for d in ("corpus", "regressions") for p in (FUZZ / d / "container").glob("*") if p.is_file())
+    assert paths, "no container fuzz inputs kept"
+    for p in paths:
+        try:
+            c = container.unpack(p.read_bytes())
+        except SeqkvError:
+            continue
+        assert container.unpack(container.pack(c.header, c.blocks)) == c, p.name
 
 
 def test_seqkv_error_is_the_base():

@@ -1,7 +1,7 @@
 """Memory bounds of a capped trie: with ``Trie(max_tokens=N)``, ``len(trie) <= N`` after every
 insert, ``stats()["bytes"]`` stays within N tokens' worth of structure, and the process RSS
 (``/proc/self/statm``) grows by at most that plus the documented overhead (docs/trie.md,
-"Memory bound"). ``benches/stress.py --memory`` runs the same check over 10^6 tokens."""
+"Memory bound"). ``benches/stress.py`` runs the same check over 10^6 inserted tokens."""
 
 from __future__ import annotations
 
