@@ -8,16 +8,19 @@ extending the previous turn's prompt and answer; greedy answers of ``max_new_tok
 seqkv, each request takes the longest prefix the store can serve (hot KV, warm 3-bit KV,
 or a cold session restored from its tokens), prefills the rest, and stores the conversation
 (plt codec, ``capacity_bytes`` of hot + warm memory); without it, every prompt is prefilled in
-full and its KV dropped after the answer. Both run at 1, 2 and 4 threads (torch at one
+full and its KV dropped after the answer. A second seqkv variant, ``seqkv_hot_cold``, has no warm tier (demoted sessions go straight to
+cold), to show what the lossy warm tier changes. All run at 1, 2 and 4 threads (torch at one
 intra-op thread each, so the pool is the only parallelism), on the same conversations.
 
 Writes ``benches/results/serve.json``: per thread count, ``seqkv`` and ``baseline`` with
 ``ttft_ms`` (p50/p95/mean), ``tokens_per_s`` (answer tokens / wall time, the store's put
 included), ``kv_bytes`` (peak and final resident: requests in flight plus the store's hot and
 warm tiers; ``kv_bytes_if_all_hot``: the stored sessions' KV in fp32, for comparison), prompt
-tokens reused vs prefilled, and ``answers_equal_baseline`` (the share of
-answers identical to the baseline's: KV served warm is 3-bit, and hot KV comes from a different
-compute schedule, so a greedy answer can change); plus the store's tier stats and the machine
+tokens reused vs prefilled, and ``answers_equal_baseline``: among the requests whose prompt
+was the same in both runs (``requests_with_baseline_prompt``; once an answer differs, the later
+prompts of its conversation differ too), the share of answers identical to the baseline's — KV
+served warm is 3-bit, and reused hot KV was computed by single decode steps rather than one
+prefill, so a greedy answer can change; plus the store's tier stats and the machine
 (CPU, load average at start and end: a shared machine).
 """
 
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             "system_prompt_tokens": [int(c.system.size) for c in conversations[: len(serve.SYSTEM_PROMPTS)]],
             "max_new_tokens": args.max_new_tokens,
         },
-        "store": {"codec": "plt", "capacity_bytes": capacity, "tiers": ["hot", "warm", "cold"], "policy": "lru"},
+        "store": {"codec": "plt", "capacity_bytes": capacity, "policy": "lru",
+                  "variants": {"seqkv": ["hot", "warm", "cold"], "seqkv_hot_cold": ["hot", "cold"]}},
         "threads": {},
     }
     # warm up torch's kernels once so the first measured request pays no start-up cost
@@ -111,27 +115,35 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     for threads in [int(t) for t in args.threads.split(",")]:
         baseline = serve.run(serve.ChatServer(model, None, max_new_tokens=args.max_new_tokens), conversations, threads)
-        store = SessionStore(model, codec="plt", capacity_bytes=capacity)
-        seqkv = serve.run(serve.ChatServer(model, store, max_new_tokens=args.max_new_tokens), conversations, threads)
-        ref = {(r.cid, r.turn): r.answer for r in baseline.replies}
-        equal = sum(ref[(r.cid, r.turn)] == r.answer for r in seqkv.replies) / len(seqkv.replies)
-        row = {
-            "baseline": serve.summary(baseline),
-            "seqkv": {**serve.summary(seqkv), "answers_equal_baseline": round(equal, 3),
-                      # what the stored sessions' KV would take if all of it stayed hot (fp32)
-                      "kv_bytes_if_all_hot": int(store.stats()["tokens"] * hf.kv_bits_per_token(model, 32) // 8),
-                      "tiers": store.tier_stats()},
-        }
+        ref = {r.prompt_digest: r.answer for r in baseline.replies}
+        row: dict[str, Any] = {"baseline": serve.summary(baseline)}
+        for name, tiers in (("seqkv", ("hot", "warm", "cold")), ("seqkv_hot_cold", ("hot", "cold"))):
+            store = SessionStore(model, codec="plt", capacity_bytes=capacity, tiers=tiers)
+            served = serve.run(serve.ChatServer(model, store, max_new_tokens=args.max_new_tokens), conversations, threads)
+            # answers can only be compared where both runs saw the same prompt (an earlier answer
+            # that differs changes every later prompt of its conversation)
+            same_prompt = [r for r in served.replies if r.prompt_digest in ref]
+            equal = sum(ref[r.prompt_digest] == r.answer for r in same_prompt) / max(1, len(same_prompt))
+            row[name] = {
+                **serve.summary(served),
+                "answers_equal_baseline": round(equal, 3),
+                "requests_with_baseline_prompt": len(same_prompt),
+                # what the stored sessions' KV would take if all of it stayed hot (fp32)
+                "kv_bytes_if_all_hot": int(store.stats()["tokens"] * hf.kv_bits_per_token(model, 32) // 8),
+                "tiers": store.tier_stats(),
+            }
+            store.close()
         b, s = row["baseline"], row["seqkv"]
         row["ttft_p50_speedup"] = round(b["ttft_ms"]["p50"] / s["ttft_ms"]["p50"], 2)
         row["tokens_per_s_ratio"] = round(s["tokens_per_s"] / b["tokens_per_s"], 2)
         result["threads"][str(threads)] = row
-        print(f"{threads} threads: ttft p50 {b['ttft_ms']['p50']:.0f} -> {s['ttft_ms']['p50']:.0f} ms, "
-              f"p95 {b['ttft_ms']['p95']:.0f} -> {s['ttft_ms']['p95']:.0f} ms, tokens/s {b['tokens_per_s']:.1f} -> "
-              f"{s['tokens_per_s']:.1f}, peak KV {b['kv_bytes']['peak'] / 2**20:.1f} -> "
+        h = row["seqkv_hot_cold"]
+        print(f"{threads} threads: ttft p50 {b['ttft_ms']['p50']:.0f} -> {s['ttft_ms']['p50']:.0f} ms "
+              f"(hot/cold only {h['ttft_ms']['p50']:.0f}), p95 {b['ttft_ms']['p95']:.0f} -> {s['ttft_ms']['p95']:.0f} ms, "
+              f"tokens/s {b['tokens_per_s']:.1f} -> {s['tokens_per_s']:.1f}, peak KV {b['kv_bytes']['peak'] / 2**20:.1f} -> "
               f"{s['kv_bytes']['peak'] / 2**20:.1f} MiB, reused {s['reused_tokens']}/{s['prompt_tokens']} tokens, "
-              f"answers equal {equal:.0%}", flush=True)
-        store.close()
+              f"answers equal {s['answers_equal_baseline']:.0%} (hot/cold only {h['answers_equal_baseline']:.0%})",
+              flush=True)
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     out = Path(args.out)

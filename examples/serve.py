@@ -22,6 +22,7 @@ Run: python examples/serve.py [--threads 4] [--conversations 8] [--turns 3]
 from __future__ import annotations
 
 import argparse
+import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +76,7 @@ class Reply:
     cid: str
     turn: int
     prompt_tokens: int
+    prompt_digest: str  # BLAKE2b of the prompt's token ids: runs compare answers to equal prompts only
     reused_tokens: int
     answer: list[int]
     ttft_s: float
@@ -167,7 +169,8 @@ class ChatServer:
         with self._lock:
             self.peak_kv_bytes = max(self.peak_kv_bytes, resident)
             self._in_flight.pop(threading.get_ident(), None)
-        return Reply(cid, turn, int(prompt.size), int(reused), answer, ttft, time.perf_counter() - t0)
+        digest = hashlib.blake2b(prompt.astype(np.int64).tobytes(), digest_size=16).hexdigest()
+        return Reply(cid, turn, int(prompt.size), digest, int(reused), answer, ttft, time.perf_counter() - t0)
 
 
 def run(server: ChatServer, conversations: list[Conversation], threads: int) -> RunResult:

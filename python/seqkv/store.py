@@ -1043,8 +1043,8 @@ class SessionStore:
             return 0, None
         best: tuple[int, int, int] | None = None  # (length, hotness, number)
         with self._tier_lock:
-            for number, mem in self._mem_tokens.items():
-                n = _common_prefix(mem, toks)
+            for number, held in self._mem_tokens.items():
+                n = _common_prefix(held, toks)
                 hotness = 1 if number in self._hot else 0
                 if n and (best is None or (n, hotness) > best[:2]):
                     best = (n, hotness, number)
