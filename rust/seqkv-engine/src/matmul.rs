@@ -455,10 +455,54 @@ mod avx2 {
         }
     }
 
-    /// K block length of the many-row path (fits a 16-column f32 panel block in L1).
-    const KC: usize = 256;
+    /// Longest K block of the many-row path (a 16-column f32 panel block of it, 20 KiB,
+    /// fits in L1 beside the x tile).
+    const KC: usize = 320;
 
-    /// Rows `[r0, r1)` x panels `[p0, p1)` for many rows: x packed per 6-row tile,
+    /// Balanced tiles of at most 6 rows for a block of `m` rows (8 rows -> 4 + 4, not 6 + 2):
+    /// `(first row, rows)` of each, relative to the block.
+    fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
+        let n_tiles = m.div_ceil(6);
+        let mut t0 = 0;
+        (0..n_tiles).map(move |t| {
+            let mr = m / n_tiles + usize::from(t < m % n_tiles);
+            let tile = (t0, mr);
+            t0 += mr;
+            tile
+        })
+    }
+
+    /// x packed for the many-row path, once per product: each row block of `rb` rows is cut
+    /// into [`row_tiles`] and tile `(t0, mr)` of the block at `r0` holds rows
+    /// `r0+t0..r0+t0+mr` as `[k][mr]`, at offset `(r0 + t0) * k`.
+    fn pack_x(x: &[f32], rows: usize, k: usize, rb: usize) -> Vec<f32> {
+        let mut xp = vec![0f32; rows * k];
+        let mut parts: Vec<(usize, usize, &mut [f32])> = Vec::new();
+        let mut rest: &mut [f32] = &mut xp;
+        for r0 in (0..rows).step_by(rb) {
+            for (t0, mr) in row_tiles(rb.min(rows - r0)) {
+                let (tile, tail) = std::mem::take(&mut rest).split_at_mut(mr * k);
+                parts.push((r0 + t0, mr, tile));
+                rest = tail;
+            }
+        }
+        let fill = |(row, mr, tile): (usize, usize, &mut [f32])| {
+            for r in 0..mr {
+                let src = &x[(row + r) * k..(row + r + 1) * k];
+                for (kk, &v) in src.iter().enumerate() {
+                    tile[kk * mr + r] = v;
+                }
+            }
+        };
+        if rows * k < (1 << 15) {
+            parts.into_iter().for_each(fill);
+        } else {
+            parts.into_par_iter().for_each(fill);
+        }
+        xp
+    }
+
+    /// Rows `[r0, r1)` x panels `[p0, p1)` for many rows: x packed by [`pack_x`] (`ptr.x`),
     /// each panel's K block widened to f32 once and reused by every row tile.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn block_packed<const BF: bool>(
@@ -469,30 +513,18 @@ mod avx2 {
         panels: (usize, usize),
     ) {
         let (r0, r1) = rows;
-        let m = r1 - r0;
-        // Pack x: tile t holds rows r0+6t.. as [k][mr].
-        let mut xp = vec![0f32; m * k];
-        // Balanced tiles of at most 6 rows (8 rows -> 4 + 4, not 6 + 2).
-        let n_tiles = m.div_ceil(6);
-        let tile_rows = |t: usize| m / n_tiles + usize::from(t < m % n_tiles);
-        let mut t0 = 0;
-        for t in 0..n_tiles {
-            let mr = tile_rows(t);
-            let base = t0 * k;
-            for kk in 0..k {
-                for r in 0..mr {
-                    xp[base + kk * mr + r] = *ptr.x.add((r0 + t0 + r) * k + kk);
-                }
-            }
-            t0 += mr;
-        }
-        debug_assert_eq!(t0, m);
+        let tiles: Vec<(usize, usize)> = row_tiles(r1 - r0).collect();
         let mut wf = [0f32; KC * NR];
+        // K blocks of equal length (576 -> 288 + 288, not 256 + 256 + 64): fewer
+        // accumulator store/reload rounds, none of them short.
         let n_kb = k.div_ceil(KC);
-        for kb in 0..n_kb {
-            let k0 = kb * KC;
-            let kc = (k - k0).min(KC);
-            for p in panels.0..panels.1 {
+        let kcb = k.div_ceil(n_kb);
+        // Panel-major: each panel is read front to back in one sweep (a sequential stream
+        // for the prefetcher); the K blocks of every output still run in increasing order.
+        for p in panels.0..panels.1 {
+            for kb in 0..n_kb {
+                let k0 = kb * kcb;
+                let kc = (k - k0).min(kcb);
                 let src = p * k * NR + k0 * NR;
                 let wblock: *const f32 = if BF {
                     for kk in 0..kc {
@@ -505,10 +537,8 @@ mod avx2 {
                     (ptr.w as *const f32).add(src)
                 };
                 let ncols = n - p * NR;
-                let mut t0 = 0;
-                for t in 0..n_tiles {
-                    let mr = tile_rows(t);
-                    let xt = xp.as_ptr().add(t0 * k + k0 * mr);
+                for &(t0, mr) in &tiles {
+                    let xt = ptr.x.add((r0 + t0) * k + k0 * mr);
                     let out = ptr.out.add((r0 + t0) * n + p * NR);
                     let first = kb == 0;
                     match mr {
@@ -519,7 +549,6 @@ mod avx2 {
                         2 => tile_block::<2>(kc, xt, wblock, out, n, ncols, first),
                         _ => tile_block::<1>(kc, xt, wblock, out, n, ncols, first),
                     }
-                    t0 += mr;
                 }
             }
         }
@@ -531,20 +560,27 @@ mod avx2 {
             Buf::F32(v) => (v.as_ptr() as *const u8, false),
             Buf::Bf16(v) => (v.as_ptr() as *const u8, true),
         };
-        let ptr = Ptrs {
-            x: x.as_ptr(),
-            w: wp,
-            out: out.as_mut_ptr(),
-        };
-        // Task plan: row blocks whose x fits in L2, panel chunks so that there are
-        // several tasks per thread. The plan never changes any output's arithmetic.
+        // Task plan: row blocks whose x fits in L2 (as equal as possible), panel chunks so
+        // that there are several tasks per thread. The plan never changes any output's
+        // arithmetic.
         let direct = rows <= 4;
         let rb = if direct {
             rows
         } else {
-            ((98304 / k).max(6) / 6 * 6).min(rows)
+            let fit = (98304 / k).max(6);
+            rows.div_ceil(rows.div_ceil(fit))
         };
         let n_rb = rows.div_ceil(rb);
+        let packed = if direct {
+            Vec::new()
+        } else {
+            pack_x(x, rows, k, rb)
+        };
+        let ptr = Ptrs {
+            x: if direct { x.as_ptr() } else { packed.as_ptr() },
+            w: wp,
+            out: out.as_mut_ptr(),
+        };
         let threads = rayon::current_num_threads().max(1);
         let want = 4 * threads;
         let n_pc_target = want.div_ceil(n_rb).max(1);

@@ -30,6 +30,34 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+fn check_rows_independent(k: usize, n: usize, rows: usize, seed: u64, bf: bool) -> Result<(), TestCaseError> {
+    let dtype = if bf { WeightDtype::Bf16 } else { WeightDtype::F32 };
+    let w = PackedMatrix::from_nk(&values(seed, n * k, 0.5), n, k, dtype);
+    let x = values(seed ^ 1, rows * k, 2.0);
+    let mut reference: Option<Vec<u32>> = None;
+    for isa in isas() {
+        let mut all = vec![0f32; rows * n];
+        matmul(isa, &x, rows, &w, &mut all);
+        for r in 0..rows {
+            let mut one = vec![0f32; n];
+            matmul(isa, &x[r * k..(r + 1) * k], 1, &w, &mut one);
+            prop_assert_eq!(bits(&one), bits(&all[r * n..(r + 1) * n]), "row {} of {} ({:?})", r, rows, isa);
+        }
+        // Any sub-batch of rows gives the same bits too.
+        let (a, b) = (rows / 3, rows - rows / 4);
+        if b > a {
+            let mut sub = vec![0f32; (b - a) * n];
+            matmul(isa, &x[a * k..b * k], b - a, &w, &mut sub);
+            prop_assert_eq!(bits(&sub), bits(&all[a * n..b * n]));
+        }
+        match &reference {
+            None => reference = Some(bits(&all)),
+            Some(r) => prop_assert_eq!(r, &bits(&all), "ISAs disagree"),
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -38,30 +66,13 @@ proptest! {
     /// both weight dtypes and every available ISA; all ISAs agree.
     #[test]
     fn matmul_rows_are_independent(k in 1usize..700, n in 1usize..90, rows in 1usize..40, seed in any::<u64>(), bf in any::<bool>()) {
-        let dtype = if bf { WeightDtype::Bf16 } else { WeightDtype::F32 };
-        let w = PackedMatrix::from_nk(&values(seed, n * k, 0.5), n, k, dtype);
-        let x = values(seed ^ 1, rows * k, 2.0);
-        let mut reference: Option<Vec<u32>> = None;
-        for isa in isas() {
-            let mut all = vec![0f32; rows * n];
-            matmul(isa, &x, rows, &w, &mut all);
-            for r in 0..rows {
-                let mut one = vec![0f32; n];
-                matmul(isa, &x[r * k..(r + 1) * k], 1, &w, &mut one);
-                prop_assert_eq!(bits(&one), bits(&all[r * n..(r + 1) * n]), "row {} of {} ({:?})", r, rows, isa);
-            }
-            // Any sub-batch of rows gives the same bits too.
-            let (a, b) = (rows / 3, rows - rows / 4);
-            if b > a {
-                let mut sub = vec![0f32; (b - a) * n];
-                matmul(isa, &x[a * k..b * k], b - a, &w, &mut sub);
-                prop_assert_eq!(bits(&sub), bits(&all[a * n..b * n]));
-            }
-            match &reference {
-                None => reference = Some(bits(&all)),
-                Some(r) => prop_assert_eq!(r, &bits(&all), "ISAs disagree"),
-            }
-        }
+        check_rows_independent(k, n, rows, seed, bf)?;
+    }
+
+    /// The same for long K (several K blocks, several row blocks of the many-row path).
+    #[test]
+    fn matmul_rows_are_independent_long_k(k in 1500usize..2100, n in 1usize..40, rows in 40usize..90, seed in any::<u64>(), bf in any::<bool>()) {
+        check_rows_independent(k, n, rows, seed, bf)?;
     }
 
     /// The product is the defined FMA chain over k (checked against a direct evaluation).

@@ -302,6 +302,14 @@ fn engine_read_bandwidth(py: Python<'_>, nbytes: usize, repeats: usize) -> f64 {
     py.detach(|| seqkv_engine::probe::read_bandwidth(nbytes, repeats))
 }
 
+/// Peak f32 multiply-adds per second of this machine (all threads of the pool; see
+/// `seqkv_engine::probe::fma_peak`).
+#[pyfunction]
+#[pyo3(signature = (iters = 20000000, repeats = 3))]
+fn engine_fma_peak(py: Python<'_>, iters: usize, repeats: usize) -> f64 {
+    py.detach(|| seqkv_engine::probe::fma_peak(iters, repeats))
+}
+
 /// The instruction set the engine picks on this machine.
 #[pyfunction]
 fn engine_isa() -> &'static str {
@@ -318,6 +326,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<PySequence>()?;
     m.add_function(wrap_pyfunction!(engine_read_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_fma_peak, m)?)?;
     m.add_function(wrap_pyfunction!(engine_isa, m)?)?;
     m.add_function(wrap_pyfunction!(engine_threads, m)?)?;
     Ok(())
