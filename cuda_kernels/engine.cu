@@ -39,7 +39,8 @@ __device__ __forceinline__ float eng_exp(float x) {
 }
 
 // ---- embedding -----------------------------------------------------------------------------
-extern "C" __global__ void eng_embed(const unsigned* tokens, const u16* table, float* out, int rows, int H) {
+extern "C" __global__ void eng_embed(const unsigned* __restrict__ tokens, const u16* __restrict__ table,
+                                     float* __restrict__ out, int rows, int H) {
     int r = blockIdx.x;
     if (r >= rows) return;
     const u16* src = table + (u64)tokens[r] * H;
@@ -49,20 +50,43 @@ extern "C" __global__ void eng_embed(const unsigned* tokens, const u16* table, f
 // ---- RMSNorm: one block per row; rows[] selects input rows (or null). The row is staged in
 // shared memory by the whole block (dynamic shared memory: H floats), then lane l of warp 0
 // (l < 8) runs the sum's fmaf chain over i = l, l+8, ... (the CPU's 8-lane order) and tree8.
-extern "C" __global__ void eng_rmsnorm(const float* x, const int* rows_sel, const float* w, float eps,
-                                       float* out, int H) {
+extern "C" __global__ void eng_rmsnorm(const float* __restrict__ x, const int* __restrict__ rows_sel,
+                                       const float* __restrict__ w, float eps, float* __restrict__ out, int H) {
     extern __shared__ float sm[];
     __shared__ float rs;
     int r = blockIdx.x;
     int src = rows_sel ? rows_sel[r] : r;
     const float* xr = x + (u64)src * H;
-    for (int i = threadIdx.x; i < H; i += blockDim.x) sm[i] = xr[i];
+    // batches of 8 loads per thread in flight before their shared-memory stores (a store between
+    // two loads would otherwise serialize them: a generic pointer may alias shared memory)
+    for (int i0 = 0; i0 < H; i0 += 8 * (int)blockDim.x) {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int i = i0 + u * blockDim.x + threadIdx.x;
+            v[u] = i < H ? xr[i] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int i = i0 + u * blockDim.x + threadIdx.x;
+            if (i < H) sm[i] = v[u];
+        }
+    }
     __syncthreads();
     if (threadIdx.x < 32) {
         const int l = threadIdx.x & 7;
         float a = 0.0f;
-        if (threadIdx.x < 8)
-            for (int i = l; i < H; i += 8) a = fmaf(sm[i], sm[i], a);
+        if (threadIdx.x < 8) {
+            int i = l;
+            for (; i + 56 < H; i += 64) {  // eight loads in flight, then the chain
+                float v[8];
+#pragma unroll
+                for (int u = 0; u < 8; u++) v[u] = sm[i + 8 * u];
+#pragma unroll
+                for (int u = 0; u < 8; u++) a = fmaf(v[u], v[u], a);
+            }
+            for (; i < H; i += 8) a = fmaf(sm[i], sm[i], a);
+        }
         // lanes 0..7 hold a[0..7]: tree8 = ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))
         a = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 4));
         a = __fadd_rn(a, __shfl_xor_sync(0xffffffffu, a, 2));
@@ -73,13 +97,28 @@ extern "C" __global__ void eng_rmsnorm(const float* x, const int* rows_sel, cons
         }
     }
     __syncthreads();
-    float rr = rs;
-    for (int i = threadIdx.x; i < H; i += blockDim.x) out[(u64)r * H + i] = __fmul_rn(w[i], __fmul_rn(sm[i], rr));
+    const float rr = rs;
+    for (int i0 = 0; i0 < H; i0 += 8 * (int)blockDim.x) {
+        float wv[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int i = i0 + u * blockDim.x + threadIdx.x;
+            wv[u] = i < H ? w[i] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int i = i0 + u * blockDim.x + threadIdx.x;
+            if (i < H) out[(u64)r * H + i] = __fmul_rn(wv[u], __fmul_rn(sm[i], rr));
+        }
+    }
 }
 
 // ---- matmul: Y[M][N] (=, or +=) X[M][K] @ W[K][N] (bf16), one fmaf chain over k per output -----
+// MODE 0: Y = XW; 1: Y += XW (one rounded add); 2: the fused gate/up projection with the SiLU gate
+// in the epilogue (W's columns interleaved by GpuEngine, see the epilogue).
 // Block tile BM x BN, K tile BK (both operands staged in shared memory as f32, two buffers: the
-// next K tile is loaded into registers while the current one is multiplied). Each thread owns a
+// next K tile is loaded into registers while the current one is multiplied; a long K tile hides
+// the load latency when few blocks share an SM). Each thread owns a
 // TM x TN register tile: rows in TM / RM chunks of RM = min(TM, 4) consecutive rows spaced BM / (TM / RM)
 // apart (likewise columns), so that a warp reads its operands from shared memory as broadcast
 // float4/float2 loads without bank conflicts. Every output is one fmaf chain over k = 0..K-1
@@ -110,8 +149,11 @@ eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restri
     constexpr int AV = BM * BK / 4, BV = BK * BN / 8;            // 16-byte loads per tile
     constexpr int AL = (AV + NT - 1) / NT, BL = (BV + NT - 1) / NT;
     static_assert(BK % 4 == 0 && BN % 8 == 0 && BM % TM == 0 && BN % TN == 0, "tile shape");
-    __shared__ __align__(16) float As[2][BK][SA];
-    __shared__ __align__(16) float Bs[2][BK][BN];
+    static_assert(MODE != 2 || RN == 4, "MODE 2 needs column chunks of 4");
+    // dynamic shared memory (GpuEngine: 4 * 2 * BK * (BM + 4 + BN) bytes): As[2][BK][SA], Bs[2][BK][BN]
+    extern __shared__ float sm[];
+    float (*As)[BK][SA] = reinterpret_cast<float (*)[BK][SA]>(sm);
+    float (*Bs)[BK][BN] = reinterpret_cast<float (*)[BK][BN]>(sm + 2 * BK * SA);
     const int tid = threadIdx.x;
     const int tx = tid % TX, ty = tid / TX;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
@@ -216,6 +258,22 @@ eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restri
     for (int i = 0; i < TM; i++) {
         const int gm = m0 + (i / RM) * SM_ + ty * RM + (i % RM);
         if (gm >= M) continue;
+        if (MODE == 2) {
+            // columns come in groups of 4 (gate 2q, gate 2q+1, up 2q, up 2q+1), N = 2I, N % 4 == 0:
+            // Y[gm][2q + e] = silu(gate) * up with silu(g) = g / (1 + exp(-g)) (Y has N / 2 columns)
+#pragma unroll
+            for (int c = 0; c < CN; c++) {
+                const int gn = n0 + c * SN + tx * RN;
+                if (gn >= N) continue;
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float gt = acc[i][c * RN + e], up = acc[i][c * RN + 2 + e];
+                    const float sl = __fdiv_rn(gt, __fadd_rn(1.0f, eng_exp(-gt)));
+                    Y[(u64)gm * (N / 2) + gn / 2 + e] = __fmul_rn(sl, up);
+                }
+            }
+            continue;
+        }
 #pragma unroll
         for (int j = 0; j < TN; j++) {
             const int gn = n0 + (j / RN) * SN + tx * RN + (j % RN);
@@ -230,9 +288,10 @@ eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restri
 // ---- RoPE on q and k, and the KV write ------------------------------------------------------
 // qkv[r] = [q (nh*hd) | k (nkv*hd) | v (nkv*hd)]; cos/sin tables [position][hd/2] (the CPU
 // engine's values, seqkv.engine.rope_table); one block per row.
-extern "C" __global__ void eng_rope_kv(float* qkv, const float* cosv, const float* sinv, const int* row_slot,
-                                       const int* row_pos, float* kv, int layer, int layers, int max_len,
-                                       int nh, int nkv, int hd) {
+extern "C" __global__ void eng_rope_kv(float* __restrict__ qkv, const float* __restrict__ cosv,
+                                       const float* __restrict__ sinv, const int* __restrict__ row_slot,
+                                       const int* __restrict__ row_pos, float* __restrict__ kv, int layer, int layers,
+                                       int max_len, int nh, int nkv, int hd) {
     int r = blockIdx.x;
     int half = hd / 2;
     int width = (nh + 2 * nkv) * hd;
@@ -257,39 +316,43 @@ extern "C" __global__ void eng_rope_kv(float* qkv, const float* cosv, const floa
 }
 
 // ---- attention: one block per (row, KV head); its G = nh / nkv query heads share every K/V load --
-// Same arithmetic as the CPU engine per (row, head): s_j = tree8(lane-structured dot) * scale
-// (lane l of an 8-lane group sums d = l, l+8, ... with one fmaf chain; xor shuffles 4, 2, 1 are
-// exactly tree8's order), m = max s_j, e_j = exp(s_j - m), per key tile of KEY_TILE keys from
-// position 0: o_t[d] (fmaf chain over the tile's keys) and l_t (sum); tiles combined in order, o / l.
-// K and V tiles are staged in shared memory by coalesced 16-byte loads of the whole block.
-// Dynamic shared memory: see att_smem_floats.
+// Same arithmetic as the CPU engine per (row, head): s_j = tree8(a) * scale where a_l (l < 8) is
+// the fmaf chain of q[d] * k[d] over d = l, l+8, ..., m = max s_j, e_j = exp(s_j - m), per key
+// tile of KEY_TILE keys from position 0: o_t[d] (fmaf chain over the tile's keys) and l_t (sum),
+// tiles combined in order, o / l.
+// Keys go in rounds of ATT_THREADS: the round's K rows (then V rows) are staged in shared memory
+// by coalesced 16-byte loads; for the scores each thread takes one key and runs its 8 x G chains
+// (q read as broadcast float4); for o_t each thread takes 4 columns of one tile for the G heads.
 #define KEY_TILE 32
 #define ATT_THREADS 128
-__host__ __device__ constexpr int att_tiles_per_pass(int hd) { return hd >= ATT_THREADS ? 1 : ATT_THREADS / hd; }
-// floats: q [G][hd] | s [G][max_len] | o_t [G][ntiles][hd] | l_t [G][ntiles] | (to 16 bytes)
-// tiles [TP][KEY_TILE][hd + 8]; GpuEngine sizes the launch with the same formula
-__host__ __device__ constexpr long long att_tiles_offset(int G, int hd, int max_len) {
-    return ((long long)G * hd + (long long)G * max_len + (long long)G * ((max_len + KEY_TILE - 1) / KEY_TILE) * (hd + 1) + 3) / 4 * 4;
+// floats: q [G][HD] | s [G][SL] | o_t [G][ntiles][HD] | l_t [G][ntiles] | (to 16 bytes)
+// rows [ATT_THREADS][HD + 4]; SL = max_len rounded up to 4. GpuEngine sizes the launch alike.
+__host__ __device__ constexpr long long att_rows_offset(int G, int hd, int max_len) {
+    return ((long long)G * hd + (long long)G * ((max_len + 3) / 4 * 4) +
+            (long long)G * ((max_len + KEY_TILE - 1) / KEY_TILE) * (hd + 1) + 3) / 4 * 4;
 }
 __host__ __device__ constexpr long long att_smem_floats(int G, int hd, int max_len) {
-    return att_tiles_offset(G, hd, max_len) + (long long)att_tiles_per_pass(hd) * KEY_TILE * (hd + 8);
+    return att_rows_offset(G, hd, max_len) + (long long)ATT_THREADS * (hd + 4);
 }
 
-// rows [j0, j1) of K or V (row stride rowlen floats) -> tile[j - j0][0..hd) (stride hd + 8); zeros past j1
-__device__ __forceinline__ void att_stage(float* tile, const float* src, u64 rowlen, int j0, int j1, int hd) {
-    const int q4 = hd / 4;
-    for (int i = threadIdx.x; i < KEY_TILE * q4; i += ATT_THREADS) {
-        const int j = i / q4, c = (i % q4) * 4;
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (j0 + j < j1) v = *reinterpret_cast<const float4*>(src + (u64)(j0 + j) * rowlen + c);
-        *reinterpret_cast<float4*>(tile + j * (hd + 8) + c) = v;
+// rows [j0, j1) of K or V (row stride rowlen floats) -> rows[j - j0][0..HD) (stride HD + 4)
+template <int HD>
+__device__ __forceinline__ void att_stage(float* rows, const float* src, u64 rowlen, int j0, int j1) {
+    constexpr int Q4 = HD / 4;
+    const int total = (j1 - j0) * Q4;
+    for (int i = threadIdx.x; i < total; i += ATT_THREADS) {
+        const int j = i / Q4, c = (i % Q4) * 4;
+        *reinterpret_cast<float4*>(rows + j * (HD + 4) + c) =
+            *reinterpret_cast<const float4*>(src + (u64)(j0 + j) * rowlen + c);
     }
 }
 
-template <int G>
+template <int G, int HD>
 __global__ void __launch_bounds__(ATT_THREADS)
 eng_attention(const float* qkv, const float* kv, const int* row_slot, const int* row_pos, float* out, int layer,
-              int layers, int max_len, int nh, int nkv, int hd, float scale) {
+              int layers, int max_len, int nh, int nkv, float scale) {
+    static_assert(HD % 8 == 0, "head_dim % 8");
+    constexpr int RS = HD + 4;
     extern __shared__ float sm[];
     __shared__ float red[ATT_THREADS / 32][G];
     const int r = blockIdx.x / nkv, g = blockIdx.x % nkv;
@@ -297,123 +360,140 @@ eng_attention(const float* qkv, const float* kv, const int* row_slot, const int*
     const int n = row_pos[r] + 1;
     const int ntiles = (n + KEY_TILE - 1) / KEY_TILE;
     const int ntiles_max = (max_len + KEY_TILE - 1) / KEY_TILE;
-    const int TP = att_tiles_per_pass(hd), ts = hd + 8;
-    float* qs = sm;                                  // [G][hd]
-    float* s = qs + G * hd;                          // [G][max_len]
-    float* ot = s + (u64)G * max_len;                // [G][ntiles_max][hd]
-    float* lt = ot + (u64)G * ntiles_max * hd;       // [G][ntiles_max]
-    float* tiles = sm + att_tiles_offset(G, hd, max_len);  // [TP][KEY_TILE][hd + 8], 16-byte aligned
-    const int width = (nh + 2 * nkv) * hd;
-    const float* q = qkv + (u64)r * width + (u64)g * G * hd;  // the group's G heads, contiguous
-    const u64 rowlen = (u64)nkv * hd;
-    const float* K = kv + (((u64)row_slot[r] * layers + layer) * 2) * max_len * rowlen + (u64)g * hd;
+    const int SL = (max_len + 3) / 4 * 4;
+    float* qs = sm;                                  // [G][HD]
+    float* s = qs + G * HD;                          // [G][SL]
+    float* ot = s + (u64)G * SL;                     // [G][ntiles_max][HD]
+    float* lt = ot + (u64)G * ntiles_max * HD;       // [G][ntiles_max]
+    float* rows = sm + att_rows_offset(G, HD, max_len);  // [ATT_THREADS][HD + 4], 16-byte aligned
+    const int width = (nh + 2 * nkv) * HD;
+    const float* q = qkv + (u64)r * width + (u64)g * G * HD;  // the group's G heads, contiguous
+    const u64 rowlen = (u64)nkv * HD;
+    const float* K = kv + (((u64)row_slot[r] * layers + layer) * 2) * max_len * rowlen + (u64)g * HD;
     const float* V = K + (u64)max_len * rowlen;
-    for (int i = tid; i < G * hd; i += ATT_THREADS) qs[i] = q[i];
-    // 1. scores, one key tile at a time: 8 lanes per key, 16 keys per round
-    const int l8 = lane & 7, kq = tid >> 3;
-    for (int t = 0; t < ntiles; t++) {
-        const int j0 = t * KEY_TILE, j1 = min(j0 + KEY_TILE, n);
-        __syncthreads();  // the previous tile is consumed (and qs is written)
-        att_stage(tiles, K, rowlen, j0, j1, hd);
+    for (int i = tid; i < G * HD; i += ATT_THREADS) qs[i] = q[i];
+    // 1. scores and their running max, one key per thread and round
+    float m[G];
+#pragma unroll
+    for (int h = 0; h < G; h++) m[h] = NEG_INF;
+    for (int j0 = 0; j0 < n; j0 += ATT_THREADS) {
+        const int j1 = min(j0 + ATT_THREADS, n);
+        __syncthreads();  // the previous round is consumed (and qs is written)
+        att_stage<HD>(rows, K, rowlen, j0, j1);
         __syncthreads();
-        for (int jj = kq; jj < KEY_TILE; jj += ATT_THREADS / 8) {
-            const float* k = tiles + jj * ts;
-            float a[G];
+        if (j0 + tid < j1) {
+            const float* k = rows + tid * RS;
+            float a[G][8];
 #pragma unroll
-            for (int h = 0; h < G; h++) a[h] = 0.0f;
-            for (int c = l8; c < hd; c += 8) {
-                const float kc = k[c];
+            for (int h = 0; h < G; h++)
 #pragma unroll
-                for (int h = 0; h < G; h++) a[h] = fmaf(qs[h * hd + c], kc, a[h]);
+                for (int l = 0; l < 8; l++) a[h][l] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < HD; c += 8) {
+                float kc[8], qc[8];
+                lds_vec<4>(k + c, kc);
+                lds_vec<4>(k + c + 4, kc + 4);
+#pragma unroll
+                for (int h = 0; h < G; h++) {
+                    lds_vec<4>(qs + h * HD + c, qc);
+                    lds_vec<4>(qs + h * HD + c + 4, qc + 4);
+#pragma unroll
+                    for (int l = 0; l < 8; l++) a[h][l] = fmaf(qc[l], kc[l], a[h][l]);
+                }
             }
 #pragma unroll
             for (int h = 0; h < G; h++) {
-                float v = a[h];
-                v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 4));
-                v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 2));
-                v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 1));
-                if (j0 + jj < j1 && l8 == 0) s[h * max_len + j0 + jj] = __fmul_rn(v, scale);
+                const float t8 = __fadd_rn(__fadd_rn(__fadd_rn(a[h][0], a[h][4]), __fadd_rn(a[h][2], a[h][6])),
+                                           __fadd_rn(__fadd_rn(a[h][1], a[h][5]), __fadd_rn(a[h][3], a[h][7])));
+                const float sc = __fmul_rn(t8, scale);
+                s[h * SL + j0 + tid] = sc;
+                m[h] = fmaxf(m[h], sc);
             }
         }
+    }
+    // 2. max per head (exact in any order)
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+        for (int o = 16; o > 0; o >>= 1) m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], o));
+        if (lane == 0) red[warp][h] = m[h];
     }
     __syncthreads();
-    // 2. max per head (exact in any order)
-    {
-        float m[G];
 #pragma unroll
-        for (int h = 0; h < G; h++) m[h] = NEG_INF;
-        for (int j = tid; j < n; j += ATT_THREADS)
-#pragma unroll
-            for (int h = 0; h < G; h++) m[h] = fmaxf(m[h], s[h * max_len + j]);
-#pragma unroll
-        for (int h = 0; h < G; h++) {
-            for (int o = 16; o > 0; o >>= 1) m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], o));
-            if (lane == 0) red[warp][h] = m[h];
-        }
-        __syncthreads();
-#pragma unroll
-        for (int h = 0; h < G; h++) {
-            m[h] = red[0][h];
-            for (int w = 1; w < ATT_THREADS / 32; w++) m[h] = fmaxf(m[h], red[w][h]);
-        }
-        // 3. e_j
-        for (int j = tid; j < n; j += ATT_THREADS)
-#pragma unroll
-            for (int h = 0; h < G; h++) s[h * max_len + j] = eng_exp(__fsub_rn(s[h * max_len + j], m[h]));
+    for (int h = 0; h < G; h++) {
+        m[h] = red[0][h];
+        for (int w = 1; w < ATT_THREADS / 32; w++) m[h] = fmaxf(m[h], red[w][h]);
     }
-    // 4. TP value tiles per pass: o_t[d] (fmaf chain over the tile's keys, one V read for the G heads)
-    for (int t0 = 0; t0 < ntiles; t0 += TP) {
-        __syncthreads();  // e_j written / the previous tiles consumed
-        for (int u = 0; u < TP && t0 + u < ntiles; u++) {
-            const int j0 = (t0 + u) * KEY_TILE;
-            att_stage(tiles + u * KEY_TILE * ts, V, rowlen, j0, min(j0 + KEY_TILE, n), hd);
-        }
+    // 3. e_j
+    for (int j = tid; j < n; j += ATT_THREADS)
+#pragma unroll
+        for (int h = 0; h < G; h++) s[h * SL + j] = eng_exp(__fsub_rn(s[h * SL + j], m[h]));
+    // 4. o_t, a round of keys at a time: thread -> (tile of the round, 4 columns)
+    constexpr int C4 = HD / 4;
+    for (int j0 = 0; j0 < n; j0 += ATT_THREADS) {
+        const int j1 = min(j0 + ATT_THREADS, n);
+        __syncthreads();  // e_j written / the previous round consumed
+        att_stage<HD>(rows, V, rowlen, j0, j1);
         __syncthreads();
-        for (int idx = tid; idx < TP * hd; idx += ATT_THREADS) {
-            const int u = idx / hd, d = idx % hd, t = t0 + u;
-            if (t >= ntiles) continue;
-            const int j0 = t * KEY_TILE, cnt = min(KEY_TILE, n - j0);
-            const float* vt = tiles + u * KEY_TILE * ts + d;
-            float acc[G];
+        for (int idx = tid; idx < (ATT_THREADS / KEY_TILE) * C4; idx += ATT_THREADS) {
+            const int u = idx / C4, d = (idx % C4) * 4;
+            const int jt = j0 + u * KEY_TILE;  // first key of the tile
+            if (jt >= n) continue;
+            const int cnt = min(KEY_TILE, n - jt);
+            const float* vr = rows + (u * KEY_TILE) * RS + d;
+            float acc[G][4];
 #pragma unroll
-            for (int h = 0; h < G; h++) acc[h] = 0.0f;
-            for (int j = 0; j < cnt; j++) {
-                const float vj = vt[j * ts];
+            for (int h = 0; h < G; h++)
 #pragma unroll
-                for (int h = 0; h < G; h++) acc[h] = fmaf(s[h * max_len + j0 + j], vj, acc[h]);
+                for (int c = 0; c < 4; c++) acc[h][c] = 0.0f;
+            int j = 0;
+            for (; j + 4 <= cnt; j += 4) {
+                float e[G][4], v[4][4];
+#pragma unroll
+                for (int h = 0; h < G; h++) lds_vec<4>(s + h * SL + jt + j, e[h]);
+#pragma unroll
+                for (int i = 0; i < 4; i++) lds_vec<4>(vr + (j + i) * RS, v[i]);
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int h = 0; h < G; h++)
+#pragma unroll
+                        for (int c = 0; c < 4; c++) acc[h][c] = fmaf(e[h][i], v[i][c], acc[h][c]);
             }
+            for (; j < cnt; j++) {
+                float v[4];
+                lds_vec<4>(vr + j * RS, v);
 #pragma unroll
-            for (int h = 0; h < G; h++) ot[((u64)h * ntiles_max + t) * hd + d] = acc[h];
+                for (int h = 0; h < G; h++) {
+                    const float e = s[h * SL + jt + j];
+#pragma unroll
+                    for (int c = 0; c < 4; c++) acc[h][c] = fmaf(e, v[c], acc[h][c]);
+                }
+            }
+            const int t = jt / KEY_TILE;
+#pragma unroll
+            for (int h = 0; h < G; h++)
+                *reinterpret_cast<float4*>(ot + ((u64)h * ntiles_max + t) * HD + d) =
+                    make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
         }
     }
     for (int idx = tid; idx < G * ntiles; idx += ATT_THREADS) {
         const int h = idx / ntiles, t = idx % ntiles;
         const int j0 = t * KEY_TILE, j1 = min(j0 + KEY_TILE, n);
         float acc = 0.0f;
-        for (int j = j0; j < j1; j++) acc = __fadd_rn(acc, s[h * max_len + j]);
+        for (int j = j0; j < j1; j++) acc = __fadd_rn(acc, s[h * SL + j]);
         lt[h * ntiles_max + t] = acc;
     }
     __syncthreads();
     // 5. combine tiles in order, divide
-    for (int idx = tid; idx < G * hd; idx += ATT_THREADS) {
-        const int h = idx / hd, d = idx % hd;
+    for (int idx = tid; idx < G * HD; idx += ATT_THREADS) {
+        const int h = idx / HD, d = idx % HD;
         float o = 0.0f, l = 0.0f;
         for (int t = 0; t < ntiles; t++) {
-            o = __fadd_rn(o, ot[((u64)h * ntiles_max + t) * hd + d]);
+            o = __fadd_rn(o, ot[((u64)h * ntiles_max + t) * HD + d]);
             l = __fadd_rn(l, lt[h * ntiles_max + t]);
         }
-        out[(u64)r * nh * hd + (u64)(g * G + h) * hd + d] = __fdiv_rn(o, l);
+        out[(u64)r * nh * HD + (u64)(g * G + h) * HD + d] = __fdiv_rn(o, l);
     }
-}
-
-// ---- SiLU gate: out[r][i] = silu(g) * u, gu[r] = [g (I) | u (I)] ------------------------------
-extern "C" __global__ void eng_silu_mul(const float* gu, float* out, int rows, int I) {
-    u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (u64)rows * I) return;
-    u64 r = idx / I, i = idx % I;
-    float g = gu[r * 2 * I + i], u = gu[r * 2 * I + I + i];
-    float sl = __fdiv_rn(g, __fadd_rn(1.0f, eng_exp(-g)));
-    out[idx] = __fmul_rn(sl, u);
 }
 
 // ---- greedy decode helpers (benchmarks): argmax per row, next position -------------------------

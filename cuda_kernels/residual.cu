@@ -13,11 +13,12 @@
 //   (SIMD within the register for key, difference, zig-zag), and two shuffles + one byte permute
 //   turn "lane l holds elements 2l, 2l+1" into "lane l holds element l of block A (low half) and
 //   element l of block B (high half)", so one __ballot_sync per block and bit plane gives a word.
-// * Tiles (8 warps x K steps) take their index from an atomic ticket, so tiles start in order;
+// * Tile t is block t (blocks of a 1-D grid are dispatched in index order, so every tile a
+//   look-back waits for has started: the assumption of CUB's single-pass scan);
 //   each publishes its word count and finds its output offset by decoupled look-back over the
 //   tile states (flag and count in one 64-bit word: 1 = this tile's count, 2 = inclusive prefix).
 //   No scratch buffer, no separate scan or compaction pass; pack leaves the total word count in
-//   the last tile's state. `state` (ntiles + 1 u64: the states, then the ticket) starts zeroed.
+//   the last tile's state. `state` (one u64 per tile) starts zeroed.
 
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -63,14 +64,6 @@ __device__ __forceinline__ V_t warp_sum(V_t v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
-}
-
-// Tile ticket (thread 0 takes it; every thread gets it).
-__device__ __forceinline__ u32 take_ticket(u64* state, long long ntiles) {
-    __shared__ u32 sh_ticket;
-    if (threadIdx.x == 0) sh_ticket = (u32)atomicAdd(state + ntiles, 1ull);
-    __syncthreads();
-    return sh_ticket;
 }
 
 // Exclusive prefix of this tile's count `agg` over the tiles before it. Called by all lanes of
@@ -137,12 +130,11 @@ __device__ __forceinline__ u32 blocks_to_pairs(u32 v, int lane) {
 template <typename U, int K>
 __global__ void __launch_bounds__(WARPS * 32)
 residual_pack(const U* __restrict__ orig, const U* __restrict__ recomp, long long n, long long nblocks,
-              unsigned char* __restrict__ widths, u32* __restrict__ words, u64* __restrict__ state,
-              long long ntiles) {
+              unsigned char* __restrict__ widths, u32* __restrict__ words, u64* __restrict__ state) {
     constexpr int E = Bits<U>::E;
     constexpr int STEP = 32 * E;  // elements per warp step
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 tile = take_ticket(state, ntiles);
+    const u32 tile = blockIdx.x;
     const long long step0 = ((long long)tile * WARPS + warp) * K;  // first step of this warp
     const long long e0 = step0 * STEP;
     const u32* po = reinterpret_cast<const u32*>(orig + e0) + lane;  // E elements per u32
@@ -227,11 +219,11 @@ template <typename U, int K>
 __global__ void __launch_bounds__(WARPS * 32)
 residual_unpack(const U* __restrict__ recomp, long long n, long long nblocks,
                 const unsigned char* __restrict__ widths, const u32* __restrict__ words,
-                u64* __restrict__ state, long long ntiles, U* __restrict__ out) {
+                u64* __restrict__ state, U* __restrict__ out) {
     constexpr int E = Bits<U>::E;
     constexpr int STEP = 32 * E;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 tile = take_ticket(state, ntiles);
+    const u32 tile = blockIdx.x;
     const long long step0 = ((long long)tile * WARPS + warp) * K;
     const long long e0 = step0 * STEP;
     const bool full = e0 + K * STEP <= n;  // warp-uniform

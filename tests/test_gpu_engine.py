@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from seqkv import gpu
+from seqkv.errors import InvalidInputError
 
 pytestmark = [
     pytest.mark.gpu,
@@ -78,7 +79,9 @@ def test_every_gemm_shape_gives_the_same_bits():
     rng = np.random.default_rng(5)
     prompts = [rng.integers(0, 333, n) for n in (5, 21, 38)]
     for shape in g.GEMM_SHAPES:
-        g.gemm_shapes = {k: shape for k in g.gemm_shapes}
+        # the fused gate/up GEMM (SiLU epilogue) needs column chunks of 4
+        g.gemm_shapes = {k: shape if k != "gu" or 2 in g._modes(shape) else g.DEFAULT_GEMM_SHAPES["gu"]
+                         for k in g.gemm_shapes}
         g.lens = [0] * g.max_slots
         _check_schedule(cpu, g, prompts, [])
 
@@ -88,9 +91,21 @@ def test_tune_gemms_keeps_the_bits():
     cpu, g = _engines(config, tensors, max_slots=2, max_len=32, max_rows=32)
     table = g.tune_gemms(rows=16, reps=2)
     assert set(table) == {"qkv", "o", "gu", "down", "lm_head"}
-    assert all(len(v) == len(g.GEMM_SHAPES) and min(v.values()) > 0 for v in table.values())
+    assert all(len(v) == len(g.GEMM_SHAPES) and min(v.values()) > 0 for k, v in table.items() if k != "gu")
+    assert len(table["gu"]) == sum(2 in g._modes(s) for s in g.GEMM_SHAPES)
+    assert all(2 in g._modes(s) for s in [g.gemm_shapes["gu"]])
+    with pytest.raises(InvalidInputError):
+        g._gemm("gu", *g._gemm_args("gu", 4), shape=next(s for s in g.GEMM_SHAPES if 2 not in g._modes(s)))
     rng = np.random.default_rng(6)
     _check_schedule(cpu, g, [rng.integers(0, 300, 7), rng.integers(0, 300, 12)], [rng.integers(0, 300, 2)])
+
+
+def test_odd_intermediate_size_is_refused():
+    from seqkv.engine import GpuEngine
+
+    config, tensors = _config(I=95, seed=12)
+    with pytest.raises(InvalidInputError):
+        GpuEngine(config, tensors, max_slots=1, max_len=8)
 
 
 def test_attention_with_large_shared_memory():
@@ -173,8 +188,8 @@ def test_gemm_tails_match_exact_fma_chain(M, K, N):
     dx, dw = cp.asarray(x), cp.asarray(wb)
     for shape in g.GEMM_SHAPES:
         y = cp.zeros((M, N), cp.float32)
-        g._gemm("qkv", dx, dw, y, M, K, N, False, shape=shape)
+        g._gemm("qkv", dx, dw, y, M, K, N, 0, shape=shape)
         assert cp.asnumpy(y).tobytes() == ref.tobytes(), shape
         y = cp.asarray(y0)
-        g._gemm("o", dx, dw, y, M, K, N, True, shape=shape)
+        g._gemm("o", dx, dw, y, M, K, N, 1, shape=shape)
         assert cp.asnumpy(y).tobytes() == ref_acc.tobytes(), shape

@@ -682,9 +682,12 @@ def _bf16_values(a: Any) -> np.ndarray:
 
 
 def gpu_weight_arrays(config: dict[str, Any], tensors: dict[str, Any], max_len: int) -> dict[str, np.ndarray]:
-    """Host arrays of the GPU port: bf16 bit patterns ``[K][N]`` (fused ``qkv`` and ``gu``,
-    ``o``, ``down``, ``lm_head``), ``embed`` ``[V][H]`` bf16, norm weights as their bf16 values
-    in float32, and the RoPE ``cos``/``sin`` tables for positions ``0..max_len``."""
+    """Host arrays of the GPU port: bf16 bit patterns ``[K][N]`` (fused ``qkv``; fused ``gu``
+    with gate and up columns interleaved in groups of 4; ``o``, ``down``, ``lm_head``), ``embed``
+    ``[V][H]`` bf16, norm weights as their bf16 values in float32, and the RoPE ``cos``/``sin``
+    tables for positions ``0..max_len``. The intermediate size must be even."""
+    if int(config["intermediate_size"]) % 2:
+        raise InvalidInputError("the GPU port needs an even intermediate_size")
     t = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
 
     def w_kn(*names: str) -> np.ndarray:  # [N][K] Linear weights -> bf16 [K][sum N]
@@ -701,7 +704,12 @@ def gpu_weight_arrays(config: dict[str, Any], tensors: dict[str, Any], max_len: 
         out[p + "post_norm"] = _bf16_values(t[p + "post_norm"])
         out[p + "qkv"] = w_kn(p + "q", p + "k", p + "v")
         out[p + "o"] = w_kn(p + "o")
-        out[p + "gu"] = w_kn(p + "gate", p + "up")
+        # gate and up columns interleaved in groups of 4: (g 2q, g 2q+1, u 2q, u 2q+1), so one
+        # GEMM thread holds both inputs of its SiLU gate outputs (eng_gemm MODE 2)
+        gu = w_kn(p + "gate", p + "up")
+        I = gu.shape[1] // 2
+        out[p + "gu"] = np.ascontiguousarray(
+            np.stack([gu[:, :I].reshape(-1, I // 2, 2), gu[:, I:].reshape(-1, I // 2, 2)], axis=2).reshape(gu.shape))
         out[p + "down"] = w_kn(p + "down")
     out["cos"], out["sin"] = rope_table(config["rope_inv_freq"], config["rope_attention_scaling"], np.arange(max_len))
     return out
@@ -720,10 +728,10 @@ class GpuEngine:
     #: register-blocked GEMM shapes ``(BM, BN, BK, TM, TN)`` (block tile, K tile, thread tile)
     #: compiled for every engine; all of them give the same bits (one fmaf chain per output).
     GEMM_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
-        (128, 128, 8, 8, 8), (128, 128, 16, 8, 8), (64, 64, 16, 8, 4), (64, 64, 32, 4, 4),
-        (64, 32, 32, 4, 4), (32, 64, 16, 4, 4), (32, 64, 32, 4, 4), (32, 64, 16, 2, 4),
-        (32, 64, 32, 2, 4), (32, 32, 32, 2, 4), (32, 32, 64, 2, 4), (32, 32, 64, 2, 2),
-        (16, 64, 32, 2, 4), (16, 64, 64, 2, 4),
+        (128, 128, 8, 8, 8), (64, 64, 32, 4, 4), (64, 64, 16, 2, 4), (32, 128, 16, 2, 4),
+        (32, 64, 16, 4, 4), (32, 64, 32, 4, 4), (32, 64, 16, 2, 4), (32, 64, 32, 2, 4),
+        (32, 64, 64, 2, 4), (32, 64, 32, 2, 8), (32, 64, 32, 2, 2), (32, 64, 32, 1, 4),
+        (32, 64, 32, 1, 2), (16, 64, 32, 2, 4),
     )
 
     def __init__(self, config: dict[str, Any], tensors: dict[str, Any], *, max_slots: int = 256,
@@ -734,7 +742,7 @@ class GpuEngine:
             from .errors import MissingExtraError
 
             raise MissingExtraError("the GPU engine needs CuPy: pip install 'seqkv[cuda]'") from exc
-        from .gpu import kernel_dir
+        from .gpu import _allow_smem, kernel_dir
 
         self.cp = cp
         c = {k: config[k] for k in config}
@@ -757,31 +765,34 @@ class GpuEngine:
         self.layers = [{k: cp.asarray(host[f"layers.{i}.{k}"]) for k in keys} for i in range(self.L)]
         self.cos, self.sin = cp.asarray(host["cos"]), cp.asarray(host["sin"])
         self.kv = cp.zeros((self.max_slots, self.L, 2, self.max_len, self.nkv, self.hd), dtype=cp.float32)
-        gemm_names = [self._gemm_name(shape, mode) for shape in self.GEMM_SHAPES for mode in (0, 1)]
-        att_name = f"eng_attention<{self.G}>"
+        gemm_names = [self._gemm_name(shape, mode) for shape in self.GEMM_SHAPES for mode in self._modes(shape)]
+        att_name = f"eng_attention<{self.G},{self.hd}>"
         src = (kernel_dir() / "engine.cu").read_text()
         self.mod = cp.RawModule(code=src, options=("-std=c++17",), name_expressions=gemm_names + [att_name])
         self.fn = {n: self.mod.get_function(n) for n in
-                   ("eng_embed", "eng_rmsnorm", "eng_rope_kv", "eng_silu_mul", "eng_argmax", "eng_advance")}
+                   ("eng_embed", "eng_rmsnorm", "eng_rope_kv", "eng_argmax", "eng_advance")}
         self.fn["eng_attention"] = self.mod.get_function(att_name)
         self.gemm_fn = {name: self.mod.get_function(name) for name in gemm_names}
+        for shape in self.GEMM_SHAPES:
+            if self._gemm_smem(shape) > 48 * 1024:
+                for mode in self._modes(shape):
+                    _allow_smem(self.gemm_fn[self._gemm_name(shape, mode)], self._gemm_smem(shape))
         R, W = self.max_rows, (self.nh + 2 * self.nkv) * self.hd
         f32 = cp.float32
         self.buf = {
             "x": cp.zeros((R, self.H), f32), "xn": cp.zeros((R, self.H), f32), "qkv": cp.zeros((R, W), f32),
-            "att": cp.zeros((R, self.nh * self.hd), f32), "gu": cp.zeros((R, 2 * self.I), f32),
+            "att": cp.zeros((R, self.nh * self.hd), f32),
             "act": cp.zeros((R, self.I), f32), "logits": cp.zeros((R, self.V), f32),
             "tokens": cp.zeros(R, cp.uint32), "slot": cp.zeros(R, cp.int32), "pos": cp.zeros(R, cp.int32),
         }
         self.lens = [0] * self.max_slots
-        # cuda_kernels/engine.cu att_smem_floats: q, scores, per-tile sums, then K/V tiles of 32
-        # keys (rows padded to hd + 8), as many per pass as 128 threads cover
+        # cuda_kernels/engine.cu att_smem_floats: q, scores, per-tile sums, then a round of 128
+        # K or V rows (padded to hd + 4)
         ntiles = (self.max_len + 31) // 32
-        head = -(-(self.G * (self.hd + self.max_len + ntiles * (self.hd + 1))) // 4) * 4
-        self.att_smem = 4 * (head + max(1, 128 // self.hd) * 32 * (self.hd + 8))
+        sl = -(-self.max_len // 4) * 4
+        head = -(-(self.G * (self.hd + sl + ntiles * (self.hd + 1))) // 4) * 4
+        self.att_smem = 4 * (head + 128 * (self.hd + 4))
         self.norm_smem = 4 * self.H  # eng_rmsnorm stages the row
-        from .gpu import _allow_smem
-
         for name, nbytes in (("eng_attention", self.att_smem), ("eng_rmsnorm", self.norm_smem)):
             if nbytes > 48 * 1024:
                 _allow_smem(self.fn[name], nbytes)
@@ -792,33 +803,50 @@ class GpuEngine:
     #: default shape per matmul (measured on an H100 with SmolLM2's sizes at 256 rows,
     #: benches/results/engine_gpu.json)
     DEFAULT_GEMM_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
-        "qkv": (32, 64, 16, 2, 4), "o": (32, 64, 16, 2, 4), "gu": (32, 64, 16, 4, 4),
-        "down": (32, 64, 16, 2, 4), "lm_head": (128, 128, 8, 8, 8),
+        "qkv": (32, 64, 32, 2, 2), "o": (32, 64, 32, 2, 2), "gu": (32, 64, 16, 4, 4),
+        "down": (32, 64, 32, 2, 2), "lm_head": (128, 128, 8, 8, 8),
     }
 
     @staticmethod
     def _gemm_name(shape: tuple[int, int, int, int, int], mode: int) -> str:
         return "eng_gemm<{},{},{},{},{},{}>".format(*shape, mode)
 
+    @staticmethod
+    def _modes(shape: tuple[int, int, int, int, int]) -> tuple[int, ...]:
+        """eng_gemm modes compiled for a shape (the SiLU epilogue needs column chunks of 4)."""
+        return (0, 1, 2) if shape[4] % 4 == 0 else (0, 1)
+
+    @staticmethod
+    def _gemm_smem(shape: tuple[int, int, int, int, int]) -> int:
+        """Dynamic shared memory of eng_gemm: two K tiles of both operands as f32."""
+        bm, bn, bk = shape[:3]
+        return 4 * 2 * bk * (bm + 4 + bn)
+
     # -- launches (all on the current stream, into preallocated buffers) ------------------------
 
-    def _gemm(self, which: str, x: Any, w: Any, y: Any, M: int, K: int, N: int, accumulate: bool,
+    def _gemm(self, which: str, x: Any, w: Any, y: Any, M: int, K: int, N: int, mode: int,
               shape: tuple[int, int, int, int, int] | None = None) -> None:
+        """``y = x @ w`` (mode 0), ``y += x @ w`` (1) or ``y = silu(gate) * up`` of the interleaved
+        gate/up product (2), with the shape chosen for matmul ``which`` unless ``shape`` is given."""
         bm, bn, bk, tm, tn = shape or self.gemm_shapes[which]
-        f = self.gemm_fn[self._gemm_name((bm, bn, bk, tm, tn), int(accumulate))]
+        f = self.gemm_fn.get(self._gemm_name((bm, bn, bk, tm, tn), int(mode)))
+        if f is None:
+            raise InvalidInputError(f"GpuEngine: no GEMM {(bm, bn, bk, tm, tn)} in mode {mode} "
+                                    "(shapes come from GEMM_SHAPES; the SiLU epilogue needs TN % 4 == 0)")
         vec = int(K % 4 == 0 and N % 8 == 0)
         grid = ((N + bn - 1) // bn, (M + bm - 1) // bm)
-        f(grid, ((bn // tn) * (bm // tm),), (x, w, y, np.int32(M), np.int32(N), np.int32(K), np.int32(vec)))
+        f(grid, ((bn // tn) * (bm // tm),), (x, w, y, np.int32(M), np.int32(N), np.int32(K), np.int32(vec)),
+          shared_mem=self._gemm_smem((bm, bn, bk, tm, tn)))
 
-    def _gemm_args(self, which: str, R: int) -> tuple[Any, Any, Any, int, int, int, bool]:
-        """(x, w, y, M, K, N, accumulate) of one of the step's matmuls on ``R`` rows (layer 0)."""
+    def _gemm_args(self, which: str, R: int) -> tuple[Any, Any, Any, int, int, int, int]:
+        """(x, w, y, M, K, N, mode) of one of the step's matmuls on ``R`` rows (layer 0)."""
         b, lw, W = self.buf, self.layers[0], (self.nh + 2 * self.nkv) * self.hd
         return {
-            "qkv": (b["xn"], lw["qkv"], b["qkv"], R, self.H, W, False),
-            "o": (b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, True),
-            "gu": (b["xn"], lw["gu"], b["gu"], R, self.H, 2 * self.I, False),
-            "down": (b["act"], lw["down"], b["x"], R, self.I, self.H, True),
-            "lm_head": (b["xn"], self.lm_head, b["logits"], R, self.H, self.V, False),
+            "qkv": (b["xn"], lw["qkv"], b["qkv"], R, self.H, W, 0),
+            "o": (b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, 1),
+            "gu": (b["xn"], lw["gu"], b["act"], R, self.H, 2 * self.I, 2),
+            "down": (b["act"], lw["down"], b["x"], R, self.I, self.H, 1),
+            "lm_head": (b["xn"], self.lm_head, b["logits"], R, self.H, self.V, 0),
         }[which]
 
     def tune_gemms(self, rows: int | None = None, reps: int = 20) -> dict[str, dict[str, float]]:
@@ -835,6 +863,8 @@ class GpuEngine:
             args = self._gemm_args(which, R)
             times = {}
             for shape in self.GEMM_SHAPES:
+                if args[-1] not in self._modes(shape):
+                    continue
                 self._gemm(which, *args, shape=shape)
                 e0, e1 = cp.cuda.Event(), cp.cuda.Event()
                 e0.record()
@@ -854,19 +884,18 @@ class GpuEngine:
         fn["eng_embed"]((R,), (128,), (b["tokens"], self.embed, b["x"], i32(R), i32(self.H)))
         for li, lw in enumerate(self.layers):
             fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["in_norm"], self.eps, b["xn"], i32(self.H)), shared_mem=self.norm_smem)
-            self._gemm("qkv", b["xn"], lw["qkv"], b["qkv"], R, self.H, W, False)
+            self._gemm("qkv", b["xn"], lw["qkv"], b["qkv"], R, self.H, W, 0)
             fn["eng_rope_kv"]((R,), (128,), (b["qkv"], self.cos, self.sin, b["slot"], b["pos"], self.kv, i32(li),
                                             i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv), i32(self.hd)))
             fn["eng_attention"]((R * self.nkv,), (128,), (b["qkv"], self.kv, b["slot"], b["pos"], b["att"], i32(li),
-                                                        i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv),
-                                                        i32(self.hd), self.scale), shared_mem=self.att_smem)
-            self._gemm("o", b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, True)
+                                                         i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv),
+                                                         self.scale), shared_mem=self.att_smem)
+            self._gemm("o", b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, 1)
             fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["post_norm"], self.eps, b["xn"], i32(self.H)), shared_mem=self.norm_smem)
-            self._gemm("gu", b["xn"], lw["gu"], b["gu"], R, self.H, 2 * self.I, False)
-            fn["eng_silu_mul"](((R * self.I + 255) // 256,), (256,), (b["gu"], b["act"], i32(R), i32(self.I)))
-            self._gemm("down", b["act"], lw["down"], b["x"], R, self.I, self.H, True)
+            self._gemm("gu", b["xn"], lw["gu"], b["act"], R, self.H, 2 * self.I, 2)
+            self._gemm("down", b["act"], lw["down"], b["x"], R, self.I, self.H, 1)
         fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, self.norm, self.eps, b["xn"], i32(self.H)), shared_mem=self.norm_smem)
-        self._gemm("lm_head", b["xn"], self.lm_head, b["logits"], R, self.H, self.V, False)
+        self._gemm("lm_head", b["xn"], self.lm_head, b["logits"], R, self.H, self.V, 0)
 
     # -- host-driven passes ----------------------------------------------------------------------
 

@@ -137,6 +137,8 @@ def _on_stream_of(x: Any) -> Iterator[None]:
         with cp.cuda.Device(dev):
             with cp.cuda.ExternalStream(torch.cuda.current_stream(dev).cuda_stream, dev):
                 yield
+    elif type(x) is cp.ndarray and x.data.device_id == cp.cuda.runtime.getDevice():
+        yield  # already on its device (the common case: no context switch)
     else:
         dev = x.device.id if hasattr(x, "device") and hasattr(x.device, "id") else cp.cuda.Device().id
         with cp.cuda.Device(dev):
@@ -463,7 +465,9 @@ def _residual_view(x: Any, kind: str | None) -> tuple[Any, str]:
              "f16" if dt == cp.float16 and kind in (None, "f16") else
              kind if dt == cp.uint16 and kind in ("bf16", "f16") else None)
         if k is not None:
-            return x.reshape(-1).view(cp.uint32 if k == "f32" else cp.uint16), k
+            flat = x if x.ndim == 1 else x.reshape(-1)
+            want = cp.uint32 if k == "f32" else cp.uint16
+            return (flat if flat.dtype == want else flat.view(want)), k
     arr, k = _device_view(x, kind)
     arr = cp.ascontiguousarray(arr).ravel()
     if arr.data.ptr % 4:  # the kernels read 16-bit kinds two elements at a time
@@ -472,9 +476,9 @@ def _residual_view(x: Any, kind: str | None) -> tuple[Any, str]:
 
 
 def _zeroed_states(ntiles: int) -> Any:
-    """``ntiles + 1`` u64 tile states (the last is the ticket), zeroed on the current stream."""
+    """``ntiles`` u64 tile states, zeroed on the current stream."""
     cp = _cupy()
-    state = cp.empty(ntiles + 1, dtype=cp.uint64)
+    state = cp.empty(ntiles, dtype=cp.uint64)
     cp.cuda.runtime.memsetAsync(state.data.ptr, 0, state.nbytes, cp.cuda.get_current_stream().ptr)
     return state
 
@@ -519,8 +523,10 @@ def _residual_pack_launch(o: Any, r: Any, k: str, bpw: int | None) -> tuple[Any,
         return widths, cp.empty(0, dtype=cp.uint32), None
     state = _zeroed_states(ntiles)
     words = cp.empty(nb * W, dtype=cp.uint32)
+    ptr = np.uint64  # raw pointers: the cheapest arguments to marshal
     _function("residual.cu", f"residual_pack<{utype},{steps}>")(
-        (ntiles,), (_RES_WARPS * 32,), (o, r, np.int64(n), np.int64(nb), widths, words, state, np.int64(ntiles)))
+        (ntiles,), (_RES_WARPS * 32,), (ptr(o.data.ptr), ptr(r.data.ptr), np.int64(n), np.int64(nb),
+                                        ptr(widths.data.ptr), ptr(words.data.ptr), ptr(state.data.ptr)))
     return widths, words, state
 
 
@@ -541,7 +547,7 @@ def residual_pack(orig: Any, recomp: Any, *, kind: str | None = None, host: bool
         n = int(o.size)
         widths, words, state = _residual_pack_launch(o, r, k1, bpw)
         if state is not None:
-            total = _read_u64(state, state.size - 2) & ((1 << 62) - 1)  # the last tile's inclusive count
+            total = _read_u64(state, state.size - 1) & ((1 << 62) - 1)  # the last tile's inclusive count
             words = words[:total]
         if not host:
             return k1, n, widths, words
@@ -572,8 +578,10 @@ def residual_unpack(packed: Any, recomp: Any, *, kind: str | None = None, bpw: i
         out = cp.empty_like(r)
         if ntiles:
             state = _zeroed_states(ntiles)
+            ptr = np.uint64  # raw pointers: the cheapest arguments to marshal
             _function("residual.cu", f"residual_unpack<{utype},{steps}>")(
-                (ntiles,), (_RES_WARPS * 32,), (r, np.int64(n), np.int64(nb), widths, words, state, np.int64(ntiles), out))
+                (ntiles,), (_RES_WARPS * 32,), (ptr(r.data.ptr), np.int64(n), np.int64(nb), ptr(widths.data.ptr),
+                                                ptr(words.data.ptr), ptr(state.data.ptr), ptr(out.data.ptr)))
         shape = recomp.shape
         return out.reshape(shape)
 

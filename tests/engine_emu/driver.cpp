@@ -21,17 +21,19 @@ template <class T> void save(const std::string& path, const std::vector<T>& v) {
 }
 
 template <int BM, int BN, int BK, int TM, int TN>
-void gemm(const float* x, const u16* w, float* y, int M, int K, int N, bool acc) {
+void gemm(const float* x, const u16* w, float* y, int M, int K, int N, int mode) {
     dim3e grid{(unsigned)((N + BN - 1) / BN), (unsigned)((M + BM - 1) / BM), 1};
     dim3e block{(unsigned)((BN / TN) * (BM / TM)), 1, 1};
     int vec = (K % 4 == 0 && N % 8 == 0) ? 1 : 0;
-    if (acc) launch(grid, block, 0, [&] { eng_gemm<BM, BN, BK, TM, TN, 1>(x, w, y, M, N, K, vec); });
-    else launch(grid, block, 0, [&] { eng_gemm<BM, BN, BK, TM, TN, 0>(x, w, y, M, N, K, vec); });
+    size_t smem = 4 * 2 * BK * (BM + 4 + BN);
+    if (mode == 2) launch(grid, block, smem, [&] { eng_gemm<BM, BN, BK, TM, TN, 2>(x, w, y, M, N, K, vec); });
+    else if (mode == 1) launch(grid, block, smem, [&] { eng_gemm<BM, BN, BK, TM, TN, 1>(x, w, y, M, N, K, vec); });
+    else launch(grid, block, smem, [&] { eng_gemm<BM, BN, BK, TM, TN, 0>(x, w, y, M, N, K, vec); });
 }
 // two of the GPU engine's tile shapes (any shape gives the same bits; both are exercised)
-void gemm_any(const float* x, const u16* w, float* y, int M, int K, int N, bool acc) {
-    if (N >= 2048) gemm<64, 64, 16, 8, 8>(x, w, y, M, K, N, acc);
-    else gemm<32, 32, 16, 2, 4>(x, w, y, M, K, N, acc);
+void gemm_any(const float* x, const u16* w, float* y, int M, int K, int N, int mode) {
+    if (N >= 2048) gemm<64, 64, 16, 8, 8>(x, w, y, M, K, N, mode);
+    else gemm<32, 32, 16, 2, 4>(x, w, y, M, K, N, mode);
 }
 
 int main(int argc, char** argv) {
@@ -69,27 +71,25 @@ int main(int argc, char** argv) {
         std::vector<unsigned> tok(R);
         for (int r = 0; r < R; r++) { slot[r] = passes[at++]; pos[r] = passes[at++]; tok[r] = passes[at++]; }
         std::vector<float> x((size_t)R * H), xn((size_t)R * H), qkv((size_t)R * W), att((size_t)R * nh * hd),
-            gu((size_t)R * 2 * I), act((size_t)R * I), logits((size_t)R * V);
+            act((size_t)R * I), logits((size_t)R * V);
         launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] { eng_embed(tok.data(), embed.data(), x.data(), R, H); });
         for (int l = 0; l < L; l++) {
             launch({(unsigned)R, 1, 1}, {128, 1, 1}, 4 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, in_norm[l].data(), eps, xn.data(), H); });
-            gemm_any(xn.data(), qkv_w[l].data(), qkv.data(), R, H, W, false);
+            gemm_any(xn.data(), qkv_w[l].data(), qkv.data(), R, H, W, 0);
             launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] {
                 eng_rope_kv(qkv.data(), cosv.data(), sinv.data(), slot.data(), pos.data(), kv.data(), l, L, max_len, nh, nkv, hd);
             });
             launch({(unsigned)(R * nkv), 1, 1}, {128, 1, 1}, att_smem, [&] {
-                if (G == 2) eng_attention<2>(qkv.data(), kv.data(), slot.data(), pos.data(), att.data(), l, L, max_len, nh, nkv, hd, scale);
-                else if (G == 1) eng_attention<1>(qkv.data(), kv.data(), slot.data(), pos.data(), att.data(), l, L, max_len, nh, nkv, hd, scale);
-                else { std::fprintf(stderr, "driver: group size %d not instantiated\n", G); std::exit(2); }
+                if (G == 2 && hd == 16) eng_attention<2, 16>(qkv.data(), kv.data(), slot.data(), pos.data(), att.data(), l, L, max_len, nh, nkv, scale);
+                else { std::fprintf(stderr, "driver: attention <%d, %d> not instantiated\n", G, hd); std::exit(2); }
             });
-            gemm_any(att.data(), o_w[l].data(), x.data(), R, nh * hd, H, true);
+            gemm_any(att.data(), o_w[l].data(), x.data(), R, nh * hd, H, 1);
             launch({(unsigned)R, 1, 1}, {128, 1, 1}, 4 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, post_norm[l].data(), eps, xn.data(), H); });
-            gemm_any(xn.data(), gu_w[l].data(), gu.data(), R, H, 2 * I, false);
-            launch({(unsigned)((R * I + 255) / 256), 1, 1}, {256, 1, 1}, 0, [&] { eng_silu_mul(gu.data(), act.data(), R, I); });
-            gemm_any(act.data(), down_w[l].data(), x.data(), R, I, H, true);
+            gemm_any(xn.data(), gu_w[l].data(), act.data(), R, H, 2 * I, 2);  // SiLU gate in the epilogue
+            gemm_any(act.data(), down_w[l].data(), x.data(), R, I, H, 1);
         }
         launch({(unsigned)R, 1, 1}, {128, 1, 1}, 4 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, norm.data(), eps, xn.data(), H); });
-        gemm_any(xn.data(), lm.data(), logits.data(), R, H, V, false);
+        gemm_any(xn.data(), lm.data(), logits.data(), R, H, V, 0);
         save(d + "/logits_" + std::to_string(pass) + ".f32", logits);
         // greedy helper kernels: argmax must pick the lowest index of the maximum
         std::vector<unsigned> am(R);
