@@ -58,7 +58,7 @@ docs: build
 	$(PY) -m pdoc seqkv -o site --docformat google
 
 # The CPU benches; the GPU ones (gpu_kernels.py, engine.py --gpu) run on a CUDA machine by hand.
-CPU_BENCHES := coder plt trie compression residual store engine serve competitors stress
+CPU_BENCHES := coder plt trie compression residual store engine serve competitors dedup stress
 
 # Quick mode of every CPU bench, into benches/results/quick/ (the committed JSON stays).
 bench-quick: build redis-server

@@ -52,6 +52,7 @@ BENCHES: list[tuple[str, str, list[str], str, bool]] = [
     ("engine", "engine.py", ["--quick"], "quick", False),
     ("serve", "serve.py", ["--quick"], "quick", False),
     ("competitors", "competitors.py", ["--quick"], "quick", False),
+    ("dedup", "dedup.py", [], "full", False),
     ("stress", "stress.py", ["--quick"], "quick", False),
     ("gpu_kernels", "gpu_kernels.py", ["--quick"], "quick", True),
     ("engine_gpu", "engine.py", ["--gpu", "--quick"], "quick", True),
@@ -265,6 +266,7 @@ class Report:
         self.store = src.load("store")
         self.serve = src.load("serve")
         self.competitors = src.load("competitors")
+        self.dedup = src.load("dedup")
         self.stress = src.load("stress")
 
     def f(self, name: str) -> str:
@@ -359,7 +361,7 @@ class Report:
                 continue
             ce = r.get("cross_entropy_bits")
             rows.append((
-                f"{r['library']} {r['nbits']}-bit (transformers QuantizedCache '{r['backend']}')",
+                f"{r['backend']} {r['nbits']}-bit (transformers QuantizedCache, {r['library']})",
                 r["bits_per_token"],
                 f"measured bytes of codes + scales + zero points ({r.get('settings', '')}); lossy: relative MSE "
                 f"K {fmt(r.get('relative_mse_keys'), '.4f')} / V {fmt(r.get('relative_mse_values'), '.4f')}, "
@@ -396,30 +398,46 @@ class Report:
             table_rows.append([f"seqkv plt, one {fmt(get(long, 'tokens'), ',')}-token text",
                                fmt(get(long, "plt_bits_per_token"), ",.3f"), ratio(s.bits(16), get(long, "plt_bits_per_token"), ",.1f"),
                                f"{get(long, 'text') or NM}", self.src.rel("plt")])
-        table_rows.append(self.dedup_row())
+        dedup = self.dedup_rows()
+        table_rows += [r for r, _ in dedup]
         self.table(["format", "bits / token position", "vs bf16", "what is stored", "source"], table_rows)
         plotted = [(n, v, kind) for n, v, _, _, kind in rows if v is not None]
+        plotted += [(r[0], v, "seqkv") for r, v in dedup if v is not None]
         colors = {"arithmetic": "#888888", "competitor": "#e08a3c", "seqkv": "#3b6ea5"}
         bar_plot(self.out / "bits_per_token.png", [n.split(" (")[0] for n, _, _ in plotted], [v for _, v, _ in plotted],
                  [colors[k] for _, _, k in plotted],
-                 "Bits per token position, SmolLM2-135M (grey: format arithmetic, orange: competitor libraries "
-                 "measured, blue: seqkv measured)", "bits per token position (log)")
+                 "Bits per token position, SmolLM2-135M\n(grey: format arithmetic; orange: competitor libraries, "
+                 "measured; blue: seqkv, measured)", "bits per token position (log)")
         self.w("![bits per token](bits_per_token.png)", "",
                "The per-vector formats (grey, orange) are lossy and keep every position's KV; seqkv's rows are "
                "lossless token streams from which the KV is recomputed (or, with the residual, restored "
                "bit-exactly across schedules). They are tiers of one store, not substitutes (section 5, last claim).", "")
 
-    def dedup_row(self) -> list[str]:
-        """Cross-session dedup on a multi-session workload: from serve.json when it measures it."""
-        d = self.serve
-        keys = [k for k in (d or {}) if "dedup" in k.lower() or "shared" in k.lower()]
-        if d is not None and keys:
-            vals = "; ".join(f"{k}: {json.dumps(d[k])[:200]}" for k in keys)
-            return ["cross-session dedup (multi-session workload)", "see source", "—", vals, self.src.rel("serve")]
-        return ["cross-session dedup", NM, NM,
-                "no JSON measures bits/token with dedup on a multi-session workload with real KV. For scale only: "
-                f"the trie bench's synthetic workload stores {fmt(get(self.trie, 'stored_tokens'), ',')} of "
-                f"{fmt(get(self.trie, 'logical_tokens'), ',')} logical tokens", self.src.rel("trie")]
+    def dedup_rows(self) -> list[tuple[list[str], float | None]]:
+        """Cross-session dedup on the chat workload (dedup.json), and the serve bench's prefix reuse."""
+        s = SMOLLM2
+        reuse = [(th, get(r, "seqkv", "reused_tokens"), get(r, "seqkv", "prompt_tokens"))
+                 for th, r in sorted((get(self.serve, "threads") or {}).items(), key=lambda x: int(x[0]))]
+        serve = (f" The serve bench's chat loop ({self.src.rel('serve')}) reused "
+                 + ", ".join(f"{fmt(u, ',')} of {fmt(p, ',')} prompt tokens at {th} threads" for th, u, p in reuse)
+                 + " from the store instead of prefilling them.") if reuse else ""
+        d = self.dedup
+        if d is None:
+            return [(["cross-session dedup", NM, NM, "no dedup.json (`benches/dedup.py` writes it)." + serve, "—"], None)]
+        wl = d.get("workload") or {}
+        rows = []
+        for r in d.get("codecs") or []:
+            rows.append(([f"seqkv {r['codec']} + cross-session dedup", fmt(r.get("bits_per_token"), ",.3f"),
+                         ratio(s.bits(16), r.get("bits_per_token"), ",.0f"),
+                         f"{fmt(wl.get('sessions'), 'd')} chat sessions ({fmt(wl.get('conversations'), 'd')} conversations × "
+                         f"{fmt(wl.get('turns'), 'd')} turns, 3 shared system prompts, {fmt(r.get('tokens'), ',')} token "
+                         f"positions) in one SessionStore: whole containers per logical token; dedup ratio "
+                         f"{fmt(r.get('dedup_ratio'), '.2f')} (only {fmt(r.get('coded_tokens'), ',')} tokens coded). "
+                         f"The same sessions stored one per store: {fmt(r.get('alone_bits_per_token'), ',.3f')} bits/token "
+                         f"(payload {fmt(r.get('payload_bits_per_token'), '.3f')} vs "
+                         f"{fmt(r.get('alone_payload_bits_per_token'), '.3f')})." + (serve if r is d["codecs"][-1] else ""),
+                         self.src.rel("dedup")], r.get("bits_per_token")))
+        return rows
 
     # (2) --------------------------------------------------------------------------------------------
     def position_trend(self) -> list[tuple[str, float, bool, float]]:
@@ -505,7 +523,7 @@ class Report:
             for k in restore[str(n)]:
                 if k.endswith("_ms") and k not in keys:
                     keys.append(k)
-        label = {k: k[:-3].replace("_", " ") for k in keys}
+        label = {k: "put (storing, for scale)" if k == "put_ms" else k[:-3].replace("_", " ") for k in keys}
         fig, ax = plt.subplots(figsize=(9, 5))
         for k in keys:
             pts = [(n, restore[str(n)].get(k)) for n in lengths if isinstance(restore[str(n)].get(k), (int, float))]
@@ -531,7 +549,8 @@ class Report:
         fig.tight_layout()
         fig.savefig(self.out / "restore_latency.png", dpi=110)
         plt.close(fig)
-        self.w(f"From {self.f('store')} (SessionStore tiers, SmolLM2 shape; milliseconds):", "")
+        self.w(f"From {self.f('store')} (SessionStore tiers, SmolLM2 shape; milliseconds"
+               + (f"; {restore['how']}" if isinstance(restore.get("how"), str) else "") + "):", "")
         if lengths:
             self.table(["tokens"] + [label[k] for k in keys], rows)
         else:
@@ -579,15 +598,54 @@ class Report:
         if d is None:
             self.w(f"{NM}: no `benches/results/serve.json` (nor a run of `benches/serve.py` by `make report`).", "")
             return
+        wl = d.get("workload") or {}
+        self.w(f"From {self.f('serve')} ({'quick run' if d.get('quick') else 'full run'}; {d.get('model', '')}): a "
+               f"thread-pool chat loop (`examples/serve.py`), {fmt(wl.get('conversations'), 'd')} conversations × "
+               f"{fmt(wl.get('turns'), 'd')} turns sharing {fmt(wl.get('system_prompts'), 'd')} system prompts, "
+               f"{fmt(wl.get('max_new_tokens'), 'd')} greedy answer tokens. `baseline` prefills every prompt in full "
+               "and drops its KV; `seqkv` serves the longest stored prefix (hot KV, warm 3-bit KV or a cold session "
+               "restored from its tokens) and prefills the rest; `seqkv_hot_cold` has no warm tier. Store: "
+               f"{get(d, 'store', 'codec') or NM} codec, capacity {fmt((get(d, 'store', 'capacity_bytes') or 0) / 2**20, '.0f')} MiB "
+               "of hot + warm memory.", "")
         rows = []
-        for path, v in flatten(d):
-            low = path.lower()
-            if path.startswith("machine") or not isinstance(v, (int, float)) or isinstance(v, bool):
-                continue
-            if any(w in low for w in ("ttft", "bytes", "_ms", "speedup", "ratio", "hit", "tokens")):
-                rows.append([f"`{path}`", fmt(v, ",.3f" if abs(v) < 10 else ",.1f")])
-        self.w(f"From {self.f('serve')} ({'quick run' if d.get('quick') else 'full run'}):", "")
-        self.table(["measure", "value"], rows[:60] or [[NM, ""]])
+        plot: dict[str, list[tuple[int, float]]] = {}
+        for th in sorted(d.get("threads") or {}, key=int):
+            row = d["threads"][th]
+            for variant in ("baseline", "seqkv", "seqkv_hot_cold"):
+                v = row.get(variant)
+                if not v:
+                    continue
+                plot.setdefault(variant, []).append((int(th), get(v, "ttft_ms", "p50")))
+                rows.append([th, variant, fmt(get(v, "ttft_ms", "p50"), ",.0f"), fmt(get(v, "ttft_ms", "p95"), ",.0f"),
+                             fmt(get(v, "tokens_per_s"), ",.2f"),
+                             fmt(None if get(v, "kv_bytes", "peak") is None else v["kv_bytes"]["peak"] / 2**20, ",.1f"),
+                             fmt(None if get(v, "kv_bytes_if_all_hot") is None else v["kv_bytes_if_all_hot"] / 2**20, ",.1f"),
+                             f"{fmt(get(v, 'reused_tokens'), ',')} / {fmt(get(v, 'prompt_tokens'), ',')}",
+                             fmt(get(v, "answers_equal_baseline"), ".0%") if variant != "baseline" else "—"])
+        self.table(["threads", "variant", "TTFT p50 ms", "TTFT p95 ms", "answer tokens/s", "peak resident KV MiB",
+                    "stored sessions' KV if all hot, MiB", "prompt tokens reused / total", "answers equal to baseline"],
+                   rows)
+        self.w("Speed-ups, seqkv over baseline: " + "; ".join(
+            f"{th} threads: TTFT p50 {fmt(get(d, 'threads', th, 'ttft_p50_speedup'), '.2f')}×, tokens/s "
+            f"{fmt(get(d, 'threads', th, 'tokens_per_s_ratio'), '.2f')}×" for th in sorted(d.get("threads") or {}, key=int))
+            + f". Machine: {get(d, 'machine', 'cpu') or NM}, load average {fmt(get(d, 'machine', 'loadavg_start', 0), '.1f')} "
+            "at start (a shared machine; TTFT is wall-clock).", "")
+        if plot:
+            fig, ax = plt.subplots(figsize=(7, 4))
+            for variant, pts in plot.items():
+                pts = [(t, y) for t, y in pts if y is not None]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=variant)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("request threads")
+            ax.set_ylabel("TTFT p50, ms")
+            ax.set_ylim(0, None)
+            ax.set_title(f"Time to first token, SmolLM2-135M chat loop ({self.src.rel('serve')})", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(self.out / "serve_ttft.png", dpi=110)
+            plt.close(fig)
+            self.w("![serve ttft](serve_ttft.png)", "")
 
     # (4) --------------------------------------------------------------------------------------------
     def speed(self) -> None:
@@ -876,9 +934,10 @@ class Report:
             ["composable with per-vector quantizers",
              "seqkv stores the tokens; KIVI/TurboQuant/QuantizedCache compress the KV held in memory; the two are "
              "tiers, not rivals",
-             f"{self.f('store')}: at 256 tokens hot bf16 {fmt(get(self.store, 'tiers', '256', 'hot_bytes_bf16'), ',')} B, warm "
-             f"TurboQuant-like 3-bit {fmt(get(self.store, 'tiers', '256', 'warm_bytes_turboquant3'), ',')} B, cold plt "
-             f"{fmt(get(self.store, 'tiers', '256', 'cold_bytes_plt'), ',')} B; TurboQuant-like 3-bit relative MSE "
+             f"{self.f('store')}, one session's bytes per tier at 256 tokens: " + (", ".join(
+                 f"{k.replace('_bytes', '').replace('_', ' ')} {v:,} B"
+                 for k, v in (get(self.store, "tiers", "256") or {}).items() if "bytes" in k and isinstance(v, int))
+                 or NM) + "; TurboQuant-like 3-bit relative MSE "
              f"{fmt(get(self.gpu, 'quantizers', 'turbo3', 'relative_mse'), '.4f')} ({self.f('gpu_kernels')}). "
              + self.quantizedcache_summary() + " A residual coded against a quantized KV: not measured",
              "holds as tiers; residual-over-quantized not measured"],
@@ -954,16 +1013,19 @@ class Report:
                "int16, and 49,152 of the 65,536 counts would go to the floor); each token is coded as a high part "
                "(192 values) and a low part (256 values, conditioned on the high part), which factorises the same "
                "distribution exactly." if ta.get("status") == "measured" else f"**{ta.get('status', NM)}**."),
-            f"- **optimum-quanto** {m.get('optimum-quanto') or ''} and **hqq** {m.get('hqq') or ''} through "
-            f"transformers {m.get('transformers') or ''}' `QuantizedCache`, and its built-in `fp8` backend: "
-            f"{self.f('competitors')}, on SmolLM2-135M with the text fed in chunks of {fmt(c.get('chunk'), 'd')} tokens.",
+            f"- **optimum-quanto** {m.get('optimum-quanto') or ''} and **hqq** {m.get('hqq') or ''} as backends of "
+            f"the `QuantizedCache` of transformers {m.get('transformers') or ''}, and its built-in `fp8` backend: "
+            f"{self.f('competitors')}, on SmolLM2-135M with the text fed in chunks of {fmt(c.get('chunk'), 'd')} tokens. "
+            "All three installed from PyPI here (`pip install optimum-quanto hqq torchac`, plus `ninja` for the "
+            "JIT-compiled C++ of quanto and torchac); they are not in requirements-dev.txt, and "
+            "`benches/competitors.py` records a library that fails to import as a failed row with the reason.",
             "",
         )
         exact = get(c, "exact", "cross_entropy_bits")
         rows = []
         for r in c.get("kv_quantizers") or []:
             ce = r.get("cross_entropy_bits")
-            rows.append([f"{r.get('library')} `{r.get('backend')}` {fmt(r.get('nbits'), 'd') + '-bit' if r.get('nbits') else ''}",
+            rows.append([f"{r.get('library')} `{r.get('backend')}`" + (f" {r['nbits']}-bit" if r.get("nbits") else ""),
                          fmt(r.get("bits_per_token"), ",.0f"), ratio(c.get("bf16_bits_per_token"), r.get("bits_per_token"), ".1f"),
                          fmt(r.get("relative_mse_keys"), ".4f"), fmt(r.get("relative_mse_values"), ".4f"),
                          fmt(None if ce is None or exact is None else ce - exact, "+.3f"),
@@ -974,8 +1036,11 @@ class Report:
                      "1.000", lm.get("status", NM)])
         self.w(f"KV formats on {fmt(c.get('tokens'), 'd')} tokens of {c.get('text')} (exact cache: next-token "
                f"cross-entropy {fmt(exact, '.3f')} bits/token; bf16 KV {fmt(c.get('bf16_bits_per_token'), ',.0f')} "
-               "bits/token). Δ cross-entropy and top-1 agreement are over every position after the first chunk, "
-               "against the exact cache:", "")
+               "bits/token). Bits per token position: the bytes the backend keeps for the whole KV quantized once "
+               "(codes + scales + zero points, as allocated). Relative MSE: of that one quantization. Δ cross-entropy "
+               "and top-1 agreement: over every position after the first chunk, against the exact cache, with the "
+               "cache used as transformers uses it — which dequantizes and re-quantizes all of the KV each time its "
+               "full-precision residual window fills, so errors can compound beyond what the MSE shows:", "")
         self.table(["format", "bits / token position", "vs bf16", "relative MSE K", "relative MSE V",
                     "Δ cross-entropy bits/token", "top-1 agreement", "status"], rows)
         self.w(f"Token coders on the same text, under the same exact logits (cross-entropy "
@@ -1041,7 +1106,7 @@ class Report:
         self.w("## Where each figure comes from", "")
         rows = []
         for name in ("coder", "trie", "trie_16core", "plt", "compression", "residual", "store", "engine", "engine_gpu",
-                     "gpu_kernels", "serve", "competitors", "stress"):
+                     "gpu_kernels", "serve", "competitors", "dedup", "stress"):
             d = self.src.data.get(name)
             if d is None:
                 rows.append([name, NM, "", "", ""])
@@ -1050,7 +1115,8 @@ class Report:
             desc = d.get("device") or m.get("gpu") or " ".join(
                 str(x) for x in (m.get("cpu"), f"{m.get('cores') or m.get('usable_cpus') or m.get('nproc') or m.get('logical_cpus') or m.get('threads') or '?'} cores") if x)
             load_ = m.get("loadavg_start") or m.get("load_average_at_start")
-            mode = "quick" if d.get("quick") else ("full" if "quick" in d else "")
+            q = d.get("quick", get(d, "settings", "quick"))
+            mode = "" if q is None else "quick" if q else "full"
             rows.append([name, f"`{self.src.rel(name)}`", mode, desc, f"{load_[0]:.1f}" if load_ else ""])
         self.table(["bench", "file", "mode", "machine", "load avg at start"], rows)
 
@@ -1115,10 +1181,13 @@ REPRO: list[tuple[str, str, tuple[Any, ...], str]] = [
     ("compression", "lm bits/token", ("summary", "lm_bits_per_token"), ".3f"),
     ("compression", "exact restore verified", ("summary", "exact_verified_all"), ""),
     ("residual", "bf16 residual bits/token across schedules", ("summary", "single_step_bf16_bits_per_token"), ",.1f"),
-    ("store", "cold plt bytes at 256 tokens", ("tiers", "256", "cold_bytes_plt"), ","),
+    ("store", "warm-tier bytes at 256 tokens", ("tiers", "256", "warm_bytes_turboquant3"), ","),
+    ("store", "hot restore ms at 256 tokens", ("restore", "256", "hot_ms"), ",.1f"),
     ("engine", "invariant under batching/chunking", ("invariant",), ""),
     ("engine", "decode step tokens/s", ("step_tokens_per_s",), ",.1f"),
     ("competitors", "exact cross-entropy bits/token", ("exact", "cross_entropy_bits"), ".3f"),
+    ("dedup", "plt bits/token with dedup", ("codecs", 0, "bits_per_token"), ".3f"),
+    ("serve", "TTFT p50 speed-up, 1 thread", ("threads", "1", "ttft_p50_speedup"), ".2f"),
     ("stress", "all checks passed", ("all_checks_passed",), ""),
 ]
 
