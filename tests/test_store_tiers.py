@@ -418,3 +418,21 @@ def test_explicit_demotion(tiny_llama, convo):
     with pytest.raises(SessionNotFoundError):
         store.demote("nope")
     assert hf.caches_equal(store.get("a", mode="exact")[1], ref)
+
+
+def test_default_tiers_follow_the_head_dim():
+    """A head dim the warm quantizer cannot take (here 24) drops the warm tier by default and
+    refuses an explicit one."""
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=24)
+    model = LlamaForCausalLM(config).eval()
+    store = SessionStore(model, codec="raw", capacity_bytes=10**6)
+    assert set(store.tier_stats()["tiers"]) == {"hot", "cold"}
+    store.put("a", np.arange(10))
+    assert store.tier_of("a") == "hot" and store.get("a", mode="exact")[0].size == 10
+    with pytest.raises(InvalidInputError, match="power-of-two"):
+        SessionStore(model, codec="raw", tiers=("hot", "warm", "cold"))

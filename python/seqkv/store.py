@@ -356,7 +356,9 @@ class SessionStore:
         (nothing is demoted).
     tiers:
         the tiers to use, hottest first: an ordered subset of ``("hot", "warm", "cold")`` ending
-        with ``"cold"`` (e.g. ``("hot", "cold")`` for no quantized tier).
+        with ``"cold"`` (e.g. ``("hot", "cold")`` for no quantized tier). Default: all three, or
+        ``("hot", "cold")`` for a model whose head dimension the warm quantizer cannot take (not
+        a power of two).
     policy:
         demotion policy of the tier manager: ``"lru"`` or ``"plt"`` (reuse-weighted, see
         :mod:`seqkv.tiers`).
@@ -389,7 +391,7 @@ class SessionStore:
         record_hashes: bool = True,
         token_cache: int = 64,
         capacity_bytes: int | None = None,
-        tiers: Any = TIER_NAMES,
+        tiers: Any = None,
         policy: str = "lru",
         tier_limits: Any = None,
         engine: Any = None,
@@ -403,6 +405,11 @@ class SessionStore:
         self.model = model
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size(model)
+        self._layout = self._kv_layout(model)
+        head_dim = self._layout[2]
+        warm_ok = 0 < head_dim <= 1024 and not head_dim & (head_dim - 1)
+        if tiers is None:
+            tiers = TIER_NAMES if warm_ok else ("hot", "cold")
         tiers = tuple(tiers) if isinstance(tiers, (tuple, list)) else tiers
         if (
             not isinstance(tiers, tuple)
@@ -424,11 +431,9 @@ class SessionStore:
         self._tiers = Tiers(
             sys.maxsize if capacity_bytes is None else capacity_bytes, policy, tiers=tiers, limits=tier_limits
         )
-        self._layout = self._kv_layout(model)
         self._warm_codec: _WarmCodec | None = None
         if "warm" in tiers:
-            head_dim = self._layout[2]
-            if head_dim < 1 or head_dim & (head_dim - 1) or head_dim > 1024:
+            if not warm_ok:
                 raise InvalidInputError(
                     f"the warm tier quantizes vectors of a power-of-two length <= 1024; this model's head "
                     f"dim is {head_dim}: use tiers=('hot', 'cold')"
