@@ -320,19 +320,22 @@ extern "C" __global__ void eng_rope_kv(float* __restrict__ qkv, const float* __r
 // the fmaf chain of q[d] * k[d] over d = l, l+8, ..., m = max s_j, e_j = exp(s_j - m), per key
 // tile of KEY_TILE keys from position 0: o_t[d] (fmaf chain over the tile's keys) and l_t (sum),
 // tiles combined in order, o / l.
-// Keys go in rounds of ATT_THREADS: the round's K rows (then V rows) are staged in shared memory
-// by coalesced 16-byte loads; for the scores each thread takes one key and runs its 8 x G chains
-// (q read as broadcast float4); for o_t each thread takes 4 columns of one tile for the G heads.
+// Scores: each thread takes one key (its K row read by 16-byte loads) and runs its 8 x G chains
+// (q read from shared memory as broadcast float4). o_t: V rows go in rounds of ATT_VROUND keys,
+// staged in shared memory by coalesced 16-byte loads; a thread takes 2 columns of one tile for
+// the G heads. Small shared memory and <= 85 registers keep 6 blocks on an SM, so the
+// 256 rows x 3 KV heads of a SmolLM2 decode step run in one wave on an H100.
 #define KEY_TILE 32
 #define ATT_THREADS 128
+#define ATT_VROUND 64
 // floats: q [G][HD] | s [G][SL] | o_t [G][ntiles][HD] | l_t [G][ntiles] | (to 16 bytes)
-// rows [ATT_THREADS][HD + 4]; SL = max_len rounded up to 4. GpuEngine sizes the launch alike.
+// rows [ATT_VROUND][HD + 4]; SL = max_len rounded up to 4. GpuEngine sizes the launch alike.
 __host__ __device__ constexpr long long att_rows_offset(int G, int hd, int max_len) {
     return ((long long)G * hd + (long long)G * ((max_len + 3) / 4 * 4) +
             (long long)G * ((max_len + KEY_TILE - 1) / KEY_TILE) * (hd + 1) + 3) / 4 * 4;
 }
 __host__ __device__ constexpr long long att_smem_floats(int G, int hd, int max_len) {
-    return att_rows_offset(G, hd, max_len) + (long long)ATT_THREADS * (hd + 4);
+    return att_rows_offset(G, hd, max_len) + (long long)ATT_VROUND * (hd + 4);
 }
 
 // rows [j0, j1) of K or V (row stride rowlen floats) -> rows[j - j0][0..HD) (stride HD + 4)
@@ -348,7 +351,7 @@ __device__ __forceinline__ void att_stage(float* rows, const float* src, u64 row
 }
 
 template <int G, int HD>
-__global__ void __launch_bounds__(ATT_THREADS)
+__global__ void __launch_bounds__(ATT_THREADS, 6)
 eng_attention(const float* qkv, const float* kv, const int* row_slot, const int* row_pos, float* out, int layer,
               int layers, int max_len, int nh, int nkv, float scale) {
     static_assert(HD % 8 == 0, "head_dim % 8");
@@ -365,50 +368,45 @@ eng_attention(const float* qkv, const float* kv, const int* row_slot, const int*
     float* s = qs + G * HD;                          // [G][SL]
     float* ot = s + (u64)G * SL;                     // [G][ntiles_max][HD]
     float* lt = ot + (u64)G * ntiles_max * HD;       // [G][ntiles_max]
-    float* rows = sm + att_rows_offset(G, HD, max_len);  // [ATT_THREADS][HD + 4], 16-byte aligned
+    float* rows = sm + att_rows_offset(G, HD, max_len);  // [ATT_VROUND][HD + 4], 16-byte aligned
     const int width = (nh + 2 * nkv) * HD;
     const float* q = qkv + (u64)r * width + (u64)g * G * HD;  // the group's G heads, contiguous
     const u64 rowlen = (u64)nkv * HD;
     const float* K = kv + (((u64)row_slot[r] * layers + layer) * 2) * max_len * rowlen + (u64)g * HD;
     const float* V = K + (u64)max_len * rowlen;
     for (int i = tid; i < G * HD; i += ATT_THREADS) qs[i] = q[i];
-    // 1. scores and their running max, one key per thread and round
+    // 1. scores and their running max, one key per thread
     float m[G];
 #pragma unroll
     for (int h = 0; h < G; h++) m[h] = NEG_INF;
-    for (int j0 = 0; j0 < n; j0 += ATT_THREADS) {
-        const int j1 = min(j0 + ATT_THREADS, n);
-        __syncthreads();  // the previous round is consumed (and qs is written)
-        att_stage<HD>(rows, K, rowlen, j0, j1);
-        __syncthreads();
-        if (j0 + tid < j1) {
-            const float* k = rows + tid * RS;
-            float a[G][8];
+    __syncthreads();  // qs is written
+    for (int j = tid; j < n; j += ATT_THREADS) {
+        const float* k = K + (u64)j * rowlen;
+        float a[G][8];
 #pragma unroll
-            for (int h = 0; h < G; h++)
+        for (int h = 0; h < G; h++)
 #pragma unroll
-                for (int l = 0; l < 8; l++) a[h][l] = 0.0f;
+            for (int l = 0; l < 8; l++) a[h][l] = 0.0f;
 #pragma unroll
-            for (int c = 0; c < HD; c += 8) {
-                float kc[8], qc[8];
-                lds_vec<4>(k + c, kc);
-                lds_vec<4>(k + c + 4, kc + 4);
-#pragma unroll
-                for (int h = 0; h < G; h++) {
-                    lds_vec<4>(qs + h * HD + c, qc);
-                    lds_vec<4>(qs + h * HD + c + 4, qc + 4);
-#pragma unroll
-                    for (int l = 0; l < 8; l++) a[h][l] = fmaf(qc[l], kc[l], a[h][l]);
-                }
-            }
+        for (int c = 0; c < HD; c += 8) {
+            float kc[8], qc[8];
+            lds_vec<4>(k + c, kc);
+            lds_vec<4>(k + c + 4, kc + 4);
 #pragma unroll
             for (int h = 0; h < G; h++) {
-                const float t8 = __fadd_rn(__fadd_rn(__fadd_rn(a[h][0], a[h][4]), __fadd_rn(a[h][2], a[h][6])),
-                                           __fadd_rn(__fadd_rn(a[h][1], a[h][5]), __fadd_rn(a[h][3], a[h][7])));
-                const float sc = __fmul_rn(t8, scale);
-                s[h * SL + j0 + tid] = sc;
-                m[h] = fmaxf(m[h], sc);
+                lds_vec<4>(qs + h * HD + c, qc);
+                lds_vec<4>(qs + h * HD + c + 4, qc + 4);
+#pragma unroll
+                for (int l = 0; l < 8; l++) a[h][l] = fmaf(qc[l], kc[l], a[h][l]);
             }
+        }
+#pragma unroll
+        for (int h = 0; h < G; h++) {
+            const float t8 = __fadd_rn(__fadd_rn(__fadd_rn(a[h][0], a[h][4]), __fadd_rn(a[h][2], a[h][6])),
+                                       __fadd_rn(__fadd_rn(a[h][1], a[h][5]), __fadd_rn(a[h][3], a[h][7])));
+            const float sc = __fmul_rn(t8, scale);
+            s[h * SL + j] = sc;
+            m[h] = fmaxf(m[h], sc);
         }
     }
     // 2. max per head (exact in any order)
@@ -427,53 +425,50 @@ eng_attention(const float* qkv, const float* kv, const int* row_slot, const int*
     for (int j = tid; j < n; j += ATT_THREADS)
 #pragma unroll
         for (int h = 0; h < G; h++) s[h * SL + j] = eng_exp(__fsub_rn(s[h * SL + j], m[h]));
-    // 4. o_t, a round of keys at a time: thread -> (tile of the round, 4 columns)
-    constexpr int C4 = HD / 4;
-    for (int j0 = 0; j0 < n; j0 += ATT_THREADS) {
-        const int j1 = min(j0 + ATT_THREADS, n);
+    // 4. o_t, a round of ATT_VROUND keys at a time: thread -> (tile of the round, 2 columns)
+    constexpr int C2 = HD / 2;
+    for (int j0 = 0; j0 < n; j0 += ATT_VROUND) {
+        const int j1 = min(j0 + ATT_VROUND, n);
         __syncthreads();  // e_j written / the previous round consumed
         att_stage<HD>(rows, V, rowlen, j0, j1);
         __syncthreads();
-        for (int idx = tid; idx < (ATT_THREADS / KEY_TILE) * C4; idx += ATT_THREADS) {
-            const int u = idx / C4, d = (idx % C4) * 4;
+        for (int idx = tid; idx < (ATT_VROUND / KEY_TILE) * C2; idx += ATT_THREADS) {
+            const int u = idx / C2, d = (idx % C2) * 2;
             const int jt = j0 + u * KEY_TILE;  // first key of the tile
             if (jt >= n) continue;
             const int cnt = min(KEY_TILE, n - jt);
             const float* vr = rows + (u * KEY_TILE) * RS + d;
-            float acc[G][4];
+            float acc[G][2];
 #pragma unroll
-            for (int h = 0; h < G; h++)
-#pragma unroll
-                for (int c = 0; c < 4; c++) acc[h][c] = 0.0f;
+            for (int h = 0; h < G; h++) acc[h][0] = acc[h][1] = 0.0f;
             int j = 0;
             for (; j + 4 <= cnt; j += 4) {
-                float e[G][4], v[4][4];
+                float e[G][4], v[4][2];
 #pragma unroll
                 for (int h = 0; h < G; h++) lds_vec<4>(s + h * SL + jt + j, e[h]);
 #pragma unroll
-                for (int i = 0; i < 4; i++) lds_vec<4>(vr + (j + i) * RS, v[i]);
+                for (int i = 0; i < 4; i++) lds_vec<2>(vr + (j + i) * RS, v[i]);
 #pragma unroll
                 for (int i = 0; i < 4; i++)
 #pragma unroll
                     for (int h = 0; h < G; h++)
 #pragma unroll
-                        for (int c = 0; c < 4; c++) acc[h][c] = fmaf(e[h][i], v[i][c], acc[h][c]);
+                        for (int c = 0; c < 2; c++) acc[h][c] = fmaf(e[h][i], v[i][c], acc[h][c]);
             }
             for (; j < cnt; j++) {
-                float v[4];
-                lds_vec<4>(vr + j * RS, v);
+                float v[2];
+                lds_vec<2>(vr + j * RS, v);
 #pragma unroll
                 for (int h = 0; h < G; h++) {
                     const float e = s[h * SL + jt + j];
 #pragma unroll
-                    for (int c = 0; c < 4; c++) acc[h][c] = fmaf(e, v[c], acc[h][c]);
+                    for (int c = 0; c < 2; c++) acc[h][c] = fmaf(e, v[c], acc[h][c]);
                 }
             }
             const int t = jt / KEY_TILE;
 #pragma unroll
             for (int h = 0; h < G; h++)
-                *reinterpret_cast<float4*>(ot + ((u64)h * ntiles_max + t) * HD + d) =
-                    make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+                *reinterpret_cast<float2*>(ot + ((u64)h * ntiles_max + t) * HD + d) = make_float2(acc[h][0], acc[h][1]);
         }
     }
     for (int idx = tid; idx < G * ntiles; idx += ATT_THREADS) {

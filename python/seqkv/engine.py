@@ -728,10 +728,10 @@ class GpuEngine:
     #: register-blocked GEMM shapes ``(BM, BN, BK, TM, TN)`` (block tile, K tile, thread tile)
     #: compiled for every engine; all of them give the same bits (one fmaf chain per output).
     GEMM_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
-        (128, 128, 8, 8, 8), (64, 64, 32, 4, 4), (64, 64, 16, 2, 4), (32, 128, 16, 2, 4),
-        (32, 64, 16, 4, 4), (32, 64, 32, 4, 4), (32, 64, 16, 2, 4), (32, 64, 32, 2, 4),
-        (32, 64, 64, 2, 4), (32, 64, 32, 2, 8), (32, 64, 32, 2, 2), (32, 64, 32, 1, 4),
-        (32, 64, 32, 1, 2), (16, 64, 32, 2, 4),
+        (128, 128, 8, 8, 8), (64, 64, 32, 4, 4), (32, 64, 16, 4, 4), (32, 64, 32, 4, 4),
+        (32, 64, 16, 2, 4), (32, 64, 32, 2, 4), (32, 64, 64, 2, 4), (32, 64, 32, 2, 8),
+        (32, 64, 16, 2, 2), (32, 64, 32, 2, 2), (32, 64, 64, 2, 2), (32, 64, 32, 1, 4),
+        (32, 32, 32, 2, 2), (16, 64, 32, 2, 2),
     )
 
     def __init__(self, config: dict[str, Any], tensors: dict[str, Any], *, max_slots: int = 256,
@@ -786,12 +786,12 @@ class GpuEngine:
             "tokens": cp.zeros(R, cp.uint32), "slot": cp.zeros(R, cp.int32), "pos": cp.zeros(R, cp.int32),
         }
         self.lens = [0] * self.max_slots
-        # cuda_kernels/engine.cu att_smem_floats: q, scores, per-tile sums, then a round of 128
-        # K or V rows (padded to hd + 4)
+        # cuda_kernels/engine.cu att_smem_floats: q, scores, per-tile sums, then a round of 64
+        # V rows (padded to hd + 4)
         ntiles = (self.max_len + 31) // 32
         sl = -(-self.max_len // 4) * 4
         head = -(-(self.G * (self.hd + sl + ntiles * (self.hd + 1))) // 4) * 4
-        self.att_smem = 4 * (head + 128 * (self.hd + 4))
+        self.att_smem = 4 * (head + 64 * (self.hd + 4))
         self.norm_smem = 4 * self.H  # eng_rmsnorm stages the row
         for name, nbytes in (("eng_attention", self.att_smem), ("eng_rmsnorm", self.norm_smem)):
             if nbytes > 48 * 1024:
