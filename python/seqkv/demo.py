@@ -4,8 +4,9 @@ Several chat sessions share one system prompt; each asks one of two questions ab
 document from ``/usr/share/common-licenses/`` (a few hundred tokens), so the two sessions on a
 document share it too, and each ends with the model's own greedy reply. Each
 session's KV cache is computed the way a server would (one prefill of the prompt, then one
-step per generated token); the store keeps only the tokens (the shared prefix once, through
-the trie) and rebuilds the caches on demand. One table compares:
+decode step per generated token, all sessions batched) on the batch-invariant engine with the
+model's f32 weights; the store keeps only the tokens (the shared prefix once, through the
+trie) and rebuilds the caches on demand with the same engine. One table compares:
 
 * per codec (``raw``, ``plt``, ``lm``, ``lm-robust``): bits per token position (the coded
   payload, and the whole container with its header), the model's cross-entropy, and the ratio
@@ -14,18 +15,26 @@ the trie) and rebuilds the caches on demand. One table compares:
 * dedup across sessions;
 * restore latency (decode + recompute) against loading the bf16 KV from a file;
 * fidelity: max |ΔKV| of the faithful restore, greedy-continuation agreement, and the
-  exact-mode replay with its per-layer hash check (and bit equality with the original).
+  exact-mode replay with its per-layer hash check (and bit equality with the original);
+* multi-stream decode: all sessions' ``lm`` streams decoded together (one batched engine step
+  per position, ``LMCodec.decode_batch``) against one after another.
+
+The ``lm`` codec computes its logits with the batch-invariant engine (``seqkv.engine``, bf16
+weights): the encoder in prefill passes, the decoder in single steps, the same bits either
+way. ``--transformers`` uses transformers single steps at both ends instead (several times
+slower).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -39,7 +48,7 @@ SYSTEM_PROMPT = (
 )
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Any:
+def _bar(total: int, desc: str, enabled: bool, unit: str = "tok") -> Any:
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is in the dev requirements
@@ -54,7 +63,7 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
                 pass
 
         return _Null()
-    return tqdm(total=total, desc=desc, unit="tok", leave=False, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
 QUESTIONS = (
@@ -79,6 +88,21 @@ def build_sessions(
             q = tokenizer("\n\n" + question)["input_ids"]
             out[f"{os.path.basename(name)}/q{qi}"] = list(shared) + list(ids) + list(q) + list(tail)
     return list(shared), out
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run transformers on one thread: its two-thread OpenMP kernels stall whenever another
+    process holds a core (benches/results/engine.json: ~27 against ~271 tokens/s prefill,
+    ~4 against ~20 tokens/s steps), and a single step is memory-bound anyway."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -106,6 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--continue-tokens", type=int, default=16, help="tokens of greedy continuation compared")
     parser.add_argument("--quick", action="store_true", help="2 documents × 64 tokens")
     parser.add_argument("--no-robust", action="store_true", help="skip the lm-robust row")
+    parser.add_argument(
+        "--transformers",
+        action="store_true",
+        help="compute lm logits with transformers single steps instead of the batch-invariant engine (slow)",
+    )
+    parser.add_argument("--no-batch", action="store_true", help="skip the multi-stream decode comparison")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(list(argv) if argv is not None else None)
@@ -128,22 +158,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     shared, prompts = build_sessions(tok, args.docs, args.doc_tokens)
 
-    # 1. the sessions as a server would run them: prefill the prompt, then one step per reply token
+    # 1. the sessions as a server would run them: prefill every prompt, then greedy reply
+    #    tokens by batched decode steps of all sessions at once — on the batch-invariant
+    #    engine with the model's own f32 weights (each session's KV is the same bits as if it
+    #    had run alone, or as one prefill of its tokens)
+    from .engine import Engine
+
+    server = Engine.for_model(model, "f32")
+    names = list(prompts)
+    seqs = [server.new_sequence() for _ in names]
+    t0 = time.perf_counter()
+    rows = server.forward(seqs, [prompts[n] for n in names], logits="last")
+    replies: list[list[int]] = [[] for _ in names]
+    bar = _bar(args.reply_tokens * len(names), f"{len(names)} sessions: greedy replies (batched engine steps)", show)
+    for step in range(args.reply_tokens):
+        nxt = [int(np.argmax(r)) for r in rows]
+        for reply, t in zip(replies, nxt):
+            reply.append(t)
+        bar.update(len(names))
+        if step + 1 < args.reply_tokens:
+            rows = server.step(seqs, nxt)
+    bar.close()
+    serve_s = time.perf_counter() - t0
     sessions: dict[str, dict[str, Any]] = {}
-    for name, prompt in prompts.items():
-        reply = hf.greedy_continuation(model, prompt, None, args.reply_tokens)
-        toks = np.array(prompt + reply[:-1] if reply else prompt, dtype=np.int64)
+    for name, seq, reply in zip(names, seqs, replies):
+        prompt = prompts[name]
+        toks = np.array(prompt + reply[:-1], dtype=np.int64)  # the cache holds all but the newest token
         schedule = [len(prompt)] + [1] * (toks.size - len(prompt))
-        cache, _ = hf.compute_cache(model, toks, schedule)
-        sessions[name] = {"tokens": toks, "schedule": schedule, "cache": cache}
+        sessions[name] = {"tokens": toks, "schedule": schedule, "cache": seq.kv_cache()}
     n_positions = sum(s["tokens"].size for s in sessions.values())
     print(
-        f"{len(sessions)} sessions, {n_positions} token positions (shared prefix {len(shared)} tokens)",
+        f"{len(sessions)} sessions, {n_positions} token positions (shared prefix {len(shared)} tokens), "
+        f"served in {serve_s:.1f} s",
         file=sys.stderr,
     )
 
-    # 2. store them with the lm codec (the real store: hashes, restore)
-    store = SessionStore(model, codec="lm", tokenizer=tok)
+    # 2. store them with the lm codec (the real store: hashes, restore). The codec's logits come
+    #    from the engine (bf16 weights; encode by prefill, decode by steps) unless
+    #    --transformers; the store rebuilds KV with the server's engine, so exact restores are
+    #    one prefill checked against the hashes of the served KV.
+    engine_opt: dict[str, Any] = {"engine": False} if args.transformers else {}
+    store = SessionStore(model, codec="lm", tokenizer=tok, engine=server, **engine_opt)
+    source = type(store.codec.source).__name__
     ce_bits = 0.0
     ce_tokens = 0
     for name, s in sessions.items():
@@ -175,8 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     record("lm", st)
     if not args.no_robust:
         robust = SessionStore(model, codec="lm-robust", tokenizer=tok, record_hashes=False, encode_chunk=64)
-        for sid, s in sessions.items():
-            robust.put(sid, s["tokens"])
+        bar = _bar(n_positions, "lm-robust encode (transformers, 64-token chunks)", show)
+        with _one_torch_thread():
+            for sid, s in sessions.items():
+                robust.put(sid, s["tokens"])
+                bar.update(int(s["tokens"].size))
+        bar.close()
         record(f"lm-robust (ε={robust.codec.bins.epsilon:g})", robust.stats())
 
     # 4. restore: decode + recompute, against reading bf16 KV from a file
@@ -204,17 +264,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             bar.close()
             assert np.array_equal(toks, s["tokens"])
             max_err = max(max_err, hf.max_abs_diff(cache, s["cache"]))
-            orig = hf.greedy_continuation(model, toks, s["cache"], args.continue_tokens)
-            rest = hf.greedy_continuation(model, toks, cache, args.continue_tokens)
+            with _one_torch_thread():  # the restored DynamicCache continues generation in transformers
+                orig = hf.greedy_continuation(model, toks, s["cache"], args.continue_tokens)
+                rest = hf.greedy_continuation(model, toks, cache, args.continue_tokens)
             agree.append(sum(a == b for a, b in zip(orig, rest)) / max(1, len(orig)))
             _, exact = store.get(sid, mode="exact")  # raises NumericsMismatchError on a hash mismatch
             exact_ok.append(hf.caches_equal(exact, s["cache"]))
+        # the same KV from transformers' own forward (one prefill per session): time and agreement
+        bar = _bar(n_positions, "transformers prefill of the same tokens", show)
+        t0 = time.perf_counter()
+        hf_err = 0.0
+        with _one_torch_thread():
+            for s in sessions.values():
+                hf_cache, _ = hf.compute_cache(model, s["tokens"])
+                hf_err = max(hf_err, hf.max_abs_diff(hf_cache, s["cache"]))
+                bar.update(int(s["tokens"].size))
+        prefill_s = time.perf_counter() - t0
+        bar.close()
         t0 = time.perf_counter()
         for s in sessions.values():
-            hf.compute_cache(model, s["tokens"])
-        prefill_s = time.perf_counter() - t0
+            seq = server.new_sequence()
+            server.prefill(seq, s["tokens"], logits="none")
+            seq.kv_cache()
+        engine_prefill_s = time.perf_counter() - t0
 
-    # 5. the table
+    # 5. multi-stream decode: every session coded whole, then all streams decoded together
+    #    (one batched engine step per position) against one after another
+    batch: dict[str, float] = {}
+    if not args.no_batch and getattr(store.codec.source, "batched", False):
+        whole = [s["tokens"] for s in sessions.values()]
+        streams = store.codec.encode_batch(whole)
+        bar = _bar(n_positions, f"decode {len(whole)} streams together", show)
+        t0 = time.perf_counter()
+        together = store.codec.decode_batch(streams, progress=bar.update)
+        batch["together_s"] = time.perf_counter() - t0
+        bar.close()
+        bar = _bar(n_positions, "decode the same streams one by one", show)
+        t0 = time.perf_counter()
+        alone = [store.codec.decode(d, progress=bar.update) for d in streams]
+        batch["alone_s"] = time.perf_counter() - t0
+        bar.close()
+        if not all(np.array_equal(a, w) and np.array_equal(b, w) for a, b, w in zip(together, alone, whole)):
+            raise AssertionError("multi-stream decode did not give the sessions back")
+
+    # 6. the table
     lm_bpt = codec_rows["lm"]["payload_bits_per_token"]
     ce_per = ce_bits / max(1, ce_tokens)
     rows = []
@@ -238,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.append(
         f"seqkv demo: SmolLM2-135M-Instruct fp32 on {numerics_profile(model)['cpu']}, "
         f"{n_sessions} sessions: {len(args.docs)} licenses ({args.doc_tokens} tokens each) × {len(QUESTIONS)} questions, "
-        f"one shared {len(shared)}-token system prompt, {args.reply_tokens}-token greedy replies; {n_positions} token positions"
+        f"one shared {len(shared)}-token system prompt, {args.reply_tokens}-token greedy replies; {n_positions} token positions; "
+        f"lm logits from {source}"
     )
     out.append("")
     out.append(_table(rows, header))
@@ -255,16 +349,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{st['trie']['pins']} trie pins held)"
     )
     out.append(
-        f"restore: decode + recompute {1e3 * np.mean(restore_s):,.0f} ms/session (recompute alone "
-        f"{1e3 * prefill_s / n_sessions:,.0f} ms); bf16 KV from file {1e3 * np.mean(load_s):,.1f} ms/session "
+        f"restore: decode + recompute {1e3 * np.mean(restore_s):,.0f} ms/session (recompute alone: engine "
+        f"{1e3 * engine_prefill_s / n_sessions:,.0f} ms, transformers {1e3 * prefill_s / n_sessions:,.0f} ms); "
+        f"bf16 KV from file {1e3 * np.mean(load_s):,.1f} ms/session "
         f"({np.mean([s['bf16_bytes'] for s in sessions.values()]) / 1e6:.1f} MB each vs "
         f"{st['container_bytes'] / n_sessions / 1e3:.2f} kB of tokens)"
     )
     out.append(
-        f"fidelity: faithful max |ΔKV| {max_err:.2e}; greedy continuation ({args.continue_tokens} tokens) agreement "
-        f"{100 * np.mean(agree):.1f}%; exact mode: schedule replayed, {sum(exact_ok)}/{n_sessions} hash-verified "
-        f"and bit-identical to the original KV"
+        f"fidelity: faithful max |ΔKV| {max_err:.2e} (vs transformers' own KV of the same tokens {hf_err:.1e}); "
+        f"greedy continuation in transformers ({args.continue_tokens} tokens) agreement {100 * np.mean(agree):.1f}%; "
+        f"exact mode: one engine prefill for a prompt-prefill + {args.reply_tokens - 1}-step schedule, "
+        f"{sum(exact_ok)}/{n_sessions} hash-verified and bit-identical to the served KV"
     )
+    if batch:
+        out.append(
+            f"multi-stream decode: the {n_sessions} sessions coded whole ({n_positions} tokens) decode together in "
+            f"{batch['together_s']:.1f} s ({n_positions / batch['together_s']:.0f} tokens/s) vs {batch['alone_s']:.1f} s "
+            f"one by one ({n_positions / batch['alone_s']:.0f} tokens/s): {batch['alone_s'] / batch['together_s']:.2f}×, "
+            f"same tokens"
+        )
     out.append(
         "bits/pos: coded payload bits per token position, shared prefixes counted once; w/ header: whole "
         "containers; bits/coded: payload per token actually coded"
@@ -280,12 +383,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "lm_bits_per_token": lm_bpt,
                     "store": {k: v for k, v in st.items() if k != "trie"},
                     "restore_ms": 1e3 * float(np.mean(restore_s)),
-                    "recompute_ms": 1e3 * prefill_s / n_sessions,
+                    "recompute_ms": 1e3 * engine_prefill_s / n_sessions,
+                    "transformers_recompute_ms": 1e3 * prefill_s / n_sessions,
+                    "max_abs_kv_vs_transformers": hf_err,
+                    "serve_s": serve_s,
                     "kv_load_ms": 1e3 * float(np.mean(load_s)),
                     "max_abs_kv_error": max_err,
                     "greedy_agreement": float(np.mean(agree)),
                     "exact_verified": int(sum(exact_ok)),
                     "sessions": n_sessions,
+                    "lm_source": source,
+                    "multi_stream_decode": {
+                        k: v for k, v in {
+                            **batch,
+                            "tokens": n_positions if batch else None,
+                            "together_tokens_per_s": n_positions / batch["together_s"] if batch else None,
+                            "alone_tokens_per_s": n_positions / batch["alone_s"] if batch else None,
+                        }.items() if v is not None
+                    },
                 },
                 fj,
                 indent=2,
