@@ -126,6 +126,8 @@ def test_graph_greedy_decode_matches_cpu():
     slots = list(range(5))
     g.forward(slots, [p[:-1] for p in prompts])
     cp.cuda.Device().synchronize()
+    with pytest.raises(InvalidInputError):
+        g.greedy_decode_graph([0, 0], [1, 2])
     replay = g.greedy_decode_graph(slots, [int(p[-1]) for p in prompts])
     rows, fed = [], [[int(p[-1])] for p in prompts]
     for _ in range(4):

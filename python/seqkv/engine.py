@@ -930,10 +930,12 @@ class GpuEngine:
         return np.ascontiguousarray(k), np.ascontiguousarray(v)
 
     def greedy_decode_graph(self, slots: Seq[int], first_tokens: Seq[int]) -> Any:
-        """Capture one greedy decode step of ``slots`` (next token = argmax, positions advance
-        on the GPU) as a CUDA graph; returns a callable that replays it on its stream."""
+        """Capture one greedy decode step of ``slots`` (distinct; next token = argmax, positions
+        advance on the GPU) as a CUDA graph; returns a callable that replays it on its stream."""
         cp = self.cp
         R = len(slots)
+        if len(set(slots)) != R:
+            raise InvalidInputError("GpuEngine.greedy_decode_graph: slots must be distinct")
         b = self.buf
         b["slot"][:R] = cp.asarray(np.array(list(slots), np.int32))
         b["pos"][:R] = cp.asarray(np.array([self.lens[s] for s in slots], np.int32))
