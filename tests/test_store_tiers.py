@@ -436,3 +436,25 @@ def test_default_tiers_follow_the_head_dim():
     assert store.tier_of("a") == "hot" and store.get("a", mode="exact")[0].size == 10
     with pytest.raises(InvalidInputError, match="power-of-two"):
         SessionStore(model, codec="raw", tiers=("hot", "warm", "cold"))
+
+
+@pytest.mark.model
+def test_smollm2_residual_and_engine_exact(smollm2):
+    """Real SmolLM2 KV: single steps restored bit for bit through the residual; the engine-backed
+    store restores its own KV exactly with an all-zero residual; warm KV within the 3-bit bound."""
+    model, tokenizer = smollm2
+    toks = np.asarray(tokenizer("The quick brown fox jumps over the lazy dog. " * 3)["input_ids"])[:32]
+    steps, _ = hf.compute_cache(model, toks, [1] * toks.size)
+    store = SessionStore(model, codec="plt", capacity_bytes=1 << 30)
+    info = store.put("s", toks, kv=steps, residual=True)
+    # f32 KV differs by many ulps between schedules: the residual costs several bits per
+    # component, but stays well under the KV itself (46,080 bytes per token)
+    assert 10 < info["residual_bytes"] < toks.size * 46_080 // 2
+    store.demote("s", "cold")
+    assert hf.caches_equal(store.get("s", mode="exact")[1], steps)
+    store.demote("s", "warm")
+    assert _warm_bound(store.get("s", promote=False)[1], steps)
+    eng = SessionStore(model, codec="plt", engine="auto", capacity_bytes=0)
+    assert eng.kv_source == "seqkv-engine"
+    assert eng.put("e", toks, schedule=[1] * toks.size, kv=eng._compute(toks, None), residual=True)["residual_bytes"] == 10
+    assert hf.max_abs_diff(eng.get("e", mode="exact")[1], steps) < 1e-2
