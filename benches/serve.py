@@ -8,8 +8,9 @@ extending the previous turn's prompt and answer; greedy answers of ``max_new_tok
 seqkv, each request takes the longest prefix the store can serve (hot KV, warm 3-bit KV,
 or a cold session restored from its tokens), prefills the rest, and stores the conversation
 (plt codec, ``capacity_bytes`` of hot + warm memory); without it, every prompt is prefilled in
-full and its KV dropped after the answer. A second seqkv variant, ``seqkv_hot_cold``, has no warm tier (demoted sessions go straight to
-cold), to show what the lossy warm tier changes. All run at 1, 2 and 4 threads (torch at one
+full and its KV dropped after the answer. Two more seqkv variants show what the lossy warm tier changes: ``seqkv_warm4`` quantizes warm
+KV to 4 bits instead of 3, ``seqkv_hot_cold`` has no warm tier (demoted sessions go straight to
+cold). All run at 1, 2 and 4 threads (torch at one
 intra-op thread each, so the pool is the only parallelism), on the same conversations.
 
 Writes ``benches/results/serve.json``: per thread count, ``seqkv`` and ``baseline`` with
@@ -38,6 +39,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
+
+
+#: (name, tiers, warm bits) of the seqkv variants measured
+VARIANTS = (
+    ("seqkv", ("hot", "warm", "cold"), 3),
+    ("seqkv_warm4", ("hot", "warm", "cold"), 4),
+    ("seqkv_hot_cold", ("hot", "cold"), 3),
+)
 
 
 def load_example() -> Any:
@@ -107,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_new_tokens": args.max_new_tokens,
         },
         "store": {"codec": "plt", "capacity_bytes": capacity, "policy": "lru",
-                  "variants": {"seqkv": ["hot", "warm", "cold"], "seqkv_hot_cold": ["hot", "cold"]}},
+                  "variants": {name: {"tiers": list(tiers), "warm_bits": bits if "warm" in tiers else None}
+                               for name, tiers, bits in VARIANTS}},
         "threads": {},
     }
     # warm up torch's kernels once so the first measured request pays no start-up cost
@@ -117,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = serve.run(serve.ChatServer(model, None, max_new_tokens=args.max_new_tokens), conversations, threads)
         ref = {r.prompt_digest: r.answer for r in baseline.replies}
         row: dict[str, Any] = {"baseline": serve.summary(baseline)}
-        for name, tiers in (("seqkv", ("hot", "warm", "cold")), ("seqkv_hot_cold", ("hot", "cold"))):
-            store = SessionStore(model, codec="plt", capacity_bytes=capacity, tiers=tiers)
+        for name, tiers, bits in VARIANTS:
+            store = SessionStore(model, codec="plt", capacity_bytes=capacity, tiers=tiers, warm_bits=bits)
             served = serve.run(serve.ChatServer(model, store, max_new_tokens=args.max_new_tokens), conversations, threads)
             # answers can only be compared where both runs saw the same prompt (an earlier answer
             # that differs changes every later prompt of its conversation)
@@ -137,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         row["ttft_p50_speedup"] = round(b["ttft_ms"]["p50"] / s["ttft_ms"]["p50"], 2)
         row["tokens_per_s_ratio"] = round(s["tokens_per_s"] / b["tokens_per_s"], 2)
         result["threads"][str(threads)] = row
-        h = row["seqkv_hot_cold"]
+        h, w4 = row["seqkv_hot_cold"], row["seqkv_warm4"]
         print(f"{threads} threads: ttft p50 {b['ttft_ms']['p50']:.0f} -> {s['ttft_ms']['p50']:.0f} ms "
               f"(hot/cold only {h['ttft_ms']['p50']:.0f}), p95 {b['ttft_ms']['p95']:.0f} -> {s['ttft_ms']['p95']:.0f} ms, "
               f"tokens/s {b['tokens_per_s']:.1f} -> {s['tokens_per_s']:.1f}, peak KV {b['kv_bytes']['peak'] / 2**20:.1f} -> "
               f"{s['kv_bytes']['peak'] / 2**20:.1f} MiB, reused {s['reused_tokens']}/{s['prompt_tokens']} tokens, "
-              f"answers equal {s['answers_equal_baseline']:.0%} (hot/cold only {h['answers_equal_baseline']:.0%})",
+              f"answers equal {s['answers_equal_baseline']:.0%} (4-bit warm {w4['answers_equal_baseline']:.0%}, "
+              f"hot/cold only {h['answers_equal_baseline']:.0%})",
               flush=True)
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     result["machine"]["loadavg_end"] = list(os.getloadavg())

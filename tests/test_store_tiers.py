@@ -458,3 +458,27 @@ def test_smollm2_residual_and_engine_exact(smollm2):
     assert eng.kv_source == "seqkv-engine"
     assert eng.put("e", toks, schedule=[1] * toks.size, kv=eng._compute(toks, None), residual=True)["residual_bytes"] == 10
     assert hf.max_abs_diff(eng.get("e", mode="exact")[1], steps) < 1e-2
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_warm_bits(tiny_llama, convo, bits):
+    """Codes pack 8 to `bits` bytes and round-trip; more bits, smaller error, more bytes."""
+    from seqkv.store import _WarmCodec
+
+    codec = _WarmCodec(16, bits)
+    codes = np.random.default_rng(bits).integers(0, 1 << bits, 1003).astype(np.uint8)
+    packed = codec._pack(codes)
+    assert packed.size == (1003 + 7) // 8 * bits and np.array_equal(codec._unpack(packed, 1003), codes)
+    store = SessionStore(tiny_llama, codec="raw", capacity_bytes=10**6, tiers=("warm", "cold"), warm_bits=bits)
+    store.put("a", convo["s0"])
+    n = convo["s0"].size
+    assert store.tier_stats()["tiers"]["warm"]["bytes"] == 2 * 2 * ((2 * n * 16 + 7) // 8 * bits + 4 * 2 * n)
+    _, cache = store.get("a", promote=False)
+    ref, _ = hf.compute_cache(tiny_llama, convo["s0"])
+    err = sum(float(((a.double() - b.double()) ** 2).mean()) for (a, _), (b, _) in
+              zip(hf.cache_layers(cache), hf.cache_layers(ref)))
+    bound = {2: 0.15, 3: 0.05, 4: 0.015}[bits]  # relative MSE of Lloyd-Max on N(0,1): .118, .035, .0095
+    power = sum(float((b.double() ** 2).mean()) for (b, _) in hf.cache_layers(ref))
+    assert err <= bound * power
+    with pytest.raises(InvalidInputError, match="warm_bits"):
+        SessionStore(tiny_llama, codec="raw", warm_bits=5)

@@ -210,34 +210,34 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 class _WarmCodec:
-    """TurboQuant-like 3-bit per-vector quantization of whole caches (the warm tier's form).
+    """TurboQuant-like per-vector (3 bits by default) quantization of whole caches (the warm tier's form).
 
     The quantizer is :class:`seqkv.quantizers.TurboQuant` (seeded random signs, Walsh-Hadamard
     rotation, Lloyd-Max codebook of the Gaussian, an f32 norm per vector). A cache on a GPU is
     quantized by its CUDA kernel (:mod:`seqkv.gpu`); on the CPU the rotation runs as a torch
     matmul with the ±1 Hadamard matrix (the same transform, in another summation order), which
-    is much faster than the butterfly reference. Codes are packed 8 to 3 bytes."""
+    is much faster than the butterfly reference. Codes are packed 8 to ``bits`` bytes."""
 
-    def __init__(self, head_dim: int):
+    def __init__(self, head_dim: int, bits: int = _WARM_BITS):
         import torch
 
         from .quantizers import TurboQuant, fwht
 
-        self.bits = _WARM_BITS
-        self.tq = TurboQuant(head_dim, bits=_WARM_BITS, seed=0)
+        self.bits = int(bits)
+        self.tq = TurboQuant(head_dim, bits=self.bits, seed=0)
         self.hadamard = torch.from_numpy(fwht(np.eye(head_dim, dtype=np.float32)))  # y @ H = fwht(y)
         self.signs = torch.from_numpy(self.tq.signs)
         self.boundaries = torch.from_numpy(self.tq.boundaries)
         self.centroids = torch.from_numpy(self.tq.centroids)
         self.out_scale = self.signs * float(self.tq.inv_d)
 
-    @staticmethod
-    def nbytes(n_vectors: int, dim: int) -> int:
+    def nbytes(self, n_vectors: int, dim: int) -> int:
         """Bytes of one tensor of ``n_vectors`` vectors of ``dim`` in the warm form."""
-        return (n_vectors * dim + 7) // 8 * 3 + 4 * n_vectors
+        return (n_vectors * dim + 7) // 8 * self.bits + 4 * n_vectors
 
-    @staticmethod
-    def _pack(codes: np.ndarray) -> np.ndarray:
+    def _pack(self, codes: np.ndarray) -> np.ndarray:
+        """Codes (< 2^bits) packed 8 to ``bits`` bytes (little-endian groups)."""
+        b = self.bits
         c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
         pad = (-c.size) % 8
         if pad:
@@ -245,16 +245,19 @@ class _WarmCodec:
         g = c.reshape(-1, 8).astype(np.uint32)
         v = np.zeros(g.shape[0], np.uint32)
         for j in range(8):
-            v |= g[:, j] << np.uint32(3 * j)
-        return np.ascontiguousarray(v.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3]).reshape(-1)
+            v |= g[:, j] << np.uint32(b * j)
+        return np.ascontiguousarray(v.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :b]).reshape(-1)
 
-    @staticmethod
-    def _unpack(packed: np.ndarray, count: int) -> np.ndarray:
-        b = packed.reshape(-1, 3).astype(np.uint32)
-        v = b[:, 0] | (b[:, 1] << np.uint32(8)) | (b[:, 2] << np.uint32(16))
+    def _unpack(self, packed: np.ndarray, count: int) -> np.ndarray:
+        b = self.bits
+        rows = packed.reshape(-1, b).astype(np.uint32)
+        v = np.zeros(rows.shape[0], np.uint32)
+        for i in range(b):
+            v |= rows[:, i] << np.uint32(8 * i)
         out = np.empty((v.size, 8), np.uint8)
+        mask = np.uint32((1 << b) - 1)
         for j in range(8):
-            out[:, j] = (v >> np.uint32(3 * j)) & np.uint32(7)
+            out[:, j] = (v >> np.uint32(b * j)) & mask
         return out.reshape(-1)[:count]
 
     def _quantize(self, t: Any) -> _QTensor:
@@ -367,6 +370,9 @@ class SessionStore:
         Default with a warm tier and a capacity: hot may take at most 3/4 of the capacity, so
         that demoted sessions find room in the warm tier (a hot tier filling the whole budget
         would push every demoted session straight to cold).
+    warm_bits:
+        bits per component of the warm tier's codes: 2, 3 (default) or 4 (plus an f32 norm per
+        vector either way).
     engine:
         a :class:`seqkv.engine.Engine` that computes every KV the store builds (hashes at put,
         restores), or ``"auto"``: one built from ``model`` when it is a Llama-family model on the
@@ -394,6 +400,7 @@ class SessionStore:
         tiers: Any = None,
         policy: str = "lru",
         tier_limits: Any = None,
+        warm_bits: int = _WARM_BITS,
         engine: Any = None,
         **codec_options: Any,
     ):
@@ -438,7 +445,9 @@ class SessionStore:
                     f"the warm tier quantizes vectors of a power-of-two length <= 1024; this model's head "
                     f"dim is {head_dim}: use tiers=('hot', 'cold')"
                 )
-            self._warm_codec = _WarmCodec(head_dim)
+            if warm_bits not in (2, 3, 4) or isinstance(warm_bits, bool):
+                raise InvalidInputError(f"warm_bits must be 2, 3 or 4, not {warm_bits!r}")
+            self._warm_codec = _WarmCodec(head_dim, warm_bits)
         self.engine = _resolve_engine(model, engine)
         self._codec_options = dict(codec_options)
         self.codec: Any = codecs.get(codec, **self._codec_kwargs(codec)) if isinstance(codec, str) else codec
