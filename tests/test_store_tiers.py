@@ -482,3 +482,30 @@ def test_warm_bits(tiny_llama, convo, bits):
     assert err <= bound * power
     with pytest.raises(InvalidInputError, match="warm_bits"):
         SessionStore(tiny_llama, codec="raw", warm_bits=5)
+
+
+def test_concurrent_puts_of_one_id_leave_one_session(tiny_llama, rng):
+    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=50 * PER_TOKEN)
+    versions = [rng.integers(0, 512, 12 + i) for i in range(4)]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(6):
+                store.put("same", versions[(k + i) % 4])
+                store.put(f"other{k}", versions[k])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    st_ = store.stats()
+    assert st_["sessions"] == 5 and sum(v["count"] for v in st_["tiers"].values()) == 5
+    assert any(np.array_equal(store.tokens("same"), v) for v in versions)
+    toks, cache = store.get("same", mode="exact")
+    assert hf.caches_equal(cache, hf.compute_cache(tiny_llama, toks)[0])
+    assert sorted(store.backend.ids()) == sorted(store.ids() + [k for k in store.backend.ids() if k.startswith("__")])

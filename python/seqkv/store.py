@@ -705,6 +705,8 @@ class SessionStore:
             log2p = stats.extra.get("token_log2p")
             kept = hf.clone_cache(self.model, kv) if (keep and kv is not None and toks.size) else cache
             with self._lock:
+                if sid in self._sessions:  # another put of the same id finished while we coded
+                    self._delete_locked(sid)
                 values = (np.uint64(number) << np.uint64(_POS_BITS)) | np.arange(toks.size, dtype=np.uint64)
                 logprobs = None
                 if isinstance(log2p, np.ndarray) and log2p.size == tail.size:
