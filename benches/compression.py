@@ -18,7 +18,10 @@ full: 3 texts × ~1,000 tokens), the first N tokens are one session:
 - ``plt_bits_per_token`` (no model, no primer) and ``raw_bits_per_token``;
 - ``ratio_vs_bf16`` / ``ratio_vs_3bit``: KV bits per token (184,320 / 34,560 for SmolLM2) over
   ``lm_bits_per_token``; ``*_with_header`` variants use the container size;
-- ``lm_encode_tokens_per_s`` / ``lm_decode_tokens_per_s``: single-step coding, batch 1;
+- ``lm_encode_tokens_per_s`` / ``lm_decode_tokens_per_s``: ``lm`` under its default logits
+  source (``lm_source``: the batch-invariant engine for SmolLM2, bf16 weights — encode in
+  prefill passes, decode by single steps, batch 1); ``multi_stream``: the lm streams of all
+  texts decoded together (``decode_batch``, one batched engine step per position);
 - ``restore_ms``: decode + recompute (one prefill); ``recompute_ms`` the prefill alone;
   ``kv_load_ms``: reading the bf16 KV of the same session from a file and building the cache;
 - ``max_abs_kv_error``: faithful restore vs the session's original KV (computed in 128-token
@@ -90,8 +93,9 @@ def bench_text(model: Any, tok: Any, path: str, n_tokens: int, check_robust_deco
     original, _ = hf.compute_cache(model, ids, schedule)
     hashes = hf.layer_hashes(original)
 
-    # lm: encode and decode by single steps
+    # lm: encode (engine: prefill passes) and decode by single steps
     lm = codecs.get("lm", model=model, tokenizer=tok)
+    res["lm_source"] = type(lm.source).__name__
     t0 = time.perf_counter()
     stream, st = lm.encode_with_stats(ids)
     enc_s = time.perf_counter() - t0
@@ -111,6 +115,7 @@ def bench_text(model: Any, tok: Any, path: str, n_tokens: int, check_robust_deco
         lm_encode_tokens_per_s=n / enc_s,
         lm_decode_tokens_per_s=n / dec_s,
     )
+    res["_stream"], res["_ids"] = stream, ids
 
     # lm-robust: encode from prefill chunks (fast), decode by steps
     robust = codecs.get("lm-robust", model=model, tokenizer=tok, epsilon=ROBUST_EPS, encode_chunk=64)
@@ -197,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", nargs="+", help="text files (default: license texts)")
     parser.add_argument("--tokens", type=int, help="tokens per text (quick 256, full 1000)")
     parser.add_argument("--out", help="output JSON path")
+    parser.add_argument(
+        "--torch-threads", type=int, default=1,
+        help="torch threads for the transformers parts (default 1: its two-thread kernels stall whenever "
+        "another process holds a core of a 2-core machine)",
+    )
     args = parser.parse_args(argv)
     n_tokens = args.tokens or (256 if args.quick else 1000)
     texts = args.text or [os.path.join(LICENSES, t) for t in (QUICK_TEXTS if args.quick else FULL_TEXTS)]
@@ -206,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     model, tok = load_smollm2()
+    import torch
+
+    torch.set_num_threads(max(1, args.torch_threads))
     results = []
     for i, path in enumerate(texts):
         print(f"[compression] {os.path.basename(path)}: {n_tokens} tokens ...", file=sys.stderr, flush=True)
@@ -220,12 +233,29 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         results.append(r)
+    # the lm streams of all texts decoded together (one batched step per position)
+    lm = codecs.get("lm", model=model, tokenizer=tok)
+    streams = [r.pop("_stream") for r in results]
+    texts_ids = [r.pop("_ids") for r in results]
+    t1 = time.perf_counter()
+    together = lm.decode_batch(streams)
+    t_batch = time.perf_counter() - t1
+    total = sum(int(r["tokens"]) for r in results)
+    multi = {
+        "streams": len(streams),
+        "tokens": total,
+        "decode_tokens_per_s": total / t_batch,
+        "one_by_one_decode_tokens_per_s": total / sum(r["tokens"] / r["lm_decode_tokens_per_s"] for r in results),
+        "same_tokens": bool(all(np.array_equal(t, i) for t, i in zip(together, texts_ids))),
+    }
     prof = numerics_profile(model)
     doc = {
         "bench": "compression",
         "quick": bool(args.quick),
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to fp32), transformers, CPU",
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to fp32), CPU",
+        "lm_source": results[0]["lm_source"] if results else None,
         "texts": results,
+        "multi_stream": multi,
         "summary": {
             "lm_bits_per_token": float(np.mean([r["lm_bits_per_token"] for r in results])),
             "cross_entropy_bits": float(np.mean([r["cross_entropy_bits"] for r in results])),

@@ -168,16 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = list(prompts)
     seqs = [server.new_sequence() for _ in names]
     t0 = time.perf_counter()
-    rows = server.forward(seqs, [prompts[n] for n in names], logits="last")
+    last = server.forward(seqs, [prompts[n] for n in names], logits="last")
     replies: list[list[int]] = [[] for _ in names]
     bar = _bar(args.reply_tokens * len(names), f"{len(names)} sessions: greedy replies (batched engine steps)", show)
     for step in range(args.reply_tokens):
-        nxt = [int(np.argmax(r)) for r in rows]
+        nxt = [int(np.argmax(r)) for r in last]
         for reply, t in zip(replies, nxt):
             reply.append(t)
         bar.update(len(names))
         if step + 1 < args.reply_tokens:
-            rows = server.step(seqs, nxt)
+            last = server.step(seqs, nxt)
     bar.close()
     serve_s = time.perf_counter() - t0
     sessions: dict[str, dict[str, Any]] = {}
@@ -197,8 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     #    from the engine (bf16 weights; encode by prefill, decode by steps) unless
     #    --transformers; the store rebuilds KV with the server's engine, so exact restores are
     #    one prefill checked against the hashes of the served KV.
-    engine_opt: dict[str, Any] = {"engine": False} if args.transformers else {}
-    store = SessionStore(model, codec="lm", tokenizer=tok, engine=server, **engine_opt)
+    lm_codec: Any = "lm"
+    if args.transformers:  # (the store's own engine= is the KV engine, so build the codec here)
+        lm_codec = codecs.get("lm", model=model, tokenizer=tok, engine=False, profile="digest")
+    store = SessionStore(model, codec=lm_codec, tokenizer=tok, engine=server)
     source = type(store.codec.source).__name__
     ce_bits = 0.0
     ce_tokens = 0
