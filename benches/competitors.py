@@ -127,7 +127,7 @@ def quantized_cache_row(model: Any, ids: Any, exact_kv: list, exact_logits: np.n
     logits = run_chunks(model, ids, cache)
     run_s = time.perf_counter() - t0
     ids_np = ids[0].numpy()
-    layer = cache.layers[0]
+    layer: Any = cache.layers[0]
     stored = 0
     err_k, err_v = [], []
     for k, v in exact_kv:
@@ -166,13 +166,13 @@ def seqkv_quantizer_rows(exact_kv: list, T: int) -> list[dict[str, Any]]:
         for k, v in exact_kv:
             k32, v32 = k.numpy().astype(np.float32), v.numpy().astype(np.float32)
             if quant == "turbo3":
-                ck, cv = tq.quantize(k32), tq.quantize(v32)
-                hk, hv = tq.dequantize(ck), tq.dequantize(cv)
-                stored += ck.nbytes + cv.nbytes  # codes bit-packed (3 bits each) + one f32 norm per vector
+                tk, tv = tq.quantize(k32), tq.quantize(v32)
+                hk, hv = tq.dequantize(tk), tq.dequantize(tv)
+                stored += tk.nbytes + tv.nbytes  # codes bit-packed (3 bits each) + one f32 norm per vector
             else:
-                ck, cv = kv2.quantize_keys(k32), kv2.quantize_values(v32)
-                hk, hv = kv2.dequantize(ck), kv2.dequantize(cv)
-                stored += ck.nbytes + cv.nbytes
+                kk, kvv = kv2.quantize_keys(k32), kv2.quantize_values(v32)
+                hk, hv = kv2.dequantize(kk), kv2.dequantize(kvv)
+                stored += kk.nbytes + kvv.nbytes
             ek.append(rel_mse(k32, hk))
             ev.append(rel_mse(v32, hv))
         rows.append({"library": "seqkv", "backend": quant, "bits_per_token": 8 * stored / T,
@@ -238,16 +238,17 @@ def seqkv_lm_row(logits: np.ndarray, symbols: np.ndarray, repeats: int) -> dict[
     x = np.ascontiguousarray(logits, dtype=np.float32)
     tables = coder.quantize_logits(x, PRECISION)
     best = {k: float("inf") for k in ("enc", "dec", "tenc", "tdec")}
+    data = b""
     for _ in range(repeats):
-        for k, fn in (("enc", lambda: coder.encode_logits(symbols, x, PRECISION)),
-                      ("tenc", lambda: coder.encode(symbols, tables, PRECISION))):
+        for k, enc in (("enc", lambda: coder.encode_logits(symbols, x, PRECISION)),
+                       ("tenc", lambda: coder.encode(symbols, tables, PRECISION))):
             t = time.perf_counter()
-            data = fn()
+            data = enc()
             best[k] = min(best[k], time.perf_counter() - t)
-        for k, fn in (("dec", lambda: coder.decode_logits(data, x, PRECISION)),
-                      ("tdec", lambda: coder.decode(data, tables, precision=PRECISION))):
+        for k, dec in (("dec", lambda: coder.decode_logits(data, x, PRECISION)),
+                       ("tdec", lambda: coder.decode(data, tables, precision=PRECISION))):
             t = time.perf_counter()
-            out = fn()
+            out = dec()
             best[k] = min(best[k], time.perf_counter() - t)
             if not np.array_equal(out, symbols):
                 raise AssertionError(f"seqkv {k} round trip failed")
@@ -292,10 +293,12 @@ def main() -> None:
     assert ids.shape[1] == T, f"{TEXT} has only {ids.shape[1]} tokens"
     from transformers import DynamicCache
 
+    from _kv import cache_layers
+
     cache = DynamicCache()
     t0 = time.perf_counter()
     exact_logits = run_chunks(model, ids, cache)
-    exact_kv = [(layer.keys.detach().clone(), layer.values.detach().clone()) for layer in cache.layers]
+    exact_kv = [(k.detach().clone(), v.detach().clone()) for k, v in cache_layers(cache)]
     ids_np = ids[0].numpy()
     res["model"] = "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to fp32), transformers, CPU"
     res["bf16_bits_per_token"] = 16 * sum(k.numel() + v.numel() for k, v in exact_kv) / T

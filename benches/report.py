@@ -41,7 +41,8 @@ NM = "not measured"
 
 # (result name, script, arguments, mode, needs a GPU). Quick mode where the full run takes more
 # than ~15 minutes on the 2-core dev machine (compression: ~1 h of lm decoding; engine, trie,
-# store, residual, stress: 15-60 min), full mode otherwise.
+# store, residual, serve, competitors, stress: 15-60 min under load), and for dedup (~10 min),
+# which would otherwise double the time of `make report`; full mode for coder and plt.
 BENCHES: list[tuple[str, str, list[str], str, bool]] = [
     ("coder", "coder.py", [], "full", False),
     ("plt", "plt.py", [], "full", False),
@@ -52,7 +53,7 @@ BENCHES: list[tuple[str, str, list[str], str, bool]] = [
     ("engine", "engine.py", ["--quick"], "quick", False),
     ("serve", "serve.py", ["--quick"], "quick", False),
     ("competitors", "competitors.py", ["--quick"], "quick", False),
-    ("dedup", "dedup.py", [], "full", False),
+    ("dedup", "dedup.py", ["--quick"], "quick", False),
     ("stress", "stress.py", ["--quick"], "quick", False),
     ("gpu_kernels", "gpu_kernels.py", ["--quick"], "quick", True),
     ("engine_gpu", "engine.py", ["--gpu", "--quick"], "quick", True),
@@ -111,8 +112,9 @@ def run_benches(only: list[str] | None, all_quick: bool = False) -> list[dict[st
                     print(rec["output_tail"], file=sys.stderr)
         print(f"[report] {name}: {rec['status']}", file=sys.stderr, flush=True)
         records.append(rec)
-    (RUNS / "runs.json").write_text(json.dumps({"gpu": gpu, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                                "runs": records}, indent=1) + "\n")
+        # written after every bench, so that an interrupted run still leaves its record
+        (RUNS / "runs.json").write_text(json.dumps({"gpu": gpu, "updated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                                    "runs": records}, indent=1) + "\n")
     return records
 
 
@@ -524,11 +526,13 @@ class Report:
                 if k.endswith("_ms") and k not in keys:
                     keys.append(k)
         label = {k: "put (storing, for scale)" if k == "put_ms" else k[:-3].replace("_", " ") for k in keys}
-        fig, ax = plt.subplots(figsize=(9, 5))
+        fig, ax = plt.subplots(figsize=(12, 5))
         for k in keys:
+            if k == "put_ms":  # storing, not restoring: in the table only
+                continue
             pts = [(n, restore[str(n)].get(k)) for n in lengths if isinstance(restore[str(n)].get(k), (int, float))]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{label[k]} ({self.src.rel('store')})")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{label[k]} ({Path(self.src.rel('store')).name})")
         rows = [[str(n)] + [fmt(restore[str(n)].get(k), ",.3f" if (restore[str(n)].get(k) or 0) < 10 else ",.1f") for k in keys]
                 for n in lengths]
         markers = {"recompute_ms": ("s", "recompute the KV (transformers prefill, CPU)"),
@@ -538,14 +542,14 @@ class Report:
             pts = [(t["tokens"], t[key]) for t in self.texts if t.get(key) is not None]
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=m, s=60, zorder=3,
-                           label=f"{lab} ({self.comp_name})")
+                           label=f"{lab} ({Path(self.comp_name).name})")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("context length (tokens, log2)")
         ax.set_ylabel("milliseconds (log)")
         ax.set_title("Restore latency by tier and context length (CPU)", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="best", framealpha=0.9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(self.out / "restore_latency.png", dpi=110)
         plt.close(fig)
@@ -730,8 +734,8 @@ class Report:
                 th = sorted(int(t) for t in rs)
                 if th:
                     a2.plot(th, [rs[str(t)] for t in th], "o-", label=f"seqkv shared trie, {label}")
-            if get(self.trie16, "read_scaling", "1"):
-                base = self.trie16["read_scaling"]["1"]
+            base = get(self.trie16, "read_scaling", "1")
+            if base:
                 a2.plot([1, 16], [0.8 * base, 0.8 * 16 * base], ":", color="grey", label="target 0.8 × N")
             a2.set_xscale("log", base=2)
             a2.set_yscale("log")
