@@ -30,8 +30,18 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-fn check_rows_independent(k: usize, n: usize, rows: usize, seed: u64, bf: bool) -> Result<(), TestCaseError> {
-    let dtype = if bf { WeightDtype::Bf16 } else { WeightDtype::F32 };
+fn check_rows_independent(
+    k: usize,
+    n: usize,
+    rows: usize,
+    seed: u64,
+    bf: bool,
+) -> Result<(), TestCaseError> {
+    let dtype = if bf {
+        WeightDtype::Bf16
+    } else {
+        WeightDtype::F32
+    };
     let w = PackedMatrix::from_nk(&values(seed, n * k, 0.5), n, k, dtype);
     let x = values(seed ^ 1, rows * k, 2.0);
     let mut reference: Option<Vec<u32>> = None;
@@ -41,7 +51,14 @@ fn check_rows_independent(k: usize, n: usize, rows: usize, seed: u64, bf: bool) 
         for r in 0..rows {
             let mut one = vec![0f32; n];
             matmul(isa, &x[r * k..(r + 1) * k], 1, &w, &mut one);
-            prop_assert_eq!(bits(&one), bits(&all[r * n..(r + 1) * n]), "row {} of {} ({:?})", r, rows, isa);
+            prop_assert_eq!(
+                bits(&one),
+                bits(&all[r * n..(r + 1) * n]),
+                "row {} of {} ({:?})",
+                r,
+                rows,
+                isa
+            );
         }
         // Any sub-batch of rows gives the same bits too.
         let (a, b) = (rows / 3, rows - rows / 4);
