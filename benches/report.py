@@ -143,7 +143,9 @@ class Sources:
 
     def rel(self, name: str) -> str:
         p = self.path.get(name)
-        return str(p.relative_to(ROOT.parent)) if p else f"no {name}.json"
+        if p is None:
+            return f"no {name}.json"
+        return str(p.relative_to(ROOT.parent)) if p.is_relative_to(ROOT.parent) else str(p)
 
     def fresh(self, name: str) -> dict[str, Any] | None:
         """This run's JSON for ``name`` (results/quick/), whatever the report uses."""
@@ -429,16 +431,16 @@ class Report:
         wl = d.get("workload") or {}
         rows = []
         for r in d.get("codecs") or []:
-            rows.append(([f"seqkv {r['codec']} + cross-session dedup", fmt(r.get("bits_per_token"), ",.3f"),
-                         ratio(s.bits(16), r.get("bits_per_token"), ",.0f"),
-                         f"{fmt(wl.get('sessions'), 'd')} chat sessions ({fmt(wl.get('conversations'), 'd')} conversations × "
-                         f"{fmt(wl.get('turns'), 'd')} turns, 3 shared system prompts, {fmt(r.get('tokens'), ',')} token "
-                         f"positions) in one SessionStore: whole containers per logical token; dedup ratio "
-                         f"{fmt(r.get('dedup_ratio'), '.2f')} (only {fmt(r.get('coded_tokens'), ',')} tokens coded). "
-                         f"The same sessions stored one per store: {fmt(r.get('alone_bits_per_token'), ',.3f')} bits/token "
-                         f"(payload {fmt(r.get('payload_bits_per_token'), '.3f')} vs "
-                         f"{fmt(r.get('alone_payload_bits_per_token'), '.3f')})." + (serve if r is d["codecs"][-1] else ""),
-                         self.src.rel("dedup")], r.get("bits_per_token")))
+            rows.append(([f"seqkv {r['codec']} + cross-session dedup", fmt(r.get("payload_bits_per_token"), ",.3f"),
+                         ratio(s.bits(16), r.get("payload_bits_per_token"), ",.0f"),
+                         f"payload per logical token position, {fmt(wl.get('sessions'), 'd')} chat sessions "
+                         f"({fmt(wl.get('conversations'), 'd')} conversations × {fmt(wl.get('turns'), 'd')} turns, 3 shared "
+                         f"system prompts, {fmt(r.get('tokens'), ',')} token positions) in one SessionStore: dedup ratio "
+                         f"{fmt(r.get('dedup_ratio'), '.2f')} (only {fmt(r.get('coded_tokens'), ',')} tokens coded); the same "
+                         f"sessions stored one per store: {fmt(r.get('alone_payload_bits_per_token'), '.3f')}. Whole containers "
+                         f"(a header per session): {fmt(r.get('bits_per_token'), '.3f')} with dedup vs "
+                         f"{fmt(r.get('alone_bits_per_token'), '.3f')} alone." + (serve if r is d["codecs"][-1] else ""),
+                         self.src.rel("dedup")], r.get("payload_bits_per_token")))
         return rows
 
     # (2) --------------------------------------------------------------------------------------------
@@ -549,7 +551,8 @@ class Report:
         ax.set_ylabel("milliseconds (log)")
         ax.set_title("Restore latency by tier and context length (CPU)", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(self.out / "restore_latency.png", dpi=110)
         plt.close(fig)
