@@ -1032,9 +1032,11 @@ class Report:
             f"- **optimum-quanto** {m.get('optimum-quanto') or ''} and **hqq** {m.get('hqq') or ''} as backends of "
             f"the `QuantizedCache` of transformers {m.get('transformers') or ''}, and its built-in `fp8` backend: "
             f"{self.f('competitors')}, on SmolLM2-135M with the text fed in chunks of {fmt(c.get('chunk'), 'd')} tokens. "
-            "All three installed from PyPI here (`pip install optimum-quanto hqq torchac`, plus `ninja` for the "
-            "JIT-compiled C++ of quanto and torchac); they are not in requirements-dev.txt, and "
-            "`benches/competitors.py` records a library that fails to import as a failed row with the reason.",
+            "All three installed from PyPI on this machine (`pip install torchac optimum-quanto hqq`, with `ninja`, "
+            "`einops` and `termcolor`; quanto and torchac JIT-compile C++ through torch and ninja at first import, "
+            "which took 1–2 minutes here); nothing failed to install. They are optional and not in "
+            "requirements-dev.txt: `benches/competitors.py` records a library that is missing or fails as a row "
+            "with the reason.",
             "",
         )
         exact = get(c, "exact", "cross_entropy_bits")
