@@ -152,7 +152,7 @@ def batched_decode(eng: Engine, prompts: list[np.ndarray], steps: int) -> tuple[
         out = eng.step(seqs, nxt)
         nxt = [int(r.argmax()) for r in out]
         for i in range(len(prompts)):
-            rows[i].append(out[i].copy())
+            rows[i].append(out[i])  # a view: every step returns a new array
             if s + 1 < steps:
                 fed[i].append(nxt[i])
     dt = time.perf_counter() - t
