@@ -527,7 +527,6 @@ class EngineLogitsSource(LogitsSource):
         self.vocab_size = engine.vocab_size
         self.chunk = int(chunk)
         self.seq: Sequence | None = None
-        self._lock = threading.Lock()
 
     def fingerprint(self) -> bytes:
         return self.eng.fingerprint()
