@@ -192,6 +192,17 @@ def test_usage_errors_exit_2(capsys):
         assert "usage:" in capsys.readouterr().err
 
 
+def test_demo_options_reach_the_demo(capsys):
+    # a leading option after `demo` belongs to the demo's parser, not to seqkv's
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "demo", "--json", "out.json", "--help"])
+    assert exc.value.code == 0
+    assert "--doc-tokens" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["store", "ls", "--json", "--demo-option"])
+    assert exc.value.code == 2
+
+
 def test_entry_point_subprocess(tmp_path):
     """The installed script and `python -m seqkv` exit with the documented codes."""
     proc = subprocess.run([sys.executable, "-m", "seqkv", "inspect", str(tmp_path / "none.skv")],

@@ -539,7 +539,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     global _QUIET
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `demo` is the demo's own (argparse's REMAINDER would not take a leading
+    # option such as `seqkv demo --json F`).
+    cut = words.index("demo") + 1 if "demo" in words else len(words)
+    if not all(w.startswith("-") for w in words[: cut - 1]):
+        cut = len(words)
+    args = parser.parse_args(words[:cut])
+    if cut < len(words):
+        args.demo_args = words[cut:]
     _QUIET = bool(args.quiet)
     try:
         return int(args.func(args))
