@@ -13,8 +13,6 @@ pub enum Kind {
     InvalidInput,
     CorruptStream,
     FormatVersion,
-    ModelMismatch,
-    NumericsMismatch,
     Capacity,
 }
 
@@ -24,8 +22,6 @@ impl Kind {
             Kind::InvalidInput => "InvalidInputError",
             Kind::CorruptStream => "CorruptStreamError",
             Kind::FormatVersion => "FormatVersionError",
-            Kind::ModelMismatch => "ModelMismatchError",
-            Kind::NumericsMismatch => "NumericsMismatchError",
             Kind::Capacity => "CapacityError",
         }
     }
