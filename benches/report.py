@@ -1204,7 +1204,7 @@ REPRO: list[tuple[str, str, tuple[Any, ...], str]] = [
     ("engine", "invariant under batching/chunking", ("invariant",), ""),
     ("engine", "decode step tokens/s", ("step_tokens_per_s",), ",.1f"),
     ("competitors", "exact cross-entropy bits/token", ("exact", "cross_entropy_bits"), ".3f"),
-    ("dedup", "plt bits/token with dedup", ("codecs", 0, "bits_per_token"), ".3f"),
+    ("dedup", "plt container bits/token with dedup", ("codecs", 0, "bits_per_token"), ".3f"),
     ("serve", "TTFT p50 speed-up, 1 thread", ("threads", "1", "ttft_p50_speedup"), ".2f"),
     ("stress", "all checks passed", ("all_checks_passed",), ""),
 ]
