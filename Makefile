@@ -33,6 +33,8 @@ test: build test-rust test-python stubtest test-wheel
 
 test-rust:
 	cargo nextest run --workspace --exclude seqkv-py --release --no-fail-fast 2>&1 | tail -n 40; exit $${PIPESTATUS[0]}
+	# the fuzz corpora and every crash libFuzzer found, replayed on stable (fuzz/tests/replay.rs)
+	cargo test -q --release --manifest-path fuzz/Cargo.toml
 
 test-python: build redis-server
 	$(PY) -m pytest -q tests
