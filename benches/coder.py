@@ -95,18 +95,13 @@ def best_rate(fn, n: int, repeats: int) -> tuple[float, object]:
 
 
 def machine() -> dict[str, object]:
-    model_name = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from seqkv.models import cpu_name
+
+    model_name = cpu_name()
     import constriction
 
     return {
-        "cpu": model_name or platform.processor(),
+        "cpu": model_name,
         "cores": os.cpu_count(),
         "rayon_threads": int(os.environ.get("RAYON_NUM_THREADS", 0)) or os.cpu_count(),
         "avx2": _native.has_avx2(),

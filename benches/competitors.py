@@ -64,11 +64,9 @@ def version(dist: str) -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from seqkv.models import cpu_name
+
+    cpu = cpu_name()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "loadavg_start": list(os.getloadavg()),
             **{d: version(d) for d in ("torch", "transformers", "optimum-quanto", "hqq", "torchac", "seqkv")}}

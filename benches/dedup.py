@@ -115,11 +115,9 @@ def main() -> None:
     conv, turns = (4, 2) if args.quick else (12, 3)
     sessions = chat_sessions(tok, conv, turns)
     rows = [measure(model, c, sessions) for c in args.codecs]
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from seqkv.models import cpu_name
+
+    cpu = cpu_name()
     res = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to fp32), CPU",
         "quick": args.quick,

@@ -53,14 +53,9 @@ LICENSES = ["Apache-2.0", "GPL-3", "MPL-2.0", "LGPL-3", "Artistic", "GFDL-1.3", 
 
 
 def machine() -> dict:
-    name = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from seqkv.models import cpu_name
+
+    name = cpu_name()
     return {
         "cpu": name,
         "cores": os.cpu_count(),

@@ -53,17 +53,11 @@ def tokenizer():
 
 
 def machine() -> dict[str, object]:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from seqkv.models import cpu_name
+
+    cpu = cpu_name()
     return {
-        "cpu": cpu or platform.processor(),
+        "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -62,14 +62,9 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from seqkv.models import cpu_name
+
+    cpu = cpu_name()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -48,14 +48,9 @@ CONTEXTS = (256, 1024, 4096)
 
 
 def machine_info(workdir: Path) -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from seqkv.models import cpu_name
+
+    cpu = cpu_name()
     fs = None
     try:
         out = subprocess.run(["df", "-T", str(workdir)], capture_output=True, text=True, check=True).stdout

@@ -28,11 +28,9 @@ DEADLINE_S = 900.0  # per workload: a bound that fails the run on a hang, not a 
 
 
 def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from seqkv.models import cpu_name
+
+    cpu = cpu_name()
     return {"cpu": cpu, "usable_cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
             "seqkv": seqkv.__version__, "loadavg_start": list(os.getloadavg())}
 

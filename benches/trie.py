@@ -249,14 +249,9 @@ def rss_bytes() -> int:
 
 
 def machine_info():
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from seqkv.models import cpu_name
+
+    cpu = cpu_name()
     info = dict(
         cpu=cpu,
         logical_cpus=os.cpu_count(),

@@ -207,7 +207,9 @@ def fingerprint(model: Any, tokenizer: Any = None) -> bytes:
     return h.digest()
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else what :mod:`platform` knows): part of the
+    numerics profile, and recorded by the benches."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -237,7 +239,7 @@ def numerics_profile(model: Any) -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "machine": platform.machine(),
     }
     if device.type == "cuda":
