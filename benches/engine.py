@@ -186,24 +186,9 @@ def load_model(random_weights: bool = False):
 
 def smollm2_shaped(seed: int = 0) -> tuple[dict, dict]:
     """Random weights with SmolLM2-135M's shapes (for the GPU run: the model file does not travel)."""
-    rng = np.random.default_rng(seed)
-    V, H, I, L, nh, nkv, hd = 49152, 576, 1536, 30, 9, 3, 64
-    inv = (1.0 / (np.float32(100000.0) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))).astype(np.float32)
-    config = {"vocab_size": V, "hidden_size": H, "intermediate_size": I, "num_layers": L, "num_heads": nh,
-              "num_kv_heads": nkv, "head_dim": hd, "rms_norm_eps": 1e-5, "rope_inv_freq": inv.tolist(),
-              "rope_attention_scaling": 1.0, "attention_scale": hd**-0.5}
+    from seqkv.engine import random_tensors
 
-    def w(*shape):
-        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.05)).astype(np.float32)
-
-    t = {"embed": w(V, H), "norm": (1 + w(H)).astype(np.float32)}
-    for i in range(L):
-        p = f"layers.{i}."
-        t[p + "input_norm"] = (1 + w(H)).astype(np.float32)
-        t[p + "post_norm"] = (1 + w(H)).astype(np.float32)
-        t[p + "q"], t[p + "k"], t[p + "v"], t[p + "o"] = w(nh * hd, H), w(nkv * hd, H), w(nkv * hd, H), w(H, nh * hd)
-        t[p + "gate"], t[p + "up"], t[p + "down"] = w(I, H), w(I, H), w(H, I)
-    return config, t
+    return random_tensors(49152, 576, 1536, 30, 9, 3, 64, rope_theta=100000.0, scale=0.05, seed=seed)
 
 
 def step_breakdown(g, rows: int) -> dict[str, float]:

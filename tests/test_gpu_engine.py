@@ -19,23 +19,9 @@ pytestmark = [
 
 def _config(V=300, H=64, I=96, L=2, nh=4, nkv=2, hd=16, seed=0):
     """A random Llama-shaped config + float32 tensors (names as seqkv.engine.hf_tensors)."""
-    rng = np.random.default_rng(seed)
-    inv = (1.0 / (np.float32(10000.0) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))).astype(np.float32)
-    config = {"vocab_size": V, "hidden_size": H, "intermediate_size": I, "num_layers": L, "num_heads": nh,
-              "num_kv_heads": nkv, "head_dim": hd, "rms_norm_eps": 1e-5, "rope_inv_freq": inv.tolist(),
-              "rope_attention_scaling": 1.0, "attention_scale": hd**-0.5}
+    from seqkv.engine import random_tensors
 
-    def w(*shape):
-        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.2)).astype(np.float32)
-
-    t = {"embed": w(V, H), "norm": (1 + w(H)).astype(np.float32)}
-    for i in range(L):
-        p = f"layers.{i}."
-        t[p + "input_norm"] = (1 + w(H)).astype(np.float32)
-        t[p + "post_norm"] = (1 + w(H)).astype(np.float32)
-        t[p + "q"], t[p + "k"], t[p + "v"], t[p + "o"] = w(nh * hd, H), w(nkv * hd, H), w(nkv * hd, H), w(H, nh * hd)
-        t[p + "gate"], t[p + "up"], t[p + "down"] = w(I, H), w(I, H), w(H, I)
-    return config, t
+    return random_tensors(V, H, I, L, nh, nkv, hd, seed=seed)
 
 
 def _engines(config, tensors, **kw):

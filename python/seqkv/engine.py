@@ -43,6 +43,7 @@ from .errors import InvalidInputError
 
 __all__ = [
     "Engine",
+    "random_tensors",
     "supports",
     "unsupported_reason",
     "Sequence",
@@ -195,6 +196,44 @@ def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "attention_scale": float(getattr(attn0, "scaling", head_dim**-0.5)),
     }
     return config, tensors
+
+
+def random_tensors(
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    *,
+    rope_theta: float = 10000.0,
+    scale: float = 0.2,
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A Llama-shaped config and seeded random float32 tensors (names as :func:`hf_tensors`):
+    weights ``N(0, scale^2)``, norms ``1 + N(0, scale^2)``; for tests and for benches on machines
+    without a model file. No torch needed."""
+    rng = np.random.default_rng(seed)
+    hd = head_dim
+    inv = (1.0 / (np.float32(rope_theta) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))).astype(np.float32)
+    config = {"vocab_size": vocab_size, "hidden_size": hidden_size, "intermediate_size": intermediate_size,
+              "num_layers": num_layers, "num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": hd,
+              "rms_norm_eps": 1e-5, "rope_inv_freq": inv.tolist(), "rope_attention_scaling": 1.0,
+              "attention_scale": hd**-0.5}
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)).astype(np.float32)
+
+    H, I, nh, nkv = hidden_size, intermediate_size, num_heads, num_kv_heads
+    t = {"embed": w(vocab_size, H), "norm": (1 + w(H)).astype(np.float32)}
+    for i in range(num_layers):
+        p = f"layers.{i}."
+        t[p + "input_norm"] = (1 + w(H)).astype(np.float32)
+        t[p + "post_norm"] = (1 + w(H)).astype(np.float32)
+        t[p + "q"], t[p + "k"], t[p + "v"], t[p + "o"] = w(nh * hd, H), w(nkv * hd, H), w(nkv * hd, H), w(H, nh * hd)
+        t[p + "gate"], t[p + "up"], t[p + "down"] = w(I, H), w(I, H), w(H, I)
+    return config, t
 
 
 class Sequence:
