@@ -4,33 +4,8 @@
 //! does with its cores even when other jobs share the machine.
 #![allow(clippy::needless_range_loop)]
 
+use seqkv_engine::probe::{cpu_seconds, CpuClock};
 use seqkv_engine::{matmul, Isa, PackedMatrix, WeightDtype};
-
-/// Process CPU seconds (robust to other processes sharing the machine) on Linux;
-/// wall-clock seconds elsewhere.
-#[cfg(target_os = "linux")]
-fn cpu_now() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
-    }
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    unsafe { clock_gettime(2, &mut ts) }; // CLOCK_PROCESS_CPUTIME_ID
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
-}
-
-#[cfg(not(target_os = "linux"))]
-fn cpu_now() -> f64 {
-    use std::sync::OnceLock;
-    static T0: OnceLock<std::time::Instant> = OnceLock::new();
-    T0.get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs_f64()
-}
 
 fn main() {
     let isa = Isa::detect();
@@ -62,7 +37,7 @@ fn main() {
                 .map(|m| (0..rows * m.k()).map(|i| (i % 7) as f32 * 0.1).collect())
                 .collect();
             // one model step = 30 layers of the first four + lm head
-            let t = cpu_now();
+            let t = cpu_seconds(CpuClock::Process);
             for _ in 0..reps {
                 for layer in 0..30 {
                     for i in 0..4 {
@@ -72,7 +47,7 @@ fn main() {
                 }
                 matmul(isa, &xs[4], rows, &mats[4], &mut outs[4]);
             }
-            let dt = (cpu_now() - t) / reps as f64 / rayon::current_num_threads() as f64;
+            let dt = (cpu_seconds(CpuClock::Process) - t) / reps as f64 / rayon::current_num_threads() as f64;
             for i in 0..4 {
                 macs += 30 * rows * mats[i].k() * mats[i].n();
                 bytes += 30 * mats[i].nbytes();

@@ -51,18 +51,28 @@ pub fn fma_peak(iters: usize, repeats: usize) -> f64 {
         .map(|i| {
             let mut best = 0f64;
             for _ in 0..repeats.max(1) {
-                let t0 = thread_seconds();
+                let t0 = cpu_seconds(CpuClock::Thread);
                 let macs = fma_chains(iters, i as f32);
-                best = best.max(macs / (thread_seconds() - t0).max(1e-9));
+                best = best.max(macs / (cpu_seconds(CpuClock::Thread) - t0).max(1e-9));
             }
             best
         })
         .sum()
 }
 
-/// CPU seconds of the calling thread (Linux); wall-clock seconds elsewhere.
+/// Which CPU clock [`cpu_seconds`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuClock {
+    /// CPU time of the calling thread.
+    Thread,
+    /// CPU time of the whole process (all threads).
+    Process,
+}
+
+/// CPU seconds of `clock` (Linux): robust to other jobs sharing the machine. Wall-clock seconds
+/// since the first call elsewhere.
 #[cfg(target_os = "linux")]
-fn thread_seconds() -> f64 {
+pub fn cpu_seconds(clock: CpuClock) -> f64 {
     #[repr(C)]
     struct Timespec {
         sec: i64,
@@ -71,14 +81,19 @@ fn thread_seconds() -> f64 {
     extern "C" {
         fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
     }
+    // CLOCK_THREAD_CPUTIME_ID = 3, CLOCK_PROCESS_CPUTIME_ID = 2
+    let id = match clock {
+        CpuClock::Thread => 3,
+        CpuClock::Process => 2,
+    };
     let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec; 3 = CLOCK_THREAD_CPUTIME_ID.
-    unsafe { clock_gettime(3, &mut ts) };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { clock_gettime(id, &mut ts) };
     ts.sec as f64 + ts.nsec as f64 * 1e-9
 }
 
 #[cfg(not(target_os = "linux"))]
-fn thread_seconds() -> f64 {
+pub fn cpu_seconds(_clock: CpuClock) -> f64 {
     use std::sync::OnceLock;
     static T0: OnceLock<Instant> = OnceLock::new();
     T0.get_or_init(Instant::now).elapsed().as_secs_f64()
