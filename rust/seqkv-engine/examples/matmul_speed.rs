@@ -47,7 +47,9 @@ fn main() {
                 }
                 matmul(isa, &xs[4], rows, &mats[4], &mut outs[4]);
             }
-            let dt = (cpu_seconds(CpuClock::Process) - t) / reps as f64 / rayon::current_num_threads() as f64;
+            let dt = (cpu_seconds(CpuClock::Process) - t)
+                / reps as f64
+                / rayon::current_num_threads() as f64;
             for i in 0..4 {
                 macs += 30 * rows * mats[i].k() * mats[i].n();
                 bytes += 30 * mats[i].nbytes();
