@@ -1,8 +1,11 @@
-"""Shared fixtures: one SmolLM2 load per session, and a tiny random-weight Llama."""
+"""Shared fixtures (one SmolLM2 load per session, a tiny random-weight Llama) and helpers."""
 
 from __future__ import annotations
 
 import importlib.util
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,3 +52,24 @@ def tiny_llama():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+def run_threads(work: Callable[..., None], args_per_thread: Iterable[tuple[Any, ...]]) -> None:
+    """Runs ``work(*args)`` on one thread per ``args`` at once, waits for all, and re-raises the
+    first exception any of them raised (an assertion failing in a worker fails the test)."""
+    errors: list[BaseException] = []
+
+    def guarded(*args: Any) -> None:
+        try:
+            work(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=args) for args in args_per_thread]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+

@@ -6,10 +6,10 @@ import hashlib
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from conftest import run_threads
 
 from seqkv import InvalidInputError, SessionNotFoundError, StoreError
 from seqkv.backends import CorruptRecordError, MemoryBackend, SessionRecord, SQLiteBackend, open_backend
@@ -139,26 +139,16 @@ class BackendContract:
         assert backend.get("a") == make_record(1)
 
     def test_threads(self, backend):
-        errors: list[BaseException] = []
-
         def work(t: int) -> None:
-            try:
-                for i in range(40):
-                    sid = f"t{t}-{i}"
-                    backend.put(sid, make_record(t * 100 + i))
-                    assert backend.get(sid) == make_record(t * 100 + i)
-                    backend.put("shared", make_record(i))
-                    backend.get("shared")
-                    backend.update_blob("counter", lambda old: str(int(old or b"0") + 1).encode())
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            for i in range(40):
+                sid = f"t{t}-{i}"
+                backend.put(sid, make_record(t * 100 + i))
+                assert backend.get(sid) == make_record(t * 100 + i)
+                backend.put("shared", make_record(i))
+                backend.get("shared")
+                backend.update_blob("counter", lambda old: str(int(old or b"0") + 1).encode())
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert not errors, errors
+        run_threads(work, [(t,) for t in range(8)])
         assert len(backend) == 8 * 40 + 1
         assert backend.get_blob("counter") == b"320"  # no lost update
 

@@ -3,10 +3,9 @@ references kept alive across deletes, thread safety, persistence, transformers h
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
+from conftest import run_threads
 
 from seqkv import hf
 from seqkv.errors import InvalidInputError, NumericsMismatchError, SessionNotFoundError
@@ -134,23 +133,14 @@ def test_threads(tiny_llama, rng):
     store = SessionStore(tiny_llama)
     system = rng.integers(0, 512, 16)
     seqs = {f"s{i}": np.concatenate([system, rng.integers(0, 512, 6)]) for i in range(6)}
-    errors = []
 
     def work(items):
-        try:
-            for sid, toks in items:
-                store.put(sid, toks)
-                assert np.array_equal(store.get(sid)[0], toks)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for sid, toks in items:
+            store.put(sid, toks)
+            assert np.array_equal(store.get(sid)[0], toks)
 
     items = list(seqs.items())
-    threads = [threading.Thread(target=work, args=(items[i::3],)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_threads(work, [(items[i::3],) for i in range(3)])
     assert len(store) == 6
     assert store.stats()["coded_tokens"] < sum(len(s) for s in seqs.values())
     for sid, toks in seqs.items():

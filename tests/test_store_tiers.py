@@ -3,10 +3,9 @@ store, get_prefix, concurrency and bad input — on the tiny random-weight Llama
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
+from conftest import run_threads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -251,34 +250,25 @@ def test_threads_put_get_while_demoting(tiny_llama, rng):
     system = rng.integers(0, 512, 16)
     seqs = {f"t{i}": np.concatenate([system, rng.integers(0, 512, 10 + i % 5)]) for i in range(16)}
     refs = {sid: hf.compute_cache(tiny_llama, toks)[0] for sid, toks in seqs.items()}
-    errors: list[BaseException] = []
 
     def work(items):
-        try:
-            for rnd in range(3):
-                for sid, toks in items:
-                    if rnd == 0:
-                        store.put(sid, toks)
-                    mode = "exact" if (rnd + len(sid)) % 2 else "faithful"
-                    got, cache = store.get(sid, mode=mode)
-                    assert np.array_equal(got, toks)
-                    if mode == "exact":
-                        assert hf.caches_equal(cache, refs[sid])
-                    else:
-                        assert _warm_bound(cache, refs[sid])
-                    n, pre = store.get_prefix(toks)
-                    assert n >= 16 and hf.cache_length(pre) == n
-                    assert store.tier_stats()["used_bytes"] <= 120 * PER_TOKEN
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for rnd in range(3):
+            for sid, toks in items:
+                if rnd == 0:
+                    store.put(sid, toks)
+                mode = "exact" if (rnd + len(sid)) % 2 else "faithful"
+                got, cache = store.get(sid, mode=mode)
+                assert np.array_equal(got, toks)
+                if mode == "exact":
+                    assert hf.caches_equal(cache, refs[sid])
+                else:
+                    assert _warm_bound(cache, refs[sid])
+                n, pre = store.get_prefix(toks)
+                assert n >= 16 and hf.cache_length(pre) == n
+                assert store.tier_stats()["used_bytes"] <= 120 * PER_TOKEN
 
     items = list(seqs.items())
-    threads = [threading.Thread(target=work, args=(items[i::4],)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    run_threads(work, [(items[i::4],) for i in range(4)])
     st_ = store.tier_stats()
     assert sum(v["count"] for v in st_["tiers"].values()) == 16
     assert st_["tiers"]["hot"]["demotions_out"] > 0
@@ -488,22 +478,13 @@ def test_warm_bits(tiny_llama, convo, bits):
 def test_concurrent_puts_of_one_id_leave_one_session(tiny_llama, rng):
     store = SessionStore(tiny_llama, codec="plt", capacity_bytes=50 * PER_TOKEN)
     versions = [rng.integers(0, 512, 12 + i) for i in range(4)]
-    errors: list[BaseException] = []
 
     def work(k: int) -> None:
-        try:
-            for i in range(6):
-                store.put("same", versions[(k + i) % 4])
-                store.put(f"other{k}", versions[k])
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        for i in range(6):
+            store.put("same", versions[(k + i) % 4])
+            store.put(f"other{k}", versions[k])
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    run_threads(work, [(k,) for k in range(4)])
     st_ = store.stats()
     assert st_["sessions"] == 5 and sum(v["count"] for v in st_["tiers"].values()) == 5
     assert any(np.array_equal(store.tokens("same"), v) for v in versions)

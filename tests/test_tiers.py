@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
+from conftest import run_threads
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -111,28 +110,19 @@ def test_errors():
 
 def test_threads_keep_invariants():
     t = Tiers(50_000)
-    errors = []
 
     def work(k: int) -> None:
-        try:
-            for i in range(300):
-                sid = f"{k}-{i % 40}"
-                if sid in t:
-                    t.access(sid)
-                else:
-                    t.add(sid, nbytes=1000 + 37 * (i % 13))
-                if i % 7 == 0:
-                    t.resize(sid, 500 + i)
-                assert t.used_bytes() <= 50_000
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        for i in range(300):
+            sid = f"{k}-{i % 40}"
+            if sid in t:
+                t.access(sid)
+            else:
+                t.add(sid, nbytes=1000 + 37 * (i % 13))
+            if i % 7 == 0:
+                t.resize(sid, 500 + i)
+            assert t.used_bytes() <= 50_000
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors
+    run_threads(work, [(k,) for k in range(8)])
     assert len(t) == 8 * 40 and t.used_bytes() <= 50_000
 
 
