@@ -232,6 +232,13 @@ def kivi_bpc(bits: int) -> float:
 # --- plots ----------------------------------------------------------------------------------------
 
 
+def save_plot(fig: Any, path: Path) -> None:
+    """Lays out, writes (PNG, 110 dpi) and closes a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def bar_plot(path: Path, labels: list[str], values: list[float], colors: list[str], title: str, ylabel: str) -> None:
     fig, ax = plt.subplots(figsize=(10, 5))
     ax.bar(range(len(values)), values, color=colors)
@@ -243,9 +250,7 @@ def bar_plot(path: Path, labels: list[str], values: list[float], colors: list[st
     ax.grid(axis="y", which="major", alpha=0.3)
     for i, v in enumerate(values):
         ax.text(i, v * 1.15, f"{v:,.3g}" if v < 100 else f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_plot(fig, path)
 
 
 # --- report sections --------------------------------------------------------------------------------
@@ -491,9 +496,7 @@ class Report:
         ax.set_title(f"lm codec bits/token by position bucket ({self.comp_name})", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(self.out / "bits_vs_position.png", dpi=110)
-        plt.close(fig)
+        save_plot(fig, self.out / "bits_vs_position.png")
         self.table(["text", "positions", "tokens", "lm coded bits/token", "cross-entropy bits/token"], rows)
         trend = self.position_trend()
         first = texts[0]["by_position"][0]["positions"]
@@ -553,9 +556,7 @@ class Report:
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        fig.savefig(self.out / "restore_latency.png", dpi=110)
-        plt.close(fig)
+        save_plot(fig, self.out / "restore_latency.png")
         self.w(f"From {self.f('store')} (SessionStore tiers, SmolLM2 shape; milliseconds"
                + (f"; {restore['how']}" if isinstance(restore.get("how"), str) else "") + "):", "")
         if lengths:
@@ -649,9 +650,7 @@ class Report:
             ax.set_title(f"Time to first token, SmolLM2-135M chat loop ({self.src.rel('serve')})", fontsize=10)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(self.out / "serve_ttft.png", dpi=110)
-            plt.close(fig)
+            save_plot(fig, self.out / "serve_ttft.png")
             self.w("![serve ttft](serve_ttft.png)", "")
 
     # (4) --------------------------------------------------------------------------------------------
@@ -682,9 +681,7 @@ class Report:
                          fontsize=10)
             ax.grid(axis="y", alpha=0.3)
             ax.legend()
-            fig.tight_layout()
-            fig.savefig(self.out / "coder.png", dpi=110)
-            plt.close(fig)
+            save_plot(fig, self.out / "coder.png")
             self.w("![coder](coder.png)", "")
         self.w(
             f"Coded size: seqkv {fmt(get(c, 'bits_per_token'), '.4f')} bits/token vs cross-entropy "
@@ -747,9 +744,7 @@ class Report:
             a2.set_title("read scaling (native threads)", fontsize=10)
             a2.legend(fontsize=7)
             a2.grid(alpha=0.3, which="both")
-            fig.tight_layout()
-            fig.savefig(self.out / "trie.png", dpi=110)
-            plt.close(fig)
+            save_plot(fig, self.out / "trie.png")
             self.w("![trie](trie.png)", "")
         self.w(
             "Targets: match ≥ 10× SGLang: " + "; ".join(
@@ -815,9 +810,7 @@ class Report:
             ax.set_title(f"GPU kernels vs bandwidth roofline, {get(g, 'machine', 'gpu')}", fontsize=10)
             ax.set_ylim(0, copy * 1.15)
             ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(self.out / "gpu_roofline.png", dpi=110)
-            plt.close(fig)
+            save_plot(fig, self.out / "gpu_roofline.png")
             self.w("![gpu roofline](gpu_roofline.png)", "")
         qf = get(g, "summary", "quantize_gather_bw_fraction")
         rf = get(g, "summary", "residual_bw_fraction")
@@ -868,7 +861,6 @@ class Report:
                      f"{s.bits(3) / 4.3:,.0f}×", f"{s.bits(3) / 4300:,.0f}×",
                      ratio(s.bits(3), lm)] for s in SHAPES])
         mha, gqa = LLAMA70B_MHA, LLAMA70B_GQA
-        ce_q = get(self.comp, "summary", "cross_entropy_bits")
         # claim 1: per-text perplexity and coded bits
         per_text = [(t["text"], 2 ** t["cross_entropy_bits"], t["lm_bits_per_token"]) for t in self.texts
                     if t.get("cross_entropy_bits") is not None and t.get("lm_bits_per_token") is not None]
@@ -1088,9 +1080,7 @@ class Report:
             ax.set_title("Stored size vs what the model loses, SmolLM2-135M (competitors.json)", fontsize=10)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(self.out / "competitors.png", dpi=110)
-            plt.close(fig)
+            save_plot(fig, self.out / "competitors.png")
             self.w("![competitors](competitors.png)", "")
 
     def hardening(self) -> None:
