@@ -16,17 +16,21 @@
 // * Tile t is block t (blocks of a 1-D grid are dispatched in index order, so every tile a
 //   look-back waits for has started: the assumption of CUB's single-pass scan);
 //   each publishes its word count and finds its output offset by decoupled look-back over the
-//   tile states (flag and count in one 64-bit word: 1 = this tile's count, 2 = inclusive prefix).
-//   No scratch buffer, no separate scan or compaction pass; pack leaves the total word count in
-//   the last tile's state. `state` (one u64 per tile) starts zeroed.
+//   tile states (epoch, flag and count in one 64-bit word: flag 1 = this tile's count, 2 =
+//   inclusive prefix). No scratch buffer, no separate scan or compaction pass; pack writes the
+//   total word count to `total` (host-mapped pinned memory: no copy to wait for).
+//   `state` (one u64 per tile) is reused from call to call without zeroing: a state written
+//   under another epoch (a previous call) reads as "not yet published". The caller gives each
+//   call on a state buffer a new nonzero 20-bit epoch (and zeroes the buffer when they wrap).
 
 typedef unsigned int u32;
 typedef unsigned long long u64;
 #define FULL_MASK 0xffffffffu
 #define WARPS 8
-#define ST_AGG (1ull << 62)
-#define ST_PRE (2ull << 62)
-#define ST_VAL ((1ull << 62) - 1)
+#define ST_EPOCH 44
+#define ST_AGG (1ull << 42)
+#define ST_PRE (2ull << 42)
+#define ST_VAL ((1ull << 42) - 1)
 
 template <typename U> struct Bits;
 template <> struct Bits<unsigned short> { static constexpr int W = 16; static constexpr int E = 2; };
@@ -36,10 +40,17 @@ template <> struct Bits<u32> { static constexpr int W = 32; static constexpr int
 template <int E> struct Swar;
 template <> struct Swar<2> {
     static constexpr u32 H = 0x80008000u, LO = 0x00010001u;
-    __device__ __forceinline__ static u32 key(u32 b) { return b ^ (((b >> 15) & LO) * 0x7fffu); }
+    // 0xffff in each 16-bit half whose top bit is set: one PRMT replicating the sign bits of
+    // bytes 1 and 3 (selector nibbles with bit 3 set)
+    __device__ __forceinline__ static u32 sign(u32 b) {
+        u32 r;
+        asm("prmt.b32 %0, %1, 0, 0xBB99;" : "=r"(r) : "r"(b));
+        return r;
+    }
+    __device__ __forceinline__ static u32 key(u32 b) { return b ^ (sign(b) & 0x7fff7fffu); }
     __device__ __forceinline__ static u32 sub(u32 a, u32 b) { return ((a | H) - (b & ~H)) ^ ((a ^ ~b) & H); }
     __device__ __forceinline__ static u32 add(u32 a, u32 b) { return ((a & ~H) + (b & ~H)) ^ ((a ^ b) & H); }
-    __device__ __forceinline__ static u32 zig(u32 d) { return ((d << 1) & 0xfffefffeu) ^ (((d >> 15) & LO) * 0xffffu); }
+    __device__ __forceinline__ static u32 zig(u32 d) { return ((d << 1) & 0xfffefffeu) ^ sign(d); }
     __device__ __forceinline__ static u32 unzig(u32 z) { return ((z >> 1) & 0x7fff7fffu) ^ ((z & LO) * 0xffffu); }
 };
 template <> struct Swar<1> {
@@ -68,32 +79,38 @@ __device__ __forceinline__ V_t warp_sum(V_t v) {
 
 // Exclusive prefix of this tile's count `agg` over the tiles before it. Called by all lanes of
 // one warp; publishes the tile's own state first and its inclusive prefix at the end.
-__device__ u64 look_back(u64* state, u32 tile, u64 agg) {
+// flag of a state under `ep` (the epoch, shifted into place): 0 when written by another call
+__device__ __forceinline__ u32 st_flag(u64 s, u64 ep) {
+    return (s & ~((1ull << ST_EPOCH) - 1)) == ep ? (u32)(s >> 42) & 3u : 0u;
+}
+
+__device__ u64 look_back(u64* state, u32 tile, u64 agg, u64 ep) {
     const int lane = threadIdx.x & 31;
     if (tile == 0) {
-        if (lane == 0) st_relaxed(state, ST_PRE | agg);
+        if (lane == 0) st_relaxed(state, ep | ST_PRE | agg);
         return 0;
     }
-    if (lane == 0) st_relaxed(state + tile, ST_AGG | agg);
+    if (lane == 0) st_relaxed(state + tile, ep | ST_AGG | agg);
     u64 excl = 0;
     long long j = (long long)tile - 1;  // the tile lane 0 looks at; lane l looks at j - l
     while (true) {
         const long long idx = j - lane;
-        u64 s = idx >= 0 ? ld_relaxed(state + idx) : ST_PRE;  // before tile 0: a prefix of 0
-        while (__any_sync(FULL_MASK, (s >> 62) == 0))
-            if ((s >> 62) == 0) s = ld_relaxed(state + idx);
-        const u32 pre = __ballot_sync(FULL_MASK, (s >> 62) == 2);
+        u64 s = idx >= 0 ? ld_relaxed(state + idx) : ep | ST_PRE;  // before tile 0: a prefix of 0
+        while (__any_sync(FULL_MASK, st_flag(s, ep) == 0))
+            if (st_flag(s, ep) == 0) s = ld_relaxed(state + idx);
+        const u32 pre = __ballot_sync(FULL_MASK, st_flag(s, ep) == 2);
         const int last = pre ? __ffs(pre) - 1 : 31;  // lanes 0..last add up to the nearest prefix
         excl += warp_sum<u64>(lane <= last ? (s & ST_VAL) : 0ull);
         if (pre) break;
         j -= 32;
     }
-    if (lane == 0) st_relaxed(state + tile, ST_PRE | (excl + agg));
+    if (lane == 0) st_relaxed(state + tile, ep | ST_PRE | (excl + agg));
     return excl;
 }
 
 // Offset of this warp's words: look-back for the tile (warp 0), plus the warps before it.
-__device__ __forceinline__ u64 warp_offset(u64* state, u32 tile, u32 warp_total) {
+// With `total` (pack): the last tile also writes the total word count there.
+__device__ __forceinline__ u64 warp_offset(u64* state, u32 tile, u32 warp_total, u32 epoch, u64* total) {
     __shared__ u32 sh_w[WARPS];
     __shared__ u64 sh_base;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -107,8 +124,11 @@ __device__ __forceinline__ u64 warp_offset(u64* state, u32 tile, u32 warp_total)
         all += c;
     }
     if (warp == 0) {
-        const u64 base = look_back(state, tile, all);
-        if (lane == 0) sh_base = base;
+        const u64 base = look_back(state, tile, all, (u64)epoch << ST_EPOCH);
+        if (lane == 0) {
+            sh_base = base;
+            if (total != nullptr && tile == gridDim.x - 1) *total = base + all;
+        }
     }
     __syncthreads();
     return sh_base + before;
@@ -130,7 +150,8 @@ __device__ __forceinline__ u32 blocks_to_pairs(u32 v, int lane) {
 template <typename U, int K>
 __global__ void __launch_bounds__(WARPS * 32)
 residual_pack(const U* __restrict__ orig, const U* __restrict__ recomp, long long n, long long nblocks,
-              unsigned char* __restrict__ widths, u32* __restrict__ words, u64* __restrict__ state) {
+              unsigned char* __restrict__ widths, u32* __restrict__ words, u64* __restrict__ state,
+              u32 epoch, u64* total_out) {
     constexpr int E = Bits<U>::E;
     constexpr int STEP = 32 * E;  // elements per warp step
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -188,7 +209,7 @@ residual_pack(const U* __restrict__ orig, const U* __restrict__ recomp, long lon
             }
         }
     }
-    u64 off = warp_offset(state, tile, total);
+    u64 off = warp_offset(state, tile, total, epoch, total_out);
 #pragma unroll
     for (int i = 0; i < K; ++i) {
         if (E == 2) {
@@ -216,10 +237,10 @@ residual_pack(const U* __restrict__ orig, const U* __restrict__ recomp, long lon
 }
 
 template <typename U, int K>
-__global__ void __launch_bounds__(WARPS * 32)
+__global__ void __launch_bounds__(WARPS * 32, 5)  // <= 51 registers: 5 tiles per SM
 residual_unpack(const U* __restrict__ recomp, long long n, long long nblocks,
                 const unsigned char* __restrict__ widths, const u32* __restrict__ words,
-                u64* __restrict__ state, U* __restrict__ out) {
+                u64* __restrict__ state, u32 epoch, U* __restrict__ out) {
     constexpr int E = Bits<U>::E;
     constexpr int STEP = 32 * E;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -259,16 +280,18 @@ residual_unpack(const U* __restrict__ recomp, long long n, long long nblocks,
         }
     }
     const u32 total = __reduce_add_sync(FULL_MASK, E == 2 ? (mywidth & 0xffu) + (mywidth >> 8) : mywidth);
-    u64 off = warp_offset(state, tile, total);
+    u64 off = warp_offset(state, tile, total, epoch, nullptr);
 
-    // all the words of the warp's steps in flight at once: lane j holds word j of each block
-    u32 wd[K], ma[K], mb[K];
+    // all the words of the warp's steps in flight at once, one register per step: lane j holds
+    // word j of the step's block (E = 1) or of block A (E = 2), lane 16 + j word j of block B
+    const u32 plane = E == 2 ? (u32)lane & 15u : (u32)lane;
+    const bool in_b = E == 2 && lane >= 16;
+    u32 wd[K], mw[K];
 #pragma unroll
     for (int i = 0; i < K; ++i) {
         wd[i] = __shfl_sync(FULL_MASK, mywidth, i);
-        const u32 wa = wd[i] & 0xffu, wb = E == 2 ? wd[i] >> 8 : 0u;
-        ma[i] = (u32)lane < wa ? words[off + lane] : 0u;
-        mb[i] = (u32)lane < wb ? words[off + wa + lane] : 0u;
+        const u32 wa = E == 2 ? wd[i] & 0xffu : wd[i], wb = E == 2 ? wd[i] >> 8 : 0u;
+        mw[i] = plane < (in_b ? wb : wa) ? words[off + (in_b ? wa : 0u) + plane] : 0u;
         off += wa + wb;
     }
     u32* po = reinterpret_cast<u32*>(out + e0) + lane;
@@ -278,12 +301,12 @@ residual_unpack(const U* __restrict__ recomp, long long n, long long nblocks,
         if (E == 2) {
             const u32 wm = max(wd[i] & 0xffu, wd[i] >> 8);
             for (u32 j = 0; j < wm; ++j) {
-                const u32 a = __shfl_sync(FULL_MASK, ma[i], j), b = __shfl_sync(FULL_MASK, mb[i], j);
+                const u32 a = __shfl_sync(FULL_MASK, mw[i], j), b = __shfl_sync(FULL_MASK, mw[i], 16 + j);
                 z |= (((a >> lane) & 1u) << j) | (((b >> lane) & 1u) << (j + 16));
             }
             z = blocks_to_pairs(z, lane);
         } else {
-            for (u32 j = 0; j < wd[i]; ++j) z |= ((__shfl_sync(FULL_MASK, ma[i], j) >> lane) & 1u) << j;
+            for (u32 j = 0; j < wd[i]; ++j) z |= ((__shfl_sync(FULL_MASK, mw[i], j) >> lane) & 1u) << j;
         }
         const u32 o = Swar<E>::key(Swar<E>::add(Swar<E>::key(r[i]), Swar<E>::unzig(z)));
         if (full) {

@@ -770,6 +770,8 @@ class GpuEngine:
         (32, 64, 16, 2, 4), (32, 64, 32, 2, 4), (32, 64, 64, 2, 4), (32, 64, 32, 2, 8),
         (32, 64, 16, 2, 2), (32, 64, 32, 2, 2), (32, 64, 64, 2, 2), (32, 64, 32, 1, 4),
         (32, 32, 32, 2, 2), (16, 64, 32, 2, 2),
+        # one wave of 128 blocks on 132 SMs for the 256-row steps' narrow matmuls (N = 576)
+        (16, 72, 32, 2, 2), (16, 72, 64, 2, 2),
     )
 
     def __init__(self, config: dict[str, Any], tensors: dict[str, Any], *, max_slots: int = 256,
@@ -841,8 +843,8 @@ class GpuEngine:
     #: default shape per matmul (measured on an H100 with SmolLM2's sizes at 256 rows,
     #: benches/results/engine_gpu.json)
     DEFAULT_GEMM_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
-        "qkv": (32, 64, 32, 2, 2), "o": (32, 64, 32, 2, 2), "gu": (32, 64, 16, 4, 4),
-        "down": (32, 64, 32, 2, 2), "lm_head": (128, 128, 8, 8, 8),
+        "qkv": (32, 64, 32, 2, 2), "o": (16, 72, 64, 2, 2), "gu": (32, 64, 16, 4, 4),
+        "down": (16, 72, 64, 2, 2), "lm_head": (128, 128, 8, 8, 8),
     }
 
     @staticmethod
@@ -889,8 +891,8 @@ class GpuEngine:
 
     def tune_gemms(self, rows: int | None = None, reps: int = 20) -> dict[str, dict[str, float]]:
         """Time every compiled GEMM shape on each matmul of a step over ``rows`` rows (default
-        ``max_rows``), keep the fastest per matmul in :attr:`gemm_shapes` and return the
-        microseconds per launch, ``{matmul: {"BMxBNxBK/TMxTN": us}}``. Numerics do not change
+        ``max_rows``; the best of three batches of ``reps`` launches), keep the fastest per matmul
+        in :attr:`gemm_shapes` and return the microseconds per launch, ``{matmul: {"BMxBNxBK/TMxTN": us}}``. Numerics do not change
         (every shape gives the same bits); the buffers' contents are overwritten."""
         cp = self.cp
         R = int(rows or self.max_rows)
@@ -904,13 +906,16 @@ class GpuEngine:
                 if args[-1] not in self._modes(shape):
                     continue
                 self._gemm(which, *args, shape=shape)
-                e0, e1 = cp.cuda.Event(), cp.cuda.Event()
-                e0.record()
-                for _ in range(reps):
-                    self._gemm(which, *args, shape=shape)
-                e1.record()
-                e1.synchronize()
-                times[shape] = cp.cuda.get_elapsed_time(e0, e1) * 1e3 / reps
+                best = float("inf")
+                for _ in range(3):  # the best of three batches: robust to a clock ramp or a neighbour
+                    e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+                    e0.record()
+                    for _ in range(reps):
+                        self._gemm(which, *args, shape=shape)
+                    e1.record()
+                    e1.synchronize()
+                    best = min(best, cp.cuda.get_elapsed_time(e0, e1) * 1e3 / reps)
+                times[shape] = best
             self.gemm_shapes[which] = min(times, key=times.__getitem__)
             out[which] = {"{}x{}x{}/{}x{}".format(*s): t for s, t in times.items()}
         return out

@@ -475,29 +475,41 @@ def _residual_view(x: Any, kind: str | None) -> tuple[Any, str]:
     return arr.view(cp.uint32 if k == "f32" else cp.uint16), k
 
 
-def _zeroed_states(ntiles: int) -> Any:
-    """``ntiles`` u64 tile states, zeroed on the current stream."""
+_EPOCHS = 1 << 20  # cuda_kernels/residual.cu: 20-bit epochs
+_per_thread = threading.local()
+
+
+def _tile_states(ntiles: int) -> tuple[Any, np.uint32]:
+    """(u64 tile states, epoch) for one residual kernel launch on the current stream: a buffer
+    kept per thread, device and stream and reused without zeroing (each launch gets the next
+    epoch; the buffer is zeroed when they wrap), so a call queues no memset."""
     cp = _cupy()
-    state = cp.empty(ntiles, dtype=cp.uint64)
-    cp.cuda.runtime.memsetAsync(state.data.ptr, 0, state.nbytes, cp.cuda.get_current_stream().ptr)
-    return state
-
-
-_pinned = threading.local()
-
-
-def _read_u64(dev_array: Any, index: int) -> int:
-    """One u64 of a device array, through a pinned per-thread buffer (waits for the stream)."""
-    cp = _cupy()
-    buf = getattr(_pinned, "buf", None)
-    if buf is None:
-        mem = cp.cuda.alloc_pinned_memory(8)
-        buf = _pinned.buf = (mem, np.frombuffer(mem, dtype=np.uint64, count=1))
     stream = cp.cuda.get_current_stream()
-    cp.cuda.runtime.memcpyAsync(buf[0].ptr, dev_array.data.ptr + 8 * index, 8,
-                                cp.cuda.runtime.memcpyDeviceToHost, stream.ptr)
-    stream.synchronize()
-    return int(buf[1][0])
+    table = getattr(_per_thread, "states", None)
+    if table is None:
+        table = _per_thread.states = {}
+    key = (cp.cuda.runtime.getDevice(), stream.ptr)
+    entry = table.get(key)
+    if entry is None or entry[0].size < ntiles:
+        entry = table[key] = [cp.zeros(max(ntiles, 1024), dtype=cp.uint64), 0]
+    entry[1] += 1
+    if entry[1] == _EPOCHS:
+        buf = entry[0]
+        cp.cuda.runtime.memsetAsync(buf.data.ptr, 0, buf.nbytes, stream.ptr)
+        entry[1] = 1
+    return entry[0], np.uint32(entry[1])
+
+
+def _pinned_total() -> tuple[int, np.ndarray]:
+    """(device pointer, host view) of this thread's u64 in pinned host memory, which the pack
+    kernel writes its word count into (read after the stream is synchronized)."""
+    buf = getattr(_per_thread, "total", None)
+    if buf is None:
+        cp = _cupy()
+        mem = cp.cuda.alloc_pinned_memory(8)
+        # pinned memory is mapped into the device's address space at the same address (UVA)
+        buf = _per_thread.total = (mem, mem.ptr, np.frombuffer(mem, dtype=np.uint64, count=1))
+    return buf[1], buf[2]
 
 
 def _residual_geometry(k: str, nb: int, bpw: int | None) -> tuple[str, int, int]:
@@ -510,9 +522,9 @@ def _residual_geometry(k: str, nb: int, bpw: int | None) -> tuple[str, int, int]
     return ("unsigned int" if k == "f32" else "unsigned short"), steps, -(-nb // (_RES_WARPS * bpw))
 
 
-def _residual_pack_launch(o: Any, r: Any, k: str, bpw: int | None) -> tuple[Any, Any, Any]:
-    """(widths, words with room for the worst case, tile states or None): the pack kernel queued,
-    nothing waited for."""
+def _residual_pack_launch(o: Any, r: Any, k: str, bpw: int | None) -> tuple[Any, Any]:
+    """(widths, words with room for the worst case): the pack kernel queued, nothing waited for;
+    it writes the word count to :func:`_pinned_total`."""
     cp = _cupy()
     n = int(o.size)
     W = 32 if k == "f32" else 16
@@ -520,14 +532,15 @@ def _residual_pack_launch(o: Any, r: Any, k: str, bpw: int | None) -> tuple[Any,
     utype, steps, ntiles = _residual_geometry(k, nb, bpw)
     widths = cp.empty(nb, dtype=cp.uint8)
     if ntiles == 0:
-        return widths, cp.empty(0, dtype=cp.uint32), None
-    state = _zeroed_states(ntiles)
+        return widths, cp.empty(0, dtype=cp.uint32)
+    state, epoch = _tile_states(ntiles)
     words = cp.empty(nb * W, dtype=cp.uint32)
     ptr = np.uint64  # raw pointers: the cheapest arguments to marshal
     _function("residual.cu", f"residual_pack<{utype},{steps}>")(
         (ntiles,), (_RES_WARPS * 32,), (ptr(o.data.ptr), ptr(r.data.ptr), np.int64(n), np.int64(nb),
-                                        ptr(widths.data.ptr), ptr(words.data.ptr), ptr(state.data.ptr)))
-    return widths, words, state
+                                        ptr(widths.data.ptr), ptr(words.data.ptr), ptr(state.data.ptr), epoch,
+                                        ptr(_pinned_total()[0])))
+    return widths, words
 
 
 def residual_pack(orig: Any, recomp: Any, *, kind: str | None = None, host: bool = True,
@@ -545,10 +558,10 @@ def residual_pack(orig: Any, recomp: Any, *, kind: str | None = None, host: bool
         if k1 != k2 or o.size != r.size:
             raise InvalidInputError("original and recomputed KV differ in kind or size")
         n = int(o.size)
-        widths, words, state = _residual_pack_launch(o, r, k1, bpw)
-        if state is not None:
-            total = _read_u64(state, state.size - 1) & ((1 << 62) - 1)  # the last tile's inclusive count
-            words = words[:total]
+        widths, words = _residual_pack_launch(o, r, k1, bpw)
+        if words.size:
+            cp.cuda.get_current_stream().synchronize()
+            words = words[: int(_pinned_total()[1][0])]
         if not host:
             return k1, n, widths, words
         return Packed(k1, n, cp.asnumpy(widths), cp.asnumpy(words))
@@ -577,11 +590,11 @@ def residual_unpack(packed: Any, recomp: Any, *, kind: str | None = None, bpw: i
         utype, steps, ntiles = _residual_geometry(k, nb, bpw)
         out = cp.empty_like(r)
         if ntiles:
-            state = _zeroed_states(ntiles)
+            state, epoch = _tile_states(ntiles)
             ptr = np.uint64  # raw pointers: the cheapest arguments to marshal
             _function("residual.cu", f"residual_unpack<{utype},{steps}>")(
                 (ntiles,), (_RES_WARPS * 32,), (ptr(r.data.ptr), np.int64(n), np.int64(nb), ptr(widths.data.ptr),
-                                                ptr(words.data.ptr), ptr(state.data.ptr), ptr(out.data.ptr)))
+                                                ptr(words.data.ptr), ptr(state.data.ptr), epoch, ptr(out.data.ptr)))
         shape = recomp.shape
         return out.reshape(shape)
 
