@@ -45,7 +45,9 @@ def test_capacity_demotes_and_access_promotes(tiny_llama, convo):
     assert tiers["s5"] == "hot" and tiers["s0"] != "hot"  # LRU: the oldest went down
     counts = {t: v["count"] for t, v in st_["tiers"].items()}
     assert sum(counts.values()) == len(convo) and counts["warm"] >= 1
-    assert st_["tiers"]["hot"]["bytes"] == sum(convo[s].size * PER_TOKEN for s, t in tiers.items() if t == "hot")
+    hot = st_["tiers"]["hot"]
+    assert hot["logical_bytes"] == sum(convo[s].size * PER_TOKEN for s, t in tiers.items() if t == "hot")
+    assert hot["bytes"] == hot["kv_bytes"] < hot["logical_bytes"]  # the system prompt's page is held once
     assert st_["tiers"]["hot"]["bytes"] <= st_["limits"]["hot"]
     # the warm ones: faithful get dequantizes (close, not exact) and promotes to hot
     warm_id = next(s for s, t in tiers.items() if t == "warm")

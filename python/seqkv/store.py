@@ -16,7 +16,14 @@ is written to the backend at ``put`` and stays there until the session is delete
 within ``capacity_bytes`` of memory (placement decided by :class:`seqkv.tiers.Tiers`, LRU or the
 ``plt`` policy):
 
-* **hot**: the KV cache itself (a transformers ``DynamicCache``), kept per session;
+* **hot**: the KV itself, in fixed-size pages (``page_tokens`` positions, 16 by default) of a
+  pool indexed by a radix trie over token ids (:class:`seqkv.pages.HotPrefixIndex`, as SGLang's
+  ``RadixCache``): the full pages of a prefix several hot sessions share (a system prompt, the
+  earlier turns of a chat) are stored **once** and refcounted through the trie's pins, and
+  only when their bits equal the KV each session brought (always with ``engine=``; a session
+  whose prefix KV differs in the last bits keeps its own pages from there on). A session's
+  last partial page is its own. Each shared page is charged to one hot session using it (the
+  most recently used), so the hot tier's bytes are the bytes really held;
 * **warm**: the KV quantized per vector, TurboQuant-like 3 bits per component plus an f32 norm
   per vector (:class:`seqkv.quantizers.TurboQuant`; quantized on the GPU through
   :mod:`seqkv.gpu` when the cache lives there).
@@ -40,9 +47,9 @@ With ``engine=`` (a :class:`seqkv.engine.Engine`, or ``"auto"`` for Llama-family
 KV the store computes comes from the batch-invariant engine: one prefill gives the same bits as
 any schedule, so exact restores match with a zero residual.
 
-``get_prefix(tokens)`` serves a new request: the longest prefix of ``tokens`` any in-memory
-session holds (hot, else warm), or else the longest stored prefix restored from the cold tier;
-the caller prefills only the rest.
+``get_prefix(tokens)`` serves a new request: the longest prefix of ``tokens`` the hot tier holds
+(one match in the hot index's trie), or a longer one a warm session holds, or else the longest
+stored prefix restored from the cold tier; the caller prefills only the rest.
 
 Records live in a :class:`~seqkv.backends.Backend` (in memory by default; SQLite or Redis
 with ``backend="store.sqlite"`` / ``"redis://..."``): the container is the codec's stream, the
@@ -53,8 +60,10 @@ up its sessions (cold) and trie.
 
 Thread safety: every method may be called from many threads at once. Locks, always taken in
 this order: the bookkeeping lock (sessions, references), then the tier lock (placement and the
-in-memory KV); model work runs outside both (under a model lock for transformers; the engine
-needs none), and so does dequantizing warm KV.
+in-memory KV), then the hot index's own lock; model work runs outside all of them (under a
+model lock for transformers; the engine needs none), and so do dequantizing warm KV, copying a
+hot session's pages out (the pages are pinned while they are read) and writing a new
+session's pages at ``put``.
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ import numpy as np
 
 from .codecs.base import TOKEN_DTYPE, as_tokens, run_lengths
 from .errors import InvalidInputError, NumericsMismatchError, SessionNotFoundError, StoreError
+from .pages import DEFAULT_PAGE_TOKENS, HotPrefixIndex
 
 __all__ = ["SessionStore", "META_KEYS", "TIER_NAMES"]
 
@@ -170,14 +180,21 @@ class _WarmKV:
 
 @dataclass
 class _HotKV:
-    """A session's KV in the hot tier. ``kind``: ``"exact"`` (the recorded KV: its hashes match),
-    ``"faithful"`` (one prefill) or ``"quantized"`` (dequantized warm KV; ``codes`` keeps the warm
-    form so that a later demotion does not quantize twice)."""
+    """A session's KV in the hot tier: its :class:`~seqkv.pages.HotHandle` in the store's
+    :class:`~seqkv.pages.HotPrefixIndex` (pages shared with other hot sessions, plus a private
+    part). ``kind``: ``"exact"`` (the recorded KV: its hashes match), ``"faithful"`` (one prefill)
+    or ``"quantized"`` (dequantized warm KV, never shared; ``codes`` keeps the warm form so that a
+    later demotion does not quantize twice)."""
 
-    cache: Any
+    handle: Any
     kind: str
-    nbytes: int
     codes: _WarmKV | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes charged to the session in the hot tier: its handle's charge (its private part and
+        the shared pages it pays for) plus the warm codes it keeps."""
+        return self.handle.charge + (self.codes.nbytes if self.codes is not None else 0)
 
 
 @dataclass
@@ -188,12 +205,6 @@ class _Built:
     cache: Any
     kind: str
     codes: _WarmKV | None = None
-
-
-def _cache_nbytes(cache: Any) -> int:
-    from . import hf
-
-    return sum(int(k.numel()) * k.element_size() + int(v.numel()) * v.element_size() for k, v in hf.cache_layers(cache))
 
 
 def _slice_cache(model: Any, cache: Any, n: int) -> Any:
@@ -397,6 +408,9 @@ class SessionStore:
         a :class:`seqkv.engine.Engine` that computes every KV the store builds (hashes at put,
         restores), or ``"auto"``: one built from ``model`` when it is a Llama-family model on the
         CPU (f32 weights for an f32 model), else none.
+    page_tokens:
+        positions per page of the hot tier's KV pool (default 16): sessions share whole pages of
+        a common prefix (see :mod:`seqkv.pages`); a session's last partial page is its own.
     codec_options:
         forwarded to ``seqkv.codecs.get``.
 
@@ -422,6 +436,7 @@ class SessionStore:
         tier_limits: Any = None,
         warm_bits: int = _WARM_BITS,
         engine: Any = None,
+        page_tokens: int = DEFAULT_PAGE_TOKENS,
         **codec_options: Any,
     ):
         from . import codecs
@@ -487,6 +502,12 @@ class SessionStore:
         self._sessions: dict[str, _Entry] = {}
         self._by_number: dict[int, _Entry] = {}
         self._hot: dict[int, _HotKV] = {}
+        self._hot_index: HotPrefixIndex | None = None
+        if "hot" in tiers:
+            if not isinstance(page_tokens, int) or isinstance(page_tokens, bool) or not 1 <= page_tokens <= 4096:
+                raise InvalidInputError(f"page_tokens must be an int in 1..4096, not {page_tokens!r}")
+            self._hot_index = HotPrefixIndex.for_model(model, page_tokens)
+        self.page_tokens = page_tokens
         self._warm: dict[int, _WarmKV] = {}
         self._mem_tokens: dict[int, np.ndarray] = {}  # tokens of the sessions in hot/warm
         self._hits = dict.fromkeys(TIER_NAMES, 0)
@@ -705,6 +726,7 @@ class SessionStore:
                 self._by_number[parent].refs += 1  # reserved: the parent cannot go while we code
             number = self._next_number
             self._next_number += 1
+        handle = None  # the KV kept hot (the index copies it into its pages)
         try:
             prefix = toks[:prefix_len]
             tail = toks[prefix_len:]
@@ -724,7 +746,9 @@ class SessionStore:
                          for pair in zip(*layer)]
                 attachments[_RESIDUAL] = residual_coding.encode(pairs)
             log2p = stats.extra.get("token_log2p")
-            kept = hf.clone_cache(self.model, kv) if (keep and kv is not None and toks.size) else cache
+            kept = kv if kv is not None else cache
+            if keep and toks.size and kept is not None and self._hot_index is not None and self._tiers.tiers[0] == "hot":
+                handle = self._hot_index.insert(toks, kept, owner=number)
             with self._lock:
                 if sid in self._sessions:  # another put of the same id finished while we coded
                     self._delete_locked(sid)
@@ -783,7 +807,8 @@ class SessionStore:
                 self._remember_tokens(number, toks)
                 parent_entry = self._by_number.get(parent) if parent is not None else None
                 with self._tier_lock:
-                    self._place_new(entry, toks, kept if keep else None)
+                    self._place_new(entry, toks, kept if keep else None, handle)
+                    handle = None  # placed: the tiers own it now
                     if parent_entry is not None and not parent_entry.hidden:
                         self._rescore(parent_entry)
                     tier = self._tiers.tier_of(_key(number))
@@ -791,6 +816,9 @@ class SessionStore:
             with self._lock:
                 if parent is not None and parent in self._by_number:
                     self._release_ref(parent)
+            if handle is not None:
+                with self._tier_lock:
+                    self._release_hot(handle)
             raise
         return {
             "session_id": sid,
@@ -808,19 +836,28 @@ class SessionStore:
 
     # -- tier placement (everything below runs under the tier lock) -----------------------
 
-    def _place_new(self, entry: _Entry, toks: np.ndarray, cache: Any) -> None:
-        """Track a new session: in the first tier with ``cache``, or cold without it."""
+    def _place_new(self, entry: _Entry, toks: np.ndarray, cache: Any, handle: Any = None) -> None:
+        """Track a new session: in the first tier with ``cache`` (hot: ``handle``, its KV in the
+        hot index), or cold without it."""
         key = _key(entry.number)
         sizes = self._tier_sizes(entry.n_tokens, entry.record_bytes)
         first = self._tiers.tiers[0]
         if cache is None or first == "cold" or entry.n_tokens == 0:
+            if handle is not None:
+                self._release_hot(handle)
             self._apply(self._tiers.add(key, "cold", sizes=sizes))
             return
         self._mem_tokens[entry.number] = toks
         if first == "hot":
-            nbytes = _cache_nbytes(cache)
-            sizes["hot"] = nbytes
-            self._hot[entry.number] = _HotKV(cache, "exact", nbytes)
+            assert handle is not None and self._hot_index is not None
+            hot = _HotKV(handle, "exact")
+            self._hot[entry.number] = hot
+            for other in self._hot_index.touch(handle):  # the new session pays; the others pay less
+                if other is not handle:
+                    self._sync_size(other.owner, "hot", 0)
+            sizes["hot"] = hot.nbytes
+            self._apply(self._tiers.add(key, first, sizes=sizes))
+            return
         else:
             assert self._warm_codec is not None
             warm = self._warm_codec.quantize(cache)
@@ -852,18 +889,45 @@ class SessionStore:
 
     def _demote(self, number: int, frm: str, to: str) -> list[tuple[int, str, int]]:
         codes: _WarmKV | None = None
+        sizes: list[tuple[int, str, int]] = []
         if frm == "hot":
             hot = self._hot.pop(number)
             if to == "warm":
-                assert self._warm_codec is not None
-                codes = hot.codes if hot.codes is not None else self._warm_codec.quantize(hot.cache)
+                assert self._warm_codec is not None and self._hot_index is not None
+                codes = hot.codes if hot.codes is not None else self._warm_codec.quantize(self._hot_index.gather(hot.handle))
+            sizes = self._release_hot(hot.handle, sync=False)
         elif frm == "warm":
             self._warm.pop(number)
         if codes is not None:
             self._warm[number] = codes
-            return [(number, "warm", codes.nbytes)]
+            return [(number, "warm", codes.nbytes), *sizes]
         self._mem_tokens.pop(number, None)
-        return []
+        return sizes
+
+    def _touch_hot(self, number: int) -> None:
+        """Make a hot session the payer of the shared pages it uses (the most recently used
+        session pays, see :mod:`seqkv.pages`) and report the charges that moved."""
+        hot = self._hot.get(number)
+        if hot is None or self._hot_index is None:
+            return
+        changed = self._hot_index.touch(hot.handle)
+        for heir in sorted(changed, key=lambda h: h is hot.handle):  # decreases first
+            self._sync_size(heir.owner, "hot", 0)
+
+    def _release_hot(self, handle: Any, *, sync: bool = True) -> list[tuple[int, str, int]]:
+        """Release a hot handle: the pages it alone used are freed, and the pages it paid for
+        that other hot sessions still use are charged to one of them. Returns those sessions'
+        new hot sizes (``sync``: reported to the tier manager right away)."""
+        assert self._hot_index is not None
+        sizes = []
+        for heir in self._hot_index.release(handle):
+            hot = self._hot.get(heir.owner)
+            if hot is not None and hot.handle is heir:
+                sizes.append((heir.owner, "hot", hot.nbytes))
+        if sync:
+            for number, tier, nbytes in sizes:
+                self._sync_size(number, tier, nbytes)
+        return sizes
 
     def _promote(self, number: int, frm: str, to: str, built: _Built | None) -> list[tuple[int, str, int]]:
         if built is None:  # pragma: no cover - only the accessed entry is promoted, with its cache
@@ -876,8 +940,9 @@ class SessionStore:
                 codes = built.codes or codes
             else:
                 codes = None
-            hot = _HotKV(self._private(built.cache), built.kind, 0, codes)
-            hot.nbytes = _cache_nbytes(hot.cache) + (codes.nbytes if codes is not None else 0)
+            assert self._hot_index is not None
+            handle = self._hot_index.insert(built.tokens, built.cache, owner=number, share=built.kind != "quantized")
+            hot = _HotKV(handle, built.kind, codes)
             self._hot[number] = hot
             return [(number, "hot", hot.nbytes)]
         assert self._warm_codec is not None  # cold -> warm
@@ -885,13 +950,13 @@ class SessionStore:
         self._warm[number] = warm
         return [(number, "warm", warm.nbytes)]
 
-    def _private(self, cache: Any) -> Any:
-        from . import hf
-
-        return hf.clone_cache(self.model, cache)
-
     def _sync_size(self, number: int, tier: str, nbytes: int) -> None:
         key = _key(number)
+        if tier == "hot":  # a hot session's charge changes as others leave: report the current one
+            hot = self._hot.get(number)
+            if hot is None:
+                return
+            nbytes = hot.nbytes
         if key in self._tiers and self._tiers.tier_of(key) == tier:
             self._apply(self._tiers.resize(key, nbytes, tier))
 
@@ -899,7 +964,9 @@ class SessionStore:
         """Drop a session from the tiers and memory (under the bookkeeping lock)."""
         with self._tier_lock:
             self._tiers.remove(_key(number))
-            self._hot.pop(number, None)
+            hot = self._hot.pop(number, None)
+            if hot is not None:
+                self._release_hot(hot.handle)
             self._warm.pop(number, None)
             self._mem_tokens.pop(number, None)
 
@@ -909,21 +976,25 @@ class SessionStore:
             tier = self._tiers.tier_of(key) if key in self._tiers else "cold"
             return tier, self._hot.get(number), self._warm.get(number)
 
-    def _accessed(self, number: int, served: str, built: _Built, *, promote: bool = True) -> None:
-        """Count a hit in ``served`` and let the tier manager promote the session with ``built``."""
+    def _accessed(self, number: int, served: str, built: _Built | None, *, promote: bool = True) -> None:
+        """Count a hit in ``served`` and let the tier manager promote the session with ``built``
+        (``None``: a hit that cannot promote, e.g. a prefix served from shared hot pages)."""
         with self._tier_lock:
             self._hits[served] += 1
             key = _key(number)
             if key not in self._tiers:  # deleted meanwhile
                 return
-            self._apply(self._tiers.access(key, promote=promote), built)
-            if self._tiers.tier_of(key) == "hot" and built.kind == "exact":
+            self._apply(self._tiers.access(key, promote=promote and built is not None), built)
+            self._touch_hot(number)
+            if built is not None and self._tiers.tier_of(key) == "hot" and built.kind == "exact":
                 hot = self._hot.get(number)
                 if hot is not None and hot.kind != "exact":  # upgrade a faithful/quantized copy
-                    nbytes = _cache_nbytes(built.cache)
-                    self._hot[number] = _HotKV(self._private(built.cache), "exact", nbytes)
+                    assert self._hot_index is not None
+                    handle = self._hot_index.insert(built.tokens, built.cache, owner=number)
+                    self._hot[number] = _HotKV(handle, "exact")
                     self._mem_tokens[number] = built.tokens
-                    self._sync_size(number, "hot", nbytes)
+                    self._release_hot(hot.handle)
+                    self._sync_size(number, "hot", 0)
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -1001,9 +1072,9 @@ class SessionStore:
         if mode == "exact" and not entry.hashes:
             raise InvalidInputError(f"session {session_id!r} was stored without KV hashes; exact mode needs them")
         toks = self._tokens_of(entry.number, progress)
-        tier, hot, warm = self._snapshot_tier(entry.number)
-        if hot is not None and (mode == "faithful" or hot.kind == "exact"):
-            built = _Built(toks, self._private(hot.cache), hot.kind, hot.codes)
+        hot_cache, hot, warm = self._read_hot(entry.number, mode)
+        if hot is not None:
+            built = _Built(toks, hot_cache, hot.kind, hot.codes)
             served = "hot"
         elif warm is not None and mode == "faithful":
             assert self._warm_codec is not None
@@ -1018,6 +1089,22 @@ class SessionStore:
             served = "cold"
         self._accessed(entry.number, served, built, promote=promote and toks.size > 0)
         return toks.copy(), built.cache
+
+    def _read_hot(self, number: int, mode: str) -> tuple[Any, _HotKV | None, _WarmKV | None]:
+        """``(cache, hot, warm)``: a copy of the session's hot KV when it is hot (and, for
+        ``mode="exact"``, the recorded KV), else ``(None, None, warm)`` with its warm KV if any. A
+        session demoted while its pages are read is looked up again."""
+        from .pages import ReleasedHandleError
+
+        while True:
+            _, hot, warm = self._snapshot_tier(number)
+            if hot is None or not (mode == "faithful" or hot.kind == "exact"):
+                return None, None, warm
+            assert self._hot_index is not None
+            try:
+                return self._hot_index.gather(hot.handle), hot, warm
+            except ReleasedHandleError:
+                continue
 
     def _empty_cache(self) -> Any:
         from . import hf
@@ -1071,37 +1158,39 @@ class SessionStore:
     def get_prefix(self, tokens: Any) -> tuple[int, Any]:
         """``(n, cache)``: KV for the longest prefix ``tokens[:n]`` this store can serve, for a
         new request whose first ``n`` tokens need no prefill (``(0, None)`` when nothing
-        matches). Looks first at the sessions in memory (hot, then warm: dequantized), else
-        restores the longest stored prefix (the trie's match) from the cold tier by one prefill.
+        matches). Looks first at the hot tier (one match in the hot index's trie: shared pages,
+        then the private positions of a session ending there), then at warm sessions holding a
+        longer prefix (dequantized), else restores the longest stored prefix (the session trie's
+        match) from the cold tier by one prefill.
         Faithful quality; the cache is the caller's. Counts a hit and promotes as ``get`` does.
         Raises :class:`InvalidInputError` for bad tokens."""
         toks = as_tokens(tokens, self.vocab_size)
         if toks.size == 0:
             return 0, None
-        best: tuple[int, int, int] | None = None  # (length, hotness, number)
+        n_hot, hot_cache, owner = self._hot_index.lookup(toks) if self._hot_index is not None else (0, None, None)
+        best: tuple[int, int, _WarmKV, np.ndarray] | None = None  # a warm session holding more
         with self._tier_lock:
-            for number, held in self._mem_tokens.items():
+            for number, warm in self._warm.items():
+                held = self._mem_tokens.get(number)
+                if held is None:
+                    continue
                 n = _common_prefix(held, toks)
-                hotness = 1 if number in self._hot else 0
-                if n and (best is None or (n, hotness) > best[:2]):
-                    best = (n, hotness, number)
-            hot = self._hot.get(best[2]) if best is not None else None
-            warm = self._warm.get(best[2]) if best is not None else None
-            mem = self._mem_tokens.get(best[2]) if best is not None else None
-        if best is not None and mem is not None and (hot is not None or warm is not None):
-            n, _, number = best
-            if hot is not None:
-                out = _slice_cache(self.model, hot.cache, n)
-                built = _Built(mem, hot.cache, hot.kind, hot.codes)
-                served = "hot"
-            else:
-                assert warm is not None and self._warm_codec is not None
-                full = self._warm_codec.dequantize(self.model, warm)
-                out = _slice_cache(self.model, full, n) if n < warm.length else self._private(full)
-                built = _Built(mem, full, "quantized", warm)
-                served = "warm"
-            self._accessed(number, served, built)
+                if n > n_hot and (best is None or n > best[0]):
+                    best = (n, number, warm, held)
+        if best is not None:
+            n, number, warm, held = best
+            assert self._warm_codec is not None
+            full = self._warm_codec.dequantize(self.model, warm)
+            out = _slice_cache(self.model, full, n) if n < warm.length else full
+            self._accessed(number, "warm", _Built(held, full, "quantized", warm))  # promotion copies `full`
             return n, out
+        if n_hot:
+            if owner is not None:
+                self._accessed(owner, "hot", None, promote=False)
+            else:  # pragma: no cover - pages whose last user left while they were read
+                with self._tier_lock:
+                    self._hits["hot"] += 1
+            return n_hot, hot_cache
         with self._lock:
             n, owner = self._match(toks)
             entry = self._by_number.get(owner) if owner is not None else None
@@ -1143,6 +1232,8 @@ class SessionStore:
             self._tokens.clear()
             for number in list(self._hot) + list(self._warm):
                 self._tiers.place(_key(number), "cold")
+            for hot in self._hot.values():
+                self._release_hot(hot.handle, sync=False)
             self._hot.clear()
             self._warm.clear()
             self._mem_tokens.clear()
@@ -1203,7 +1294,14 @@ class SessionStore:
         """Per tier: ``count`` (sessions whose hottest tier it is), ``bytes`` (hot/warm: memory
         held; cold: backend bytes of every record, since the cold tier holds every session),
         ``hits`` (restores served from it), ``promotions_in``, ``demotions_out``; plus
-        ``capacity_bytes`` (``None``: unbounded), ``used_bytes`` and ``policy``."""
+        ``capacity_bytes`` (``None``: unbounded), ``used_bytes`` and ``policy``.
+
+        The hot tier's ``bytes`` count shared KV pages once (each is charged to one of the hot
+        sessions using it); it also has ``kv_bytes`` (KV held: pool pages in use + private
+        parts), ``codes_bytes`` (warm codes kept by hot sessions promoted from warm; ``bytes`` =
+        ``kv_bytes`` + ``codes_bytes``), ``logical_bytes`` (what a KV copy per hot session would
+        take), ``pages``, ``pages_shared`` (pages used by two sessions or more) and
+        ``page_tokens``; ``hot_index`` is :meth:`seqkv.pages.HotPrefixIndex.stats`."""
         with self._lock:
             record_bytes = sum(e.record_bytes for e in self._by_number.values())
         with self._tier_lock:
@@ -1220,7 +1318,18 @@ class SessionStore:
                     "promotions_in": t["promotions_in"],
                     "demotions_out": t["demotions_out"],
                 }
+            index = self._hot_index.stats() if self._hot_index is not None else None
+            if index is not None and "hot" in out:
+                out["hot"].update(
+                    kv_bytes=index["unique_bytes"],
+                    codes_bytes=sum(h.codes.nbytes for h in self._hot.values() if h.codes is not None),
+                    logical_bytes=index["logical_bytes"],
+                    pages=index["pages"],
+                    pages_shared=index["pages_shared"],
+                    page_tokens=index["page_tokens"],
+                )
             return {
+                "hot_index": index,
                 "tiers": out,
                 "capacity_bytes": self.capacity_bytes,
                 "limits": {t: v["limit"] for t, v in st["tiers"].items() if t != "cold"}
@@ -1285,6 +1394,8 @@ class SessionStore:
                         pass
                     entry.pin = None
             with self._tier_lock:
+                for hot in self._hot.values():
+                    self._release_hot(hot.handle, sync=False)
                 self._hot.clear()
                 self._warm.clear()
                 self._mem_tokens.clear()
