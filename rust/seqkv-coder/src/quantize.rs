@@ -970,28 +970,46 @@ pub fn decode_logits(bytes: &[u8], x: &[f32], v: usize, precision: u32) -> Resul
     let path = Path::best();
     let mut dec = Decoder::from_bytes(bytes, precision)?;
     let mut out = Vec::with_capacity(n);
-    let mut stats: Vec<RowStats> = Vec::new();
-    for (b, batch) in x.chunks(DECODE_BATCH * v).enumerate() {
-        let rows = batch.len() / v;
-        stats.resize_with(rows, RowStats::default);
+    let batch = |b: usize| &x[b * DECODE_BATCH * v..((b + 1) * DECODE_BATCH * v).min(x.len())];
+    // Row statistics of batch b, in parallel.
+    let analyse = |b: usize, stats: &mut Vec<RowStats>| -> Result<()> {
+        let xs = batch(b);
+        stats.resize_with(xs.len() / v, RowStats::default);
         stats
             .par_chunks_mut(RUN)
-            .zip(batch.par_chunks(RUN * v))
+            .zip(xs.par_chunks(RUN * v))
             .enumerate()
             .map_init(
                 || [Vec::new(), Vec::new()],
-                |bufs, (g, (st, xs))| {
+                |bufs, (g, (st, rows))| {
                     let last = b * DECODE_BATCH + g * RUN + st.len() - 1;
-                    compute_rows(xs, v, precision, path, st, bufs, next_row(x, v, last))
+                    compute_rows(rows, v, precision, path, st, bufs, next_row(x, v, last))
                 },
             )
-            .collect::<Result<()>>()?;
-        for (row, st) in batch.chunks(v).zip(&stats) {
-            let t = dec.target()?;
-            let (s, c, f) = st.find(row, t);
-            dec.advance(c, f)?;
-            out.push(s as u32);
-        }
+            .collect()
+    };
+    let batches = n.div_ceil(DECODE_BATCH);
+    let (mut cur, mut next) = (Vec::new(), Vec::new());
+    if batches > 0 {
+        analyse(0, &mut cur)?;
+    }
+    for b in 0..batches {
+        // Decoding batch b (sequential) overlaps with the analysis of batch b + 1.
+        let (decoded, analysed) = rayon::join(
+            || -> Result<()> {
+                for (row, st) in batch(b).chunks(v).zip(&cur) {
+                    let t = dec.target()?;
+                    let (s, c, f) = st.find(row, t);
+                    dec.advance(c, f)?;
+                    out.push(s as u32);
+                }
+                Ok(())
+            },
+            || if b + 1 < batches { analyse(b + 1, &mut next) } else { Ok(()) },
+        );
+        decoded?;
+        analysed?;
+        std::mem::swap(&mut cur, &mut next);
     }
     dec.finish()?;
     Ok(out)
