@@ -16,7 +16,10 @@ intra-op thread each, so the pool is the only parallelism), on the same conversa
 Writes ``benches/results/serve.json``: per thread count, ``seqkv`` and ``baseline`` with
 ``ttft_ms`` (p50/p95/mean), ``tokens_per_s`` (answer tokens / wall time, the store's put
 included), ``kv_bytes`` (peak and final resident: requests in flight plus the store's hot and
-warm tiers; ``kv_bytes_if_all_hot``: the stored sessions' KV in fp32, for comparison), prompt
+warm tiers, the hot tier's KV pages shared between sessions counted once;
+``kv_bytes_if_all_hot``: the stored sessions' KV in fp32, for comparison; ``hot_unique_bytes``
+and ``hot_logical_bytes``: the hot tier at the end, its pages once against a copy per hot
+session, with ``hot_pages`` and ``hot_pages_shared``), prompt
 tokens reused vs prefilled, and ``answers_equal_baseline``: among the requests whose prompt
 was the same in both runs (``requests_with_baseline_prompt``; once an answer differs, the later
 prompts of its conversation differ too), the share of answers identical to the baseline's — KV
@@ -77,6 +80,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def hot_bytes(store: Any) -> dict[str, Any]:
+    """The hot tier at the end of a run: ``hot_unique_bytes`` (its KV pages and private tails;
+    pages of a shared system prompt or earlier turn once), ``hot_logical_bytes`` (a KV copy per
+    hot session), pages and pages shared. ``None`` for a store without a hot tier."""
+    hot = store.tier_stats()["tiers"].get("hot")
+    if hot is None:
+        return {"hot_unique_bytes": None, "hot_logical_bytes": None, "hot_pages": None, "hot_pages_shared": None}
+    return {"hot_unique_bytes": hot["kv_bytes"], "hot_logical_bytes": hot["logical_bytes"],
+            "hot_pages": hot["pages"], "hot_pages_shared": hot["pages_shared"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer conversations (a smoke run)")
@@ -135,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 "requests_with_baseline_prompt": len(same_prompt),
                 # what the stored sessions' KV would take if all of it stayed hot (fp32)
                 "kv_bytes_if_all_hot": int(store.stats()["tokens"] * hf.kv_bits_per_token(model, 32) // 8),
+                **hot_bytes(store),
                 "tiers": store.tier_stats(),
             }
             store.close()
@@ -146,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{threads} threads: ttft p50 {b['ttft_ms']['p50']:.0f} -> {s['ttft_ms']['p50']:.0f} ms "
               f"(hot/cold only {h['ttft_ms']['p50']:.0f}), p95 {b['ttft_ms']['p95']:.0f} -> {s['ttft_ms']['p95']:.0f} ms, "
               f"tokens/s {b['tokens_per_s']:.1f} -> {s['tokens_per_s']:.1f}, peak KV {b['kv_bytes']['peak'] / 2**20:.1f} -> "
-              f"{s['kv_bytes']['peak'] / 2**20:.1f} MiB, reused {s['reused_tokens']}/{s['prompt_tokens']} tokens, "
+              f"{s['kv_bytes']['peak'] / 2**20:.1f} MiB (hot at the end {s['hot_unique_bytes'] / 2**20:.1f} MiB "
+              f"for {s['hot_logical_bytes'] / 2**20:.1f} MiB of sessions), reused {s['reused_tokens']}/{s['prompt_tokens']} tokens, "
               f"answers equal {s['answers_equal_baseline']:.0%} (4-bit warm {w4['answers_equal_baseline']:.0%}, "
               f"hot/cold only {h['answers_equal_baseline']:.0%})",
               flush=True)

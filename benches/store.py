@@ -1,6 +1,6 @@
 """Store benchmark: backend put/get throughput, bytes per session per tier, restore latency.
 
-    python benches/store.py [--quick] [--out benches/results/store.json] [--dir DIR] [--no-ops] [--no-tiers]
+    python benches/store.py [--quick] [--out benches/results/store.json] [--dir DIR] [--no-ops] [--no-tiers] [--no-shared]
 
 Writes ``benches/results/store.json``:
 
@@ -10,12 +10,19 @@ Writes ``benches/results/store.json``:
   metadata) and a large one (64 KiB, e.g. with a residual), from 1 and 4 threads;
 * ``tiers``: bytes per session in each tier at context lengths 256, 1024 and 4096, measured
   through ``SessionStore`` on SmolLM2 (fp32; 30 layers, 3 KV heads, head_dim 64): hot = the
-  kept KV cache (fp32; bf16 = half), warm = the 3-bit TurboQuant codes and norms, cold = the
+  kept KV (fp32; bf16 = half; one session alone: nothing shared), warm = the 3-bit TurboQuant codes and norms, cold = the
   session's record (plt codec; lm estimated from ``benches/results/compression.json``);
 * ``restore``: ``SessionStore.get`` latency per tier and context length (same model): hot (a
   copy of the kept cache), warm (dequantize), cold faithful (fetch + decode tokens + one
   prefill), cold exact (replay + hash check), and cold exact through the batch-invariant
   engine (zero residual; contexts up to ``--engine-max``), plus ``put`` and the warm error;
+* ``shared_prefix``: the hot tier's resident bytes when sessions share a system prompt (SmolLM2,
+  ``--shared-sessions`` sessions of a ``--system-tokens`` prompt plus a distinct 64-token tail,
+  real text): ``hot_unique_bytes`` (what the hot tier's KV pages and private tails hold: shared
+  pages once), ``hot_logical_bytes`` (a KV copy per session, as before the paged hot tier),
+  pages and pages shared, ``put_ms``/``get_hot_ms``/``get_prefix_ms`` (median per session), for
+  the KV computed by transformers (one prefill per session: a prefix's last bits may differ with
+  the session's length, and such pages are not shared) and by the batch-invariant engine;
 * ``machine``: CPU, cores, OS, Python, SQLite and Redis versions, the file system under test.
 """
 
@@ -302,6 +309,70 @@ def bench_tiers(workdir: Path, quick: bool, contexts: tuple[int, ...], engine_ma
     return tiers, restore
 
 
+def bench_shared_prefix(quick: bool, n_sessions: int, system_tokens: int) -> dict[str, Any]:
+    """Hot bytes of ``n_sessions`` sessions sharing a ``system_tokens`` prompt (SmolLM2, fp32, CPU):
+    unique (pages shared once) against logical (a copy per session), for transformers' KV and the
+    engine's."""
+    import torch
+
+    from seqkv.models import load_smollm2
+    from seqkv.store import SessionStore
+
+    torch.set_num_threads(1)
+    model, _ = load_smollm2()
+    tail_tokens = 64
+    tokens, reason = real_tokens(system_tokens + n_sessions * tail_tokens + tail_tokens)
+    if tokens is None:
+        raise SystemExit(reason)
+    system = tokens[:system_tokens]
+    tails = [tokens[system_tokens + i * tail_tokens : system_tokens + (i + 1) * tail_tokens] for i in range(n_sessions + 1)]
+    out: dict[str, Any] = {
+        "model": "SmolLM2-135M-Instruct (fp32, CPU, torch 1 thread)",
+        "sessions": n_sessions,
+        "system_tokens": system_tokens,
+        "tail_tokens": tail_tokens,
+        "how": "SessionStore(codec='raw', capacity_bytes=16 GiB): put each session (its KV computed by the store), "
+               "then get (hot) and get_prefix(system prompt + a new tail) per session; bytes from tier_stats()",
+    }
+    for name, engine in (("transformers", None), ("engine", "auto")):
+        store = SessionStore(model, codec="raw", capacity_bytes=1 << 34, engine=engine)
+        put_ms, get_ms, prefix_ms = [], [], []
+        for i in range(n_sessions):
+            toks = np.concatenate([system, tails[i]])
+            t0 = time.perf_counter()
+            store.put(f"s{i}", toks)
+            put_ms.append(time.perf_counter() - t0)
+        for i in range(n_sessions):
+            t0 = time.perf_counter()
+            store.get(f"s{i}")
+            get_ms.append(time.perf_counter() - t0)
+        request = np.concatenate([system, tails[n_sessions]])
+        for _ in range(3 if quick else 5):
+            t0 = time.perf_counter()
+            n, _cache = store.get_prefix(request)
+            prefix_ms.append(time.perf_counter() - t0)
+        hot = store.tier_stats()["tiers"]["hot"]
+        out[name] = {
+            "hot_unique_bytes": hot["kv_bytes"],
+            "hot_logical_bytes": hot["logical_bytes"],
+            "logical_over_unique": round(hot["logical_bytes"] / hot["kv_bytes"], 2),
+            "pages": hot["pages"],
+            "pages_shared": hot["pages_shared"],
+            "page_tokens": hot["page_tokens"],
+            "get_prefix_tokens": int(n),
+            "put_ms": round(1000 * float(np.median(put_ms)), 1),
+            "get_hot_ms": round(1000 * float(np.median(get_ms)), 2),
+            "get_prefix_ms": round(1000 * float(np.median(prefix_ms)), 2),
+        }
+        store.close()
+        r = out[name]
+        print(f"shared prefix, {name}: hot {r['hot_unique_bytes'] / 2**20:.1f} MiB unique vs "
+              f"{r['hot_logical_bytes'] / 2**20:.1f} MiB logical ({r['logical_over_unique']}x), "
+              f"{r['pages_shared']}/{r['pages']} pages shared; get {r['get_hot_ms']} ms, "
+              f"get_prefix {r['get_prefix_tokens']} tokens in {r['get_prefix_ms']} ms", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer operations (a smoke run)")
@@ -310,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ops", action="store_true", help="skip the backend put/get throughput part")
     ap.add_argument("--no-tiers", action="store_true", help="skip the SessionStore tier part (needs SmolLM2)")
     ap.add_argument("--engine-max", type=int, default=1024, help="longest context restored through the engine")
+    ap.add_argument("--no-shared", action="store_true", help="skip the shared-system-prompt hot bytes part (needs SmolLM2)")
+    ap.add_argument("--shared-sessions", type=int, default=None, help="sessions sharing the system prompt (default 8; quick 3)")
+    ap.add_argument("--system-tokens", type=int, default=None, help="system prompt tokens (default 512; quick 128)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="seqkv-bench-", dir=args.dir) as tmp:
         workdir = Path(tmp)
@@ -320,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_tiers:
             contexts = (256, 1024) if args.quick else CONTEXTS
             result["tiers"], result["restore"] = bench_tiers(workdir, args.quick, contexts, args.engine_max)
+        if not args.no_shared:
+            result["shared_prefix"] = bench_shared_prefix(
+                args.quick,
+                args.shared_sessions or (3 if args.quick else 8),
+                args.system_tokens or (128 if args.quick else 512),
+            )
         result["machine"]["load_average_at_end"] = list(os.getloadavg())
         result["seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(args.out)

@@ -106,6 +106,7 @@ class KVPagePool:
         self._lock = threading.Lock()
         self._chunks: list[Any] = []
         self._free: list[int] = []  # a heap: the lowest slot first, so that the last chunks empty out
+        self._allocated = bytearray()  # per slot: 1 while allocated
         self._used_per_chunk: list[int] = []
         self._in_use = 0
 
@@ -123,11 +124,13 @@ class KVPagePool:
                     chunk = torch.empty((self.chunk_pages, *self.page_shape), dtype=self.dtype, device=self.device)
                 self._chunks.append(chunk)
                 self._used_per_chunk.append(0)
+                self._allocated.extend(bytes(self.chunk_pages))
                 for s in range(base, base + self.chunk_pages):
                     heapq.heappush(self._free, s)
             for i in range(n):
                 s = heapq.heappop(self._free)
                 out[i] = s
+                self._allocated[s] = 1
                 self._used_per_chunk[s // self.chunk_pages] += 1
             self._in_use += n
         return out
@@ -137,12 +140,13 @@ class KVPagePool:
         Raises :class:`InvalidInputError` for a slot that is not allocated."""
         slots = [int(s) for s in np.asarray(slots, dtype=np.int64).reshape(-1)]
         with self._lock:
-            free = set(self._free)
+            if len(set(slots)) != len(slots):
+                raise InvalidInputError("a page slot is freed twice")
             for s in slots:
-                if not 0 <= s < len(self._chunks) * self.chunk_pages or s in free:
+                if not (0 <= s < len(self._allocated) and self._allocated[s]):
                     raise InvalidInputError(f"page slot {s} is not allocated")
-                free.add(s)
             for s in slots:
+                self._allocated[s] = 0
                 heapq.heappush(self._free, s)
                 self._used_per_chunk[s // self.chunk_pages] -= 1
             self._in_use -= len(slots)
@@ -153,6 +157,7 @@ class KVPagePool:
                 shrunk = True
             if shrunk:
                 limit = len(self._chunks) * self.chunk_pages
+                del self._allocated[limit:]
                 self._free = [s for s in self._free if s < limit]
                 heapq.heapify(self._free)
 
