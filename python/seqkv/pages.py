@@ -33,8 +33,8 @@ user: :meth:`HotPrefixIndex.release` returns those handles with their new charge
 
 Thread safety: every method may be called from many threads. Trie mutations, pins taken for
 handles, charges and the page tables change under one index lock (never held while KV is
-copied); lookups match the trie without it (lock-free) and pin what they read, so that a page is
-never freed or reused while it is being copied.
+copied); lookups match the trie without it (lock-free), take it only to pick a handle from a
+table, and pin what they read, so that a page is never freed or reused while it is copied.
 """
 
 from __future__ import annotations
@@ -242,15 +242,15 @@ class HotHandle:
     bytes plus the pages it pays for). ``owner``: what the caller attached (a session number)."""
 
     owner: Any
-    tokens: np.ndarray
+    tokens: np.ndarray = field(repr=False)
     shared: int = 0
-    pages: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    private: Any = None  # [L, 2, H, n - shared, D] tensor, or (foreign layout) a list of (k, v)
+    pages: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64), repr=False)
+    private: Any = field(default=None, repr=False)  # [L, 2, H, n - shared, D] tensor, or (foreign layout) a list of (k, v)
     private_bytes: int = 0
     charge: int = 0
     released: bool = False
     last_use: int = 0  # the index's use stamp (insert, touch): the latest user of a page pays
-    keys: list = field(default_factory=list)  # its entries in the index's page-start table
+    keys: list = field(default_factory=list, repr=False)  # its entries in the index's page-start table
     node: Any = None  # the trie node pinned for the shared pages (None: no shared page)
     id: int = field(default_factory=lambda: next(_ids))
 
