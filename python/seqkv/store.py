@@ -891,11 +891,15 @@ class SessionStore:
         codes: _WarmKV | None = None
         sizes: list[tuple[int, str, int]] = []
         if frm == "hot":
+            assert self._hot_index is not None
             hot = self._hot.pop(number)
             if to == "warm":
-                assert self._warm_codec is not None and self._hot_index is not None
+                assert self._warm_codec is not None
                 codes = hot.codes if hot.codes is not None else self._warm_codec.quantize(self._hot_index.gather(hot.handle))
             sizes = self._release_hot(hot.handle, sync=False)
+            # its hot charge may have been small (others paid for its shared pages): estimate a
+            # later promotion at a copy of all its KV, which it pays for once it is used again
+            sizes.append((number, "hot", self._hot_index.pool.token_bytes * hot.handle.n))
         elif frm == "warm":
             self._warm.pop(number)
         if codes is not None:
@@ -952,12 +956,18 @@ class SessionStore:
 
     def _sync_size(self, number: int, tier: str, nbytes: int) -> None:
         key = _key(number)
-        if tier == "hot":  # a hot session's charge changes as others leave: report the current one
+        if key not in self._tiers:
+            return
+        if tier == "hot":
             hot = self._hot.get(number)
-            if hot is None:
+            if hot is not None:  # a hot session's charge changes as others come and go: the current one
+                nbytes = hot.nbytes
+            elif self._tiers.tier_of(key) != "hot":  # left the hot tier: the estimate for a promotion
+                self._apply(self._tiers.resize(key, nbytes, "hot"))
                 return
-            nbytes = hot.nbytes
-        if key in self._tiers and self._tiers.tier_of(key) == tier:
+            else:  # pragma: no cover - a hot entry whose KV is not installed yet
+                return
+        if self._tiers.tier_of(key) == tier:
             self._apply(self._tiers.resize(key, nbytes, tier))
 
     def _forget(self, number: int) -> None:
