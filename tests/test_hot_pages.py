@@ -261,8 +261,8 @@ def test_threads_insert_gather_lookup_release(tiny_llama, rng):
     check_accounting(index, held)
     # each system prompt's 6 pages are stored once
     assert index.stats()["pages_shared"] >= 12
-    for h in held:
-        index.release(h)
+    index.close()  # releases every handle
+    assert all(h.released for h in held)
     st_ = index.stats()
     assert st_["pages"] == 0 and st_["unique_bytes"] == 0 and st_["trie"]["tokens"] == 0 and st_["reserved_bytes"] == 0
 
