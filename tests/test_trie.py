@@ -330,4 +330,18 @@ def test_stats_bytes_per_token():
         t.insert(np.concatenate([prompt, rng.integers(0, 49152, 256)]))
     s = t.stats()
     assert s["tokens"] == 512 + 50 * 256
-    assert 12 <= s["bytes_per_token"] < 16
+    # fresh values are consecutive: kept as runs, so a token costs its 4 bytes plus the nodes
+    assert 4 <= s["bytes_per_token"] < 6
+    # values that are not consecutive are kept one by one (8 bytes more per token)
+    t2 = Trie()
+    for _ in range(50):
+        key = np.concatenate([prompt, rng.integers(0, 49152, 256)])
+        vals = rng.permutation(1 << 20)[: key.size].astype(np.uint64)
+        t2.insert(key, values=vals)
+    s2 = t2.stats()
+    assert s2["tokens"] == s["tokens"]
+    assert 12 <= s2["bytes_per_token"] < 14
+    # either way the values come back as given (the last key's tail is its own)
+    m = t2.match_prefix(key)
+    assert m.length == key.size
+    assert np.array_equal(np.asarray(m.values)[512:], vals[512:])

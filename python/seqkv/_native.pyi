@@ -149,7 +149,13 @@ class Trie:
     def policy(self) -> str: ...
     def _dump(self) -> list[tuple[bytes | None, npt.NDArray[np.uint32], npt.NDArray[np.uint64]]]: ...
     def _read_bench(
-        self, keys: npt.NDArray[np.uint32], threads: int, ops: int, hold_epoch: bool = False, private: bool = False
+        self,
+        keys: npt.NDArray[np.uint32],
+        threads: int,
+        ops: int,
+        hold_epoch: bool = False,
+        private: bool = False,
+        probe: str = "match",
     ) -> float: ...
     @staticmethod
     def _spin_bench(threads: int, iters: int) -> float: ...

@@ -644,7 +644,12 @@ impl PyTrie {
     /// `private=True` is the control: each thread matches on its own copy of the trie
     /// (restored from a snapshot), so nothing is shared between threads; the gap between
     /// the two is what sharing costs. `hold_epoch=True` pins the epoch once per thread.
-    #[pyo3(signature = (keys, threads, ops, hold_epoch = false, private = false))]
+    ///
+    /// `probe` (controls): `"match"` (default: `match_prefix`, what users call), `"walk_touch"`
+    /// (the same walk and LRU/hit bookkeeping, no node handle cloned) or `"walk"` (the walk
+    /// alone): the gaps between them show what each shared write on the read path costs.
+    #[pyo3(signature = (keys, threads, ops, hold_epoch = false, private = false, probe = "match"))]
+    #[allow(clippy::too_many_arguments)]
     fn _read_bench(
         &self,
         py: Python<'_>,
@@ -653,7 +658,14 @@ impl PyTrie {
         ops: usize,
         hold_epoch: bool,
         private: bool,
+        probe: &str,
     ) -> PyResult<f64> {
+        let probe = match probe {
+            "match" => None,
+            "walk_touch" => Some(true),
+            "walk" => Some(false),
+            other => return Err(invalid(format!("probe must be 'match', 'walk_touch' or 'walk', not {other:?}"))),
+        };
         let view = keys.readonly();
         let a = view.as_array();
         let rows: Vec<Vec<u32>> = a.rows().into_iter().map(|r| r.to_vec()).collect();
@@ -682,7 +694,10 @@ impl PyTrie {
                             x ^= x << 17;
                             let k = &rows[(x % rows.len() as u64) as usize];
                             let mut v = Vec::with_capacity(k.len());
-                            total += t.match_prefix(k, None, &mut v).length;
+                            total += match probe {
+                                None => t.match_prefix(k, None, &mut v).length,
+                                Some(touch) => t.walk_probe(k, &mut v, touch),
+                            };
                             std::hint::black_box(&v);
                         }
                         barrier.wait();

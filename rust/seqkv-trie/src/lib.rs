@@ -24,6 +24,7 @@ mod children;
 pub mod protocol;
 mod snapshot;
 mod trie;
+mod values;
 
 pub use trie::{lcp, DumpEntry, Match, NodeRef, Stats, Trie, TrieConfig};
 

@@ -18,6 +18,7 @@
 //! token count within `max_tokens`, no trailing bytes.
 
 use crate::trie::{Node, Trie};
+use crate::values::EdgeValues;
 use crate::{EvictPolicy, TrieConfig, TrieError};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -236,8 +237,9 @@ impl Trie {
                 }
                 let tokens: Box<[u32]> =
                     r.take(4 * k, "tokens")?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
-                let values: Box<[u64]> =
+                let values: Vec<u64> =
                     r.take(8 * k, "values")?.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+                let values = EdgeValues::from_slice(&values);
                 let logprobs: Option<Box<[f32]>> = if has_lp == 1 {
                     let v: Box<[f32]> =
                         r.take(4 * k, "logprobs")?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();

@@ -22,6 +22,7 @@
 
 use crate::children::{self, Children, Entry};
 use crate::protocol::{self, PinError};
+use crate::values::EdgeValues;
 use crate::{EvictPolicy, TrieError};
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned};
 use std::cell::Cell;
@@ -36,7 +37,7 @@ use std::time::Instant;
 /// optionally one natural-log model probability per token.
 pub(crate) struct Link {
     pub tokens: Box<[u32]>,
-    pub values: Box<[u64]>,
+    pub values: EdgeValues,
     pub logprobs: Option<Box<[f32]>>,
     pub node: Arc<Node>,
 }
@@ -506,6 +507,21 @@ impl Trie {
         }
     }
 
+    /// Benchmark probe (the controls of `seqkv.Trie._read_bench`): the walk of
+    /// [`match_prefix`](Self::match_prefix) in the default namespace alone, with the end
+    /// node's LRU stamp and hit count updated (`touch`) or not, and no handle cloned.
+    #[doc(hidden)]
+    pub fn walk_probe(&self, tokens: &[u32], values: &mut Vec<u64>, touch: bool) -> usize {
+        let guard = epoch::pin();
+        let Some(root) = self.root_for(None, &guard) else { return 0 };
+        let (pos, end) = self.walk(root, &tokens[..self.aligned(tokens.len())], values, &guard);
+        if let (true, Some(e)) = (touch, end) {
+            e.touch(now());
+            e.hits.fetch_add(1, Relaxed);
+        }
+        pos
+    }
+
     fn root_arc(&self, ns: Option<&[u8]>, guard: &Guard) -> Arc<Node> {
         match ns {
             None => self.default_root.clone(),
@@ -632,7 +648,7 @@ impl Trie {
             if l == 0 {
                 break;
             }
-            values.extend_from_slice(&link.values[..l]);
+            link.values.extend_prefix(l, values);
             pos += l;
             end = Some(&link.node);
             if l < link.tokens.len() {
@@ -691,12 +707,9 @@ impl Trie {
                         continue;
                     }
                     let k = rest.len();
-                    let vals: Box<[u64]> = match values {
-                        Some(v) => v[pos..].into(),
-                        None => {
-                            let base = self.next_value.fetch_add(k as u64, Relaxed);
-                            (base..base + k as u64).collect()
-                        }
+                    let vals = match values {
+                        Some(v) => EdgeValues::from_slice(&v[pos..]),
+                        None => EdgeValues::Run { first: self.next_value.fetch_add(k as u64, Relaxed), len: k },
                     };
                     let child = Arc::new(Node::new(self, node, rest[0], t, 1, 0, 0));
                     let link = Box::into_raw(Box::new(Link {
@@ -771,7 +784,7 @@ impl Trie {
         ));
         let suffix = Box::into_raw(Box::new(Link {
             tokens: old.tokens[l..].into(),
-            values: old.values[l..].into(),
+            values: old.values.slice(l, old.values.len()),
             logprobs: old.logprobs.as_ref().map(|x| x[l..].into()),
             node: n.clone(),
         }));
@@ -783,7 +796,7 @@ impl Trie {
         };
         let prefix = Box::into_raw(Box::new(Link {
             tokens: old.tokens[..l].into(),
-            values: old.values[..l].into(),
+            values: old.values.slice(0, l),
             logprobs: prefix_lp,
             node: p,
         }));
@@ -994,7 +1007,7 @@ impl Trie {
             drop(plk);
             let link = unsafe { &*lp };
             let k = link.values.len() as u64;
-            out.extend_from_slice(&link.values);
+            link.values.extend_all(out);
             p.stamp.fetch_max(n.stamp.load(Relaxed), Relaxed);
             self.stored.fetch_sub(k, AcqRel);
             self.used.fetch_sub(k, AcqRel);
@@ -1166,7 +1179,7 @@ impl Trie {
                 let link = unsafe { &*e.link };
                 s.nodes += 1;
                 let k = link.tokens.len();
-                bytes += node_bytes + link_bytes + k * 12;
+                bytes += node_bytes + link_bytes + k * 4 + link.values.heap_bytes();
                 if link.logprobs.is_some() {
                     bytes += k * 4;
                     s.tokens_with_logprobs += k as u64;
@@ -1194,7 +1207,7 @@ impl Trie {
                     let mut t = toks.clone();
                     t.extend_from_slice(&link.tokens);
                     let mut v = vals.clone();
-                    v.extend_from_slice(&link.values);
+                    link.values.extend_all(&mut v);
                     kids.push((&link.node, t, v));
                 });
                 if kids.is_empty() {
@@ -1229,7 +1242,7 @@ impl Trie {
         &self,
         parent: &'g Node,
         tokens: Box<[u32]>,
-        values: Box<[u64]>,
+        values: EdgeValues,
         logprobs: Option<Box<[f32]>>,
         visits: u64,
         hits: u64,
