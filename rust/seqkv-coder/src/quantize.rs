@@ -401,11 +401,9 @@ mod avx2 {
             let (s0, s1) = stages.split_at_mut(1);
             let (cur, next) = if (start / CHUNKS_PER_BLOCK) & 1 == 0 { (&s0[0], &mut s1[0]) } else { (&s1[0], &mut s0[0]) };
             let mut acc_g = _mm256_setzero_si256();
-            for j in 0..end - start {
+            // Step 4 and the other passes for chunk j of the block.
+            let mut finish = |j: usize| {
                 let c = start + j;
-                if j < staged_next {
-                    stage8(px.add((end + j) * 8), mv, next, j);
-                }
                 if MAX {
                     max_step(&mut next_acc, &mut next_bad, _mm256_loadu_ps(pn.add(c * 8)));
                 } else if c & 1 == 0 && c < pf_chunks {
@@ -417,6 +415,20 @@ mod avx2 {
                 if FLOORS {
                     let (even, odd) = floors8(_mm256_loadu_si256(pp.add(c * 8) as *const __m256i), kv);
                     acc_g = _mm256_add_epi64(acc_g, _mm256_add_epi64(even, odd));
+                }
+            };
+            if staged_next == CHUNKS_PER_BLOCK {
+                // The common case, a full block to stage, without a test per chunk.
+                for j in 0..CHUNKS_PER_BLOCK {
+                    stage8(px.add((end + j) * 8), mv, next, j);
+                    finish(j);
+                }
+            } else {
+                for j in 0..end - start {
+                    if j < staged_next {
+                        stage8(px.add((end + j) * 8), mv, next, j);
+                    }
+                    finish(j);
                 }
             }
             g_total += hsum64(acc_g);
