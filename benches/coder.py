@@ -9,7 +9,11 @@ Zipf-like synthetic set (symbols sampled from each row's distribution); the outp
 
 Measured (tokens/s, best of several interleaved repeats):
 - seqkv from logits, fused (``encode_logits`` / ``decode_logits``: no table materialised, rows in
-  parallel over all cores), and streaming one row at a time (``Encoder.push_logits`` / ``pop_logits``);
+  parallel over all cores), and streaming one row at a time (``Encoder.push_logits`` / ``pop_logits``).
+  The logits are a NumPy-owned copy, like the probabilities constriction reads (NumPy asks the kernel
+  for transparent huge pages on large arrays); with real model logits the same calls are also timed on
+  the array as torch returned it (4 KiB pages: the two threads stream the logits from memory, and
+  cost more page walks and prefetcher restarts there), ``*_torch_owned_logits``;
 - seqkv from precomputed tables (``encode`` / ``decode`` with 2-D uint32 tables);
 - constriction 0.5 ``Categorical(perfect=False)`` coding the same symbols with one float64
   distribution per row (batched call), softmax *excluded* (probabilities precomputed), and the same
@@ -110,7 +114,17 @@ def machine() -> dict[str, object]:
         "constriction": getattr(constriction, "__version__", "0.5"),
         "seqkv": seqkv.__version__,
         "platform": platform.platform(),
+        "transparent_hugepage": transparent_hugepage(),
     }
+
+
+def transparent_hugepage() -> str | None:
+    """The kernel's transparent huge page mode (``always``, ``madvise``, ``never``), None if unknown."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return text[text.find("[") + 1 : text.find("]")] if "[" in text else None
 
 
 def main() -> None:
@@ -134,7 +148,10 @@ def main() -> None:
         )
     else:
         source = None if (args.quick or args.synthetic) else real_logits(n)
-    logits, symbols, description = source if source is not None else synthetic_logits(n)
+    given, symbols, description = source if source is not None else synthetic_logits(n)
+    # NumPy-owned, like the probabilities constriction gets from softmax64 (see the docstring).
+    logits = np.array(given, dtype=np.float32, order="C", copy=True)
+    torch_owned = source is not None and not args.logits_file
     n = len(symbols)
     precision = 24
     load_start = os.getloadavg()
@@ -189,7 +206,14 @@ def main() -> None:
             ("constriction_decode_tokens_per_s", lambda: c_decode(words), symbols),
             ("table_encode_tokens_per_s", lambda: coder.encode(symbols, tables, precision), data),
             ("table_decode_tokens_per_s", lambda: coder.decode(data, tables, precision=precision), symbols),
-        ]:
+        ] + (
+            [
+                ("encode_tokens_per_s_torch_owned_logits", lambda: coder.encode_logits(symbols, given, precision), data),
+                ("decode_tokens_per_s_torch_owned_logits", lambda: coder.decode_logits(data, given, precision), symbols),
+            ]
+            if torch_owned
+            else []
+        ):
             rate, out = best_rate(fn, n, 1)
             rates[name] = max(rates.get(name, 0.0), rate)
             if out_check is not None:
@@ -212,6 +236,16 @@ def main() -> None:
         **{k: round(v, 1) for k, v in rates.items()},
         "encode_speedup_vs_constriction": round(rates["encode_tokens_per_s"] / rates["constriction_encode_tokens_per_s"], 2),
         "decode_speedup_vs_constriction": round(rates["decode_tokens_per_s"] / rates["constriction_decode_tokens_per_s"], 2),
+        **(
+            {
+                f"{op}_speedup_vs_constriction_torch_owned_logits": round(
+                    rates[f"{op}_tokens_per_s_torch_owned_logits"] / rates[f"constriction_{op}_tokens_per_s"], 2
+                )
+                for op in ("encode", "decode")
+            }
+            if torch_owned
+            else {}
+        ),
         "encode_speedup_vs_constriction_with_softmax": round(
             rates["encode_tokens_per_s"] / rates["constriction_encode_with_softmax_tokens_per_s"], 2
         ),
@@ -232,7 +266,10 @@ def main() -> None:
             "analysed in parallel on all cores; stream_*: one row per call, one thread. table_*: from "
             "precomputed uint32 tables. constriction_*: Categorical(perfect=False), one float64 distribution "
             "per row in one batched call, softmax EXCLUDED (probabilities precomputed); *_with_softmax: "
-            "the NumPy float64 softmax from the logits included. Best of interleaved repeats."
+            "the NumPy float64 softmax from the logits included. Logits: a NumPy-owned float32 copy, like "
+            "constriction's NumPy-owned probabilities (transparent huge pages where the kernel grants them); "
+            "*_torch_owned_logits: the same seqkv calls on the array as torch returned it (4 KiB pages). "
+            "Best of interleaved repeats."
         ),
         "quick": args.quick,
         "machine": {**machine(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
