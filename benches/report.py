@@ -264,7 +264,7 @@ class Report:
         self.src = src = Sources()
         self.coder = src.load("coder")
         self.trie = src.load("trie")
-        self.trie16 = src.load("trie_16core")
+        self.trie_many = src.load("trie_32core")
         self.plt = src.load("plt")
         self.comp = src.load("compression")
         self.comp_name = src.rel("compression")
@@ -702,7 +702,7 @@ class Report:
         # trie
         self.w("### Prefix trie vs SGLang RadixCache", "")
         rows = []
-        for label, d in (("2-core dev machine", self.trie), ("16-core device machine (CPU only)", self.trie16)):
+        for label, d in (("2-core dev machine", self.trie), ("32-core device machine (CPU only)", self.trie_many)):
             rows.append([label, fmt(get(d, "sglang", "version")), fmt(get(d, "match_ops_per_s"), ",.0f"),
                          fmt(get(d, "sglang_match_ops_per_s"), ",.0f"), fmt(get(d, "speedup_vs_sglang_match"), ".1f") + "×",
                          fmt(get(d, "speedup_vs_sglang_match_with_values"), ".1f") + "×",
@@ -711,11 +711,11 @@ class Report:
                          fmt(get(d, "read_scaling_efficiency", "16"), ".2f")])
         self.table(["machine", "SGLang", "seqkv match/s", "SGLang match/s", "match ×", "match incl. values ×",
                     "insert ×", "bytes/token RSS seqkv / SGLang", "read-scaling efficiency at 16 threads"], rows)
-        if self.trie or self.trie16:
+        if self.trie or self.trie_many:
             fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
             ops = [("match", "match_ops_per_s", "sglang_match_ops_per_s"),
                    ("insert", "insert_ops_per_s", "sglang_insert_ops_per_s")]
-            for k, (label, d) in enumerate((("2-core", self.trie), ("16-core", self.trie16))):
+            for k, (label, d) in enumerate((("2-core", self.trie), ("32-core", self.trie_many))):
                 if not d:
                     continue
                 xs = [i + (k - 0.5) * 0.4 for i in range(len(ops))]
@@ -729,12 +729,12 @@ class Report:
             a1.set_title("trie vs SGLang RadixCache (one thread)", fontsize=10)
             a1.legend(fontsize=7)
             a1.grid(axis="y", alpha=0.3)
-            for label, d in (("2-core", self.trie), ("16-core", self.trie16)):
+            for label, d in (("2-core", self.trie), ("32-core", self.trie_many)):
                 rs = get(d, "read_scaling") or {}
                 th = sorted(int(t) for t in rs)
                 if th:
                     a2.plot(th, [rs[str(t)] for t in th], "o-", label=f"seqkv shared trie, {label}")
-            base = get(self.trie16, "read_scaling", "1")
+            base = get(self.trie_many, "read_scaling", "1")
             if base:
                 a2.plot([1, 16], [0.8 * base, 0.8 * 16 * base], ":", color="grey", label="target 0.8 × N")
             a2.set_xscale("log", base=2)
@@ -754,9 +754,12 @@ class Report:
             "array the gain is only " + " / ".join(
                 fmt(get(d, "speedup_vs_sglang_match_list_input"), ".1f") + "×" for _, d, x in self.trie_match() if x is not None) + " "
             "(list conversion dominates). Read scaling ≥ 0.8 × N up to 16 threads: "
-            f"{met(get(self.trie16, 'targets', 'met_read_scaling_strict'))} — "
-            f"{fmt(get(self.trie16, 'read_scaling_efficiency', '16'), '.2f')} × N at 16 threads on 16 cores "
-            f"({fmt(get(self.trie16, 'read_scaling_efficiency', '8'), '.2f')} at 8).",
+            f"{met(get(self.trie_many, 'targets', 'met_read_scaling_strict'))} — "
+            f"{fmt(get(self.trie_many, 'read_scaling_efficiency', '16'), '.2f')} × N at 16 threads on 32 cores "
+            f"({fmt(get(self.trie_many, 'read_scaling_efficiency', '8'), '.2f')} at 8; the shared trie's walk alone, "
+            f"without the LRU stamp, hit count and node handle a match writes: "
+            f"{fmt(get(self.trie_many, 'read_scaling_walk_only_control_efficiency', '16'), '.2f')}; each thread on "
+            f"a private copy: {fmt(get(self.trie_many, 'read_scaling_private_control_efficiency', '16'), '.2f')}).",
             "",
         )
         self.gpu_section()
@@ -765,8 +768,8 @@ class Report:
     def trie_match(self) -> list[tuple[str, dict[str, Any] | None, float | None]]:
         """(machine, trie JSON, match speed-up over SGLang or None where SGLang did not run)."""
         return [(f"{fmt(get(d, 'machine', 'cores') or get(d, 'machine', 'nproc') or get(d, 'machine', 'logical_cpus'), 'd')}-core "
-                 f"{'device' if d is self.trie16 else 'dev'} machine", d, get(d, "speedup_vs_sglang_match"))
-                for d in (self.trie, self.trie16) if d is not None]
+                 f"{'device' if d is self.trie_many else 'dev'} machine", d, get(d, "speedup_vs_sglang_match"))
+                for d in (self.trie, self.trie_many) if d is not None]
 
     def gpu_section(self) -> None:
         g = self.gpu
@@ -985,8 +988,8 @@ class Report:
                 f"{NM if x is None else format(x, '.1f') + '×'} ({label})" for label, _, x in self.trie_match()),
              met(None if not [x for _, _, x in self.trie_match() if x is not None]
                  else all(x >= 10 for _, _, x in self.trie_match() if x is not None))],
-            ["trie read scaling ≥ 0.8 × N to 16 threads", f"{fmt(get(self.trie16, 'read_scaling_efficiency', '16'), '.2f')} at 16",
-             met(get(self.trie16, "targets", "met_read_scaling_strict"))],
+            ["trie read scaling ≥ 0.8 × N to 16 threads", f"{fmt(get(self.trie_many, 'read_scaling_efficiency', '16'), '.2f')} at 16",
+             met(get(self.trie_many, "targets", "met_read_scaling_strict"))],
             ["lm ≤ cross-entropy + 0.02 bits/token", fmt(s.get("lm_overhead_bits_per_token_max"), ".4f") + " (max)",
              met(None if s.get("lm_overhead_bits_per_token_max") is None else s["lm_overhead_bits_per_token_max"] <= 0.02)],
             ["ratio vs bf16 ≥ 40,000× (SmolLM2)", fmt(s.get("ratio_vs_bf16_min"), ",.0f") + "× (min, payload)",
@@ -1010,7 +1013,7 @@ class Report:
             f"- **constriction** {get(self.coder, 'machine', 'constriction') or ''}: measured in the same run as "
             f"seqkv's coder (section 4, {self.f('coder')}).",
             f"- **SGLang RadixCache** ({get(self.trie, 'sglang', 'status') or NM}): measured in the same run as the "
-            f"trie (section 4, {self.f('trie')}, {self.f('trie_16core')}).",
+            f"trie (section 4, {self.f('trie')}, {self.f('trie_32core')}).",
         )
         if c is None:
             self.w("- **torchac**, **optimum-quanto**, **hqq**: not measured (no competitors.json; "
@@ -1118,7 +1121,7 @@ class Report:
     def sources(self) -> None:
         self.w("## Where each figure comes from", "")
         rows = []
-        for name in ("coder", "trie", "trie_16core", "plt", "compression", "residual", "store", "engine", "engine_gpu",
+        for name in ("coder", "trie", "trie_32core", "plt", "compression", "residual", "store", "engine", "engine_gpu",
                      "gpu_kernels", "serve", "competitors", "dedup", "stress"):
             d = self.src.data.get(name)
             if d is None:
