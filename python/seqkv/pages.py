@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from .codecs.base import common_prefix_length
 from .errors import InvalidInputError, StoreError
 
 __all__ = ["KVPagePool", "HotPrefixIndex", "HotHandle", "ReleasedHandleError", "DEFAULT_PAGE_TOKENS"]
@@ -258,14 +259,6 @@ class HotHandle:
     def n(self) -> int:
         """Positions held."""
         return int(self.tokens.size)
-
-
-def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    m = min(a.size, b.size)
-    if m == 0:
-        return 0
-    neq = np.flatnonzero(a[:m] != b[:m])
-    return int(neq[0]) if neq.size else m
 
 
 class HotPrefixIndex:
@@ -600,7 +593,7 @@ class HotPrefixIndex:
             with self._lock:
                 best, ext = None, 0
                 for h in self._by_prefix.get(key, {}).values() if key is not None else ():
-                    e = _common_prefix(h.tokens[length:], toks[length:])
+                    e = common_prefix_length(h.tokens[length:], toks[length:])
                     if e > ext and np.array_equal(h.tokens[:length], toks[:length]):
                         best, ext = h, e
                 if best is not None:

@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from .codecs.base import TOKEN_DTYPE, as_tokens, run_lengths
+from .codecs.base import TOKEN_DTYPE, as_tokens, common_prefix_length, run_lengths
 from .errors import InvalidInputError, NumericsMismatchError, SessionNotFoundError, StoreError
 from .pages import DEFAULT_PAGE_TOKENS, HotPrefixIndex
 
@@ -212,14 +212,6 @@ def _slice_cache(model: Any, cache: Any, n: int) -> Any:
     from . import hf
 
     return hf.cache_from_layers(model, [(k[..., :n, :].clone(), v[..., :n, :].clone()) for k, v in hf.cache_layers(cache)])
-
-
-def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    m = min(a.size, b.size)
-    if m == 0:
-        return 0
-    neq = np.flatnonzero(a[:m] != b[:m])
-    return int(neq[0]) if neq.size else m
 
 
 class _WarmCodec:
@@ -1184,7 +1176,7 @@ class SessionStore:
                 held = self._mem_tokens.get(number)
                 if held is None:
                     continue
-                n = _common_prefix(held, toks)
+                n = common_prefix_length(held, toks)
                 if n > n_hot and (best is None or n > best[0]):
                     best = (n, number, warm, held)
         if best is not None:

@@ -121,6 +121,15 @@ def as_tokens(tokens: Any, vocab_size: int | None = None, *, what: str = "tokens
     return np.ascontiguousarray(arr, dtype=TOKEN_DTYPE)
 
 
+def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the longest common prefix of two 1-D token arrays."""
+    m = min(a.size, b.size)
+    if m == 0:
+        return 0
+    neq = np.flatnonzero(a[:m] != b[:m])
+    return int(neq[0]) if neq.size else m
+
+
 def split_blocks(n: int, block_tokens: int) -> Sequence[tuple[int, int]]:
     """``[(start, stop), ...]`` covering ``range(n)`` in blocks of ``block_tokens`` (none when n = 0)."""
     if block_tokens < 1:
