@@ -410,11 +410,12 @@ def main() -> None:
     # ---- read scaling ----------------------------------------------------------------
     threads = [int(x) for x in args.threads.split(",")]
     ops_native = 20_000 if quick else 100_000
-    native, private, walk = {}, {}, {}
+    native, private, walk, walk_touch = {}, {}, {}, {}
     trie._read_bench(keys[:64], 1, 1000)  # warm
     for _ in range(2):  # interleaved rounds: a noisy neighbour hits all columns alike
         for th in threads:
-            for store, priv, probe in ((native, False, "match"), (private, True, "match"), (walk, False, "walk")):
+            for store, priv, probe in ((native, False, "match"), (private, True, "match"), (walk, False, "walk"),
+                                       (walk_touch, False, "walk_touch")):
                 secs = min(trie._read_bench(keys, th, ops_native, False, priv, probe) for _ in range(2))
                 store[str(th)] = max(store.get(str(th), 0.0), th * ops_native / secs)
     spin_iters = 20_000_000 if quick else 100_000_000
@@ -470,6 +471,10 @@ def main() -> None:
     res["read_scaling_shared_vs_private"] = {k: native[k] / private[k] for k in native}
     res["read_scaling_walk_only_control"] = walk
     res["read_scaling_walk_only_control_efficiency"] = {k: v / (walk[str(threads[0])] * int(k)) for k, v in walk.items()}
+    res["read_scaling_walk_touch_control"] = walk_touch
+    res["read_scaling_walk_touch_control_efficiency"] = {
+        k: v / (walk_touch[str(threads[0])] * int(k)) for k, v in walk_touch.items()
+    }
     res["read_scaling_note"] = (
         f"native = Rust threads calling Trie::match_prefix on the shared trie (no Python in the loop); "
         f"python = Python threads calling Trie.match_prefix, which releases the GIL inside each call: for a "
@@ -481,7 +486,8 @@ def main() -> None:
         f"read_scaling_private_control = the same reads, but each thread on its own copy of the trie "
         f"(nothing shared): the machine's ceiling for this memory traffic; shared_vs_private is what "
         f"sharing one trie costs. walk_only_control = the shared trie's walk alone (no LRU stamp, hit count "
-        f"or node handle written): what the read path's shared writes cost. spin_control_* is a register-only "
+        f"or node handle written) and walk_touch_control = the walk plus the LRU stamp and hit count (no "
+        f"handle): what the read path's shared writes cost. spin_control_* is a register-only "
         f"integer loop on the same threads."
     )
     print("read scaling (native threads):", {k: f"{v:,.0f}" for k, v in native.items()})
@@ -489,6 +495,8 @@ def main() -> None:
     print("  private-trie control efficiency:", {k: round(v, 3) for k, v in res["read_scaling_private_control_efficiency"].items()})
     print("  shared / private:", {k: round(v, 3) for k, v in res["read_scaling_shared_vs_private"].items()})
     print("  walk-only control efficiency:", {k: round(v, 3) for k, v in res["read_scaling_walk_only_control_efficiency"].items()})
+    print("  walk + stamp/hits control efficiency:",
+          {k: round(v, 3) for k, v in res["read_scaling_walk_touch_control_efficiency"].items()})
     print("  control (register-only loop) efficiency:", {k: round(v, 3) for k, v in res["spin_control_efficiency"].items()})
     print("read scaling (python threads):", {k: f"{v:,.0f}" for k, v in pyth.items()})
     print("read scaling (python threads, GIL kept):", {k: f"{v:,.0f}" for k, v in pyth_gil.items()})
