@@ -69,8 +69,13 @@ def cache_layers(cache: Any) -> list[tuple[Any, Any]]:
 
 def cache_from_layers(model: Any, layers: Iterable[tuple[Any, Any]]) -> Any:
     """A ``DynamicCache`` holding the given per-layer ``(keys, values)`` tensors."""
+    return cache_from_config_layers(model.config, layers)
+
+
+def cache_from_config_layers(config: Any, layers: Iterable[tuple[Any, Any]]) -> Any:
+    """:func:`cache_from_layers` for a model config (callers that keep the config, not the model)."""
     _, transformers = require_torch()
-    return transformers.DynamicCache(ddp_cache_data=list(layers), config=model.config)
+    return transformers.DynamicCache(ddp_cache_data=list(layers), config=config)
 
 
 def clone_cache(model: Any, cache: Any) -> Any:

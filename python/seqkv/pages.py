@@ -529,12 +529,11 @@ class HotPrefixIndex:
         """A ``DynamicCache`` of the first ``n`` positions (pages for ``< shared``, then private)."""
         import torch
 
-        from .models import require_torch
+        from .hf import cache_from_config_layers
 
-        _, transformers = require_torch()
         if isinstance(private, list):  # foreign layout
             layers = [(k[..., :n, :].clone(), v[..., :n, :].clone()) for k, v in private]
-            return transformers.DynamicCache(ddp_cache_data=layers, config=self.config)
+            return cache_from_config_layers(self.config, layers)
         pool = self.pool
         with torch.no_grad():
             out = torch.empty((pool.layers, 2, pool.kv_heads, n, pool.head_dim), dtype=pool.dtype, device=pool.device)
@@ -544,7 +543,7 @@ class HotPrefixIndex:
             if n > k:
                 out[..., k:n, :].copy_(private[..., : n - k, :])
         layers = [(out[i, 0].unsqueeze(0), out[i, 1].unsqueeze(0)) for i in range(pool.layers)]
-        return transformers.DynamicCache(ddp_cache_data=layers, config=self.config)
+        return cache_from_config_layers(self.config, layers)
 
     def gather(self, handle: HotHandle, n: int | None = None) -> Any:
         """A ``DynamicCache`` (a copy the caller owns) of the first ``n`` positions of ``handle``
