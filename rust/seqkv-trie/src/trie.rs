@@ -110,6 +110,13 @@ impl Node {
             self.stamp.store(t, Relaxed);
         }
     }
+
+    /// A match ended on this node's edge: its LRU stamp and hit count.
+    #[inline]
+    fn record_hit(&self) {
+        self.touch(now());
+        self.hits.fetch_add(1, Relaxed);
+    }
 }
 
 impl Drop for Node {
@@ -499,8 +506,7 @@ impl Trie {
             None => (0, self.root_arc(ns, guard)),
             Some(e) => {
                 if touch {
-                    e.touch(now());
-                    e.hits.fetch_add(1, Relaxed);
+                    e.record_hit();
                 }
                 (pos, e.clone())
             }
@@ -516,8 +522,7 @@ impl Trie {
         let Some(root) = self.root_for(None, &guard) else { return 0 };
         let (pos, end) = self.walk(root, &tokens[..self.aligned(tokens.len())], values, &guard);
         if let (true, Some(e)) = (touch, end) {
-            e.touch(now());
-            e.hits.fetch_add(1, Relaxed);
+            e.record_hit();
         }
         pos
     }
