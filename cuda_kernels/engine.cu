@@ -148,7 +148,7 @@ eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restri
     constexpr int SA = BM + 4;                                   // padded row of As
     constexpr int AV = BM * BK / 4, BV = BK * BN / 8;            // 16-byte loads per tile
     constexpr int AL = (AV + NT - 1) / NT, BL = (BV + NT - 1) / NT;
-    static_assert(BK % 4 == 0 && BN % 8 == 0 && BM % TM == 0 && BN % TN == 0, "tile shape");
+    static_assert(BK % 8 == 0 && BM % 8 == 0 && BN % 8 == 0 && BM % TM == 0 && BN % TN == 0, "tile shape");
     static_assert(MODE != 2 || RN == 4, "MODE 2 needs column chunks of 4");
     // dynamic shared memory (GpuEngine: 4 * 2 * BK * (BM + 4 + BN) bytes): As[2][BK][SA], Bs[2][BK][BN]
     extern __shared__ float sm[];
@@ -163,14 +163,23 @@ eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restri
 #pragma unroll
         for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
     float ra[AL][4];
-    float rb[BL][8];
+    unsigned rb[BL][4];  // 8 bf16, widened in store(): a use here would wait for the load
+    // A's 16-byte load `idx` -> (row m, k4): a pair of threads reads the two halves of one row's
+    // 32-byte sector and consecutive pairs take consecutive rows, so that a warp's transposed
+    // stores into As (stride SA, 4 * SA = 16 mod 32 banks between the pair) hit 32 distinct banks
+    auto a_slot = [](int idx, int& m, int& k4) {
+        const int p = idx >> 1;
+        m = p % BM;
+        k4 = ((p / BM) * 2 + (idx & 1)) * 4;
+    };
     // global -> registers (tile at k0); out-of-range entries read as 0 (their products are
     // either never stored or, past K, never multiplied)
     auto load = [&](int k0) {
 #pragma unroll
         for (int l = 0; l < AL; l++) {
             const int idx = tid + l * NT;
-            const int m = idx / (BK / 4), k4 = (idx % (BK / 4)) * 4;
+            int m, k4;
+            a_slot(idx, m, k4);
             const int gm = m0 + m, gk = k0 + k4;
             if (idx < AV) {
                 if (vec) {
@@ -192,15 +201,14 @@ eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restri
                 if (vec) {
                     uint4 v = make_uint4(0u, 0u, 0u, 0u);
                     if (gk < K && gn < N) v = *reinterpret_cast<const uint4*>(W + (u64)gk * N + gn);
-                    const unsigned w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-                    for (int c = 0; c < 4; c++) {
-                        rb[l][2 * c] = __uint_as_float(w[c] << 16);
-                        rb[l][2 * c + 1] = __uint_as_float(w[c] & 0xffff0000u);
-                    }
+                    rb[l][0] = v.x; rb[l][1] = v.y; rb[l][2] = v.z; rb[l][3] = v.w;
                 } else {
 #pragma unroll
-                    for (int c = 0; c < 8; c++) rb[l][c] = (gk < K && gn + c < N) ? bf16f(W[(u64)gk * N + gn + c]) : 0.0f;
+                    for (int c = 0; c < 4; c++) {
+                        const unsigned lo = (gk < K && gn + 2 * c < N) ? W[(u64)gk * N + gn + 2 * c] : 0u;
+                        const unsigned hi = (gk < K && gn + 2 * c + 1 < N) ? W[(u64)gk * N + gn + 2 * c + 1] : 0u;
+                        rb[l][c] = lo | (hi << 16);
+                    }
                 }
             }
         }
@@ -210,7 +218,8 @@ eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restri
 #pragma unroll
         for (int l = 0; l < AL; l++) {
             const int idx = tid + l * NT;
-            const int m = idx / (BK / 4), k4 = (idx % (BK / 4)) * 4;
+            int m, k4;
+            a_slot(idx, m, k4);
             if (idx < AV) {
 #pragma unroll
                 for (int c = 0; c < 4; c++) As[buf][k4 + c][m] = ra[l][c];
@@ -221,8 +230,18 @@ eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restri
             const int idx = tid + l * NT;
             const int k = idx / (BN / 8), n8 = (idx % (BN / 8)) * 8;
             if (idx < BV) {
-                *reinterpret_cast<float4*>(&Bs[buf][k][n8]) = make_float4(rb[l][0], rb[l][1], rb[l][2], rb[l][3]);
-                *reinterpret_cast<float4*>(&Bs[buf][k][n8 + 4]) = make_float4(rb[l][4], rb[l][5], rb[l][6], rb[l][7]);
+                float f[8];
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    f[2 * c] = __uint_as_float(rb[l][c] << 16);
+                    f[2 * c + 1] = __uint_as_float(rb[l][c] & 0xffff0000u);
+                }
+                // odd threads store their upper half first: each of the two stores then covers
+                // consecutive 16-byte chunks across the warp (no bank conflicts)
+                const bool h = idx & 1;
+                const float4 lo = make_float4(f[0], f[1], f[2], f[3]), hi = make_float4(f[4], f[5], f[6], f[7]);
+                *reinterpret_cast<float4*>(&Bs[buf][k][n8 + (h ? 4 : 0)]) = h ? hi : lo;
+                *reinterpret_cast<float4*>(&Bs[buf][k][n8 + (h ? 0 : 4)]) = h ? lo : hi;
             }
         }
     };
