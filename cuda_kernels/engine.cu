@@ -155,7 +155,20 @@ eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restri
     float (*As)[BK][SA] = reinterpret_cast<float (*)[BK][SA]>(sm);
     float (*Bs)[BK][BN] = reinterpret_cast<float (*)[BK][BN]>(sm + 2 * BK * SA);
     const int tid = threadIdx.x;
-    const int tx = tid % TX, ty = tid / TX;
+    // thread -> (ty, tx). Where a row of threads is wider than a warp but not a multiple of it
+    // (16x72 tiles: TX = 36), warp w < TY takes tx 0..31 of row w and the other threads take the
+    // rest, tx fastest: a row-major order would put two rows' column ranges into one warp, whose
+    // B reads then collide in the shared-memory banks
+    int tx = tid % TX, ty = tid / TX;
+    if (TX > 32 && TX % 32 != 0) {
+        if (tid < 32 * TY) {
+            ty = tid >> 5;
+            tx = tid & 31;
+        } else {
+            ty = (tid - 32 * TY) / (TX - 32);
+            tx = 32 + (tid - 32 * TY) % (TX - 32);
+        }
+    }
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     float acc[TM][TN];
 #pragma unroll
@@ -357,15 +370,33 @@ __host__ __device__ constexpr long long att_smem_floats(int G, int hd, int max_l
     return att_rows_offset(G, hd, max_len) + (long long)ATT_VROUND * (hd + 4);
 }
 
-// rows [j0, j1) of K or V (row stride rowlen floats) -> rows[j - j0][0..HD) (stride HD + 4)
+// 16 bytes global -> shared without a register round trip (cp.async, sm_80+); every copy of a
+// thread is in flight until att_stage_wait
+__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
+#ifdef __CUDA_ARCH__
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+#else
+    std::memcpy(dst, src, 16);
+#endif
+}
+
+// the calling thread's copies have landed; a block barrier must follow before other threads read
+__device__ __forceinline__ void att_stage_wait() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+// rows [j0, j1) of K or V (row stride rowlen floats) -> rows[j - j0][0..HD) (stride HD + 4),
+// asynchronously (att_stage_wait, then a barrier)
 template <int HD>
 __device__ __forceinline__ void att_stage(float* rows, const float* src, u64 rowlen, int j0, int j1) {
     constexpr int Q4 = HD / 4;
     const int total = (j1 - j0) * Q4;
     for (int i = threadIdx.x; i < total; i += ATT_THREADS) {
         const int j = i / Q4, c = (i % Q4) * 4;
-        *reinterpret_cast<float4*>(rows + j * (HD + 4) + c) =
-            *reinterpret_cast<const float4*>(src + (u64)(j0 + j) * rowlen + c);
+        cp_async16(rows + j * (HD + 4) + c, src + (u64)(j0 + j) * rowlen + c);
     }
 }
 
@@ -393,6 +424,8 @@ eng_attention(const float* qkv, const float* kv, const int* row_slot, const int*
     const u64 rowlen = (u64)nkv * HD;
     const float* K = kv + (((u64)row_slot[r] * layers + layer) * 2) * max_len * rowlen + (u64)g * HD;
     const float* V = K + (u64)max_len * rowlen;
+    // the first round of V rows is fetched while the scores are computed
+    att_stage<HD>(rows, V, rowlen, 0, min(ATT_VROUND, n));
     for (int i = tid; i < G * HD; i += ATT_THREADS) qs[i] = q[i];
     // 1. scores and their running max, one key per thread
     float m[G];
@@ -448,9 +481,12 @@ eng_attention(const float* qkv, const float* kv, const int* row_slot, const int*
     constexpr int C2 = HD / 2;
     for (int j0 = 0; j0 < n; j0 += ATT_VROUND) {
         const int j1 = min(j0 + ATT_VROUND, n);
-        __syncthreads();  // e_j written / the previous round consumed
-        att_stage<HD>(rows, V, rowlen, j0, j1);
-        __syncthreads();
+        if (j0 > 0) {
+            __syncthreads();  // the previous round consumed
+            att_stage<HD>(rows, V, rowlen, j0, j1);
+        }
+        att_stage_wait();
+        __syncthreads();  // the round's rows (and e_j) written
         for (int idx = tid; idx < (ATT_VROUND / KEY_TILE) * C2; idx += ATT_THREADS) {
             const int u = idx / C2, d = (idx % C2) * 2;
             const int jt = j0 + u * KEY_TILE;  // first key of the tile
