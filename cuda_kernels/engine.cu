@@ -47,8 +47,9 @@ extern "C" __global__ void eng_embed(const unsigned* __restrict__ tokens, const 
     for (int i = threadIdx.x; i < H; i += blockDim.x) out[(u64)r * H + i] = bf16f(src[i]);
 }
 
-// ---- RMSNorm: one block per row; rows[] selects input rows (or null). The row is staged in
-// shared memory by the whole block (dynamic shared memory: H floats), then lane l of warp 0
+// ---- RMSNorm: one block per row; rows[] selects input rows (or null). The row and the weights
+// are staged in shared memory by the whole block (dynamic shared memory: 2 H floats; the weights'
+// loads overlap the row's instead of following the sum), then lane l of warp 0
 // (l < 8) runs the sum's fmaf chain over i = l, l+8, ... (the CPU's 8-lane order) and tree8.
 extern "C" __global__ void eng_rmsnorm(const float* __restrict__ x, const int* __restrict__ rows_sel,
                                        const float* __restrict__ w, float eps, float* __restrict__ out, int H) {
@@ -60,16 +61,20 @@ extern "C" __global__ void eng_rmsnorm(const float* __restrict__ x, const int* _
     // batches of 8 loads per thread in flight before their shared-memory stores (a store between
     // two loads would otherwise serialize them: a generic pointer may alias shared memory)
     for (int i0 = 0; i0 < H; i0 += 8 * (int)blockDim.x) {
-        float v[8];
+        float v[8], wv[8];
 #pragma unroll
         for (int u = 0; u < 8; u++) {
             const int i = i0 + u * blockDim.x + threadIdx.x;
             v[u] = i < H ? xr[i] : 0.0f;
+            wv[u] = i < H ? w[i] : 0.0f;
         }
 #pragma unroll
         for (int u = 0; u < 8; u++) {
             const int i = i0 + u * blockDim.x + threadIdx.x;
-            if (i < H) sm[i] = v[u];
+            if (i < H) {
+                sm[i] = v[u];
+                sm[H + i] = wv[u];
+            }
         }
     }
     __syncthreads();
@@ -98,19 +103,7 @@ extern "C" __global__ void eng_rmsnorm(const float* __restrict__ x, const int* _
     }
     __syncthreads();
     const float rr = rs;
-    for (int i0 = 0; i0 < H; i0 += 8 * (int)blockDim.x) {
-        float wv[8];
-#pragma unroll
-        for (int u = 0; u < 8; u++) {
-            const int i = i0 + u * blockDim.x + threadIdx.x;
-            wv[u] = i < H ? w[i] : 0.0f;
-        }
-#pragma unroll
-        for (int u = 0; u < 8; u++) {
-            const int i = i0 + u * blockDim.x + threadIdx.x;
-            if (i < H) out[(u64)r * H + i] = __fmul_rn(wv[u], __fmul_rn(sm[i], rr));
-        }
-    }
+    for (int i = threadIdx.x; i < H; i += blockDim.x) out[(u64)r * H + i] = __fmul_rn(sm[H + i], __fmul_rn(sm[i], rr));
 }
 
 // ---- matmul: Y[M][N] (=, or +=) X[M][K] @ W[K][N] (bf16), one fmaf chain over k per output -----
@@ -352,10 +345,11 @@ extern "C" __global__ void eng_rope_kv(float* __restrict__ qkv, const float* __r
 // the fmaf chain of q[d] * k[d] over d = l, l+8, ..., m = max s_j, e_j = exp(s_j - m), per key
 // tile of KEY_TILE keys from position 0: o_t[d] (fmaf chain over the tile's keys) and l_t (sum),
 // tiles combined in order, o / l.
-// Scores: each thread takes one key (its K row read by 16-byte loads) and runs its 8 x G chains
-// (q read from shared memory as broadcast float4). o_t: V rows go in rounds of ATT_VROUND keys,
-// staged in shared memory by coalesced 16-byte loads; a thread takes 2 columns of one tile for
-// the G heads. Small shared memory and <= 85 registers keep 6 blocks on an SM, so the
+// K and V rows go through one shared-memory buffer in rounds of ATT_VROUND keys, copied by
+// cp.async (coalesced, all of a round in flight; V's first round during the exps). Scores: each
+// thread takes one key of the round and runs its 8 x G chains (q read from shared memory as
+// broadcast float4). o_t: a thread takes 2 columns of one tile for the G heads. Small shared
+// memory and <= 85 registers keep 6 blocks on an SM, so the
 // 256 rows x 3 KV heads of a SmolLM2 decode step run in one wave on an H100.
 #define KEY_TILE 32
 #define ATT_THREADS 128
@@ -404,7 +398,7 @@ template <int G, int HD>
 __global__ void __launch_bounds__(ATT_THREADS, 6)
 eng_attention(const float* qkv, const float* kv, const int* row_slot, const int* row_pos, float* out, int layer,
               int layers, int max_len, int nh, int nkv, float scale) {
-    static_assert(HD % 8 == 0, "head_dim % 8");
+    static_assert(HD % 8 == 0 && ATT_VROUND <= ATT_THREADS, "head_dim % 8, a thread per key of a round");
     constexpr int RS = HD + 4;
     extern __shared__ float sm[];
     __shared__ float red[ATT_THREADS / 32][G];
@@ -424,16 +418,21 @@ eng_attention(const float* qkv, const float* kv, const int* row_slot, const int*
     const u64 rowlen = (u64)nkv * HD;
     const float* K = kv + (((u64)row_slot[r] * layers + layer) * 2) * max_len * rowlen + (u64)g * HD;
     const float* V = K + (u64)max_len * rowlen;
-    // the first round of V rows is fetched while the scores are computed
-    att_stage<HD>(rows, V, rowlen, 0, min(ATT_VROUND, n));
     for (int i = tid; i < G * HD; i += ATT_THREADS) qs[i] = q[i];
-    // 1. scores and their running max, one key per thread
+    // 1. scores and their running max, one key per thread; K in rounds of ATT_VROUND rows staged
+    // in shared memory (coalesced copies, all in flight at once)
     float m[G];
 #pragma unroll
     for (int h = 0; h < G; h++) m[h] = NEG_INF;
-    __syncthreads();  // qs is written
-    for (int j = tid; j < n; j += ATT_THREADS) {
-        const float* k = K + (u64)j * rowlen;
+    for (int j0 = 0; j0 < n; j0 += ATT_VROUND) {
+        const int j1 = min(j0 + ATT_VROUND, n);
+        if (j0 > 0) __syncthreads();  // the previous round consumed
+        att_stage<HD>(rows, K, rowlen, j0, j1);
+        att_stage_wait();
+        __syncthreads();  // the round (and qs) written
+        if (tid >= j1 - j0) continue;
+        const int j = j0 + tid;
+        const float* k = rows + tid * RS;
         float a[G][8];
 #pragma unroll
         for (int h = 0; h < G; h++)
@@ -467,7 +466,8 @@ eng_attention(const float* qkv, const float* kv, const int* row_slot, const int*
         for (int o = 16; o > 0; o >>= 1) m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], o));
         if (lane == 0) red[warp][h] = m[h];
     }
-    __syncthreads();
+    __syncthreads();  // K rows consumed: the first round of V rows is fetched during the exps
+    att_stage<HD>(rows, V, rowlen, 0, min(ATT_VROUND, n));
 #pragma unroll
     for (int h = 0; h < G; h++) {
         m[h] = red[0][h];

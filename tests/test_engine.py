@@ -331,7 +331,7 @@ def test_cuda_kernels_emulated_match_cpu_engine(tiny_llama, tmp_path):
 
     exe = _build_emulator(tmp_path)
     config, tensors = hf_tensors(tiny_llama)
-    max_len, slots = 64, 3
+    max_len, slots = 80, 3
     arrays = gpu_weight_arrays(config, tensors, max_len)
     for name, a in arrays.items():
         ext = ".u16" if a.dtype == np.uint16 else ".f32"
@@ -341,7 +341,7 @@ def test_cuda_kernels_emulated_match_cpu_engine(tiny_llama, tmp_path):
               c["num_kv_heads"], c["head_dim"], max_len, slots], np.int32).tofile(tmp_path / "config.i32")
     np.array([c["rms_norm_eps"], c["attention_scale"]], np.float32).tofile(tmp_path / "scalars.f32")
     rng = np.random.default_rng(7)
-    prompts = [rng.integers(0, 512, n) for n in (7, 12, 1)]
+    prompts = [rng.integers(0, 512, n) for n in (7, 70, 1)]  # 70: K/V in two rounds of 64 rows
     steps = [rng.integers(0, 512, 3) for _ in range(3)]
     # pass 0: all prompts in one batch (rows interleaved by slot); passes 1..3: one step per slot
     passes = []

@@ -838,7 +838,7 @@ class GpuEngine:
         sl = -(-self.max_len // 4) * 4
         head = -(-(self.G * (self.hd + sl + ntiles * (self.hd + 1))) // 4) * 4
         self.att_smem = 4 * (head + 64 * (self.hd + 4))
-        self.norm_smem = 4 * self.H  # eng_rmsnorm stages the row
+        self.norm_smem = 8 * self.H  # eng_rmsnorm stages the row and the weights
         for name, nbytes in (("eng_attention", self.att_smem), ("eng_rmsnorm", self.norm_smem)):
             if nbytes > 48 * 1024:
                 _allow_smem(self.fn[name], nbytes)

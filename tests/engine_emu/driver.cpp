@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
             act((size_t)R * I), logits((size_t)R * V);
         launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] { eng_embed(tok.data(), embed.data(), x.data(), R, H); });
         for (int l = 0; l < L; l++) {
-            launch({(unsigned)R, 1, 1}, {128, 1, 1}, 4 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, in_norm[l].data(), eps, xn.data(), H); });
+            launch({(unsigned)R, 1, 1}, {128, 1, 1}, 8 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, in_norm[l].data(), eps, xn.data(), H); });
             gemm_any(xn.data(), qkv_w[l].data(), qkv.data(), R, H, W, 0);
             launch({(unsigned)R, 1, 1}, {128, 1, 1}, 0, [&] {
                 eng_rope_kv(qkv.data(), cosv.data(), sinv.data(), slot.data(), pos.data(), kv.data(), l, L, max_len, nh, nkv, hd);
@@ -88,11 +88,11 @@ int main(int argc, char** argv) {
                 else { std::fprintf(stderr, "driver: attention <%d, %d> not instantiated\n", G, hd); std::exit(2); }
             });
             gemm_any(att.data(), o_w[l].data(), x.data(), R, nh * hd, H, 1);
-            launch({(unsigned)R, 1, 1}, {128, 1, 1}, 4 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, post_norm[l].data(), eps, xn.data(), H); });
+            launch({(unsigned)R, 1, 1}, {128, 1, 1}, 8 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, post_norm[l].data(), eps, xn.data(), H); });
             gemm_any(xn.data(), gu_w[l].data(), act.data(), R, H, 2 * I, 2);  // SiLU gate in the epilogue
             gemm_any(act.data(), down_w[l].data(), x.data(), R, I, H, 1);
         }
-        launch({(unsigned)R, 1, 1}, {128, 1, 1}, 4 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, norm.data(), eps, xn.data(), H); });
+        launch({(unsigned)R, 1, 1}, {128, 1, 1}, 8 * (size_t)H, [&] { eng_rmsnorm(x.data(), nullptr, norm.data(), eps, xn.data(), H); });
         gemm_any(xn.data(), lm.data(), logits.data(), R, H, V, 0);
         save(d + "/logits_" + std::to_string(pass) + ".f32", logits);
         // greedy helper kernels: argmax must pick the lowest index of the maximum
