@@ -248,6 +248,21 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def core_first_cpus() -> tuple[list[int], int]:
+    """The usable CPUs ordered one per physical core first, then their SMT siblings (sysfs
+    topology), and the number of physical cores among them. Bench thread i runs on the i-th."""
+    first, rest, seen = [], [], set()
+    for c in sorted(os.sched_getaffinity(0)):
+        topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+        try:
+            core = (topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()
+        except OSError:
+            core = ("?", str(c))
+        (rest if core in seen else first).append(c)
+        seen.add(core)
+    return first + rest, len(first)
+
+
 def machine_info():
     from seqkv.models import cpu_name
 
@@ -411,17 +426,20 @@ def main() -> None:
     threads = [int(x) for x in args.threads.split(",")]
     ops_native = 20_000 if quick else 100_000
     native, private, walk, walk_touch = {}, {}, {}, {}
-    trie._read_bench(keys[:64], 1, 1000)  # warm
+    cpus, cores = core_first_cpus()
+    res["bench_threads_pinned_to_cpus"] = cpus
+    res["physical_cores"] = cores
+    trie._read_bench(keys[:64], 1, 1000, cpus=cpus)  # warm
     for _ in range(2):  # interleaved rounds: a noisy neighbour hits all columns alike
         for th in threads:
             for store, priv, probe in ((native, False, "match"), (private, True, "match"), (walk, False, "walk"),
                                        (walk_touch, False, "walk_touch")):
-                secs = min(trie._read_bench(keys, th, ops_native, False, priv, probe) for _ in range(2))
+                secs = min(trie._read_bench(keys, th, ops_native, False, priv, probe, cpus) for _ in range(2))
                 store[str(th)] = max(store.get(str(th), 0.0), th * ops_native / secs)
     spin_iters = 20_000_000 if quick else 100_000_000
     spin = {}
     for th in threads:
-        secs = min(Trie._spin_bench(th, spin_iters) for _ in range(3))
+        secs = min(Trie._spin_bench(th, spin_iters, cpus) for _ in range(3))
         spin[str(th)] = th * spin_iters / secs
     res["spin_control_scaling"] = spin
     res["spin_control_efficiency"] = {k: v / (spin[str(threads[0])] * int(k)) for k, v in spin.items()}
@@ -488,7 +506,8 @@ def main() -> None:
         f"sharing one trie costs. walk_only_control = the shared trie's walk alone (no LRU stamp, hit count "
         f"or node handle written) and walk_touch_control = the walk plus the LRU stamp and hit count (no "
         f"handle): what the read path's shared writes cost. spin_control_* is a register-only "
-        f"integer loop on the same threads."
+        f"integer loop on the same threads. Native bench thread i is pinned to CPU "
+        f"bench_threads_pinned_to_cpus[i]: one per physical core ({cores} here) before any SMT sibling."
     )
     print("read scaling (native threads):", {k: f"{v:,.0f}" for k, v in native.items()})
     print("  efficiency:", {k: round(v, 3) for k, v in res["read_scaling_efficiency"].items()})

@@ -1,5 +1,6 @@
 # Type stubs for the native extension `seqkv._native` (built from rust/seqkv-py).
 # Each part of the extension keeps its own section; checked by stubtest in `make test`.
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -156,9 +157,10 @@ class Trie:
         hold_epoch: bool = False,
         private: bool = False,
         probe: str = "match",
+        cpus: Sequence[int] = ...,
     ) -> float: ...
     @staticmethod
-    def _spin_bench(threads: int, iters: int) -> float: ...
+    def _spin_bench(threads: int, iters: int, cpus: Sequence[int] = ...) -> float: ...
     @staticmethod
     def _set_gil_release_min_tokens(n: int) -> int: ...
 

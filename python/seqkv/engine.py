@@ -778,6 +778,8 @@ class GpuEngine:
         (16, 64, 32, 4, 2), (16, 64, 64, 4, 2), (32, 32, 32, 4, 2),
         # wide matmuls (gate/up, lm_head): bigger thread tiles
         (32, 64, 32, 8, 4), (64, 64, 32, 8, 4), (32, 128, 32, 4, 8), (64, 128, 16, 8, 8), (128, 128, 16, 8, 8),
+        # one wave of 128 blocks for the gate/up matmul (N = 3,072) at 256 rows
+        (64, 96, 32, 4, 4),
     )
 
     def __init__(self, config: dict[str, Any], tensors: dict[str, Any], *, max_slots: int = 256,
@@ -849,7 +851,7 @@ class GpuEngine:
     #: default shape per matmul (measured on an H100 with SmolLM2's sizes at 256 rows,
     #: benches/results/engine_gpu.json)
     DEFAULT_GEMM_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
-        "qkv": (32, 64, 32, 2, 2), "o": (16, 72, 64, 2, 2), "gu": (32, 64, 16, 4, 4),
+        "qkv": (32, 64, 16, 4, 4), "o": (16, 72, 64, 2, 2), "gu": (64, 96, 32, 4, 4),
         "down": (16, 72, 64, 2, 2), "lm_head": (128, 128, 8, 8, 8),
     }
 

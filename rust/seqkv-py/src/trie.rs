@@ -648,7 +648,8 @@ impl PyTrie {
     /// `probe` (controls): `"match"` (default: `match_prefix`, what users call), `"walk_touch"`
     /// (the same walk and LRU/hit bookkeeping, no node handle cloned) or `"walk"` (the walk
     /// alone): the gaps between them show what each shared write on the read path costs.
-    #[pyo3(signature = (keys, threads, ops, hold_epoch = false, private = false, probe = "match"))]
+    /// `cpus`: thread `i` is pinned to `cpus[i % len]` (none: the scheduler places them).
+    #[pyo3(signature = (keys, threads, ops, hold_epoch = false, private = false, probe = "match", cpus = Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn _read_bench(
         &self,
@@ -659,6 +660,7 @@ impl PyTrie {
         hold_epoch: bool,
         private: bool,
         probe: &str,
+        cpus: Vec<usize>,
     ) -> PyResult<f64> {
         let probe = match probe {
             "match" => None,
@@ -675,13 +677,16 @@ impl PyTrie {
         let shared = &self.inner;
         let snap = if private { Some(shared.snapshot()) } else { None };
         let snap = &snap;
-        Ok(py.detach(|| {
+        let unpinned = std::sync::atomic::AtomicBool::new(false);
+        let secs = py.detach(|| {
             let barrier = std::sync::Barrier::new(threads + 1);
             std::thread::scope(|s| {
                 for tid in 0..threads {
                     let rows = &rows;
                     let barrier = &barrier;
+                    let (cpus, unpinned) = (&cpus, &unpinned);
                     s.spawn(move || {
+                        pin_bench_thread(cpus, tid, unpinned);
                         let own = snap.as_ref().map(|b| Trie::restore(b).expect("own snapshot"));
                         let t: &Trie = own.as_ref().unwrap_or(shared);
                         let held = hold_epoch.then(seqkv_trie::hold_epoch);
@@ -710,20 +715,25 @@ impl PyTrie {
                 barrier.wait();
                 start.elapsed().as_secs_f64()
             })
-        }))
+        });
+        pinned_result(secs, &unpinned)
     }
 
     /// Control for `_read_bench`: `threads` native threads each run `iters` steps of a
     /// register-only integer loop (no memory traffic, nothing shared). Its scaling is the
     /// machine's own ceiling (turbo, SMT, noisy neighbours). Returns elapsed seconds.
     #[staticmethod]
-    fn _spin_bench(py: Python<'_>, threads: usize, iters: u64) -> f64 {
-        py.detach(|| {
+    #[pyo3(signature = (threads, iters, cpus = Vec::new()))]
+    fn _spin_bench(py: Python<'_>, threads: usize, iters: u64, cpus: Vec<usize>) -> PyResult<f64> {
+        let unpinned = std::sync::atomic::AtomicBool::new(false);
+        let secs = py.detach(|| {
             let barrier = std::sync::Barrier::new(threads + 1);
             std::thread::scope(|s| {
                 for tid in 0..threads {
                     let barrier = &barrier;
+                    let (cpus, unpinned) = (&cpus, &unpinned);
                     s.spawn(move || {
+                        pin_bench_thread(cpus, tid, unpinned);
                         barrier.wait();
                         let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (tid as u64 + 1);
                         for _ in 0..iters {
@@ -741,7 +751,8 @@ impl PyTrie {
                 barrier.wait();
                 start.elapsed().as_secs_f64()
             })
-        })
+        });
+        pinned_result(secs, &unpinned)
     }
 
     /// Sets the key length (tokens) below which `match_prefix` keeps the GIL; 0 (the
@@ -768,4 +779,40 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNode>()?;
     m.add_class::<PyPin>()?;
     Ok(())
+}
+
+/// Pins the calling bench thread `tid` to `cpus[tid % cpus.len()]` (nothing when `cpus` is
+/// empty); a failure is recorded in `unpinned`.
+fn pin_bench_thread(cpus: &[usize], tid: usize, unpinned: &std::sync::atomic::AtomicBool) {
+    if cpus.is_empty() {
+        return;
+    }
+    if !pin_current_thread(cpus[tid % cpus.len()]) {
+        unpinned.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn pin_current_thread(cpu: usize) -> bool {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it (checked above)
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_current_thread(_cpu: usize) -> bool {
+    false
+}
+
+fn pinned_result(secs: f64, unpinned: &std::sync::atomic::AtomicBool) -> PyResult<f64> {
+    if unpinned.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(invalid("could not pin a bench thread to one of the given CPUs"));
+    }
+    Ok(secs)
 }
