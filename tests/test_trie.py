@@ -345,3 +345,19 @@ def test_stats_bytes_per_token():
     m = t2.match_prefix(key)
     assert m.length == key.size
     assert np.array_equal(np.asarray(m.values)[512:], vals[512:])
+
+
+def test_read_bench_pins_threads_or_raises():
+    """The bench hooks pin thread i to cpus[i % len]; a CPU outside the process's set is an error."""
+    import os
+
+    t = Trie()
+    keys = np.arange(64, dtype=np.uint32).reshape(4, 16)
+    t.insert(keys[0])
+    cpu = min(os.sched_getaffinity(0))
+    assert t._read_bench(keys, 2, 50, cpus=[cpu]) > 0
+    assert Trie._spin_bench(2, 1000, [cpu]) > 0
+    with pytest.raises(InvalidInputError, match="pin"):
+        t._read_bench(keys, 1, 10, cpus=[1 << 20])
+    with pytest.raises(InvalidInputError, match="pin"):
+        Trie._spin_bench(1, 10, [1 << 20])
