@@ -772,12 +772,6 @@ class GpuEngine:
         (32, 32, 32, 2, 2), (16, 64, 32, 2, 2),
         # one wave of 128 blocks on 132 SMs for the 256-row steps' narrow matmuls (N = 576)
         (16, 72, 32, 2, 2), (16, 72, 64, 2, 2),
-        # a warp on 32 columns of 4 or 8 rows: the rows come as broadcast float4 loads, so a thread
-        # tile of 4-8 outputs costs 2-3 shared-memory wavefronts per 8 fmaf (2x2: 3 per 4)
-        (32, 32, 32, 8, 1), (32, 32, 64, 8, 1), (16, 32, 64, 8, 1), (16, 32, 64, 4, 1),
-        (16, 64, 32, 4, 2), (16, 64, 64, 4, 2), (32, 32, 32, 4, 2),
-        # wide matmuls (gate/up, lm_head): bigger thread tiles
-        (32, 64, 32, 8, 4), (64, 64, 32, 8, 4), (32, 128, 32, 4, 8), (64, 128, 16, 8, 8), (128, 128, 16, 8, 8),
         # one wave of 128 blocks for the gate/up matmul (N = 3,072) at 256 rows
         (64, 96, 32, 4, 4),
     )
