@@ -23,10 +23,11 @@
 mod children;
 pub mod protocol;
 mod snapshot;
+mod tokens;
 mod trie;
 mod values;
 
-pub use trie::{lcp, DumpEntry, Match, NodeRef, Stats, Trie, TrieConfig};
+pub use trie::{DumpEntry, Match, NodeRef, Stats, Trie, TrieConfig};
 
 /// Pins the epoch for the caller's thread until the returned guard is dropped; trie reads
 /// made meanwhile skip their own (nested pins are nearly free). For benchmarks that

@@ -17,6 +17,7 @@
 //! edges, distinct first pages among siblings, log-probs <= 0 and not NaN,
 //! token count within `max_tokens`, no trailing bytes.
 
+use crate::tokens::EdgeTokens;
 use crate::trie::{Node, Trie};
 use crate::values::EdgeValues;
 use crate::{EvictPolicy, TrieConfig, TrieError};
@@ -117,7 +118,7 @@ impl Trie {
                 let kids = |n: &Node| {
                     let mut v = Vec::new();
                     crate::children::for_each(&n.children, guard, |e| v.push(e.link));
-                    v.sort_by(|a, b| unsafe { (**a).tokens.cmp(&(**b).tokens) });
+                    v.sort_by(|a, b| unsafe { (**a).tokens.cmp_ids(&(**b).tokens) });
                     v
                 };
                 let top = kids(root);
@@ -235,8 +236,9 @@ impl Trie {
                 if n_children > r.left() / 25 {
                     return Err(corrupt("child count exceeds the data left"));
                 }
-                let tokens: Box<[u32]> =
+                let tokens: Vec<u32> =
                     r.take(4 * k, "tokens")?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+                let tokens = EdgeTokens::from_slice(&tokens);
                 let values: Vec<u64> =
                     r.take(8 * k, "values")?.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
                 let values = EdgeValues::from_slice(&values);

@@ -11,8 +11,8 @@
 //!
 //! # Memory reclamation
 //! Tables and links are retired to `crossbeam_epoch`; a reader pins the epoch
-//! for the duration of one call. Nodes are `Arc`-counted so that a `Match`
-//! can refer to one after the call returns; a raw parent pointer is only
+//! for the duration of one call. Nodes are reference-counted ([`NodeArc`]) so
+//! that a `Match` can refer to one after the call returns; a raw parent pointer is only
 //! followed under an epoch guard for a node reached under that same guard.
 //!
 //! # Locks
@@ -22,6 +22,7 @@
 
 use crate::children::{self, Children, Entry};
 use crate::protocol::{self, PinError};
+use crate::tokens::{lcp_widened, EdgeTokens};
 use crate::values::EdgeValues;
 use crate::{EvictPolicy, TrieError};
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned};
@@ -29,27 +30,28 @@ use std::cell::Cell;
 use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 /// An immutable edge: the tokens leading into `node`, one value per token,
 /// optionally one natural-log model probability per token.
 pub(crate) struct Link {
-    pub tokens: Box<[u32]>,
+    pub tokens: EdgeTokens,
     pub values: EdgeValues,
     pub logprobs: Option<Box<[f32]>>,
-    pub node: Arc<Node>,
+    pub node: NodeArc,
 }
 
 /// A trie node (internal). See [`NodeRef`] for the public handle.
 ///
-/// Layout: the fields that reads write (access stamp and hit count of the node a match
-/// ends on) and the pin word sit in their own cache line; the fields that reads only
-/// read (child table, parent, ...) start on the next one. Node is 64-byte aligned, so no
-/// other allocation shares its cache lines (and the `Arc` counts, written when a match
-/// hands out a handle, get a line of their own too): threads matching different
-/// sessions never invalidate the lines other threads traverse.
+/// Layout: the fields that reads write (access stamp, hit count and handle count of the
+/// node a match ends on) and the pin word sit in their own cache line; the fields that
+/// reads only read (child table, parent, ...) start on the next one. Node is 64-byte
+/// aligned, so no other allocation shares its cache lines: a match writes exactly one
+/// line, and threads matching different sessions never invalidate the lines other
+/// threads traverse.
 #[repr(C, align(64))]
 pub struct Node {
     /// Last access (monotonic ns), for LRU.
@@ -58,7 +60,9 @@ pub struct Node {
     pub(crate) hits: AtomicU64,
     /// Pin count and DEAD bit (see `protocol`).
     pub(crate) state: AtomicU64,
-    _hot_pad: [u64; 5],
+    /// Number of [`NodeArc`]s (see there).
+    refs: AtomicUsize,
+    _hot_pad: [u64; 4],
     pub(crate) children: Atomic<Children>,
     /// Parent node; null for roots. Changed only by a split of the incoming
     /// edge, under the (old) parent's lock.
@@ -81,7 +85,8 @@ impl Node {
     fn new(trie: &Trie, parent: *const Node, first: u32, stamp: u64, visits: u64, hits: u64, n_children: usize) -> Node {
         Node {
             state: AtomicU64::new(0),
-            _hot_pad: [0; 5],
+            refs: AtomicUsize::new(1),
+            _hot_pad: [0; 4],
             children: Atomic::null(),
             parent: AtomicPtr::new(parent as *mut Node),
             first: AtomicU32::new(first),
@@ -132,11 +137,72 @@ impl Drop for Node {
     }
 }
 
+/// Owning, counted pointer to a heap [`Node`]: `Arc<Node>` with the count kept inside the
+/// node's written cache line. `Arc`'s counts sit in a line of their own ahead of a
+/// 64-byte-aligned node, so a match that hands out a handle would write two lines the
+/// next matching thread must fetch back; here it writes one (stamp, hit count and count
+/// together).
+pub(crate) struct NodeArc(NonNull<Node>);
+
+// SAFETY: a `NodeArc` only gives `&Node`, and `Node` is `Send + Sync`; the count is atomic.
+unsafe impl Send for NodeArc {}
+unsafe impl Sync for NodeArc {}
+
+impl NodeArc {
+    /// Moves `node` (count 1, as built by its constructors) to the heap.
+    pub(crate) fn new(node: Node) -> NodeArc {
+        debug_assert_eq!(node.refs.load(Relaxed), 1);
+        NodeArc(NonNull::from(Box::leak(Box::new(node))))
+    }
+
+    pub(crate) fn as_ptr(this: &NodeArc) -> *const Node {
+        this.0.as_ptr()
+    }
+
+    pub(crate) fn ptr_eq(a: &NodeArc, b: &NodeArc) -> bool {
+        a.0 == b.0
+    }
+}
+
+impl std::ops::Deref for NodeArc {
+    type Target = Node;
+    #[inline]
+    fn deref(&self) -> &Node {
+        // SAFETY: the node lives while any `NodeArc` to it does, and this is one.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Clone for NodeArc {
+    #[inline]
+    fn clone(&self) -> NodeArc {
+        // Relaxed as in `Arc::clone`: a new handle is made from an existing one, which
+        // already keeps the node alive. The bound guards against a count overflow.
+        if self.refs.fetch_add(1, Relaxed) > isize::MAX as usize {
+            std::process::abort();
+        }
+        NodeArc(self.0)
+    }
+}
+
+impl Drop for NodeArc {
+    #[inline]
+    fn drop(&mut self) {
+        if self.refs.fetch_sub(1, Release) != 1 {
+            return;
+        }
+        // Every other handle's last use happens before the free (as in `Arc::drop`).
+        std::sync::atomic::fence(Acquire);
+        // SAFETY: this was the last handle; the node came from `Box` in `NodeArc::new`.
+        unsafe { drop(Box::from_raw(self.0.as_ptr())) };
+    }
+}
+
 /// A handle on a trie node, as returned in [`Match::node`]: what `pin` and
 /// `unpin` take. Cheap to clone; keeps the node's memory (not its contents)
 /// alive.
 #[derive(Clone)]
-pub struct NodeRef(pub(crate) Arc<Node>);
+pub struct NodeRef(pub(crate) NodeArc);
 
 impl NodeRef {
     /// Whether the node has been evicted.
@@ -163,13 +229,13 @@ impl NodeRef {
 
 impl PartialEq for NodeRef {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        NodeArc::ptr_eq(&self.0, &other.0)
     }
 }
 impl Eq for NodeRef {}
 impl std::hash::Hash for NodeRef {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as usize).hash(state)
+        (NodeArc::as_ptr(&self.0) as usize).hash(state)
     }
 }
 impl std::fmt::Debug for NodeRef {
@@ -219,7 +285,7 @@ pub struct DumpEntry {
 }
 
 pub(crate) struct NsTable {
-    pub map: HashMap<Box<[u8]>, Arc<Node>>,
+    pub map: HashMap<Box<[u8]>, NodeArc>,
 }
 
 /// Construction parameters.
@@ -245,9 +311,9 @@ pub struct Trie {
     pub(crate) page_size: usize,
     pub(crate) max_tokens: Option<u64>,
     pub(crate) policy: EvictPolicy,
-    pub(crate) default_root: Arc<Node>,
+    pub(crate) default_root: NodeArc,
     /// Root-like node handed out by matches in namespaces that do not exist.
-    orphan: Arc<Node>,
+    orphan: NodeArc,
     pub(crate) namespaces: Atomic<NsTable>,
     ns_lock: Mutex<()>,
     pub(crate) stored: AtomicU64,
@@ -277,25 +343,19 @@ pub(crate) fn now() -> u64 {
     })
 }
 
-/// Length of the common prefix of two token runs (chunked compare).
-#[inline]
-pub fn lcp(a: &[u32], b: &[u32]) -> usize {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut i = 0;
-    const W: usize = 16;
-    while i + W <= n {
-        let x: &[u32; W] = a[i..i + W].try_into().unwrap();
-        let y: &[u32; W] = b[i..i + W].try_into().unwrap();
-        if x != y {
-            break;
-        }
-        i += W;
-    }
-    while i < n && a[i] == b[i] {
-        i += 1;
-    }
-    i
+/// Asks for `p`'s cache line in a writable state ahead of a write, so that taking it
+/// over from the core that wrote it last overlaps the work before the write. A hint: it
+/// never faults. (`_mm_prefetch` with `_MM_HINT_ET0` compiles to a read prefetch unless
+/// the build enables `prfchw`.)
+#[inline(always)]
+fn prefetch_for_write<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHW changes no architectural state and does not fault on any address.
+    unsafe {
+        std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly))
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 struct Restart;
@@ -329,9 +389,10 @@ impl Trie {
         }
         let id = NEXT_TRIE_ID.fetch_add(1, Relaxed);
         let bare = |node_id: u64| {
-            Arc::new(Node {
+            NodeArc::new(Node {
                 state: AtomicU64::new(0),
-                _hot_pad: [0; 5],
+                refs: AtomicUsize::new(1),
+                _hot_pad: [0; 4],
                 children: Atomic::null(),
                 parent: AtomicPtr::new(std::ptr::null_mut()),
                 first: AtomicU32::new(0),
@@ -422,7 +483,7 @@ impl Trie {
             return r;
         }
         let mut map = table.map.clone();
-        let root = Arc::new(Node::new(self, std::ptr::null(), 0, 0, 0, 0, 0));
+        let root = NodeArc::new(Node::new(self, std::ptr::null(), 0, 0, 0, 0, 0));
         map.insert(key.into(), root);
         let new = Owned::new(NsTable { map }).into_shared(guard);
         self.namespaces.store(new, Release);
@@ -455,7 +516,7 @@ impl Trie {
             }
             let ps = self.page_size;
             // SAFETY: reached under `guard`.
-            if unsafe { (&(*link).tokens)[..ps] == rest[..ps] } {
+            if unsafe { (*link).tokens.starts_with(&rest[..ps]) } {
                 return Some(link);
             }
             i += 1;
@@ -494,7 +555,7 @@ impl Trie {
         values: &mut Vec<u64>,
         guard: &Guard,
         touch: bool,
-    ) -> (usize, Arc<Node>) {
+    ) -> (usize, NodeArc) {
         let Some(root) = self.root_for(ns, guard) else {
             // Unknown namespace: hand back a detached, never-linked root (pinning it is
             // harmless and touches no tenant's data).
@@ -527,7 +588,7 @@ impl Trie {
         pos
     }
 
-    fn root_arc(&self, ns: Option<&[u8]>, guard: &Guard) -> Arc<Node> {
+    fn root_arc(&self, ns: Option<&[u8]>, guard: &Guard) -> NodeArc {
         match ns {
             None => self.default_root.clone(),
             Some(k) => {
@@ -639,7 +700,7 @@ impl Trie {
 
     /// Follows `tokens` down from `root` (whole pages only), appending the matched values;
     /// returns the matched length and the node the match ends in (`None`: nothing matched).
-    fn walk<'g>(&self, root: &'g Node, tokens: &[u32], values: &mut Vec<u64>, guard: &'g Guard) -> (usize, Option<&'g Arc<Node>>) {
+    fn walk<'g>(&self, root: &'g Node, tokens: &[u32], values: &mut Vec<u64>, guard: &'g Guard) -> (usize, Option<&'g NodeArc>) {
         let n = tokens.len();
         let mut node: &Node = root;
         let mut end = None;
@@ -649,7 +710,12 @@ impl Trie {
             let Some(lp) = self.find_child(node, rest, guard) else { break };
             // SAFETY: links are reclaimed through the epoch, and `guard` pins it.
             let link: &'g Link = unsafe { &*lp };
-            let l = self.aligned(lcp(&link.tokens, rest));
+            if rest.len() <= link.tokens.len() {
+                // The match ends on this edge: fetch the line its handle and hit record
+                // will write while the tokens are compared.
+                prefetch_for_write(NodeArc::as_ptr(&link.node));
+            }
+            let l = self.aligned(link.tokens.lcp(rest));
             if l == 0 {
                 break;
             }
@@ -716,9 +782,9 @@ impl Trie {
                         Some(v) => EdgeValues::from_slice(&v[pos..]),
                         None => EdgeValues::Run { first: self.next_value.fetch_add(k as u64, Relaxed), len: k },
                     };
-                    let child = Arc::new(Node::new(self, node, rest[0], t, 1, 0, 0));
+                    let child = NodeArc::new(Node::new(self, node, rest[0], t, 1, 0, 0));
                     let link = Box::into_raw(Box::new(Link {
-                        tokens: rest.into(),
+                        tokens: EdgeTokens::from_slice(rest),
                         values: vals,
                         logprobs: logprobs.map(|l| l[pos..].into()),
                         node: child,
@@ -736,7 +802,7 @@ impl Trie {
                 }
                 Some(lp) => {
                     let link = unsafe { &*lp };
-                    let l = self.aligned(lcp(&link.tokens, rest));
+                    let l = self.aligned(link.tokens.lcp(rest));
                     debug_assert!(l > 0);
                     if l == link.tokens.len() {
                         if let (Some(given), None) = (logprobs, &link.logprobs) {
@@ -778,29 +844,29 @@ impl Trie {
     unsafe fn split<'g>(&self, g: &Node, lp: *mut Link, l: usize, given: Option<&[f32]>, guard: &'g Guard) -> &'g Node {
         let old = &*lp;
         let n = &old.node;
-        let p = Arc::new(Node::new(
+        let p = NodeArc::new(Node::new(
             self,
             g,
-            old.tokens[0],
+            old.tokens.at(0),
             n.stamp.load(Relaxed),
             n.visits.load(Relaxed),
             n.hits.load(Relaxed),
             1,
         ));
         let suffix = Box::into_raw(Box::new(Link {
-            tokens: old.tokens[l..].into(),
+            tokens: old.tokens.slice(l, old.tokens.len()),
             values: old.values.slice(l, old.values.len()),
             logprobs: old.logprobs.as_ref().map(|x| x[l..].into()),
             node: n.clone(),
         }));
-        p.children.store(Owned::new(Children::Small(vec![Entry { first: old.tokens[l], link: suffix }].into_boxed_slice())), Release);
+        p.children.store(Owned::new(Children::Small(vec![Entry { first: old.tokens.at(l), link: suffix }].into_boxed_slice())), Release);
         let prefix_lp: Option<Box<[f32]>> = match (&old.logprobs, given) {
             (Some(x), _) => Some(x[..l].into()),
             (None, Some(g)) => Some(g.into()),
             (None, None) => None,
         };
         let prefix = Box::into_raw(Box::new(Link {
-            tokens: old.tokens[..l].into(),
+            tokens: old.tokens.slice(0, l),
             values: old.values.slice(0, l),
             logprobs: prefix_lp,
             node: p,
@@ -811,12 +877,12 @@ impl Trie {
         // N.parent = Q, and then our late `N.parent = P` would overwrite it: N linked
         // under Q but pointing at P, so its evictor would lock the wrong node.
         let p_lock = (*prefix).node.lock();
-        let ok = children::replace(&g.children, old.tokens[0], lp, Some(Entry { first: old.tokens[0], link: prefix }), guard);
+        let ok = children::replace(&g.children, old.tokens.at(0), lp, Some(Entry { first: old.tokens.at(0), link: prefix }), guard);
         debug_assert!(ok);
         // Re-parent N under P while holding g's and P's locks (evictors and splitters of
         // N lock its parent).
-        n.first.store(old.tokens[l], Release);
-        n.parent.store(Arc::as_ptr(&(*prefix).node) as *mut Node, Release);
+        n.first.store(old.tokens.at(l), Release);
+        n.parent.store(NodeArc::as_ptr(&(*prefix).node) as *mut Node, Release);
         drop(p_lock);
         retire_link(lp, guard);
         &(*prefix).node
@@ -829,7 +895,7 @@ impl Trie {
             return Err(());
         }
         let old = unsafe { &*lp };
-        let first = old.tokens[0];
+        let first = old.tokens.at(0);
         let new = Box::into_raw(Box::new(Link {
             tokens: old.tokens.clone(),
             values: old.values.clone(),
@@ -997,7 +1063,7 @@ impl Trie {
             // (matches reaching it could not pin it and would retry).
             let first = n.first.load(Acquire);
             let entries = children::candidates(&p.children, first, guard);
-            let Some(e) = entries.iter().find(|e| std::ptr::eq(unsafe { Arc::as_ptr(&(*e.link).node) }, n)) else {
+            let Some(e) = entries.iter().find(|e| std::ptr::eq(unsafe { NodeArc::as_ptr(&(*e.link).node) }, n)) else {
                 debug_assert!(false, "live node missing from its parent's table");
                 return false;
             };
@@ -1038,7 +1104,7 @@ impl Trie {
             let mut i = children::lower_bound(entries, rest[0]);
             while i < entries.len() && entries[i].first == rest[0] {
                 let link = unsafe { &*entries[i].link };
-                let l = lcp(&link.tokens, rest);
+                let l = link.tokens.lcp(rest);
                 if best.is_none_or(|(_, b)| l > b) {
                     best = Some((link, l));
                 }
@@ -1089,7 +1155,7 @@ impl Trie {
 
     /// `d_T(a, b) = -log2 P_M(a ∧ b)` in bits, over the longest common prefix of `a` and `b`.
     pub fn d_t(&self, a: &[u32], b: &[u32], ns: Option<&[u8]>) -> Result<f64, TrieError> {
-        let c = lcp(a, b);
+        let c = lcp_widened(a, b);
         let lp = self.log_prob(&a[..c], ns)?;
         Ok(if lp == 0.0 { 0.0 } else { -lp / std::f64::consts::LN_2 })
     }
@@ -1110,19 +1176,19 @@ impl Trie {
                         let seg = &prefix[m - l..m];
                         children::for_each(&parent.children, &guard, |e| {
                             let lk = unsafe { &*e.link };
-                            if lk.tokens.len() > seg.len() && lk.tokens[..seg.len()] == *seg {
-                                acc.push((lk.tokens[seg.len()], lk.node.visits.load(Relaxed)));
+                            if lk.tokens.len() > seg.len() && lk.tokens.starts_with(seg) {
+                                acc.push((lk.tokens.at(seg.len()), lk.node.visits.load(Relaxed)));
                             }
                         });
                     } else {
-                        acc.push((link.tokens[*l], link.node.visits.load(Relaxed)));
+                        acc.push((link.tokens.at(*l), link.node.visits.load(Relaxed)));
                     }
                 }
                 last => {
                     let node = last.map(|(lk, _)| &*lk.node).unwrap_or(root);
                     children::for_each(&node.children, &guard, |e| {
                         let link = unsafe { &*e.link };
-                        acc.push((link.tokens[0], link.node.visits.load(Relaxed)));
+                        acc.push((link.tokens.at(0), link.node.visits.load(Relaxed)));
                     });
                 }
             }
@@ -1159,11 +1225,7 @@ impl Trie {
             tokens: self.len(),
             ..Default::default()
         };
-        // ArcInner<Node>: the two counts, padded to Node's alignment, then the node.
-        let node_bytes = std::alloc::Layout::new::<[usize; 2]>()
-            .extend(std::alloc::Layout::new::<Node>())
-            .map(|(l, _)| l.pad_to_align().size())
-            .unwrap_or(std::mem::size_of::<Node>() + 16);
+        let node_bytes = std::mem::size_of::<Node>();
         let link_bytes = std::mem::size_of::<Link>();
         let mut stack: Vec<&Node> = Vec::new();
         let mut bytes = std::mem::size_of::<Trie>();
@@ -1184,7 +1246,7 @@ impl Trie {
                 let link = unsafe { &*e.link };
                 s.nodes += 1;
                 let k = link.tokens.len();
-                bytes += node_bytes + link_bytes + k * 4 + link.values.heap_bytes();
+                bytes += node_bytes + link_bytes + link.tokens.heap_bytes() + link.values.heap_bytes();
                 if link.logprobs.is_some() {
                     bytes += k * 4;
                     s.tokens_with_logprobs += k as u64;
@@ -1210,7 +1272,7 @@ impl Trie {
                 children::for_each(&node.children, &guard, |e| {
                     let link = unsafe { &*e.link };
                     let mut t = toks.clone();
-                    t.extend_from_slice(&link.tokens);
+                    t.extend(link.tokens.iter());
                     let mut v = vals.clone();
                     link.values.extend_all(&mut v);
                     kids.push((&link.node, t, v));
@@ -1246,25 +1308,22 @@ impl Trie {
     pub(crate) fn restore_child<'g>(
         &self,
         parent: &'g Node,
-        tokens: Box<[u32]>,
+        tokens: EdgeTokens,
         values: EdgeValues,
         logprobs: Option<Box<[f32]>>,
         visits: u64,
         hits: u64,
         guard: &'g Guard,
     ) -> Option<&'g Node> {
-        let probe = &tokens[..self.page_size.min(tokens.len())];
-        let entries = children::candidates(&parent.children, tokens[0], guard);
-        if entries.iter().any(|e| {
-            let t = unsafe { &(*e.link).tokens };
-            e.first == tokens[0] && (self.page_size == 1 || t[..probe.len()] == *probe)
-        }) {
+        let first = tokens.at(0);
+        let probe: Vec<u32> = tokens.iter().take(self.page_size).collect();
+        let entries = children::candidates(&parent.children, first, guard);
+        if entries.iter().any(|e| e.first == first && (self.page_size == 1 || unsafe { (*e.link).tokens.starts_with(&probe) })) {
             return None;
         }
         let k = tokens.len() as u64;
         let mut lk = parent.lock();
-        let child = Arc::new(Node::new(self, parent, tokens[0], 0, visits, hits, 0));
-        let first = tokens[0];
+        let child = NodeArc::new(Node::new(self, parent, first, 0, visits, hits, 0));
         let link = Box::into_raw(Box::new(Link { tokens, values, logprobs, node: child }));
         unsafe { children::insert(&parent.children, Entry { first, link }, guard) };
         *lk += 1;
@@ -1296,7 +1355,7 @@ impl Drop for Trie {
         // that nothing else refers to) without recursion.
         unsafe {
             let g = epoch::unprotected();
-            let mut stack: Vec<Arc<Node>> = vec![self.default_root.clone(), self.orphan.clone()];
+            let mut stack: Vec<NodeArc> = vec![self.default_root.clone(), self.orphan.clone()];
             let t = self.namespaces.swap(epoch::Shared::null(), Relaxed, g);
             if !t.is_null() {
                 let t = t.into_owned();

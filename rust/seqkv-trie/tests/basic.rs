@@ -30,6 +30,25 @@ fn insert_match_split() {
 }
 
 #[test]
+fn ids_above_16_bits_split_and_compare_exactly() {
+    // Edges keep 16-bit ids when they fit: a wide edge split into a wide and a narrow part,
+    // and ids that agree in their low 16 bits only, must all stay distinct.
+    let t = trie();
+    let big = 65536 + 7;
+    t.insert(&[big, 1, 2, 3], Some(&[10, 11, 12, 13]), None, None).unwrap();
+    t.insert(&[big, 1, 9], Some(&[10, 11, 90]), None, None).unwrap();
+    assert_eq!(m(&t, &[7, 1, 2, 3]), (0, vec![]));
+    assert_eq!(m(&t, &[big, 1, 2, 3]), (4, vec![10, 11, 12, 13]));
+    assert_eq!(m(&t, &[big, 1, 9]), (3, vec![10, 11, 90]));
+    assert_eq!(m(&t, &[big, 1, 2, 65536 + 3]), (3, vec![10, 11, 12]));
+    assert_eq!(t.insert(&[big, 1, 2, u32::MAX], None, None, None).unwrap(), 1);
+    assert_eq!(t.next_counts(&[big, 1, 2], None).0, vec![3, u32::MAX]);
+    let r = Trie::restore(&t.snapshot()).unwrap();
+    assert_eq!(r.dump(), t.dump());
+    assert!(t.stats().bytes > 0);
+}
+
+#[test]
 fn auto_values_unique() {
     let t = trie();
     t.insert(&[1, 2, 3], None, None, None).unwrap();
