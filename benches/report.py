@@ -766,7 +766,11 @@ class Report:
             f"a private copy: {fmt(get(self.trie_many, 'read_scaling_private_control_efficiency', '16'), '.2f')}); "
             f"on 16 cores ({self.f('trie_16core')}): {fmt(get(self.trie_16, 'read_scaling_efficiency', '16'), '.2f')} "
             f"× N at 16 threads ({fmt(get(self.trie_16, 'read_scaling_efficiency', '8'), '.2f')} at 8; private copy "
-            f"{fmt(get(self.trie_16, 'read_scaling_private_control_efficiency', '16'), '.2f')}).",
+            f"{fmt(get(self.trie_16, 'read_scaling_private_control_efficiency', '16'), '.2f')}; the same matches over "
+            f"64 sessions, whose keys and tails fit each core's L2: "
+            f"{fmt(get(self.trie_16, 'read_scaling_l2_resident_control_efficiency', '16'), '.2f')} on 16 cores, "
+            f"{fmt(get(self.trie_many, 'read_scaling_l2_resident_control_efficiency', '16'), '.2f')} on 32). "
+            "Efficiencies are medians over interleaved rounds (docs/trie.md says why).",
             "",
         )
         self.gpu_section()
