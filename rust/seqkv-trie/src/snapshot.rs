@@ -17,9 +17,7 @@
 //! edges, distinct first pages among siblings, log-probs <= 0 and not NaN,
 //! token count within `max_tokens`, no trailing bytes.
 
-use crate::tokens::EdgeTokens;
 use crate::trie::{Node, Trie};
-use crate::values::EdgeValues;
 use crate::{EvictPolicy, TrieConfig, TrieError};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -238,10 +236,8 @@ impl Trie {
                 }
                 let tokens: Vec<u32> =
                     r.take(4 * k, "tokens")?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
-                let tokens = EdgeTokens::from_slice(&tokens);
                 let values: Vec<u64> =
                     r.take(8 * k, "values")?.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-                let values = EdgeValues::from_slice(&values);
                 let logprobs: Option<Box<[f32]>> = if has_lp == 1 {
                     let v: Box<[f32]> =
                         r.take(4 * k, "logprobs")?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
@@ -257,7 +253,7 @@ impl Trie {
                         return Err(corrupt("more tokens than max_tokens"));
                     }
                 }
-                let Some(child) = trie.restore_child(parent, tokens, values, logprobs, visits, hits, &guard) else {
+                let Some(child) = trie.restore_child(parent, &tokens, &values, logprobs, visits, hits, &guard) else {
                     return Err(corrupt("two sibling edges start with the same page"));
                 };
                 stack.push((child, n_children));

@@ -1308,23 +1308,28 @@ impl Trie {
     pub(crate) fn restore_child<'g>(
         &self,
         parent: &'g Node,
-        tokens: EdgeTokens,
-        values: EdgeValues,
+        tokens: &[u32],
+        values: &[u64],
         logprobs: Option<Box<[f32]>>,
         visits: u64,
         hits: u64,
         guard: &'g Guard,
     ) -> Option<&'g Node> {
-        let first = tokens.at(0);
-        let probe: Vec<u32> = tokens.iter().take(self.page_size).collect();
+        let first = tokens[0];
+        let probe = &tokens[..self.page_size.min(tokens.len())];
         let entries = children::candidates(&parent.children, first, guard);
-        if entries.iter().any(|e| e.first == first && (self.page_size == 1 || unsafe { (*e.link).tokens.starts_with(&probe) })) {
+        if entries.iter().any(|e| e.first == first && (self.page_size == 1 || unsafe { (*e.link).tokens.starts_with(probe) })) {
             return None;
         }
         let k = tokens.len() as u64;
         let mut lk = parent.lock();
         let child = NodeArc::new(Node::new(self, parent, first, 0, visits, hits, 0));
-        let link = Box::into_raw(Box::new(Link { tokens, values, logprobs, node: child }));
+        let link = Box::into_raw(Box::new(Link {
+            tokens: EdgeTokens::from_slice(tokens),
+            values: EdgeValues::from_slice(values),
+            logprobs,
+            node: child,
+        }));
         unsafe { children::insert(&parent.children, Entry { first, link }, guard) };
         *lk += 1;
         self.stored.fetch_add(k, AcqRel);
