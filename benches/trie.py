@@ -426,7 +426,6 @@ def main() -> None:
     # ---- read scaling ----------------------------------------------------------------
     threads = [int(x) for x in args.threads.split(",")]
     ops_native = 20_000 if quick else 100_000
-    native, private, walk, walk_touch = {}, {}, {}, {}
     cpus, cores = core_first_cpus()
     res["bench_threads_pinned_to_cpus"] = cpus
     res["physical_cores"] = cores
@@ -437,38 +436,41 @@ def main() -> None:
     # that cannot all be lucky at once (one thread's rate moved by up to 1.7x between
     # samples on the VMs), so it understates scaling and jumps from run to run.
     rounds = 3 if quick else 7
-    samples: dict[str, dict[str, list[float]]] = {name: {str(th): [] for th in threads}
-                                                  for name in ("match", "private", "walk", "walk_touch")}
+    columns = {  # name: (keys, a private copy of the trie per thread, probe)
+        "match": (keys, False, "match"),
+        "private": (keys, True, "match"),
+        "walk": (keys, False, "walk"),
+        "walk_touch": (keys, False, "walk_touch"),
+        # the same matches over 64 sessions only, whose keys and tails fit every core's L2: what
+        # the shared trie's read path scales to when the memory hierarchy is not the bound
+        "l2_resident": (keys[:64], False, "match"),
+    }
+    samples = {name: {str(th): [] for th in threads} for name in columns}
     for _ in range(rounds):
         for th in threads:
-            for name, priv, probe in (("match", False, "match"), ("private", True, "match"), ("walk", False, "walk"),
-                                      ("walk_touch", False, "walk_touch")):
-                secs = trie._read_bench(keys, th, ops_native, False, priv, probe, cpus)
+            for name, (ks, priv, probe) in columns.items():
+                secs = trie._read_bench(ks, th, ops_native, False, priv, probe, cpus)
                 samples[name][str(th)].append(th * ops_native / secs)
-    # Control: the same matches over 64 sessions only, whose keys and tails fit every core's
-    # L2: what the shared trie's read path scales to when the memory hierarchy is not the bound.
-    samples["l2_resident"] = {str(th): [] for th in threads}
-    for _ in range(rounds):
-        for th in threads:
-            secs = trie._read_bench(keys[:64], th, ops_native, False, False, "match", cpus)
-            samples["l2_resident"][str(th)].append(th * ops_native / secs)
-    l2 = {k: statistics.median(v) for k, v in samples["l2_resident"].items()}
+    native, private, walk, walk_touch, l2 = (
+        {k: statistics.median(v) for k, v in samples[name].items()} for name in columns
+    )
+
+    def efficiency(col: dict[str, float]) -> dict[str, float]:
+        """ops/s at N threads / (N x ops/s at the first thread count)."""
+        return {k: v / (col[str(threads[0])] * int(k)) for k, v in col.items()}
+
     res["read_scaling_l2_resident_control"] = l2
-    res["read_scaling_l2_resident_control_efficiency"] = {k: v / (l2[str(threads[0])] * int(k)) for k, v in l2.items()}
-    for name, store in (("match", native), ("private", private), ("walk", walk), ("walk_touch", walk_touch)):
-        store.update({k: statistics.median(v) for k, v in samples[name].items()})
+    res["read_scaling_l2_resident_control_efficiency"] = efficiency(l2)
     res["read_scaling_rounds"] = rounds
     res["read_scaling_best"] = {k: max(v) for k, v in samples["match"].items()}
-    res["read_scaling_efficiency_best_of"] = {
-        k: v / (res["read_scaling_best"][str(threads[0])] * int(k)) for k, v in res["read_scaling_best"].items()
-    }
+    res["read_scaling_efficiency_best_of"] = efficiency(res["read_scaling_best"])
     spin_iters = 20_000_000 if quick else 100_000_000
     spin = {}
     for th in threads:
         secs = min(Trie._spin_bench(th, spin_iters, cpus) for _ in range(3))
         spin[str(th)] = th * spin_iters / secs
     res["spin_control_scaling"] = spin
-    res["spin_control_efficiency"] = {k: v / (spin[str(threads[0])] * int(k)) for k, v in spin.items()}
+    res["spin_control_efficiency"] = efficiency(spin)
     py_ops = 2_000 if quick else 10_000
 
     def python_threads(th: int) -> float:
@@ -506,19 +508,15 @@ def main() -> None:
     usable = res["machine"]["usable_cpus"]
     res["read_scaling"] = native
     res["read_scaling_python_threads"] = pyth
-    res["read_scaling_efficiency"] = {k: v / (base * int(k)) for k, v in native.items()}
+    res["read_scaling_efficiency"] = efficiency(native)
     res["read_scaling_efficiency_vs_cores"] = {k: v / (base * min(int(k), usable)) for k, v in native.items()}
     res["read_scaling_private_control"] = private
-    res["read_scaling_private_control_efficiency"] = {
-        k: v / (private[str(threads[0])] * int(k)) for k, v in private.items()
-    }
+    res["read_scaling_private_control_efficiency"] = efficiency(private)
     res["read_scaling_shared_vs_private"] = {k: native[k] / private[k] for k in native}
     res["read_scaling_walk_only_control"] = walk
-    res["read_scaling_walk_only_control_efficiency"] = {k: v / (walk[str(threads[0])] * int(k)) for k, v in walk.items()}
+    res["read_scaling_walk_only_control_efficiency"] = efficiency(walk)
     res["read_scaling_walk_touch_control"] = walk_touch
-    res["read_scaling_walk_touch_control_efficiency"] = {
-        k: v / (walk_touch[str(threads[0])] * int(k)) for k, v in walk_touch.items()
-    }
+    res["read_scaling_walk_touch_control_efficiency"] = efficiency(walk_touch)
     res["read_scaling_note"] = (
         f"native = Rust threads calling Trie::match_prefix on the shared trie (no Python in the loop), "
         f"median ops/s over {rounds} interleaved rounds (read_scaling_best: the best round; "
