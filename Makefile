@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(HOME)/.cargo/bin:$(PATH)
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 NATIVE := python/seqkv/_native.abi3.so
 
-.PHONY: redis-server demo test test-rust test-python test-wheel stubtest venv build wheel bench bench-quick report docs fuzz clean
+.PHONY: redis-server demo test lint test-rust test-python test-wheel stubtest venv build wheel bench bench-quick report docs fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -29,7 +29,12 @@ build: $(NATIVE)
 demo: build
 	$(PY) -m seqkv demo
 
-test: build test-rust test-python stubtest test-wheel
+test: build lint test-rust test-python stubtest test-wheel
+
+# Clippy over every crate (check only, no codegen); an `unsafe` block or impl without a
+# `// SAFETY:` comment fails it (the workspace lints deny it; -D keeps it denied here too).
+lint:
+	cargo clippy --workspace --all-targets -q -- -D clippy::undocumented_unsafe_blocks
 
 test-rust:
 	cargo nextest run --workspace --exclude seqkv-py --release --no-fail-fast 2>&1 | tail -n 40; exit $${PIPESTATUS[0]}

@@ -206,6 +206,7 @@ mod tests {
         for ch in xs.chunks(8) {
             let mut out = [0f32; 8];
             let mut out2 = [0f32; 8];
+            // SAFETY: AVX2/FMA are available (checked at the top); `ch` and the outputs hold 8 f32.
             unsafe {
                 let v = _mm256_loadu_ps(ch.as_ptr());
                 _mm256_storeu_ps(out.as_mut_ptr(), avx2::exp8(v));

@@ -296,7 +296,11 @@ mod avx2 {
         w: *const u8,
         out: *mut f32,
     }
+    // SAFETY: `Ptrs` only carries the buffers of one `matmul` call to its rayon tasks, which all
+    // finish before `matmul` returns (the buffers outlive them); tasks only read `x` and `w`
+    // and write disjoint blocks of `out`.
     unsafe impl Send for Ptrs {}
+    // SAFETY: as for `Send`: shared access only reads `x`/`w` and writes disjoint `out` blocks.
     unsafe impl Sync for Ptrs {}
 
     /// Loads one k-row of a panel (16 weights) as two f32 vectors: columns 0..8 and 8..16.
@@ -304,42 +308,54 @@ mod avx2 {
     /// `i + 8` (high half): one load, one shift and one mask widen them exactly.
     #[inline(always)]
     unsafe fn load16<const BF: bool>(w: *const u8, idx: usize) -> (__m256, __m256) {
-        if BF {
-            let v = _mm256_loadu_si256((w as *const u16).add(idx) as *const __m256i);
-            let lo = _mm256_slli_epi32::<16>(v);
-            let hi = _mm256_and_si256(v, _mm256_set1_epi32(0xffff0000u32 as i32));
-            (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi))
-        } else {
-            let p = (w as *const f32).add(idx);
-            (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+        // SAFETY: AVX2 is enabled in every caller; `w` points at packed weights (bf16 if `BF`, else f32)
+        // with 16 elements readable from element `idx` (one k-row of a panel).
+        unsafe {
+            if BF {
+                let v = _mm256_loadu_si256((w as *const u16).add(idx) as *const __m256i);
+                let lo = _mm256_slli_epi32::<16>(v);
+                let hi = _mm256_and_si256(v, _mm256_set1_epi32(0xffff0000u32 as i32));
+                (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi))
+            } else {
+                let p = (w as *const f32).add(idx);
+                (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+            }
         }
     }
 
     /// Stores a row of 16 accumulators, or its first `ncols`.
     #[inline(always)]
     unsafe fn store16(dst: *mut f32, a: __m256, b: __m256, ncols: usize) {
-        if ncols >= NR {
-            _mm256_storeu_ps(dst, a);
-            _mm256_storeu_ps(dst.add(8), b);
-        } else {
-            let mut tmp = [0f32; NR];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), a);
-            _mm256_storeu_ps(tmp.as_mut_ptr().add(8), b);
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, ncols);
+        // SAFETY: AVX2 is enabled in every caller; `dst` is writable for `min(ncols, 16)` f32 (an output row
+        // of the caller's tile) and `tmp` is a local 16-element array.
+        unsafe {
+            if ncols >= NR {
+                _mm256_storeu_ps(dst, a);
+                _mm256_storeu_ps(dst.add(8), b);
+            } else {
+                let mut tmp = [0f32; NR];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), a);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), b);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, ncols);
+            }
         }
     }
 
     #[inline(always)]
     unsafe fn load_acc(src: *const f32, ncols: usize) -> (__m256, __m256) {
-        if ncols >= NR {
-            (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)))
-        } else {
-            let mut tmp = [0f32; NR];
-            std::ptr::copy_nonoverlapping(src, tmp.as_mut_ptr(), ncols);
-            (
-                _mm256_loadu_ps(tmp.as_ptr()),
-                _mm256_loadu_ps(tmp.as_ptr().add(8)),
-            )
+        // SAFETY: AVX2 is enabled in every caller; `src` is readable for `min(ncols, 16)` f32 (an output row
+        // of the caller's tile) and `tmp` is a local 16-element array.
+        unsafe {
+            if ncols >= NR {
+                (_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8)))
+            } else {
+                let mut tmp = [0f32; NR];
+                std::ptr::copy_nonoverlapping(src, tmp.as_mut_ptr(), ncols);
+                (
+                    _mm256_loadu_ps(tmp.as_ptr()),
+                    _mm256_loadu_ps(tmp.as_ptr().add(8)),
+                )
+            }
         }
     }
 
@@ -357,27 +373,32 @@ mod avx2 {
         ldo: usize,
         ncols: usize,
     ) {
-        let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
-        let pstride = k * NR;
-        for kk in 0..k {
-            let mut wv = [[_mm256_setzero_ps(); 2]; NP];
-            for p in 0..NP {
-                let (a, b) = load16::<BF>(w, w0 + p * pstride + kk * NR);
-                wv[p] = [a, b];
-            }
-            for r in 0..MR {
-                let xb = _mm256_broadcast_ss(&*x.add(r * ldx + kk));
+        // SAFETY: AVX2 and FMA are available (caller); `x` holds `MR` rows of `k` f32 at stride `ldx`, `w`
+        // holds `NP` panels of `k * 16` weights from element `w0`, and `out` has `MR` rows of
+        // `min(ncols, 16)` writable f32 per panel at stride `ldo` (`block_direct`'s tile).
+        unsafe {
+            let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
+            let pstride = k * NR;
+            for kk in 0..k {
+                let mut wv = [[_mm256_setzero_ps(); 2]; NP];
                 for p in 0..NP {
-                    acc[r][p][0] = _mm256_fmadd_ps(xb, wv[p][0], acc[r][p][0]);
-                    acc[r][p][1] = _mm256_fmadd_ps(xb, wv[p][1], acc[r][p][1]);
+                    let (a, b) = load16::<BF>(w, w0 + p * pstride + kk * NR);
+                    wv[p] = [a, b];
+                }
+                for r in 0..MR {
+                    let xb = _mm256_broadcast_ss(&*x.add(r * ldx + kk));
+                    for p in 0..NP {
+                        acc[r][p][0] = _mm256_fmadd_ps(xb, wv[p][0], acc[r][p][0]);
+                        acc[r][p][1] = _mm256_fmadd_ps(xb, wv[p][1], acc[r][p][1]);
+                    }
                 }
             }
-        }
-        for r in 0..MR {
-            for p in 0..NP {
-                let c = p * NR;
-                if c < ncols {
-                    store16(out.add(r * ldo + c), acc[r][p][0], acc[r][p][1], ncols - c);
+            for r in 0..MR {
+                for p in 0..NP {
+                    let c = p * NR;
+                    if c < ncols {
+                        store16(out.add(r * ldo + c), acc[r][p][0], acc[r][p][1], ncols - c);
+                    }
                 }
             }
         }
@@ -398,24 +419,28 @@ mod avx2 {
         ncols: usize,
         first: bool,
     ) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        if !first {
-            for r in 0..MR {
-                let (a, b) = load_acc(out.add(r * ldo), ncols);
-                acc[r] = [a, b];
+        // SAFETY: AVX2 and FMA are available (caller); `xp` holds `kc * MR` packed f32, `wf` `kc * 16` f32,
+        // and `out` has `MR` rows of `min(ncols, 16)` writable f32 at stride `ldo` (`block_packed`'s tile).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            if !first {
+                for r in 0..MR {
+                    let (a, b) = load_acc(out.add(r * ldo), ncols);
+                    acc[r] = [a, b];
+                }
             }
-        }
-        for kk in 0..kc {
-            let w0 = _mm256_loadu_ps(wf.add(kk * NR));
-            let w1 = _mm256_loadu_ps(wf.add(kk * NR + 8));
-            for r in 0..MR {
-                let xb = _mm256_broadcast_ss(&*xp.add(kk * MR + r));
-                acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+            for kk in 0..kc {
+                let w0 = _mm256_loadu_ps(wf.add(kk * NR));
+                let w1 = _mm256_loadu_ps(wf.add(kk * NR + 8));
+                for r in 0..MR {
+                    let xb = _mm256_broadcast_ss(&*xp.add(kk * MR + r));
+                    acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+                    acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+                }
             }
-        }
-        for r in 0..MR {
-            store16(out.add(r * ldo), acc[r][0], acc[r][1], ncols);
+            for r in 0..MR {
+                store16(out.add(r * ldo), acc[r][0], acc[r][1], ncols);
+            }
         }
     }
 
@@ -428,29 +453,34 @@ mod avx2 {
         rows: (usize, usize),
         panels: (usize, usize),
     ) {
-        let (r0, r1) = rows;
-        let m = r1 - r0;
-        let x = ptr.x.add(r0 * k);
-        let mut p = panels.0;
-        while p < panels.1 {
-            let left = panels.1 - p;
-            let out = ptr.out.add(r0 * n + p * NR);
-            let ncols = n - p * NR;
-            let w0 = p * k * NR;
-            macro_rules! go {
-                ($mr:literal, $np:literal) => {{
-                    tile_direct::<BF, $mr, $np>(k, x, k, ptr.w, w0, out, n, ncols);
-                    p += $np;
-                }};
-            }
-            match (m, left) {
-                (1, 4..) => go!(1, 4),
-                (1, _) => go!(1, 1),
-                (2, 2..) => go!(2, 2),
-                (2, _) => go!(2, 1),
-                (3, 2..) => go!(3, 2),
-                (3, _) => go!(3, 1),
-                _ => go!(4, 1),
+        // SAFETY: AVX2 and FMA are available (`matmul`'s caller checked); `ptr.x` holds `rows * k` f32,
+        // `ptr.w` the packed weights (`panels * k * 16` elements) and `ptr.out` `rows * n` f32; `rows` and
+        // `panels` lie inside them and a tile of NP panels is only taken when NP panels are left.
+        unsafe {
+            let (r0, r1) = rows;
+            let m = r1 - r0;
+            let x = ptr.x.add(r0 * k);
+            let mut p = panels.0;
+            while p < panels.1 {
+                let left = panels.1 - p;
+                let out = ptr.out.add(r0 * n + p * NR);
+                let ncols = n - p * NR;
+                let w0 = p * k * NR;
+                macro_rules! go {
+                    ($mr:literal, $np:literal) => {{
+                        tile_direct::<BF, $mr, $np>(k, x, k, ptr.w, w0, out, n, ncols);
+                        p += $np;
+                    }};
+                }
+                match (m, left) {
+                    (1, 4..) => go!(1, 4),
+                    (1, _) => go!(1, 1),
+                    (2, 2..) => go!(2, 2),
+                    (2, _) => go!(2, 1),
+                    (3, 2..) => go!(3, 2),
+                    (3, _) => go!(3, 1),
+                    _ => go!(4, 1),
+                }
             }
         }
     }
@@ -512,42 +542,48 @@ mod avx2 {
         rows: (usize, usize),
         panels: (usize, usize),
     ) {
-        let (r0, r1) = rows;
-        let tiles: Vec<(usize, usize)> = row_tiles(r1 - r0).collect();
-        let mut wf = [0f32; KC * NR];
-        // K blocks of equal length (576 -> 288 + 288, not 256 + 256 + 64): fewer
-        // accumulator store/reload rounds, none of them short.
-        let n_kb = k.div_ceil(KC);
-        let kcb = k.div_ceil(n_kb);
-        // Panel-major: each panel is read front to back in one sweep (a sequential stream
-        // for the prefetcher); the K blocks of every output still run in increasing order.
-        for p in panels.0..panels.1 {
-            for kb in 0..n_kb {
-                let k0 = kb * kcb;
-                let kc = (k - k0).min(kcb);
-                let src = p * k * NR + k0 * NR;
-                let wblock: *const f32 = if BF {
-                    for kk in 0..kc {
-                        let (a, b) = load16::<true>(ptr.w, src + kk * NR);
-                        _mm256_storeu_ps(wf.as_mut_ptr().add(kk * NR), a);
-                        _mm256_storeu_ps(wf.as_mut_ptr().add(kk * NR + 8), b);
-                    }
-                    wf.as_ptr()
-                } else {
-                    (ptr.w as *const f32).add(src)
-                };
-                let ncols = n - p * NR;
-                for &(t0, mr) in &tiles {
-                    let xt = ptr.x.add((r0 + t0) * k + k0 * mr);
-                    let out = ptr.out.add((r0 + t0) * n + p * NR);
-                    let first = kb == 0;
-                    match mr {
-                        6 => tile_block::<6>(kc, xt, wblock, out, n, ncols, first),
-                        5 => tile_block::<5>(kc, xt, wblock, out, n, ncols, first),
-                        4 => tile_block::<4>(kc, xt, wblock, out, n, ncols, first),
-                        3 => tile_block::<3>(kc, xt, wblock, out, n, ncols, first),
-                        2 => tile_block::<2>(kc, xt, wblock, out, n, ncols, first),
-                        _ => tile_block::<1>(kc, xt, wblock, out, n, ncols, first),
+        // SAFETY: AVX2 and FMA are available (`matmul`'s caller checked); `ptr.x` is x packed by `pack_x`
+        // (`rows * k` f32), `ptr.w` the packed weights (`panels * k * 16` elements) and `ptr.out` the
+        // `rows * n` outputs, and `rows`/`panels` lie inside them, so each tile reads and writes in bounds;
+        // `wf` is a local `KC * 16` array and `kc <= kcb <= KC`.
+        unsafe {
+            let (r0, r1) = rows;
+            let tiles: Vec<(usize, usize)> = row_tiles(r1 - r0).collect();
+            let mut wf = [0f32; KC * NR];
+            // K blocks of equal length (576 -> 288 + 288, not 256 + 256 + 64): fewer
+            // accumulator store/reload rounds, none of them short.
+            let n_kb = k.div_ceil(KC);
+            let kcb = k.div_ceil(n_kb);
+            // Panel-major: each panel is read front to back in one sweep (a sequential stream
+            // for the prefetcher); the K blocks of every output still run in increasing order.
+            for p in panels.0..panels.1 {
+                for kb in 0..n_kb {
+                    let k0 = kb * kcb;
+                    let kc = (k - k0).min(kcb);
+                    let src = p * k * NR + k0 * NR;
+                    let wblock: *const f32 = if BF {
+                        for kk in 0..kc {
+                            let (a, b) = load16::<true>(ptr.w, src + kk * NR);
+                            _mm256_storeu_ps(wf.as_mut_ptr().add(kk * NR), a);
+                            _mm256_storeu_ps(wf.as_mut_ptr().add(kk * NR + 8), b);
+                        }
+                        wf.as_ptr()
+                    } else {
+                        (ptr.w as *const f32).add(src)
+                    };
+                    let ncols = n - p * NR;
+                    for &(t0, mr) in &tiles {
+                        let xt = ptr.x.add((r0 + t0) * k + k0 * mr);
+                        let out = ptr.out.add((r0 + t0) * n + p * NR);
+                        let first = kb == 0;
+                        match mr {
+                            6 => tile_block::<6>(kc, xt, wblock, out, n, ncols, first),
+                            5 => tile_block::<5>(kc, xt, wblock, out, n, ncols, first),
+                            4 => tile_block::<4>(kc, xt, wblock, out, n, ncols, first),
+                            3 => tile_block::<3>(kc, xt, wblock, out, n, ncols, first),
+                            2 => tile_block::<2>(kc, xt, wblock, out, n, ncols, first),
+                            _ => tile_block::<1>(kc, xt, wblock, out, n, ncols, first),
+                        }
                     }
                 }
             }

@@ -108,7 +108,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Row pointers shared with worker threads; every task touches disjoint rows.
 #[derive(Clone, Copy)]
 struct SyncPtr<T>(*mut T);
+// SAFETY: a `SyncPtr` hands one buffer of `forward` to its rayon tasks, which finish before the
+// buffer is used again or dropped; each task writes only its own rows.
 unsafe impl<T> Send for SyncPtr<T> {}
+// SAFETY: as for `Send`: tasks sharing it write disjoint rows.
 unsafe impl<T> Sync for SyncPtr<T> {}
 impl<T> SyncPtr<T> {
     fn get(&self) -> *mut T {
@@ -117,7 +120,10 @@ impl<T> SyncPtr<T> {
 }
 
 struct PagePtrs(Vec<Vec<(*const u8, *const u8)>>);
+// SAFETY: the pointers address KV pages of the batch's sequences, which `forward` borrows
+// mutably for the whole step and does not write while the attention tasks read them.
 unsafe impl Send for PagePtrs {}
+// SAFETY: as for `Send`: the tasks only read through the pointers.
 unsafe impl Sync for PagePtrs {}
 
 impl Model {
@@ -491,6 +497,8 @@ impl Model {
                                     let eb = pg.elem_bytes();
                                     let ko = (self.kv.offset(li, 0, 0) + g * hd) * eb;
                                     let vo = (self.kv.offset(li, 1, 0) + g * hd) * eb;
+                                    // SAFETY: `kv.offset(li, _, 0) + g * hd` is within one
+                                    // page row, so both offsets stay inside the page buffer.
                                     unsafe { (base.add(ko), base.add(vo)) }
                                 })
                                 .collect::<Vec<_>>()

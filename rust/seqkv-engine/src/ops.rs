@@ -29,6 +29,7 @@ pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
 pub fn sumsq(isa: Isa, x: &[f32]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are available (checked in the guard); `dot` reads within `x`.
         Isa::Avx2Fma if Isa::Avx2Fma.available() => unsafe { avx2::dot(x, x) },
         _ => dot_scalar(x, x),
     }
@@ -59,9 +60,12 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// `out[i] = silu(g[i]) * u[i]` with `silu(g) = g / (1 + exp(-g))`.
 pub fn silu_mul(isa: Isa, g: &[f32], u: &[f32], out: &mut [f32]) {
     let n = g.len();
+    assert!(u.len() >= n && out.len() >= n, "silu_mul: u and out must be as long as g");
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2Fma && Isa::Avx2Fma.available() {
+        // SAFETY: AVX2 and FMA are available (checked above); `u` and `out` hold `n` elements
+        // (asserted above).
         i = unsafe { avx2::silu_mul(g, u, out) };
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -93,6 +97,9 @@ impl KvView<'_> {
     }
     #[inline]
     fn load(&self, base: *const u8, off: usize, d: usize) -> f32 {
+        // SAFETY: `base` is a page pointer of this view and `off + d` a position `< page_tokens`
+        // times `stride` plus `d < head_dim`: inside the page (the invariant of `KvView`, whose
+        // pages `Model::forward` builds from live pages of the sequence being attended).
         unsafe {
             if self.bf16 {
                 crate::bf16::bf16_to_f32(*(base as *const u16).add(off + d))
@@ -136,6 +143,9 @@ pub fn attend(
     scratch.resize(n_keys, 0.0);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2Fma && hd % 8 == 0 && hd <= 256 && Isa::Avx2Fma.available() {
+        assert!(q.len() >= hd && out.len() >= hd, "attend: q and out must hold head_dim values");
+        // SAFETY: AVX2/FMA and the head_dim bounds are checked above, `q`/`out` hold `hd` values
+        // (asserted), `scratch` was resized to `n_keys`, and `kv` covers keys `0..n_keys`.
         unsafe { avx2::attend(q, kv, n_keys, scale, scratch, out) };
         return;
     }
@@ -200,52 +210,64 @@ mod avx2 {
     /// [`dot_scalar`] with vectors; returns the same bits for any length.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            acc = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(i)),
-                _mm256_loadu_ps(b.as_ptr().add(i)),
-                acc,
-            );
-            i += 8;
+        // SAFETY: AVX2 and FMA are available (caller); vector loads read `a[i..i + 8]` and `b[i..i + 8]` only
+        // while `i + 8 <= min(a.len(), b.len())`.
+        unsafe {
+            let n = a.len().min(b.len());
+            let mut acc = _mm256_setzero_ps();
+            let mut i = 0;
+            while i + 8 <= n {
+                acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                    acc,
+                );
+                i += 8;
+            }
+            if i == n {
+                return hsum_tree(acc);
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+            while i < n {
+                lanes[i % 8] = a[i].mul_add(b[i], lanes[i % 8]);
+                i += 1;
+            }
+            tree8(lanes)
         }
-        if i == n {
-            return hsum_tree(acc);
-        }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        while i < n {
-            lanes[i % 8] = a[i].mul_add(b[i], lanes[i % 8]);
-            i += 1;
-        }
-        tree8(lanes)
     }
 
     /// Vector part of [`silu_mul`]; returns how many elements it did.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn silu_mul(g: &[f32], u: &[f32], out: &mut [f32]) -> usize {
-        let n = g.len();
-        let mut i = 0;
-        while i + 8 <= n {
-            let s = silu8(_mm256_loadu_ps(g.as_ptr().add(i)));
-            _mm256_storeu_ps(
-                out.as_mut_ptr().add(i),
-                _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr().add(i))),
-            );
-            i += 8;
+        // SAFETY: AVX2 and FMA are available (caller); `u` and `out` are at least as long as `g`
+        // (asserted by `super::silu_mul`) and only `i + 8 <= g.len()` lanes are touched.
+        unsafe {
+            let n = g.len();
+            let mut i = 0;
+            while i + 8 <= n {
+                let s = silu8(_mm256_loadu_ps(g.as_ptr().add(i)));
+                _mm256_storeu_ps(
+                    out.as_mut_ptr().add(i),
+                    _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr().add(i))),
+                );
+                i += 8;
+            }
+            i
         }
-        i
     }
 
     #[inline(always)]
     unsafe fn load8(base: *const u8, idx: usize, bf: bool) -> __m256 {
-        if bf {
-            let h = _mm_loadu_si128((base as *const u16).add(idx) as *const __m128i);
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
-        } else {
-            _mm256_loadu_ps((base as *const f32).add(idx))
+        // SAFETY: AVX2 is enabled in every caller; `base` points at a KV page with 8 elements (bf16 if `bf`,
+        // else f32) readable from element `idx` (`attend`'s contract).
+        unsafe {
+            if bf {
+                let h = _mm_loadu_si128((base as *const u16).add(idx) as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            } else {
+                _mm256_loadu_ps((base as *const f32).add(idx))
+            }
         }
     }
 
@@ -259,87 +281,92 @@ mod avx2 {
         s: &mut [f32],
         out: &mut [f32],
     ) {
-        let hd = kv.head_dim;
-        let nv = hd / 8;
-        let bf = kv.bf16;
-        let mut qv = [_mm256_setzero_ps(); 32];
-        for c in 0..nv {
-            qv[c] = _mm256_loadu_ps(q.as_ptr().add(c * 8));
-        }
-        // Scores, four keys at a time (independent chains; each key's arithmetic is the
-        // same as alone).
-        let mut j = 0;
-        while j + 4 <= n_keys {
-            let mut ptrs = [(std::ptr::null::<u8>(), 0usize); 4];
-            for (i, slot) in ptrs.iter_mut().enumerate() {
-                let (p, off) = kv.offset(j + i);
-                *slot = (kv.pages[p].0, off);
-            }
-            let mut acc = [_mm256_setzero_ps(); 4];
+        // SAFETY: AVX2 and FMA are available (caller); `head_dim % 8 == 0` and `<= 256` (32 vectors), `q`
+        // and `out` hold `head_dim` f32, `s` holds `n_keys`, and every key/value position `j < n_keys`
+        // lies in `kv.pages` (each page holds `page_tokens` rows of `stride` elements, `KvView`'s invariant).
+        unsafe {
+            let hd = kv.head_dim;
+            let nv = hd / 8;
+            let bf = kv.bf16;
+            let mut qv = [_mm256_setzero_ps(); 32];
             for c in 0..nv {
-                for i in 0..4 {
-                    acc[i] =
-                        _mm256_fmadd_ps(qv[c], load8(ptrs[i].0, ptrs[i].1 + c * 8, bf), acc[i]);
+                qv[c] = _mm256_loadu_ps(q.as_ptr().add(c * 8));
+            }
+            // Scores, four keys at a time (independent chains; each key's arithmetic is the
+            // same as alone).
+            let mut j = 0;
+            while j + 4 <= n_keys {
+                let mut ptrs = [(std::ptr::null::<u8>(), 0usize); 4];
+                for (i, slot) in ptrs.iter_mut().enumerate() {
+                    let (p, off) = kv.offset(j + i);
+                    *slot = (kv.pages[p].0, off);
                 }
-            }
-            for i in 0..4 {
-                s[j + i] = hsum_tree(acc[i]) * scale;
-            }
-            j += 4;
-        }
-        while j < n_keys {
-            let (p, off) = kv.offset(j);
-            let base = kv.pages[p].0;
-            let mut acc = _mm256_setzero_ps();
-            for c in 0..nv {
-                acc = _mm256_fmadd_ps(qv[c], load8(base, off + c * 8, bf), acc);
-            }
-            s[j] = hsum_tree(acc) * scale;
-            j += 1;
-        }
-        let mut m = f32::NEG_INFINITY;
-        for &x in s.iter() {
-            if x > m {
-                m = x;
-            }
-        }
-        let mv = _mm256_set1_ps(m);
-        let mut j = 0;
-        while j + 8 <= n_keys {
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s.as_ptr().add(j)), mv));
-            _mm256_storeu_ps(s.as_mut_ptr().add(j), e);
-            j += 8;
-        }
-        while j < n_keys {
-            s[j] = math::exp(s[j] - m);
-            j += 1;
-        }
-        let mut l = 0f32;
-        let mut o = [_mm256_setzero_ps(); 32];
-        let mut t0 = 0;
-        while t0 < n_keys {
-            let t1 = (t0 + KEY_TILE).min(n_keys);
-            let mut lt = 0f32;
-            let mut ot = [_mm256_setzero_ps(); 32];
-            for j in t0..t1 {
-                let e = s[j];
-                lt += e;
-                let eb = _mm256_set1_ps(e);
-                let (p, off) = kv.offset(j);
-                let base = kv.pages[p].1;
+                let mut acc = [_mm256_setzero_ps(); 4];
                 for c in 0..nv {
-                    ot[c] = _mm256_fmadd_ps(eb, load8(base, off + c * 8, bf), ot[c]);
+                    for i in 0..4 {
+                        acc[i] =
+                            _mm256_fmadd_ps(qv[c], load8(ptrs[i].0, ptrs[i].1 + c * 8, bf), acc[i]);
+                    }
+                }
+                for i in 0..4 {
+                    s[j + i] = hsum_tree(acc[i]) * scale;
+                }
+                j += 4;
+            }
+            while j < n_keys {
+                let (p, off) = kv.offset(j);
+                let base = kv.pages[p].0;
+                let mut acc = _mm256_setzero_ps();
+                for c in 0..nv {
+                    acc = _mm256_fmadd_ps(qv[c], load8(base, off + c * 8, bf), acc);
+                }
+                s[j] = hsum_tree(acc) * scale;
+                j += 1;
+            }
+            let mut m = f32::NEG_INFINITY;
+            for &x in s.iter() {
+                if x > m {
+                    m = x;
                 }
             }
-            l += lt;
-            for c in 0..nv {
-                o[c] = _mm256_add_ps(o[c], ot[c]);
+            let mv = _mm256_set1_ps(m);
+            let mut j = 0;
+            while j + 8 <= n_keys {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s.as_ptr().add(j)), mv));
+                _mm256_storeu_ps(s.as_mut_ptr().add(j), e);
+                j += 8;
             }
-            t0 = t1;
-        }
-        let lv = _mm256_set1_ps(l);
-        for c in 0..nv {
-            _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), _mm256_div_ps(o[c], lv));
+            while j < n_keys {
+                s[j] = math::exp(s[j] - m);
+                j += 1;
+            }
+            let mut l = 0f32;
+            let mut o = [_mm256_setzero_ps(); 32];
+            let mut t0 = 0;
+            while t0 < n_keys {
+                let t1 = (t0 + KEY_TILE).min(n_keys);
+                let mut lt = 0f32;
+                let mut ot = [_mm256_setzero_ps(); 32];
+                for j in t0..t1 {
+                    let e = s[j];
+                    lt += e;
+                    let eb = _mm256_set1_ps(e);
+                    let (p, off) = kv.offset(j);
+                    let base = kv.pages[p].1;
+                    for c in 0..nv {
+                        ot[c] = _mm256_fmadd_ps(eb, load8(base, off + c * 8, bf), ot[c]);
+                    }
+                }
+                l += lt;
+                for c in 0..nv {
+                    o[c] = _mm256_add_ps(o[c], ot[c]);
+                }
+                t0 = t1;
+            }
+            let lv = _mm256_set1_ps(l);
+            for c in 0..nv {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), _mm256_div_ps(o[c], lv));
+            }
         }
     }
 }

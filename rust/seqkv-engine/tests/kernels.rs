@@ -159,6 +159,7 @@ proptest! {
             let kb: Vec<Vec<u16>> = kp.iter().map(|p| p.iter().map(|&x| seqkv_engine::bf16::f32_to_bf16(x)).collect()).collect();
             let vb: Vec<Vec<u16>> = vp.iter().map(|p| p.iter().map(|&x| seqkv_engine::bf16::f32_to_bf16(x)).collect()).collect();
             let ptrs: Vec<(*const u8, *const u8)> = (0..n_pages)
+                // SAFETY: `hd` is less than each page's length, so the offset stays inside it.
                 .map(|p| unsafe {
                     if bf {
                         ((kb[p].as_ptr().add(hd)) as *const u8, (vb[p].as_ptr().add(hd)) as *const u8)

@@ -91,6 +91,8 @@ fn ints_from_array<T: Copy + numpy::Element>(
             }
         }
         Err(_) => {
+            // SAFETY: the GIL is held for the whole copy, so no Python code can write the array meanwhile, and no
+            // Rust code of this module writes a caller's array.
             let view = unsafe { a.as_array() };
             out.reserve(view.len());
             for (i, &x) in view.iter().enumerate() {
@@ -146,8 +148,9 @@ fn read_ints(obj: &Bound<'_, PyAny>, what: &str, max: u64) -> PyResult<Vec<u64>>
         let n = list.len();
         out.reserve(n);
         for i in 0..n {
-            // Fast path: exact ints read with PyLong_AsLongLong on a borrowed reference
-            // (the GIL is held and nothing else runs, so the list cannot change).
+            // Fast path: exact ints read with PyLong_AsLongLong on a borrowed reference.
+            // SAFETY: `list` is a live list and `i < n`; the GIL is held and no Python code
+            // runs between the calls, so the borrowed item stays alive and the list unchanged.
             let fast = unsafe {
                 let item = pyo3::ffi::PyList_GetItem(list.as_ptr(), i as pyo3::ffi::Py_ssize_t);
                 if item.is_null() {
@@ -191,11 +194,15 @@ fn read_ints(obj: &Bound<'_, PyAny>, what: &str, max: u64) -> PyResult<Vec<u64>>
 fn read_tokens(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u32>> {
     // Fast path: contiguous uint32 / int64 / int32 arrays straight into Vec<u32>.
     if let Ok(a) = obj.cast::<PyArray1<u32>>() {
+        // SAFETY: the GIL is held for the whole copy, so no Python code can write the array meanwhile, and no
+        // Rust code of this module writes a caller's array.
         if let Ok(s) = unsafe { a.as_slice() } {
             return Ok(s.to_vec());
         }
     }
     if let Ok(a) = obj.cast::<PyArray1<i64>>() {
+        // SAFETY: the GIL is held for the whole copy, so no Python code can write the array meanwhile, and no
+        // Rust code of this module writes a caller's array.
         if let Ok(s) = unsafe { a.as_slice() } {
             let mut out = Vec::with_capacity(s.len());
             for (i, &x) in s.iter().enumerate() {
@@ -216,9 +223,13 @@ fn read_logprobs(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
             return Err(invalid("logprobs must be 1-D"));
         }
         if let Ok(a) = arr.cast::<PyArray1<f32>>() {
+            // SAFETY: the GIL is held for the whole copy, so no Python code can write the array meanwhile, and no
+            // Rust code of this module writes a caller's array.
             return Ok(unsafe { a.as_array() }.iter().copied().collect());
         }
         if let Ok(a) = arr.cast::<PyArray1<f64>>() {
+            // SAFETY: the GIL is held for the whole copy, so no Python code can write the array meanwhile, and no
+            // Rust code of this module writes a caller's array.
             return Ok(unsafe { a.as_array() }.iter().map(|&x| x as f32).collect());
         }
         let dt = arr.dtype().str().map(|s| s.to_string()).unwrap_or_default();

@@ -30,6 +30,7 @@ pub(crate) struct Entry {
 // SAFETY: an entry is a plain pointer into the trie; all access to the
 // pointee follows the epoch protocol described in `trie.rs`.
 unsafe impl Send for Entry {}
+// SAFETY: as for `Send`.
 unsafe impl Sync for Entry {}
 
 pub(crate) struct Bucket(pub Box<[Entry]>);
@@ -71,6 +72,8 @@ pub(crate) fn candidates<'g>(slot: &Atomic<Children>, first: u32, guard: &'g Gua
         Some(Children::Small(e)) => e,
         Some(Children::Big(b)) => {
             let s = b[bucket_of(first)].load(Acquire, guard);
+            // SAFETY: the table/bucket was loaded under `guard`; tables and buckets are retired only through the
+            // collector (`defer_destroy`), so it outlives `guard`.
             match unsafe { s.as_ref() } {
                 None => &[],
                 Some(bucket) => &bucket.0,
@@ -92,12 +95,16 @@ pub(crate) fn lower_bound(entries: &[Entry], first: u32) -> usize {
 /// Calls `f` for every entry of the table (in first-token order for small tables).
 pub(crate) fn for_each(slot: &Atomic<Children>, guard: &Guard, mut f: impl FnMut(Entry)) {
     let c = slot.load(Acquire, guard);
+    // SAFETY: the table/bucket was loaded under `guard`; tables and buckets are retired only through the
+    // collector (`defer_destroy`), so it outlives `guard`.
     match unsafe { c.as_ref() } {
         None => {}
         Some(Children::Small(e)) => e.iter().copied().for_each(&mut f),
         Some(Children::Big(b)) => {
             for bucket in b.iter() {
                 let s = bucket.load(Acquire, guard);
+                // SAFETY: the table/bucket was loaded under `guard`; tables and buckets are retired only through the
+                // collector (`defer_destroy`), so it outlives `guard`.
                 if let Some(bk) = unsafe { s.as_ref() } {
                     bk.0.iter().copied().for_each(&mut f);
                 }
@@ -121,42 +128,47 @@ fn with_inserted(entries: &[Entry], e: Entry) -> Box<[Entry]> {
 /// # Safety
 /// `guard` must be pinned; the caller must hold the node's writer lock.
 pub(crate) unsafe fn insert(slot: &Atomic<Children>, e: Entry, guard: &Guard) {
-    let cur = slot.load(Acquire, guard);
-    match cur.as_ref() {
-        None => slot.store(Owned::new(Children::Small(vec![e].into_boxed_slice())), Release),
-        Some(Children::Small(entries)) if entries.len() < SMALL_MAX => {
-            slot.store(Owned::new(Children::Small(with_inserted(entries, e))), Release);
-            guard.defer_destroy(cur);
-        }
-        Some(Children::Small(entries)) => {
-            let mut per: Vec<Vec<Entry>> = (0..BUCKETS).map(|_| Vec::new()).collect();
-            for x in entries.iter().copied().chain(std::iter::once(e)) {
-                per[bucket_of(x.first)].push(x);
+    // SAFETY: the caller holds the owning node's lock, so no other writer touches `slot`, and `guard` is
+    // pinned: the loaded table is protected, and each replaced table or bucket is unlinked (its
+    // slot stored over) before `defer_destroy` retires it, once.
+    unsafe {
+        let cur = slot.load(Acquire, guard);
+        match cur.as_ref() {
+            None => slot.store(Owned::new(Children::Small(vec![e].into_boxed_slice())), Release),
+            Some(Children::Small(entries)) if entries.len() < SMALL_MAX => {
+                slot.store(Owned::new(Children::Small(with_inserted(entries, e))), Release);
+                guard.defer_destroy(cur);
             }
-            let table: Box<[Atomic<Bucket>]> = per
-                .into_iter()
-                .map(|mut v| {
-                    if v.is_empty() {
-                        Atomic::null()
-                    } else {
-                        v.sort_by_key(|x| x.first); // stable: equal first tokens keep their order
-                        Atomic::new(Bucket(v.into_boxed_slice()))
-                    }
-                })
-                .collect();
-            slot.store(Owned::new(Children::Big(table)), Release);
-            guard.defer_destroy(cur);
-        }
-        Some(Children::Big(b)) => {
-            let bs = &b[bucket_of(e.first)];
-            let old = bs.load(Acquire, guard);
-            let new = match old.as_ref() {
-                None => vec![e].into_boxed_slice(),
-                Some(bk) => with_inserted(&bk.0, e),
-            };
-            bs.store(Owned::new(Bucket(new)), Release);
-            if !old.is_null() {
-                guard.defer_destroy(old);
+            Some(Children::Small(entries)) => {
+                let mut per: Vec<Vec<Entry>> = (0..BUCKETS).map(|_| Vec::new()).collect();
+                for x in entries.iter().copied().chain(std::iter::once(e)) {
+                    per[bucket_of(x.first)].push(x);
+                }
+                let table: Box<[Atomic<Bucket>]> = per
+                    .into_iter()
+                    .map(|mut v| {
+                        if v.is_empty() {
+                            Atomic::null()
+                        } else {
+                            v.sort_by_key(|x| x.first); // stable: equal first tokens keep their order
+                            Atomic::new(Bucket(v.into_boxed_slice()))
+                        }
+                    })
+                    .collect();
+                slot.store(Owned::new(Children::Big(table)), Release);
+                guard.defer_destroy(cur);
+            }
+            Some(Children::Big(b)) => {
+                let bs = &b[bucket_of(e.first)];
+                let old = bs.load(Acquire, guard);
+                let new = match old.as_ref() {
+                    None => vec![e].into_boxed_slice(),
+                    Some(bk) => with_inserted(&bk.0, e),
+                };
+                bs.store(Owned::new(Bucket(new)), Release);
+                if !old.is_null() {
+                    guard.defer_destroy(old);
+                }
             }
         }
     }
@@ -189,36 +201,41 @@ pub(crate) unsafe fn replace(
     replacement: Option<Entry>,
     guard: &Guard,
 ) -> bool {
-    let cur = slot.load(Acquire, guard);
-    match cur.as_ref() {
-        None => false,
-        Some(Children::Small(entries)) => match rebuilt(entries, target, replacement) {
+    // SAFETY: the caller holds the owning node's lock, so no other writer touches `slot`, and `guard` is
+    // pinned: the loaded table is protected, and each replaced table or bucket is unlinked (its
+    // slot stored over) before `defer_destroy` retires it, once.
+    unsafe {
+        let cur = slot.load(Acquire, guard);
+        match cur.as_ref() {
             None => false,
-            Some(v) => {
-                let next: Shared<'_, Children> = if v.is_empty() {
-                    Shared::null()
-                } else {
-                    Owned::new(Children::Small(v)).into_shared(guard)
-                };
-                slot.store(next, Release);
-                guard.defer_destroy(cur);
-                true
-            }
-        },
-        Some(Children::Big(b)) => {
-            let bs = &b[bucket_of(first)];
-            let old = bs.load(Acquire, guard);
-            let Some(bk) = old.as_ref() else { return false };
-            match rebuilt(&bk.0, target, replacement) {
+            Some(Children::Small(entries)) => match rebuilt(entries, target, replacement) {
                 None => false,
                 Some(v) => {
-                    if v.is_empty() {
-                        bs.store(Shared::null(), Release);
+                    let next: Shared<'_, Children> = if v.is_empty() {
+                        Shared::null()
                     } else {
-                        bs.store(Owned::new(Bucket(v)), Release);
-                    }
-                    guard.defer_destroy(old);
+                        Owned::new(Children::Small(v)).into_shared(guard)
+                    };
+                    slot.store(next, Release);
+                    guard.defer_destroy(cur);
                     true
+                }
+            },
+            Some(Children::Big(b)) => {
+                let bs = &b[bucket_of(first)];
+                let old = bs.load(Acquire, guard);
+                let Some(bk) = old.as_ref() else { return false };
+                match rebuilt(&bk.0, target, replacement) {
+                    None => false,
+                    Some(v) => {
+                        if v.is_empty() {
+                            bs.store(Shared::null(), Release);
+                        } else {
+                            bs.store(Owned::new(Bucket(v)), Release);
+                        }
+                        guard.defer_destroy(old);
+                        true
+                    }
                 }
             }
         }
@@ -229,6 +246,8 @@ pub(crate) unsafe fn replace(
 pub(crate) fn heap_bytes(slot: &Atomic<Children>, guard: &Guard) -> usize {
     let c = slot.load(Acquire, guard);
     let e = std::mem::size_of::<Entry>();
+    // SAFETY: the table/bucket was loaded under `guard`; tables and buckets are retired only through the
+    // collector (`defer_destroy`), so it outlives `guard`.
     match unsafe { c.as_ref() } {
         None => 0,
         Some(Children::Small(v)) => std::mem::size_of::<Children>() + v.len() * e,
@@ -236,6 +255,8 @@ pub(crate) fn heap_bytes(slot: &Atomic<Children>, guard: &Guard) -> usize {
             let mut n = std::mem::size_of::<Children>() + b.len() * std::mem::size_of::<Atomic<Bucket>>();
             for bucket in b.iter() {
                 let s = bucket.load(Acquire, guard);
+                // SAFETY: the table/bucket was loaded under `guard`; tables and buckets are retired only through the
+                // collector (`defer_destroy`), so it outlives `guard`.
                 if let Some(bk) = unsafe { s.as_ref() } {
                     n += std::mem::size_of::<Bucket>() + bk.0.len() * e;
                 }

@@ -116,6 +116,7 @@ impl Trie {
                 let kids = |n: &Node| {
                     let mut v = Vec::new();
                     crate::children::for_each(&n.children, guard, |e| v.push(e.link));
+                    // SAFETY: both come from a table loaded under `guard`; links are freed only through the collector.
                     v.sort_by(|a, b| unsafe { (**a).tokens.cmp_ids(&(**b).tokens) });
                     v
                 };
@@ -123,6 +124,8 @@ impl Trie {
                 out.extend_from_slice(&(top.len() as u32).to_le_bytes());
                 let mut stack: Vec<_> = top.into_iter().rev().collect();
                 while let Some(lp) = stack.pop() {
+                    // SAFETY: `lp` comes from a table loaded under `guard` (`kids`); links are freed only through the
+                    // collector.
                     let link = unsafe { &*lp };
                     let ch = kids(&link.node);
                     out.extend_from_slice(&(link.tokens.len() as u32).to_le_bytes());

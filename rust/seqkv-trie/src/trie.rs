@@ -127,6 +127,8 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         // Frees the table itself; links are owned elsewhere (see children.rs).
+        // SAFETY: the node is being dropped, so no thread can reach it or its table (`unprotected` is sound);
+        // the table came from `Owned::new` and no other owner frees it.
         unsafe {
             let g = epoch::unprotected();
             let c = self.children.swap(epoch::Shared::null(), Relaxed, g);
@@ -146,6 +148,8 @@ pub(crate) struct NodeArc(NonNull<Node>);
 
 // SAFETY: a `NodeArc` only gives `&Node`, and `Node` is `Send + Sync`; the count is atomic.
 unsafe impl Send for NodeArc {}
+// SAFETY: as for `Send`: shared `NodeArc`s only read the `Node` (which is `Sync`) and update its
+// atomic count.
 unsafe impl Sync for NodeArc {}
 
 impl NodeArc {
@@ -478,6 +482,7 @@ impl Trie {
         let key = ns.expect("default root always exists");
         let _l = self.ns_lock.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.namespaces.load(Acquire, guard);
+        // SAFETY: `ns_lock` is held, so `cur` is the current table: never null, and `guard` pins the epoch.
         let table = unsafe { cur.deref() };
         if let Some(r) = table.map.get(key) {
             return r;
@@ -487,12 +492,17 @@ impl Trie {
         map.insert(key.into(), root);
         let new = Owned::new(NsTable { map }).into_shared(guard);
         self.namespaces.store(new, Release);
+        // SAFETY: `cur` was replaced just above under `ns_lock`, so no new reader can reach it; readers that
+        // loaded it hold guards that keep it alive.
         unsafe { guard.defer_destroy(cur) };
+        // SAFETY: `new` was published just above and `guard` pins the epoch.
         unsafe { new.deref() }.map.get(key).map(|a| &**a).unwrap()
     }
 
     fn all_roots<'g>(&'g self, guard: &'g Guard) -> Vec<(Option<&'g [u8]>, &'g Node)> {
         let mut v: Vec<(Option<&[u8]>, &Node)> = vec![(None, &*self.default_root)];
+        // SAFETY: the namespace table is never null while the trie lives and is retired only through the
+        // collector; `guard` pins the epoch.
         let t = unsafe { self.namespaces.load(Acquire, guard).deref() };
         let mut named: Vec<_> = t.map.iter().map(|(k, n)| (Some(&**k), &**n)).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
@@ -592,6 +602,8 @@ impl Trie {
         match ns {
             None => self.default_root.clone(),
             Some(k) => {
+                // SAFETY: the namespace table is never null while the trie lives and is retired only through the
+                // collector; `guard` pins the epoch.
                 let t = unsafe { self.namespaces.load(Acquire, guard).deref() };
                 t.map.get(k).cloned().unwrap_or_else(|| self.orphan.clone())
             }
@@ -789,6 +801,8 @@ impl Trie {
                         logprobs: logprobs.map(|l| l[pos..].into()),
                         node: child,
                     }));
+                    // SAFETY: `node`'s lock is held (`lk`, checked alive) and `guard` is pinned, as `children::insert`
+                    // requires.
                     unsafe { children::insert(&node.children, Entry { first: rest[0], link }, guard) };
                     *lk += 1;
                     drop(lk);
@@ -798,9 +812,12 @@ impl Trie {
                     }
                     stored = k;
                     pos = n;
+                    // SAFETY: `link` was just allocated and published in `node`'s table; links are freed only through
+                    // the collector, which `guard` pins.
                     node = unsafe { &(*link).node };
                 }
                 Some(lp) => {
+                    // SAFETY: `lp` was found in a table loaded under `guard`; links are freed only through the collector.
                     let link = unsafe { &*lp };
                     let l = self.aligned(link.tokens.lcp(rest));
                     debug_assert!(l > 0);
@@ -822,6 +839,8 @@ impl Trie {
                             continue;
                         }
                         let given = logprobs.map(|g| &g[pos..pos + l]);
+                        // SAFETY: `node`'s lock is held (`lk`), it is alive, and `lp` is still its child (re-checked under
+                        // the lock) reached under `guard`: `split`'s contract.
                         let p = unsafe { self.split(node, lp, l, given, guard) };
                         drop(lk);
                         path.push(p);
@@ -842,50 +861,55 @@ impl Trie {
 
     /// Splits the edge `lp` (a child of `g`) after `l` tokens. Caller holds `g`'s lock.
     unsafe fn split<'g>(&self, g: &Node, lp: *mut Link, l: usize, given: Option<&[f32]>, guard: &'g Guard) -> &'g Node {
-        let old = &*lp;
-        let n = &old.node;
-        let p = NodeArc::new(Node::new(
-            self,
-            g,
-            old.tokens.at(0),
-            n.stamp.load(Relaxed),
-            n.visits.load(Relaxed),
-            n.hits.load(Relaxed),
-            1,
-        ));
-        let suffix = Box::into_raw(Box::new(Link {
-            tokens: old.tokens.slice(l, old.tokens.len()),
-            values: old.values.slice(l, old.values.len()),
-            logprobs: old.logprobs.as_ref().map(|x| x[l..].into()),
-            node: n.clone(),
-        }));
-        p.children.store(Owned::new(Children::Small(vec![Entry { first: old.tokens.at(l), link: suffix }].into_boxed_slice())), Release);
-        let prefix_lp: Option<Box<[f32]>> = match (&old.logprobs, given) {
-            (Some(x), _) => Some(x[..l].into()),
-            (None, Some(g)) => Some(g.into()),
-            (None, None) => None,
-        };
-        let prefix = Box::into_raw(Box::new(Link {
-            tokens: old.tokens.slice(0, l),
-            values: old.values.slice(0, l),
-            logprobs: prefix_lp,
-            node: p,
-        }));
-        // Hold P's lock (parent before child: g, then P) from the moment P becomes
-        // reachable until N is re-parented. Without it a second split could find P
-        // lock-free, take only P's lock, split P -> N into P -> Q -> N and set
-        // N.parent = Q, and then our late `N.parent = P` would overwrite it: N linked
-        // under Q but pointing at P, so its evictor would lock the wrong node.
-        let p_lock = (*prefix).node.lock();
-        let ok = children::replace(&g.children, old.tokens.at(0), lp, Some(Entry { first: old.tokens.at(0), link: prefix }), guard);
-        debug_assert!(ok);
-        // Re-parent N under P while holding g's and P's locks (evictors and splitters of
-        // N lock its parent).
-        n.first.store(old.tokens.at(l), Release);
-        n.parent.store(NodeArc::as_ptr(&(*prefix).node) as *mut Node, Release);
-        drop(p_lock);
-        retire_link(lp, guard);
-        &(*prefix).node
+        // SAFETY: the caller holds `g`'s lock and `lp` is a child link of `g` reached under `guard`, so it
+        // stays valid until `retire_link` below (after it is unlinked, once); `prefix` and `suffix` come
+        // from `Box::into_raw` just above; `children::replace` runs under `g`'s lock with `guard` pinned.
+        unsafe {
+            let old = &*lp;
+            let n = &old.node;
+            let p = NodeArc::new(Node::new(
+                self,
+                g,
+                old.tokens.at(0),
+                n.stamp.load(Relaxed),
+                n.visits.load(Relaxed),
+                n.hits.load(Relaxed),
+                1,
+            ));
+            let suffix = Box::into_raw(Box::new(Link {
+                tokens: old.tokens.slice(l, old.tokens.len()),
+                values: old.values.slice(l, old.values.len()),
+                logprobs: old.logprobs.as_ref().map(|x| x[l..].into()),
+                node: n.clone(),
+            }));
+            p.children.store(Owned::new(Children::Small(vec![Entry { first: old.tokens.at(l), link: suffix }].into_boxed_slice())), Release);
+            let prefix_lp: Option<Box<[f32]>> = match (&old.logprobs, given) {
+                (Some(x), _) => Some(x[..l].into()),
+                (None, Some(g)) => Some(g.into()),
+                (None, None) => None,
+            };
+            let prefix = Box::into_raw(Box::new(Link {
+                tokens: old.tokens.slice(0, l),
+                values: old.values.slice(0, l),
+                logprobs: prefix_lp,
+                node: p,
+            }));
+            // Hold P's lock (parent before child: g, then P) from the moment P becomes
+            // reachable until N is re-parented. Without it a second split could find P
+            // lock-free, take only P's lock, split P -> N into P -> Q -> N and set
+            // N.parent = Q, and then our late `N.parent = P` would overwrite it: N linked
+            // under Q but pointing at P, so its evictor would lock the wrong node.
+            let p_lock = (*prefix).node.lock();
+            let ok = children::replace(&g.children, old.tokens.at(0), lp, Some(Entry { first: old.tokens.at(0), link: prefix }), guard);
+            debug_assert!(ok);
+            // Re-parent N under P while holding g's and P's locks (evictors and splitters of
+            // N lock its parent).
+            n.first.store(old.tokens.at(l), Release);
+            n.parent.store(NodeArc::as_ptr(&(*prefix).node) as *mut Node, Release);
+            drop(p_lock);
+            retire_link(lp, guard);
+            &(*prefix).node
+        }
     }
 
     /// Replaces link `lp` of `g` by a copy carrying `logprobs`. Err if `g` died.
@@ -894,6 +918,7 @@ impl Trie {
         if g.is_dead() {
             return Err(());
         }
+        // SAFETY: `lp` was reached under `guard`; links are freed only through the collector.
         let old = unsafe { &*lp };
         let first = old.tokens.at(0);
         let new = Box::into_raw(Box::new(Link {
@@ -902,10 +927,14 @@ impl Trie {
             logprobs: Some(logprobs.into()),
             node: old.node.clone(),
         }));
+        // SAFETY: `g`'s lock is held (`_lk`) and `guard` is pinned, as `children::replace` requires.
         if unsafe { children::replace(&g.children, first, lp, Some(Entry { first, link: new }), guard) } {
+            // SAFETY: `lp` was just unlinked from `g`'s table under `g`'s lock, so no new reader reaches it;
+            // this is its only retirement.
             unsafe { retire_link(lp, guard) };
         } else {
             // Someone replaced it first (split or upgrade): keep theirs.
+            // SAFETY: `new` came from `Box::into_raw` above and was never published.
             drop(unsafe { Box::from_raw(new) });
         }
         Ok(())
@@ -972,6 +1001,8 @@ impl Trie {
                 });
                 let mut count = 0;
                 children::for_each(&node.children, guard, |e| {
+                    // SAFETY: `e` comes from a table loaded under `guard`; links are freed only through the collector
+                    // (`retire_link`), so the link outlives `guard`.
                     let link = unsafe { &*e.link };
                     let (s, ok) = match &link.logprobs {
                         Some(lp) => (lp_sum + lp.iter().map(|&x| x as f64).sum::<f64>(), lp_ok),
@@ -1063,6 +1094,8 @@ impl Trie {
             // (matches reaching it could not pin it and would retry).
             let first = n.first.load(Acquire);
             let entries = children::candidates(&p.children, first, guard);
+            // SAFETY: `e` comes from a table loaded under `guard`; links are freed only through the collector
+            // (`retire_link`), so the link outlives `guard`.
             let Some(e) = entries.iter().find(|e| std::ptr::eq(unsafe { NodeArc::as_ptr(&(*e.link).node) }, n)) else {
                 debug_assert!(false, "live node missing from its parent's table");
                 return false;
@@ -1071,11 +1104,13 @@ impl Trie {
             if !protocol::try_kill(&n.state) {
                 return false; // pinned
             }
+            // SAFETY: `p`'s lock is held (`plk`) and `guard` is pinned, as `children::replace` requires.
             let ok = unsafe { children::replace(&p.children, first, lp, None, guard) };
             debug_assert!(ok);
             *plk -= 1;
             drop(nlk);
             drop(plk);
+            // SAFETY: `lp` was reached under `guard` and is retired only below, through the collector.
             let link = unsafe { &*lp };
             let k = link.values.len() as u64;
             link.values.extend_all(out);
@@ -1084,6 +1119,7 @@ impl Trie {
             self.used.fetch_sub(k, AcqRel);
             self.evictions.fetch_add(1, Relaxed);
             self.evicted_tokens.fetch_add(k, Relaxed);
+            // SAFETY: `lp` was unlinked from `p`'s table above, under `p`'s lock; this is its only retirement.
             unsafe { retire_link(lp, guard) };
             return true;
         }
@@ -1103,6 +1139,8 @@ impl Trie {
             let mut best: Option<(&Link, usize)> = None;
             let mut i = children::lower_bound(entries, rest[0]);
             while i < entries.len() && entries[i].first == rest[0] {
+                // SAFETY: `e` comes from a table loaded under `guard`; links are freed only through the collector
+                // (`retire_link`), so the link outlives `guard`.
                 let link = unsafe { &*entries[i].link };
                 let l = link.tokens.lcp(rest);
                 if best.is_none_or(|(_, b)| l > b) {
@@ -1175,6 +1213,8 @@ impl Trie {
                         let parent = if links.len() >= 2 { &*links[links.len() - 2].0.node } else { root };
                         let seg = &prefix[m - l..m];
                         children::for_each(&parent.children, &guard, |e| {
+                            // SAFETY: `e` comes from a table loaded under `guard`; links are freed only through the collector
+                            // (`retire_link`), so the link outlives `guard`.
                             let lk = unsafe { &*e.link };
                             if lk.tokens.len() > seg.len() && lk.tokens.starts_with(seg) {
                                 acc.push((lk.tokens.at(seg.len()), lk.node.visits.load(Relaxed)));
@@ -1187,6 +1227,8 @@ impl Trie {
                 last => {
                     let node = last.map(|(lk, _)| &*lk.node).unwrap_or(root);
                     children::for_each(&node.children, &guard, |e| {
+                        // SAFETY: `e` comes from a table loaded under `guard`; links are freed only through the collector
+                        // (`retire_link`), so the link outlives `guard`.
                         let link = unsafe { &*e.link };
                         acc.push((link.tokens.at(0), link.node.visits.load(Relaxed)));
                     });
@@ -1243,6 +1285,8 @@ impl Trie {
             let mut has = false;
             children::for_each(&node.children, &guard, |e| {
                 has = true;
+                // SAFETY: `e` comes from a table loaded under `guard`; links are freed only through the collector
+                // (`retire_link`), so the link outlives `guard`.
                 let link = unsafe { &*e.link };
                 s.nodes += 1;
                 let k = link.tokens.len();
@@ -1270,6 +1314,8 @@ impl Trie {
             while let Some((node, toks, vals)) = stack.pop() {
                 let mut kids: Vec<(&Node, Vec<u32>, Vec<u64>)> = Vec::new();
                 children::for_each(&node.children, &guard, |e| {
+                    // SAFETY: `e` comes from a table loaded under `guard`; links are freed only through the collector
+                    // (`retire_link`), so the link outlives `guard`.
                     let link = unsafe { &*e.link };
                     let mut t = toks.clone();
                     t.extend(link.tokens.iter());
@@ -1318,6 +1364,8 @@ impl Trie {
         let first = tokens[0];
         let probe = &tokens[..self.page_size.min(tokens.len())];
         let entries = children::candidates(&parent.children, first, guard);
+        // SAFETY: `e` comes from a table loaded under `guard`; links are freed only through the collector
+        // (`retire_link`), so the link outlives `guard`.
         if entries.iter().any(|e| e.first == first && (self.page_size == 1 || unsafe { (*e.link).tokens.starts_with(probe) })) {
             return None;
         }
@@ -1330,10 +1378,13 @@ impl Trie {
             logprobs,
             node: child,
         }));
+        // SAFETY: `parent`'s lock is held (`lk`) and `guard` is pinned, as `children::insert` requires.
         unsafe { children::insert(&parent.children, Entry { first, link }, guard) };
         *lk += 1;
         self.stored.fetch_add(k, AcqRel);
         self.used.fetch_add(k, AcqRel);
+        // SAFETY: `link` was just allocated and published in `parent`'s table; links are freed only
+        // through the collector, which `guard` pins.
         Some(unsafe { &(*link).node })
     }
 }
@@ -1350,14 +1401,21 @@ fn wait_unlinked(n: &Node) {
 
 /// Retires an unlinked link: freed once no reader can still see it.
 unsafe fn retire_link(lp: *mut Link, guard: &Guard) {
-    let addr = lp as usize;
-    guard.defer_unchecked(move || drop(Box::from_raw(addr as *mut Link)));
+    // SAFETY: `lp` came from `Box::into_raw` (every link does) and the caller has unlinked it, so
+    // once every guard pinned now is dropped no reader can hold it; the deferred closure frees it once.
+    unsafe {
+        let addr = lp as usize;
+        guard.defer_unchecked(move || drop(Box::from_raw(addr as *mut Link)));
+    }
 }
 
 impl Drop for Trie {
     fn drop(&mut self) {
         // No other thread can use the trie: free every live link (and so every node
         // that nothing else refers to) without recursion.
+        // SAFETY: `&mut self`: no other thread can use the trie, so `unprotected` is sound. Every table and
+        // bucket came from `Owned::new` and every link from `Box::into_raw`; a link is owned by the one
+        // live table that holds it, so each is freed exactly once here.
         unsafe {
             let g = epoch::unprotected();
             let mut stack: Vec<NodeArc> = vec![self.default_root.clone(), self.orphan.clone()];
