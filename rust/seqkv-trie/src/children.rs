@@ -11,36 +11,44 @@
 //! first token), so an insert under a node with tens of thousands of children
 //! copies one bucket (~1/256 of them), not the whole table.
 //!
-//! Entries point at links by raw pointer. Tables never own links: a link is
+//! Entries point at links (`L`, the trie's `Link`) by raw pointer. Tables never own links: a link is
 //! owned by the live table that contains it, and whoever unlinks it (eviction,
 //! split, log-prob upgrade) retires it to the collector.
 
-use crate::trie::Link;
 use crossbeam_epoch::{Atomic, Guard, Owned, Shared};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 pub(crate) const SMALL_MAX: usize = 32;
 pub(crate) const BUCKETS: usize = 256;
 
-#[derive(Clone, Copy)]
-pub(crate) struct Entry {
+/// One child: the first token of its edge and a pointer to the edge (the trie's `Link`).
+/// Generic over the pointee so that this module depends on nothing else in the crate.
+pub(crate) struct Entry<L> {
     pub first: u32,
-    pub link: *mut Link,
+    pub link: *mut L,
 }
+
+impl<L> Clone for Entry<L> {
+    #[inline]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<L> Copy for Entry<L> {}
 // SAFETY: an entry is a plain pointer into the trie; all access to the
 // pointee follows the epoch protocol described in `trie.rs`.
-unsafe impl Send for Entry {}
+unsafe impl<L> Send for Entry<L> {}
 // SAFETY: as for `Send`.
-unsafe impl Sync for Entry {}
+unsafe impl<L> Sync for Entry<L> {}
 
-pub(crate) struct Bucket(pub Box<[Entry]>);
+pub(crate) struct Bucket<L>(pub Box<[Entry<L>]>);
 
-pub(crate) enum Children {
-    Small(Box<[Entry]>),
-    Big(Box<[Atomic<Bucket>]>),
+pub(crate) enum Children<L> {
+    Small(Box<[Entry<L>]>),
+    Big(Box<[Atomic<Bucket<L>>]>),
 }
 
-impl Drop for Children {
+impl<L> Drop for Children<L> {
     fn drop(&mut self) {
         if let Children::Big(buckets) = self {
             for b in buckets.iter() {
@@ -64,7 +72,7 @@ pub(crate) fn bucket_of(first: u32) -> usize {
 
 /// Entries that may start with `first` (all entries with that first token are in the returned slice).
 #[inline]
-pub(crate) fn candidates<'g>(slot: &Atomic<Children>, first: u32, guard: &'g Guard) -> &'g [Entry] {
+pub(crate) fn candidates<'g, L>(slot: &Atomic<Children<L>>, first: u32, guard: &'g Guard) -> &'g [Entry<L>] {
     let c = slot.load(Acquire, guard);
     // SAFETY: loaded under `guard`; tables are retired through the collector.
     match unsafe { c.as_ref() } {
@@ -84,7 +92,7 @@ pub(crate) fn candidates<'g>(slot: &Atomic<Children>, first: u32, guard: &'g Gua
 
 /// Index of the first entry with `e.first >= first`.
 #[inline]
-pub(crate) fn lower_bound(entries: &[Entry], first: u32) -> usize {
+pub(crate) fn lower_bound<L>(entries: &[Entry<L>], first: u32) -> usize {
     if entries.len() <= 8 {
         entries.iter().position(|e| e.first >= first).unwrap_or(entries.len())
     } else {
@@ -93,7 +101,7 @@ pub(crate) fn lower_bound(entries: &[Entry], first: u32) -> usize {
 }
 
 /// Calls `f` for every entry of the table (in first-token order for small tables).
-pub(crate) fn for_each(slot: &Atomic<Children>, guard: &Guard, mut f: impl FnMut(Entry)) {
+pub(crate) fn for_each<L>(slot: &Atomic<Children<L>>, guard: &Guard, mut f: impl FnMut(Entry<L>)) {
     let c = slot.load(Acquire, guard);
     // SAFETY: the table/bucket was loaded under `guard`; tables and buckets are retired only through the
     // collector (`defer_destroy`), so it outlives `guard`.
@@ -114,7 +122,7 @@ pub(crate) fn for_each(slot: &Atomic<Children>, guard: &Guard, mut f: impl FnMut
 }
 
 /// Sorted copy of `entries` with `e` inserted after the entries of equal first token.
-fn with_inserted(entries: &[Entry], e: Entry) -> Box<[Entry]> {
+fn with_inserted<L>(entries: &[Entry<L>], e: Entry<L>) -> Box<[Entry<L>]> {
     let at = entries.partition_point(|x| x.first <= e.first);
     let mut v = Vec::with_capacity(entries.len() + 1);
     v.extend_from_slice(&entries[..at]);
@@ -127,7 +135,7 @@ fn with_inserted(entries: &[Entry], e: Entry) -> Box<[Entry]> {
 ///
 /// # Safety
 /// `guard` must be pinned; the caller must hold the node's writer lock.
-pub(crate) unsafe fn insert(slot: &Atomic<Children>, e: Entry, guard: &Guard) {
+pub(crate) unsafe fn insert<L>(slot: &Atomic<Children<L>>, e: Entry<L>, guard: &Guard) {
     // SAFETY: the caller holds the owning node's lock, so no other writer touches `slot`, and `guard` is
     // pinned: the loaded table is protected, and each replaced table or bucket is unlinked (its
     // slot stored over) before `defer_destroy` retires it, once.
@@ -140,11 +148,11 @@ pub(crate) unsafe fn insert(slot: &Atomic<Children>, e: Entry, guard: &Guard) {
                 guard.defer_destroy(cur);
             }
             Some(Children::Small(entries)) => {
-                let mut per: Vec<Vec<Entry>> = (0..BUCKETS).map(|_| Vec::new()).collect();
+                let mut per: Vec<Vec<Entry<L>>> = (0..BUCKETS).map(|_| Vec::new()).collect();
                 for x in entries.iter().copied().chain(std::iter::once(e)) {
                     per[bucket_of(x.first)].push(x);
                 }
-                let table: Box<[Atomic<Bucket>]> = per
+                let table: Box<[Atomic<Bucket<L>>]> = per
                     .into_iter()
                     .map(|mut v| {
                         if v.is_empty() {
@@ -174,9 +182,9 @@ pub(crate) unsafe fn insert(slot: &Atomic<Children>, e: Entry, guard: &Guard) {
     }
 }
 
-fn rebuilt(entries: &[Entry], target: *mut Link, replacement: Option<Entry>) -> Option<Box<[Entry]>> {
+fn rebuilt<L>(entries: &[Entry<L>], target: *mut L, replacement: Option<Entry<L>>) -> Option<Box<[Entry<L>]>> {
     let i = entries.iter().position(|x| x.link == target)?;
-    let mut v: Vec<Entry> = entries.to_vec();
+    let mut v: Vec<Entry<L>> = entries.to_vec();
     match replacement {
         Some(r) => {
             debug_assert_eq!(r.first, v[i].first);
@@ -194,11 +202,11 @@ fn rebuilt(entries: &[Entry], target: *mut Link, replacement: Option<Entry>) -> 
 ///
 /// # Safety
 /// As for [`insert`].
-pub(crate) unsafe fn replace(
-    slot: &Atomic<Children>,
+pub(crate) unsafe fn replace<L>(
+    slot: &Atomic<Children<L>>,
     first: u32,
-    target: *mut Link,
-    replacement: Option<Entry>,
+    target: *mut L,
+    replacement: Option<Entry<L>>,
     guard: &Guard,
 ) -> bool {
     // SAFETY: the caller holds the owning node's lock, so no other writer touches `slot`, and `guard` is
@@ -211,7 +219,7 @@ pub(crate) unsafe fn replace(
             Some(Children::Small(entries)) => match rebuilt(entries, target, replacement) {
                 None => false,
                 Some(v) => {
-                    let next: Shared<'_, Children> = if v.is_empty() {
+                    let next: Shared<'_, Children<L>> = if v.is_empty() {
                         Shared::null()
                     } else {
                         Owned::new(Children::Small(v)).into_shared(guard)
@@ -243,22 +251,22 @@ pub(crate) unsafe fn replace(
 }
 
 /// Bytes held by a table (for `stats()`): the table, its buckets and entry arrays.
-pub(crate) fn heap_bytes(slot: &Atomic<Children>, guard: &Guard) -> usize {
+pub(crate) fn heap_bytes<L>(slot: &Atomic<Children<L>>, guard: &Guard) -> usize {
     let c = slot.load(Acquire, guard);
-    let e = std::mem::size_of::<Entry>();
+    let e = std::mem::size_of::<Entry<L>>();
     // SAFETY: the table/bucket was loaded under `guard`; tables and buckets are retired only through the
     // collector (`defer_destroy`), so it outlives `guard`.
     match unsafe { c.as_ref() } {
         None => 0,
-        Some(Children::Small(v)) => std::mem::size_of::<Children>() + v.len() * e,
+        Some(Children::Small(v)) => std::mem::size_of::<Children<L>>() + v.len() * e,
         Some(Children::Big(b)) => {
-            let mut n = std::mem::size_of::<Children>() + b.len() * std::mem::size_of::<Atomic<Bucket>>();
+            let mut n = std::mem::size_of::<Children<L>>() + b.len() * std::mem::size_of::<Atomic<Bucket<L>>>();
             for bucket in b.iter() {
                 let s = bucket.load(Acquire, guard);
                 // SAFETY: the table/bucket was loaded under `guard`; tables and buckets are retired only through the
                 // collector (`defer_destroy`), so it outlives `guard`.
                 if let Some(bk) = unsafe { s.as_ref() } {
-                    n += std::mem::size_of::<Bucket>() + bk.0.len() * e;
+                    n += std::mem::size_of::<Bucket<L>>() + bk.0.len() * e;
                 }
             }
             n
