@@ -7,10 +7,12 @@
 //!   and bulk helpers parallel over rows.
 //! * [`table`]: coding with explicit frequency tables (one static table, or one per step).
 //! * [`adaptive`]: an adaptive frequency model (Fenwick tree, deterministic increment/halving).
+//! * [`bits`]: fixed-width bit packing (MSB-first as the `raw` codec, or LSB-first).
 //! * [`crc32c`]: CRC-32C (Castagnoli), hardware-accelerated where available.
 //! * [`container`]: the `SQKV` container format (`docs/format.md`).
 
 pub mod adaptive;
+pub mod bits;
 pub mod container;
 pub mod crc32c;
 pub mod error;

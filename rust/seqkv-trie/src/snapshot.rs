@@ -19,35 +19,11 @@
 
 use crate::trie::{Node, Trie};
 use crate::{EvictPolicy, TrieConfig, TrieError};
+use seqkv_coder::crc32c::crc32c;
 use std::sync::atomic::Ordering::Relaxed;
 
 const MAGIC: &[u8; 4] = b"SQKT";
 const VERSION: u16 = 1;
-
-fn crc_table() -> &'static [u32; 256] {
-    static T: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    T.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
-            }
-            *e = c;
-        }
-        t
-    })
-}
-
-/// CRC-32C (Castagnoli).
-pub fn crc32c(data: &[u8]) -> u32 {
-    let t = crc_table();
-    let mut c = !0u32;
-    for &b in data {
-        c = t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
-}
 
 fn corrupt(msg: impl Into<String>) -> TrieError {
     TrieError::Corrupt(format!("trie snapshot: {}", msg.into()))
