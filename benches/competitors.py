@@ -17,7 +17,7 @@ exact ``DynamicCache`` and once per quantized cache. Measured per format:
   - what the model loses: cross-entropy of the text's next tokens (bits/token) with the quantized
     cache minus with the exact one, and top-1 agreement with the exact logits, over every position
     after the first chunk.
-* seqkv's own KIVI-like 2-bit and TurboQuant-like 3-bit (``seqkv.quantizers``) on the same KV:
+* seqkv's own KIVI-like 2-bit and TurboQuant-like 3-bit (``seqkv.kv.quantizers``) on the same KV:
   bits per token position and relative MSE.
 * torchac 0.9.3 (CacheGen's arithmetic coder) coding the same token ids under the same exact logits
   that seqkv's ``lm`` coder uses. torchac takes int16 symbols and 16-bit CDFs with one count per
@@ -26,7 +26,7 @@ exact ``DynamicCache`` and once per quantized cache. Measured per format:
   conditioned on the high part), an exact factorisation of the same distribution. Bits/token and
   encode/decode tokens/s with the CDFs precomputed (softmax excluded, as for constriction in
   coder.py), round trip checked.
-* seqkv ``lm`` payload: ``seqkv.coder.encode_logits`` on the same logits (24-bit tables), bits/token
+* seqkv ``lm`` payload: ``seqkv.coding.coder.encode_logits`` on the same logits (24-bit tables), bits/token
   and tokens/s, round trip checked.
 
 What a library could not do is recorded with the reason (``status``), never silently skipped.
@@ -64,7 +64,7 @@ def version(dist: str) -> str | None:
 
 
 def machine() -> dict[str, Any]:
-    from seqkv.models import cpu_name
+    from seqkv.integrations.models import cpu_name
 
     cpu = cpu_name()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
@@ -155,7 +155,7 @@ def quantized_cache_row(model: Any, ids: Any, exact_kv: list, exact_logits: np.n
 
 
 def seqkv_quantizer_rows(exact_kv: list, T: int) -> list[dict[str, Any]]:
-    from seqkv.quantizers import KIVI, TurboQuant
+    from seqkv.kv.quantizers import KIVI, TurboQuant
 
     rows = []
     tq, kv2 = TurboQuant(64, 3), KIVI(2, 32)
@@ -231,7 +231,7 @@ def torchac_row(logits: np.ndarray, symbols: np.ndarray, repeats: int) -> dict[s
 
 
 def seqkv_lm_row(logits: np.ndarray, symbols: np.ndarray, repeats: int) -> dict[str, Any]:
-    from seqkv import coder
+    from seqkv.coding import coder
 
     x = np.ascontiguousarray(logits, dtype=np.float32)
     tables = coder.quantize_logits(x, PRECISION)
@@ -278,7 +278,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from seqkv.models import load_smollm2
+    from seqkv.integrations.models import load_smollm2
 
     T = args.tokens or (256 if args.quick else 512)
     T -= T % CHUNK

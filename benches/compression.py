@@ -52,8 +52,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 
-from seqkv import codecs, hf  # noqa: E402
-from seqkv.models import load_smollm2, numerics_profile  # noqa: E402
+from seqkv import codecs  # noqa: E402
+from seqkv.integrations import transformers as hf
+from seqkv.integrations.models import load_smollm2, numerics_profile  # noqa: E402
 
 LICENSES = "/usr/share/common-licenses"
 QUICK_TEXTS = ["GPL-3", "Apache-2.0"]

@@ -54,7 +54,7 @@ def chat_sessions(tokenizer: Any, conversations: int, turns: int) -> list[tuple[
 
 def measure(model: Any, codec: str, sessions: list[tuple[str, np.ndarray]]) -> dict[str, Any]:
     from seqkv import SessionStore
-    from seqkv.hf import kv_bits_per_token
+    from seqkv.integrations.transformers import kv_bits_per_token
 
     t0 = time.perf_counter()
     shared = SessionStore(model, codec=codec, record_hashes=False)
@@ -106,7 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from seqkv.models import load_smollm2
+    from seqkv.integrations.models import load_smollm2
 
     torch.manual_seed(0)
     load = list(os.getloadavg())
@@ -115,7 +115,7 @@ def main() -> None:
     conv, turns = (4, 2) if args.quick else (12, 3)
     sessions = chat_sessions(tok, conv, turns)
     rows = [measure(model, c, sessions) for c in args.codecs]
-    from seqkv.models import cpu_name
+    from seqkv.integrations.models import cpu_name
 
     cpu = cpu_name()
     res = {

@@ -1,4 +1,4 @@
-"""Engine benchmark: seqkv.engine (batch-invariant, bf16 weights) vs transformers (fp32) on
+"""Engine benchmark: seqkv.engine.cpu (batch-invariant, bf16 weights) vs transformers (fp32) on
 SmolLM2-135M, all measured in one run on this machine.
 
 * prefill: one forward pass over N tokens with logits for every position (both engines);
@@ -47,13 +47,15 @@ except ImportError:
 import torch  # noqa: E402
 
 from seqkv import _native  # noqa: E402
-from seqkv.engine import Engine, EngineLogitsSource, read_bandwidth  # noqa: E402
+from seqkv.codecs.sources import EngineLogitsSource  # noqa: E402
+from seqkv.engine import Engine  # noqa: E402
+from seqkv.engine.cpu import read_bandwidth  # noqa: E402
 
 LICENSES = ["Apache-2.0", "GPL-3", "MPL-2.0", "LGPL-3", "Artistic", "GFDL-1.3", "BSD", "GPL-2"]
 
 
 def machine() -> dict:
-    from seqkv.models import cpu_name
+    from seqkv.integrations.models import cpu_name
 
     name = cpu_name()
     return {
@@ -172,7 +174,7 @@ def load_model(random_weights: bool = False):
     """(model, tokenizer or None, description, random?): SmolLM2 when installed (and not
     ``random_weights``), else random weights of its shapes."""
     from seqkv.errors import SeqkvError
-    from seqkv.models import load_smollm2
+    from seqkv.integrations.models import load_smollm2
 
     if random_weights:
         return random_smollm2_model(), None, "random-weight Llama with SmolLM2-135M's shapes (--random-weights)", True
@@ -228,14 +230,14 @@ def step_breakdown(g, rows: int) -> dict[str, float]:
 
 
 def gpu_main(args) -> None:
-    """GPU port (cuda_kernels/engine.cu) on SmolLM2's shapes with random weights: bit-identity
+    """GPU port (seqkv/cuda/kernels/engine.cu) on SmolLM2's shapes with random weights: bit-identity
     with the CPU engine (prefill rows, batched steps, graph-replayed greedy decode, KV) and
     batched-decode throughput over 1, 64 and 256 streams."""
     import cupy as cp
 
     from seqkv.engine import GpuEngine
 
-    res: dict = {"what": "GPU port of seqkv.engine, SmolLM2-135M shapes, random bf16 weights"}
+    res: dict = {"what": "GPU port of seqkv.engine.cpu, SmolLM2-135M shapes, random bf16 weights"}
     t0 = time.perf_counter()
     config, tensors = smollm2_shaped()
     cpu = Engine.from_tensors(config, tensors, "bf16")

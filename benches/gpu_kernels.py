@@ -25,8 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
-from seqkv import gpu  # noqa: E402
-from seqkv import quantizers as Q  # noqa: E402
+from seqkv.coding import gpu  # noqa: E402
+from seqkv.cuda import runtime as cuda_runtime
+from seqkv.kv import gpu as kvgpu
+from seqkv.kv import quantizers as Q  # noqa: E402
 
 V = 49152
 P = 24
@@ -176,7 +178,7 @@ def bench_quantize(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
 
 
 def bench_residual(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
-    from seqkv import residual as R
+    from seqkv.kv import residual as R
 
     rng = np.random.default_rng(1)
     out: dict[str, Any] = {}
@@ -192,22 +194,22 @@ def bench_residual(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
         step = cp.asarray(np.where(rng.random(n) < frac, rng.choice([-2, -1, 1, 2], n), 0))
         key = cp.asarray(R.ordered_key(cp.asnumpy(orig), width))
         recomp = cp.asarray(R.ordered_key(cp.asnumpy((key.astype(cp.int64) + step).astype(dt)), width))
-        packed = gpu.residual_pack(orig, recomp, kind=kind, host=False)
+        packed = kvgpu.residual_pack(orig, recomp, kind=kind, host=False)
         pbytes = int(packed[2].nbytes + packed[3].nbytes)
         sweep = {}
         for bpw in (8, 16, 32):
-            tp = _timeit(cp, lambda: gpu.residual_pack(orig, recomp, kind=kind, host=False, bpw=bpw), 30)
-            tu = _timeit(cp, lambda: gpu.residual_unpack(packed, recomp, kind=kind, bpw=bpw), 30)
-            back = gpu.residual_unpack(packed, recomp, kind=kind, bpw=bpw)
+            tp = _timeit(cp, lambda: kvgpu.residual_pack(orig, recomp, kind=kind, host=False, bpw=bpw), 30)
+            tu = _timeit(cp, lambda: kvgpu.residual_unpack(packed, recomp, kind=kind, bpw=bpw), 30)
+            back = kvgpu.residual_unpack(packed, recomp, kind=kind, bpw=bpw)
             assert bool((back == orig).all())
             sweep[bpw] = (tp, tu)
         best_bpw = min(sweep, key=lambda b: max(sweep[b]))
         t_pack, t_unpack = sweep[best_bpw]
         # GPU time alone: back-to-back launches (state memset + kernel), no host round trip
-        o_v, _ = gpu._residual_view(orig, kind)
-        r_v, _ = gpu._residual_view(recomp, kind)
-        tk_pack = _timeit_batch(cp, lambda: gpu._residual_pack_launch(o_v, r_v, kind, best_bpw), 20)
-        tk_unpack = _timeit_batch(cp, lambda: gpu.residual_unpack(packed, recomp, kind=kind, bpw=best_bpw), 20)
+        o_v, _ = kvgpu._residual_view(orig, kind)
+        r_v, _ = kvgpu._residual_view(recomp, kind)
+        tk_pack = _timeit_batch(cp, lambda: kvgpu._residual_pack_launch(o_v, r_v, kind, best_bpw), 20)
+        tk_unpack = _timeit_batch(cp, lambda: kvgpu.residual_unpack(packed, recomp, kind=kind, bpw=best_bpw), 20)
         pack_bytes = 2 * n * item + pbytes
         unpack_bytes = 2 * n * item + pbytes
         rec = {
@@ -277,7 +279,7 @@ def bench_quantizers(cp: Any, copy_bw: float, quick: bool) -> dict[str, Any]:
 
 def bench_lm(cp: Any, quick: bool) -> dict[str, Any]:
     """lm-like codec loop with SmolLM2-135M's shape and random weights on the GPU: encode = one
-    forward over the sequence + gather (+ range coding where seqkv.coder is built); decode =
+    forward over the sequence + gather (+ range coding where seqkv.coding.coder is built); decode =
     one forward step per token with the KV cache + search."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -374,7 +376,7 @@ def main() -> None:
     ap.add_argument("-o", "--output", default=str(ROOT / "benches/results/gpu_kernels.json"))
     ap.add_argument("--only", default="quantize,residual,quantizers,lm")
     args = ap.parse_args()
-    if not gpu.available():
+    if not cuda_runtime.available():
         print("no CUDA GPU / CuPy: nothing to measure")
         return
     import cupy as cp

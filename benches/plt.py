@@ -47,13 +47,13 @@ TARGET_RATIO = 0.85
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from seqkv.models import SMOLLM2_GGUF, smollm2_folder
+    from seqkv.integrations.models import SMOLLM2_GGUF, smollm2_folder
 
     return AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
 
 
 def machine() -> dict[str, object]:
-    from seqkv.models import cpu_name
+    from seqkv.integrations.models import cpu_name
 
     cpu = cpu_name()
     return {

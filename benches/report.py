@@ -356,14 +356,14 @@ class Report:
                 s.bits(kivi_bpc_),
                 f"2 bits + f32 scale + f32 min per group of {KIVI_GROUP} = {kivi_bpc_:g} bits/component "
                 f"(gpu_kernels.json reports {fmt(k2, 'g')})",
-                "arithmetic (seqkv.quantizers.KIVI layout)", "arithmetic",
+                "arithmetic (seqkv.kv.quantizers.KIVI layout)", "arithmetic",
             ),
             (
                 "TurboQuant-like 3-bit",
                 s.bits(tq_bpc),
                 f"3 bits + one f32 norm per {s.head_dim}-vector = 3 + 32/{s.head_dim} = {tq_bpc:g} bits/component "
                 f"(gpu_kernels.json reports {fmt(t2, 'g')}); the paper's flat 3 bits would be {s.bits(3):,.0f}",
-                "arithmetic (seqkv.quantizers.TurboQuant layout)", "arithmetic",
+                "arithmetic (seqkv.kv.quantizers.TurboQuant layout)", "arithmetic",
             ),
         ]
         for r in self.competitor_kv_rows():

@@ -8,9 +8,9 @@ Scenarios (original = prefill on CPU in fp32):
   single_step         recompute token by token
   chunks_32           recompute in prefill chunks of 32
 each in fp32 and after a bf16 cast of both sides. `residual_bits_per_token` is the size of
-seqkv.residual.encode's output (adaptive range coding per layer and K/V, headers included);
+seqkv.kv.residual.encode's output (adaptive range coding per layer and K/V, headers included);
 `naive_bf16_bits_per_token` the zeroth-order entropy of the float difference cast to bf16
-(seqkv.residual.naive_delta_bits), the "naive delta" baseline.
+(seqkv.kv.residual.naive_delta_bits), the "naive delta" baseline.
 
 --gpu-kv DIR: KV written on the device machine by benches/gpu_kv_dump.py (a SmolLM2-shaped model
 with weights drawn from NumPy's PCG64, identical on both machines): adds CPU-vs-GPU scenarios.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benches"))
 
 from _kv import load_kv, run_schedule, seeded_ids, seeded_smollm2_shape, text_ids  # noqa: E402
 
-from seqkv import residual as R  # noqa: E402
+from seqkv.kv import residual as R  # noqa: E402
 
 
 def _pairs(a: list[tuple[Any, Any]], b: list[tuple[Any, Any]], cast: str) -> list[tuple[Any, Any]]:
@@ -91,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from seqkv.models import load_smollm2
+    from seqkv.integrations.models import load_smollm2
 
     T = 32 if args.quick else args.tokens
     res: dict[str, Any] = {

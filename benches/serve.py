@@ -65,7 +65,7 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
-    from seqkv.models import cpu_name
+    from seqkv.integrations.models import cpu_name
 
     cpu = cpu_name()
     return {
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from seqkv import hf
-    from seqkv.models import load_smollm2
+    from seqkv.integrations import transformers as hf
+    from seqkv.integrations.models import load_smollm2
     from seqkv.store import SessionStore
 
     torch.set_num_threads(1)

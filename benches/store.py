@@ -55,7 +55,7 @@ CONTEXTS = (256, 1024, 4096)
 
 
 def machine_info(workdir: Path) -> dict[str, Any]:
-    from seqkv.models import cpu_name
+    from seqkv.integrations.models import cpu_name
 
     cpu = cpu_name()
     fs = None
@@ -175,7 +175,7 @@ def bench_ops(workdir: Path, quick: bool) -> dict[str, Any]:
 def real_tokens(n: int) -> tuple[np.ndarray | None, str | None]:
     """``n`` SmolLM2 token ids of license text, or ``(None, reason)``."""
     try:
-        from seqkv.cli import smollm2_tokenizer
+        from seqkv.cli.main import smollm2_tokenizer
 
         tok = smollm2_tokenizer()
     except Exception as exc:  # noqa: BLE001 - reported in the results
@@ -226,8 +226,8 @@ def bench_tiers(workdir: Path, quick: bool, contexts: tuple[int, ...], engine_ma
     SmolLM2 (fp32, CPU, torch at one thread), at each context length in ``contexts``."""
     import torch
 
-    from seqkv import hf
-    from seqkv.models import load_smollm2
+    from seqkv.integrations import transformers as hf
+    from seqkv.integrations.models import load_smollm2
     from seqkv.store import SessionStore
 
     torch.set_num_threads(1)
@@ -315,7 +315,7 @@ def bench_shared_prefix(quick: bool, n_sessions: int, system_tokens: int) -> dic
     engine's."""
     import torch
 
-    from seqkv.models import load_smollm2
+    from seqkv.integrations.models import load_smollm2
     from seqkv.store import SessionStore
 
     torch.set_num_threads(1)

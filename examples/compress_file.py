@@ -12,7 +12,7 @@ import lzma
 import numpy as np
 
 import seqkv
-from seqkv.models import load_smollm2
+from seqkv.integrations.models import load_smollm2
 
 parser = argparse.ArgumentParser()
 parser.add_argument("file", nargs="?", default="/usr/share/common-licenses/Apache-2.0")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from seqkv import hf
+from seqkv.integrations import transformers as hf
 from seqkv.store import SessionStore
 
 SYSTEM_PROMPTS = [
@@ -226,7 +226,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from seqkv.models import load_smollm2
+    from seqkv.integrations.models import load_smollm2
 
     torch.set_num_threads(1)  # one core per request thread; the pool provides the parallelism
     model, tokenizer = load_smollm2()

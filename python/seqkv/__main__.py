@@ -1,7 +1,7 @@
-"""``python -m seqkv``: the same as the ``seqkv`` command (:mod:`seqkv.cli`)."""
+"""``python -m seqkv``: the same as the ``seqkv`` command (:mod:`seqkv.cli.main`)."""
 
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

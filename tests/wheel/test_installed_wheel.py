@@ -55,15 +55,15 @@ def test_coder_round_trip_from_logits():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(32, 1000)).astype(np.float32)
     symbols = rng.integers(0, 1000, size=32)
-    data = seqkv.coder.encode_logits(symbols, logits)
-    np.testing.assert_array_equal(seqkv.coder.decode_logits(data, logits), symbols)
-    freqs = seqkv.coder.quantize_logits(logits)
+    data = seqkv.coding.coder.encode_logits(symbols, logits)
+    np.testing.assert_array_equal(seqkv.coding.coder.decode_logits(data, logits), symbols)
+    freqs = seqkv.coding.coder.quantize_logits(logits)
     assert (freqs.sum(axis=1) == 1 << 24).all()
 
 
 def test_container_rejects_garbage():
     with pytest.raises(seqkv.CorruptStreamError):
-        seqkv.container.unpack(b"SQKV" + b"\x00" * 8)
+        seqkv.coding.container.unpack(b"SQKV" + b"\x00" * 8)
 
 
 def test_trie_shares_prefixes():

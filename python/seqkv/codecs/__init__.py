@@ -1,7 +1,7 @@
 """Token codecs behind one interface: ``seqkv.codecs.get(name, **options)``.
 
 Every codec has ``.name``, ``.encode(tokens) -> bytes`` and ``.decode(data) -> np.ndarray``
-(``uint32`` ids), and every stream it writes is a seqkv container (``seqkv.container``).
+(``uint32`` ids), and every stream it writes is a seqkv container (``seqkv.coding.container``).
 
 ==============  ======================================================================
 ``raw``         ⌈log2 V⌉ bits per token (:class:`~seqkv.codecs.raw.RawCodec`)
@@ -91,7 +91,7 @@ class StreamInfo(PerTokenBits):
 
 def stream_info(data: bytes) -> StreamInfo:
     """Parse (and checksum) a stream's container and summarise it."""
-    from .. import container
+    from ..coding import container
 
     c = container.unpack(data)
     h = c.header

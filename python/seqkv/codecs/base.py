@@ -156,7 +156,7 @@ def describe_schedule(schedule: Sequence[int]) -> str:
 def unpack_stream(data: bytes, codec: str, vocab_size: int) -> Any:
     """``container.unpack(data)`` for a codec: raises :class:`InvalidInputError` when another
     codec or another vocabulary size wrote the stream."""
-    from .. import container
+    from ..coding import container
 
     c = container.unpack(data)
     h = c.header

@@ -8,7 +8,7 @@ How a stream is made (and must be remade by the decoder)
   the prefix a :class:`~seqkv.Trie` matched). With an empty prefix the first token is coded
   under the uniform distribution (all-zero logits).
 * Logits come from a :class:`LogitsSource`. For a Llama-family model on the CPU the default
-  (``engine="auto"``) is the batch-invariant engine (:class:`seqkv.engine.EngineLogitsSource`):
+  (``engine="auto"``) is the batch-invariant engine (:class:`seqkv.engine.cpu.EngineLogitsSource`):
   its rows are the same bits under any schedule, so the encoder computes them with prefill
   passes and the decoder with single steps — or many streams at once
   (:meth:`LMCodec.encode_batch`, :meth:`LMCodec.decode_batch`). Otherwise (or with
@@ -16,7 +16,7 @@ How a stream is made (and must be remade by the decoder)
   **single-token steps with the KV cache at batch size 1**, in float32, at both ends: the
   same schedule, which on one machine and software stack gives bit-identical logits. The
   header's ``schedule`` records the chunk sizes of the encoder's forward passes.
-* Each logits row becomes an integer table through ``seqkv.coder.quantize_logits`` (the
+* Each logits row becomes an integer table through ``seqkv.coding.coder.quantize_logits`` (the
   quantizer of ``docs/numerics.md``, precision 24 by default) and the token is range-coded
   under it. Tokens are cut into blocks of ``block_tokens`` (4096); each block is its own
   range-coder payload with a CRC32C of its token ids. Decoding checks every block as it
@@ -47,13 +47,10 @@ import numpy as np
 
 from ..errors import CorruptStreamError, FormatVersionError, InvalidInputError, ModelMismatchError, NumericsMismatchError
 from .base import TOKEN_DTYPE, CodingStats, as_tokens, describe_schedule, split_blocks
+from .sources import LogitsSource, TransformersSource, default_source
 
 __all__ = [
-    "LogitsSource",
-    "CallableSource",
-    "TransformersSource",
     "LMCodec",
-    "default_source",
     "default_start_token",
     "decode_params",
     "log2_softmax_at",
@@ -65,225 +62,6 @@ _PARAMS = struct.Struct("<BiIIB")  # version, start token (-1: none), context le
 _FLAG_TARGET = 1
 
 ProgressFn = Callable[[int], Any]
-
-
-class LogitsSource:
-    """Next-token logits for one sequence at a time (the decoder's view of a model).
-
-    Subclasses implement :meth:`start` and :meth:`step`, and set ``vocab_size``. Rows are
-    1-D contiguous float32 NumPy arrays of length ``vocab_size``. A source is stateful and
-    not thread-safe; codecs hold a lock while they drive it.
-    """
-
-    #: name recorded in the numerics profile
-    engine = "abstract"
-    #: True when logits do not depend on how the tokens were batched or chunked
-    schedule_invariant = False
-    #: True when the source runs several sequences at once (:meth:`start_many`,
-    #: :meth:`step_many`, :meth:`rows_many`): ``LMCodec.encode_batch``/``decode_batch`` use them
-    batched = False
-    vocab_size: int
-
-    def fingerprint(self) -> bytes:
-        """32-byte identity of the model behind the logits."""
-        raise NotImplementedError
-
-    def numerics_profile(self) -> dict[str, Any]:
-        return {"engine": self.engine}
-
-    def start(self, prefix: np.ndarray) -> np.ndarray | None:
-        """Reset, process ``prefix`` (one chunk) and return the row predicting the next token.
-
-        Returns ``None`` (and only resets) when the prefix is empty.
-        """
-        raise NotImplementedError
-
-    def step(self, token: int) -> np.ndarray:
-        """Append one token and return the row predicting the token after it."""
-        raise NotImplementedError
-
-    def iter_rows(self, prefix: np.ndarray, tokens: np.ndarray) -> Iterator[np.ndarray | None]:
-        """Yield, for each ``tokens[i]``, the row it is coded under (``None``: no prefix)."""
-        row = self.start(prefix)
-        n = len(tokens)
-        for i in range(n):
-            yield row
-            if i + 1 < n:
-                row = self.step(int(tokens[i]))
-
-    def schedule(self, prefix_len: int, n_tokens: int) -> tuple[int, ...]:
-        """Chunk sizes of the forward passes that produced the rows, in order (the container
-        stores them run-length encoded): the prefix as one chunk, then one step for each
-        coded token but the last."""
-        return ((prefix_len,) if prefix_len else ()) + (1,) * max(n_tokens - 1, 0)
-
-    # -- several sequences at once (sources with ``batched = True``) -------------------
-
-    def start_many(self, prefixes: Sequence[np.ndarray]) -> tuple[list[Any], list[np.ndarray | None]]:
-        """Start one new sequence per prefix, all in one pass; returns ``(handles, rows)``
-        (a row is ``None`` for an empty prefix). Handles go to :meth:`step_many`."""
-        raise NotImplementedError(f"{type(self).__name__} does not decode several sequences at once")
-
-    def step_many(self, handles: Sequence[Any], tokens: Sequence[int]) -> np.ndarray:
-        """Append ``tokens[i]`` to ``handles[i]`` for every i in one pass; float32 ``[len, vocab]``."""
-        raise NotImplementedError(f"{type(self).__name__} does not decode several sequences at once")
-
-    def rows_many(
-        self, prefixes: Sequence[np.ndarray], token_lists: Sequence[np.ndarray]
-    ) -> Iterator[tuple[int, np.ndarray | None]]:
-        """The encoder's rows of several streams: yields ``(stream, row)`` with each stream's
-        rows in order (the rows :meth:`iter_rows` would give for it)."""
-        raise NotImplementedError(f"{type(self).__name__} does not encode several sequences at once")
-
-
-class CallableSource(LogitsSource):
-    """Logits from a function of the sequence so far (``fn(tokens) -> row``): tests, tools."""
-
-    engine = "callable"
-
-    def __init__(self, fn: Callable[[list[int]], np.ndarray], vocab_size: int, fingerprint: bytes = b"\0" * 32):
-        self.fn = fn
-        self.vocab_size = int(vocab_size)
-        self._fp = bytes(fingerprint)
-        self.seq: list[int] = []
-
-    def fingerprint(self) -> bytes:
-        return self._fp
-
-    def _row(self) -> np.ndarray:
-        return np.ascontiguousarray(self.fn(list(self.seq)), dtype=np.float32)
-
-    def start(self, prefix: np.ndarray) -> np.ndarray | None:
-        self.seq = [int(t) for t in prefix]
-        return self._row() if self.seq else None
-
-    def step(self, token: int) -> np.ndarray:
-        self.seq.append(int(token))
-        return self._row()
-
-
-class TransformersSource(LogitsSource):
-    """Logits from a transformers causal LM: one prefill for the prefix, then single steps
-    with a ``DynamicCache`` at batch size 1, under ``torch.inference_mode``.
-
-    ``encode_chunk=k`` makes :meth:`iter_rows` (the encoder's path) compute the rows in
-    prefill chunks of ``k`` tokens instead of single steps: several times faster, but the
-    rows differ from the decoder's single steps in the last bits (measured max |Δlogit|
-    ~1e-4 on SmolLM2), so only ``lm-robust`` streams decode from them.
-    """
-
-    engine = "transformers"
-
-    def __init__(self, model: Any, *, encode_chunk: int | None = None):
-        from ..models import require_torch, vocab_size
-
-        self._torch, transformers = require_torch()
-        self._dynamic_cache = transformers.DynamicCache
-        self.model = model
-        self.vocab_size = vocab_size(model)
-        self.device = next(iter(model.parameters())).device
-        self.cache: Any = None
-        self._keep_arg = True
-        if encode_chunk is not None and int(encode_chunk) < 1:
-            raise InvalidInputError("encode_chunk must be >= 1")
-        self.encode_chunk = None if encode_chunk is None else int(encode_chunk)
-
-    def fingerprint(self) -> bytes:
-        from ..models import fingerprint
-
-        return fingerprint(self.model)
-
-    def numerics_profile(self) -> dict[str, Any]:
-        from ..models import numerics_profile
-
-        profile = numerics_profile(self.model)
-        profile["engine"] = self.engine
-        return profile
-
-    def _forward(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
-        """Run ``ids`` as one chunk; return the last ``keep`` rows, shape (keep, V) (or (V,) when keep == 1)."""
-        torch = self._torch
-        with torch.inference_mode():
-            input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-            kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": True}
-            if self._keep_arg:
-                try:
-                    out = self.model(input_ids=input_ids, logits_to_keep=keep, **kwargs)
-                except TypeError:
-                    self._keep_arg = False
-                    out = self.model(input_ids=input_ids, **kwargs)
-            else:
-                out = self.model(input_ids=input_ids, **kwargs)
-            self.cache = out.past_key_values
-            rows = out.logits[0, -keep:, : self.vocab_size].to(device="cpu", dtype=torch.float32)
-            rows = np.ascontiguousarray(rows.numpy())
-            return rows[0] if keep == 1 else rows
-
-    def start(self, prefix: np.ndarray) -> np.ndarray | None:
-        self.cache = self._dynamic_cache(config=self.model.config)
-        if len(prefix) == 0:
-            return None
-        return self._forward([int(t) for t in prefix])
-
-    def step(self, token: int) -> np.ndarray:
-        return self._forward([int(token)])
-
-    def iter_rows(self, prefix: np.ndarray, tokens: np.ndarray) -> Iterator[np.ndarray | None]:
-        if self.encode_chunk is None:
-            yield from super().iter_rows(prefix, tokens)
-            return
-        n = len(tokens)
-        row = self.start(prefix)
-        if n == 0:
-            return
-        yield row
-        fed = [int(t) for t in tokens[: n - 1]]
-        for a in range(0, len(fed), self.encode_chunk):
-            chunk = fed[a : a + self.encode_chunk]
-            rows = self._forward(chunk, keep=len(chunk))
-            rows = rows.reshape(len(chunk), -1)
-            for r in rows:
-                yield np.ascontiguousarray(r)
-
-    def schedule(self, prefix_len: int, n_tokens: int) -> tuple[int, ...]:
-        if self.encode_chunk is None:
-            return super().schedule(prefix_len, n_tokens)
-        fed = max(n_tokens - 1, 0)
-        k = self.encode_chunk
-        chunks = (k,) * (fed // k) + ((fed % k,) if fed % k else ())
-        return ((prefix_len,) if prefix_len else ()) + chunks
-
-
-def _device_type(model: Any) -> str:
-    try:
-        return str(next(iter(model.parameters())).device.type)
-    except (AttributeError, StopIteration, TypeError):
-        return "cpu"
-
-
-def default_source(model: Any, engine: Any = "auto") -> LogitsSource:
-    """The logits source :class:`LMCodec` builds for ``model`` (see its ``engine`` option):
-    the batch-invariant engine when ``engine`` is ``"auto"`` and the model is one it
-    supports and sits on the CPU, or ``True``; transformers steps when ``False`` (or unsupported under
-    ``"auto"``); an ``Engine`` instance as given. Engines are shared per model
-    (:meth:`seqkv.engine.Engine.for_model`). Raises :class:`InvalidInputError` for an
-    unknown ``engine`` value, or ``True`` with an unsupported model."""
-    if engine is False or engine == "transformers":
-        return TransformersSource(model)
-    from .. import engine as engine_mod
-
-    if isinstance(engine, engine_mod.Engine):
-        return engine_mod.EngineLogitsSource(engine)
-    if engine == "auto" or engine is True or engine == "seqkv":
-        why = engine_mod.unsupported_reason(model)
-        if why is None and engine == "auto" and _device_type(model) != "cpu":
-            return TransformersSource(model)  # the engine runs on the CPU; leave a GPU model to torch
-        if why is None:
-            return engine_mod.EngineLogitsSource(engine_mod.Engine.for_model(model))
-        if engine == "auto":
-            return TransformersSource(model)
-        raise InvalidInputError(f"engine=True: seqkv.engine cannot run this model ({why})")
-    raise InvalidInputError(f"engine must be 'auto', True, False or a seqkv.engine.Engine, got {engine!r}")
 
 
 def default_start_token(model: Any = None, tokenizer: Any = None) -> int | None:
@@ -329,7 +107,7 @@ def log2_softmax_at(row: np.ndarray, symbol: int) -> float:
 
 
 def encode_params(start_token: int | None, context: np.ndarray, target_fingerprint: bytes | None) -> bytes:
-    from .. import container
+    from ..coding import container
 
     flags = _FLAG_TARGET if target_fingerprint else 0
     out = _PARAMS.pack(
@@ -376,7 +154,7 @@ class _PlainScheme:
         return None
 
     def push(self, enc: Any, state: Any, symbol: int, row: np.ndarray) -> float:
-        from .. import coder
+        from ..coding import coder
 
         freqs = coder.quantize_logits(row, self.precision)
         enc.push(symbol, freqs)
@@ -390,7 +168,7 @@ class _StreamEncoder:
     """Codes one stream, one row at a time (the rows may come from any driver)."""
 
     def __init__(self, codec: "LMCodec", toks: np.ndarray, ctx: np.ndarray):
-        from .. import coder
+        from ..coding import coder
 
         self._coder = coder
         self.codec = codec
@@ -421,7 +199,7 @@ class _StreamEncoder:
 
     def push(self, row: np.ndarray | None) -> None:
         """Code the next token under ``row`` (``None``: the uniform distribution)."""
-        from .. import container
+        from ..coding import container
 
         if row is None:
             row = self.codec._uniform()
@@ -443,7 +221,7 @@ class _StreamEncoder:
             self._open()
 
     def finish(self, seconds: float) -> tuple[bytes, CodingStats]:
-        from .. import container
+        from ..coding import container
 
         codec = self.codec
         header = container.Header(
@@ -475,7 +253,7 @@ class _StreamDecoder:
     :meth:`feed` per token (block checksums checked as each block ends)."""
 
     def __init__(self, codec: "LMCodec", data: bytes, ctx: np.ndarray):
-        from .. import container
+        from ..coding import container
 
         c, fields, extra = codec.read_header(data)
         h = c.header
@@ -510,7 +288,7 @@ class _StreamDecoder:
 
     def _next_block(self) -> None:
         """Close the current block (token checksum, end of payload), open the next non-empty one."""
-        from .. import coder, container
+        from ..coding import coder, container
 
         while True:
             if self.dec is not None:
@@ -578,12 +356,12 @@ class LMCodec:
         a :class:`LogitsSource` to code under instead of ``model`` (another engine, tests).
     engine:
         how logits are computed from ``model`` (or ``draft``) when no ``source`` is given:
-        ``"auto"`` (default) uses the batch-invariant :mod:`seqkv.engine` (bf16 weights, f32
-        activations; :class:`seqkv.engine.EngineLogitsSource`) when it supports the model
-        (Llama family, model on the CPU; see :func:`seqkv.engine.supports`) and transformers
+        ``"auto"`` (default) uses the batch-invariant :mod:`seqkv.engine.cpu` (bf16 weights, f32
+        activations; :class:`seqkv.engine.cpu.EngineLogitsSource`) when it supports the model
+        (Llama family, model on the CPU; see :func:`seqkv.engine.cpu.supports`) and transformers
         single steps (:class:`TransformersSource`) otherwise; ``True`` requires the engine
         (:class:`InvalidInputError` if unsupported); ``False`` forces transformers; an
-        :class:`seqkv.engine.Engine` is used as it is. The two compute different bits, so
+        :class:`seqkv.engine.cpu.Engine` is used as it is. The two compute different bits, so
         each records its own fingerprint and a stream decodes only under the same choice.
     draft:
         a smaller causal LM with the same vocabulary to code under; the stream records the
@@ -640,7 +418,7 @@ class LMCodec:
         self.vocab_size = int(source.vocab_size)
         self.target_fingerprint: bytes | None = None
         if draft is not None and model is not None:
-            from ..models import fingerprint, vocab_size
+            from ..integrations.models import fingerprint, vocab_size
 
             if vocab_size(model) != self.vocab_size:
                 raise InvalidInputError(
@@ -789,7 +567,7 @@ class LMCodec:
 
     def read_header(self, data: bytes) -> tuple[Any, dict[str, Any], bytes]:
         """Unpack and validate a stream against this codec; returns (container, params, extra)."""
-        from .. import container
+        from ..coding import container
 
         c = container.unpack(data)
         h = c.header

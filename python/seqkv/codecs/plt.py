@@ -59,7 +59,7 @@ class PLTCodec:
         if vocab_size is None:
             if model is None:
                 raise InvalidInputError("plt codec needs vocab_size= or model=")
-            from ..models import vocab_size as model_vocab
+            from ..integrations.models import vocab_size as model_vocab
 
             vocab_size = model_vocab(model)
         if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 0 <= int(order) <= MAX_ORDER:
@@ -111,7 +111,7 @@ class PLTCodec:
         return self.encode_with_stats(tokens, context=context)[0]
 
     def encode_with_stats(self, tokens: Any, *, context: Any = None, **_ignored: Any) -> tuple[bytes, CodingStats]:
-        from .. import container
+        from ..coding import container
 
         t0 = time.perf_counter()
         toks = as_tokens(tokens, self.vocab_size)
@@ -143,7 +143,7 @@ class PLTCodec:
 
     def decode(self, data: bytes, *, context: Any = None, **_ignored: Any) -> np.ndarray:
         """Decode a stream written by :meth:`encode` with the same primer and ``context``."""
-        from .. import container
+        from ..coding import container
 
         c = unpack_stream(data, self.name, self.vocab_size)
         h = c.header

@@ -54,7 +54,7 @@ class RawCodec:
         if vocab_size is None:
             if model is None:
                 raise InvalidInputError("raw codec needs vocab_size= or model=")
-            from ..models import vocab_size as model_vocab
+            from ..integrations.models import vocab_size as model_vocab
 
             vocab_size = model_vocab(model)
         self.vocab_size = int(vocab_size)
@@ -68,7 +68,7 @@ class RawCodec:
         return self.encode_with_stats(tokens)[0]
 
     def encode_with_stats(self, tokens: Any, **_ignored: Any) -> tuple[bytes, CodingStats]:
-        from .. import container
+        from ..coding import container
 
         t0 = time.perf_counter()
         toks = as_tokens(tokens, self.vocab_size)
@@ -95,7 +95,7 @@ class RawCodec:
         return data, stats
 
     def decode(self, data: bytes, **_ignored: Any) -> np.ndarray:
-        from .. import container
+        from ..coding import container
 
         c = unpack_stream(data, self.name, self.vocab_size)
         h = c.header

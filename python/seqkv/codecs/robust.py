@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptStreamError, FormatVersionError, InvalidInputError
-from .lm import LMCodec, LogitsSource, TransformersSource
+from .lm import LMCodec
+from .sources import LogitsSource, TransformersSource
 
 __all__ = ["RobustLMCodec", "RobustBins", "default_unit"]
 
@@ -117,7 +118,7 @@ class RobustBins:
         reps[0] = -_OUTER
         reps[-1] = _OUTER
         reps[1:-1] = 0.5 * (self.edges[:-1] + self.edges[1:])
-        from .. import coder
+        from ..coding import coder
 
         pairs = np.zeros((reps.size, 2), dtype=np.float32)
         pairs[:, 1] = reps.astype(np.float32)

@@ -1,0 +1,576 @@
+"""The ``seqkv`` command line (also ``python -m seqkv``).
+
+::
+
+    seqkv compress FILE -o OUT.skv [--codec lm|plt|raw] [--verify]
+    seqkv decompress IN.skv -o FILE [--tokens]
+    seqkv inspect IN.skv [--json]
+    seqkv store put  --db DB SESSION_ID FILE [--codec ...]   (FILE: a .skv stream or text)
+    seqkv store get  --db DB SESSION_ID [-o OUT.skv | --text -o FILE]
+    seqkv store ls   --db DB [--json]
+    seqkv store rm   --db DB SESSION_ID
+    seqkv store stats --db DB [--json]
+    seqkv demo [ARGS ...]
+
+``FILE`` may be ``-`` for standard input or output. Text is tokenised with the SmolLM2
+tokenizer (its ``tokenizer.json`` is cached under ``$SEQKV_CACHE_DIR``, default
+``~/.cache/seqkv``, after the first use); ``--codec lm`` also loads the model.
+``--db`` takes a SQLite path or a ``redis://`` URL (``$SEQKV_DB`` is the default).
+
+Exit status: 0 on success, 1 on a seqkv error or an unreadable/unwritable file (one line on
+stderr, no traceback), 2 on a usage error, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import inspect as _inspect
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..codecs.base import describe_schedule
+from ..errors import CorruptStreamError, InvalidInputError, MissingExtraError, SeqkvError
+
+__all__ = ["main", "build_parser"]
+
+PROG = "seqkv"
+MAGIC = b"SQKV"
+TEXT_CODECS = ("lm", "plt", "raw", "lm-robust")
+
+
+class CliError(SeqkvError):
+    """A failure the CLI reports in one line (exit status 1)."""
+
+
+# -- input / output -------------------------------------------------------------------------
+
+
+def _read_bytes(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except IsADirectoryError:
+        raise CliError(f"cannot read {path}: it is a directory") from None
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + rename), or to stdout for ``-``."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    try:
+        if target.is_dir():
+            raise CliError(f"cannot write {path}: it is a directory")
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except CliError:
+        raise
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _decode_text(data: bytes, path: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path} is not UTF-8 text (byte {exc.start}): pass --tokens for a file of token ids") from None
+
+
+def _parse_ids(text: str, path: str) -> np.ndarray:
+    try:
+        return np.array([int(x) for x in text.split()], dtype=np.int64)
+    except ValueError as exc:
+        raise CliError(f"{path} is not a list of integer token ids: {exc}") from None
+
+
+# -- tokenizer and model --------------------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("SEQKV_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "seqkv"
+    )
+    return Path(base)
+
+
+@functools.lru_cache(maxsize=1)
+def smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer as a ``tokenizers.Tokenizer``: read from the GGUF through transformers
+    once (~15 s), then from a cached ``tokenizer.json`` (~0.2 s) keyed by the GGUF's path, size
+    and mtime. Gives the same ids as ``load_smollm2()[1]``."""
+    from ..integrations.models import SMOLLM2_GGUF, smollm2_folder
+
+    gguf = Path(smollm2_folder()) / SMOLLM2_GGUF
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = _cache_dir() / f"smollm2-tokenizer-{key}.json"
+    try:
+        import tokenizers
+    except ImportError:
+        raise MissingExtraError("tokenising text needs the tokenizers package: pip install 'seqkv[torch]'") from None
+    if not cached.is_file():
+        from ..integrations.models import require_torch
+
+        _, transformers = require_torch()
+        hf = transformers.AutoTokenizer.from_pretrained(
+            smollm2_folder(), gguf_file=SMOLLM2_GGUF, local_files_only=True
+        )
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tok.", dir=cached.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(hf.backend_tokenizer.to_str())
+            os.replace(tmp, cached)
+        except OSError:
+            return hf.backend_tokenizer  # cache not writable: use it uncached
+    return tokenizers.Tokenizer.from_file(str(cached))
+
+
+def tokenize(text: str) -> np.ndarray:
+    tok = smollm2_tokenizer()
+    ids = np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+    back = tok.decode(ids.tolist(), skip_special_tokens=False)
+    if back != text:
+        raise CliError("this text does not survive SmolLM2 tokenisation unchanged; pass --tokens with token ids instead")
+    return ids
+
+
+def detokenize(ids: np.ndarray) -> str:
+    return str(smollm2_tokenizer().decode([int(i) for i in ids], skip_special_tokens=False))
+
+
+def _codec(name: str, *, vocab_size: int, verify: bool = False) -> Any:
+    from .. import codecs
+
+    if name in ("lm", "lm-robust"):
+        from ..integrations.models import load_smollm2
+
+        with _status(f"loading SmolLM2 for the {name} codec"):
+            model, tokenizer = load_smollm2()
+        return codecs.get(name, model=model, tokenizer=tokenizer, verify=verify)
+    return codecs.get(name, vocab_size=vocab_size)
+
+
+def _vocab_size() -> int:
+    return int(smollm2_tokenizer().get_vocab_size())
+
+
+# -- progress -------------------------------------------------------------------------------
+
+_QUIET = False
+
+
+@contextmanager
+def _status(message: str) -> Iterator[None]:
+    if not _QUIET and sys.stderr.isatty():
+        print(f"{message} ...", file=sys.stderr, flush=True)
+    yield
+
+
+def _run_with_progress(fn: Any, arg: Any, total: int, desc: str, **kwargs: Any) -> Any:
+    """Call ``fn(arg, **kwargs)`` with a tqdm bar on stderr when ``fn`` takes ``progress=``."""
+    try:
+        takes_progress = "progress" in _inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_progress = False
+    if not takes_progress or _QUIET or total < 256:
+        return fn(arg, **kwargs)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return fn(arg, **kwargs)
+    with tqdm(total=total, desc=desc, unit="tok", file=sys.stderr, disable=None, leave=False) as bar:
+        return fn(arg, progress=bar.update, **kwargs)
+
+
+# -- container summaries --------------------------------------------------------------------
+
+
+def _unpack(data: bytes, what: str) -> Any:
+    if data[:4] != MAGIC:
+        raise CorruptStreamError(f"{what} is not a seqkv stream (no SQKV magic)")
+    from ..coding import container
+
+    return container.unpack(data)
+
+
+def describe(data: bytes, what: str = "stream") -> dict[str, Any]:
+    """A JSON-able summary of a container: header, sizes, schedule and blocks."""
+    c = _unpack(data, what)
+    h = c.header
+    tokens = int(h.token_count)
+    payload = sum(len(b.payload) for b in c.blocks)
+    profile_text = h.numerics_profile or ""
+    try:
+        profile: Any = json.loads(profile_text) if profile_text else None
+    except ValueError:
+        profile = profile_text
+    fingerprint = bytes(h.model_fingerprint)
+    out = {
+        "format_version": int(getattr(h, "format_version", int.from_bytes(data[4:6], "little"))),
+        "codec": h.codec,
+        "quantizer_version": getattr(h, "quantizer_version", None),
+        "precision": int(h.precision),
+        "tokens": tokens,
+        "vocab_size": int(h.vocab_size),
+        "model_fingerprint": fingerprint.hex() if fingerprint else None,
+        "numerics_profile": profile,
+        "schedule": [int(s) for s in h.schedule],
+        "params": bytes(getattr(h, "params", b"")).hex(),
+        "bytes": len(data),
+        "payload_bytes": payload,
+        "overhead_bytes": len(data) - payload,
+        "bits_per_token": 8 * len(data) / tokens if tokens else None,
+        "payload_bits_per_token": 8 * payload / tokens if tokens else None,
+        "blocks": [
+            {"tokens": int(b.n_tokens), "payload_bytes": len(b.payload), "tokens_crc32c": f"{int(b.tokens_crc32c):08x}"}
+            for b in c.blocks
+        ],
+    }
+    return out
+
+
+def _print_description(d: dict[str, Any], out: Any) -> None:
+    bpt = d["bits_per_token"]
+    rows = [
+        ("format", f"SQKV version {d['format_version']}"),
+        ("codec", d["codec"]),
+        ("precision", f"{d['precision']} bits"),
+        ("quantizer", d["quantizer_version"]),
+        ("tokens", f"{d['tokens']:,}"),
+        ("vocab size", f"{d['vocab_size']:,}"),
+        ("size", f"{d['bytes']:,} bytes ({d['payload_bytes']:,} payload + {d['overhead_bytes']:,} header/framing)"),
+        ("bits/token", "-" if bpt is None else f"{bpt:.3f} ({d['payload_bits_per_token']:.3f} payload)"),
+        ("fingerprint", d["model_fingerprint"] or "(none: no model)"),
+        ("schedule", describe_schedule(d["schedule"])),
+        ("params", d["params"] or "(none)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}", file=out)
+    prof = d["numerics_profile"]
+    if prof:
+        text = json.dumps(prof, sort_keys=True) if not isinstance(prof, str) else prof
+        print(f"{'numerics':<{width}}  {text}", file=out)
+    print(f"{'blocks':<{width}}  {len(d['blocks'])}", file=out)
+    for i, b in enumerate(d["blocks"]):
+        print(f"  #{i:<4d} {b['tokens']:>8,} tokens  {b['payload_bytes']:>10,} bytes  crc32c {b['tokens_crc32c']}", file=out)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def _tokens_from(args: argparse.Namespace, data: bytes, path: str) -> np.ndarray:
+    text = _decode_text(data, path)
+    if args.tokens:
+        return _parse_ids(text, path)
+    with _status("tokenising"):
+        return tokenize(text)
+
+
+def _encode(codec_name: str, tokens: np.ndarray, verify: bool) -> bytes:
+    codec = _codec(codec_name, vocab_size=_vocab_size(), verify=verify)
+    return bytes(_run_with_progress(codec.encode, tokens, int(tokens.size), f"{codec_name} encode"))
+
+
+def _decode(data: bytes) -> np.ndarray:
+    d = describe(data)
+    codec = _codec(d["codec"], vocab_size=d["vocab_size"])
+    return np.asarray(_run_with_progress(codec.decode, data, d["tokens"], f"{d['codec']} decode"))
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    tokens = _tokens_from(args, _read_bytes(args.file), args.file)
+    data = _encode(args.codec, tokens, args.verify)
+    _write_bytes(args.output, data)
+    if not _QUIET:
+        n = int(tokens.size)
+        bpt = f"{8 * len(data) / n:.3f} bits/token" if n else "empty"
+        print(
+            f"{args.file}: {n:,} tokens -> {len(data):,} bytes ({bpt}, codec {args.codec}) "
+            f"in {time.perf_counter() - t0:.2f} s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    data = _read_bytes(args.file)
+    tokens = _decode(data)
+    if args.tokens:
+        _write_bytes(args.output, ("\n".join(str(int(t)) for t in tokens) + "\n").encode())
+    else:
+        _write_bytes(args.output, detokenize(tokens).encode("utf-8"))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    d = describe(_read_bytes(args.file), args.file)
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        _print_description(d, sys.stdout)
+    return 0
+
+
+def _open_db(args: argparse.Namespace) -> Any:
+    from ..backends import open_backend
+
+    db = args.db or os.environ.get("SEQKV_DB")
+    if not db:
+        raise InvalidInputError("no store given: pass --db PATH_OR_URL or set SEQKV_DB")
+    return open_backend(db)
+
+
+def cmd_store_put(args: argparse.Namespace) -> int:
+    from ..backends import SessionRecord
+
+    raw = _read_bytes(args.file)
+    if raw[:4] == MAGIC:
+        data = raw
+    else:
+        data = _encode(args.codec, _tokens_from(args, raw, args.file), verify=False)
+    d = describe(data, args.file)
+    meta = {
+        "kind": "stream",
+        "tokens": d["tokens"],
+        "codec": d["codec"],
+        "vocab_size": d["vocab_size"],
+        "model_fingerprint": d["model_fingerprint"],
+        "schedule": d["schedule"],
+        "tier": "cold",
+        "sizes": {"container": len(data)},
+        "source": os.path.basename(args.file) if args.file != "-" else "-",
+        "created": time.time(),
+    }
+    with _open_db(args) as store:
+        store.put(args.session_id, SessionRecord(data, meta))
+    if not _QUIET:
+        print(f"stored {args.session_id!r}: {d['tokens']:,} tokens, {len(data):,} bytes ({d['codec']})", file=sys.stderr)
+    return 0
+
+
+def cmd_store_get(args: argparse.Namespace) -> int:
+    with _open_db(args) as store:
+        record = store.get(args.session_id)
+    if not args.text:
+        if args.output == "-" and sys.stdout.isatty():
+            raise InvalidInputError("refusing to write a binary stream to a terminal: pass -o FILE (or --text)")
+        _write_bytes(args.output, record.container)
+        return 0
+    prefix = record.meta.get("prefix") or {}
+    if isinstance(prefix, dict) and int(prefix.get("length") or 0) > 0:
+        raise InvalidInputError(
+            f"session {args.session_id!r} continues a shared prefix of {prefix['length']} tokens held in the "
+            "store's trie; restore it with SessionStore.get(), or write its stream with -o"
+        )
+    _write_bytes(args.output, detokenize(_decode(record.container)).encode("utf-8"))
+    return 0
+
+
+def cmd_store_ls(args: argparse.Namespace) -> int:
+    rows = []
+    with _open_db(args) as store:
+        for sid in store.ids():
+            meta = store.get_meta(sid)
+            rows.append({"id": sid, "bytes": store.size(sid), "tokens": meta.get("tokens"),
+                         "codec": meta.get("codec"), "tier": meta.get("tier")})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if rows:
+        width = max(len(r["id"]) for r in rows)
+        print(f"{'SESSION':<{width}}  {'TOKENS':>8}  {'BYTES':>10}  CODEC      TIER")
+        for r in rows:
+            tokens = "-" if r["tokens"] is None else f"{r['tokens']:,}"
+            print(f"{r['id']:<{width}}  {tokens:>8}  {r['bytes']:>10,}  {str(r['codec'] or '-'):<9}  {r['tier'] or '-'}")
+    return 0
+
+
+def cmd_store_rm(args: argparse.Namespace) -> int:
+    from ..errors import SessionNotFoundError
+
+    with _open_db(args) as store:
+        if not store.delete(args.session_id):
+            raise SessionNotFoundError(f"no session {args.session_id!r} in the store")
+    return 0
+
+
+def cmd_store_stats(args: argparse.Namespace) -> int:
+    with _open_db(args) as store:
+        stats = store.stats()
+        tokens = 0
+        by_codec: dict[str, dict[str, int]] = {}
+        for sid in store.ids():
+            meta = store.get_meta(sid)
+            n = int(meta.get("tokens") or 0)
+            size = store.size(sid)
+            tokens += n
+            entry = by_codec.setdefault(str(meta.get("codec") or "?"), {"sessions": 0, "tokens": 0, "bytes": 0})
+            entry["sessions"] += 1
+            entry["tokens"] += n
+            entry["bytes"] += size
+    stats["tokens"] = tokens
+    stats["bits_per_token"] = 8 * stats.get("bytes", 0) / tokens if tokens else None
+    stats["by_codec"] = by_codec
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    for key, value in stats.items():
+        if key == "by_codec":
+            for codec, e in value.items():
+                bpt = f"{8 * e['bytes'] / e['tokens']:.3f} bits/token" if e["tokens"] else "-"
+                print(f"  {codec:<10} {e['sessions']:>6} sessions  {e['tokens']:>10,} tokens  {e['bytes']:>12,} bytes  {bpt}")
+        elif key == "bits_per_token":
+            print(f"{key}: {'-' if value is None else f'{value:.3f}'}")
+        elif isinstance(value, list):
+            print(f"{key}: {', '.join(value) or '-'}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    result = demo.main(list(args.demo_args))
+    return int(result or 0)
+
+
+# -- parser and entry point -----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Store and move transformer KV caches as token sequences.",
+        epilog="Exit status: 0 ok, 1 error, 2 usage error.",
+    )
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries on stderr")
+    # -q is accepted after the command too; SUPPRESS keeps a sub-command from resetting it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("compress", parents=[common], help="text (or token ids) -> a .skv stream")
+    c.add_argument("file", metavar="FILE", help="UTF-8 text file, or - for stdin")
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="output .skv file, or - for stdout")
+    c.add_argument("--codec", choices=TEXT_CODECS, default="lm", help="token codec (default: lm)")
+    c.add_argument("--tokens", action="store_true", help="FILE holds whitespace-separated token ids, not text")
+    c.add_argument("--verify", action="store_true", help="lm: decode right after encoding and compare")
+    c.set_defaults(func=cmd_compress)
+
+    d = sub.add_parser("decompress", parents=[common], help="a .skv stream -> text (or token ids)")
+    d.add_argument("file", metavar="IN", help=".skv file, or - for stdin")
+    d.add_argument("-o", "--output", required=True, metavar="FILE", help="output file, or - for stdout")
+    d.add_argument("--tokens", action="store_true", help="write token ids, one per line, instead of text")
+    d.set_defaults(func=cmd_decompress)
+
+    i = sub.add_parser("inspect", parents=[common], help="show a stream's header, fingerprint, sizes, schedule and blocks")
+    i.add_argument("file", metavar="IN", help=".skv file, or - for stdin")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("store", help="sessions in a SQLite file or a Redis server")
+    ssub = s.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    db_help = "SQLite path or redis:// URL (default: $SEQKV_DB)"
+
+    sp = ssub.add_parser("put", parents=[common], help="store FILE (a .skv stream, or text to compress) under SESSION_ID")
+    sp.add_argument("session_id", metavar="SESSION_ID")
+    sp.add_argument("file", metavar="FILE", help=".skv stream or UTF-8 text, or - for stdin")
+    sp.add_argument("--db", help=db_help)
+    sp.add_argument("--codec", choices=TEXT_CODECS, default="plt", help="codec for text input (default: plt)")
+    sp.add_argument("--tokens", action="store_true", help="text input holds token ids")
+    sp.set_defaults(func=cmd_store_put)
+
+    sg = ssub.add_parser("get", parents=[common], help="write the stream of SESSION_ID (or its text with --text)")
+    sg.add_argument("session_id", metavar="SESSION_ID")
+    sg.add_argument("--db", help=db_help)
+    sg.add_argument("-o", "--output", default="-", metavar="FILE", help="output file (default: stdout)")
+    sg.add_argument("--text", action="store_true", help="decode to text")
+    sg.set_defaults(func=cmd_store_get)
+
+    sl = ssub.add_parser("ls", parents=[common], help="list sessions")
+    sl.add_argument("--db", help=db_help)
+    sl.add_argument("--json", action="store_true")
+    sl.set_defaults(func=cmd_store_ls)
+
+    sr = ssub.add_parser("rm", parents=[common], help="delete a session")
+    sr.add_argument("session_id", metavar="SESSION_ID")
+    sr.add_argument("--db", help=db_help)
+    sr.set_defaults(func=cmd_store_rm)
+
+    ss = ssub.add_parser("stats", parents=[common], help="counts, sizes and bits per token of a store")
+    ss.add_argument("--db", help=db_help)
+    ss.add_argument("--json", action="store_true")
+    ss.set_defaults(func=cmd_store_stats)
+
+    dm = sub.add_parser("demo", parents=[common], help="the main job: SmolLM2 sessions stored and restored, one table")
+    dm.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="ARGS", help="passed to the demo")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    global _QUIET
+    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `demo` is the demo's own (argparse's REMAINDER would not take a leading
+    # option such as `seqkv demo --json F`).
+    cut = words.index("demo") + 1 if "demo" in words else len(words)
+    if not all(w.startswith("-") for w in words[: cut - 1]):
+        cut = len(words)
+    args = parser.parse_args(words[:cut])
+    if cut < len(words):
+        args.demo_args = words[cut:]
+    _QUIET = bool(args.quiet)
+    try:
+        return int(args.func(args))
+    except SeqkvError as exc:
+        # str() of a KeyError subclass (SessionNotFoundError) would add quotes: use the argument
+        text = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
+        message = " ".join(text.split("\n")) or type(exc).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (e.g. `seqkv store ls | head`): not an error worth a traceback
+        try:  # point stdout at /dev/null so the interpreter's flush at exit stays quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

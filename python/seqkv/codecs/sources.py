@@ -1,0 +1,362 @@
+"""Logits sources: where the ``lm`` codecs get next-token distributions from.
+
+:class:`LogitsSource` is the interface; :class:`TransformersSource` steps a transformers model,
+:class:`EngineLogitsSource` runs the batch-invariant engine, :class:`CallableSource` wraps a function.
+:func:`default_source` turns an :data:`EngineChoice` into a source.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+__all__ = ["LogitsSource", "CallableSource", "TransformersSource", "EngineLogitsSource", "default_source"]
+
+if TYPE_CHECKING:
+    from ..engine.cpu import Engine, Sequence as EngineSequence
+
+
+class LogitsSource:
+    """Next-token logits for one sequence at a time (the decoder's view of a model).
+
+    Subclasses implement :meth:`start` and :meth:`step`, and set ``vocab_size``. Rows are
+    1-D contiguous float32 NumPy arrays of length ``vocab_size``. A source is stateful and
+    not thread-safe; codecs hold a lock while they drive it.
+    """
+
+    #: name recorded in the numerics profile
+    engine = "abstract"
+    #: True when logits do not depend on how the tokens were batched or chunked
+    schedule_invariant = False
+    #: True when the source runs several sequences at once (:meth:`start_many`,
+    #: :meth:`step_many`, :meth:`rows_many`): ``LMCodec.encode_batch``/``decode_batch`` use them
+    batched = False
+    vocab_size: int
+
+    def fingerprint(self) -> bytes:
+        """32-byte identity of the model behind the logits."""
+        raise NotImplementedError
+
+    def numerics_profile(self) -> dict[str, Any]:
+        return {"engine": self.engine}
+
+    def start(self, prefix: np.ndarray) -> np.ndarray | None:
+        """Reset, process ``prefix`` (one chunk) and return the row predicting the next token.
+
+        Returns ``None`` (and only resets) when the prefix is empty.
+        """
+        raise NotImplementedError
+
+    def step(self, token: int) -> np.ndarray:
+        """Append one token and return the row predicting the token after it."""
+        raise NotImplementedError
+
+    def iter_rows(self, prefix: np.ndarray, tokens: np.ndarray) -> Iterator[np.ndarray | None]:
+        """Yield, for each ``tokens[i]``, the row it is coded under (``None``: no prefix)."""
+        row = self.start(prefix)
+        n = len(tokens)
+        for i in range(n):
+            yield row
+            if i + 1 < n:
+                row = self.step(int(tokens[i]))
+
+    def schedule(self, prefix_len: int, n_tokens: int) -> tuple[int, ...]:
+        """Chunk sizes of the forward passes that produced the rows, in order (the container
+        stores them run-length encoded): the prefix as one chunk, then one step for each
+        coded token but the last."""
+        return ((prefix_len,) if prefix_len else ()) + (1,) * max(n_tokens - 1, 0)
+
+    # -- several sequences at once (sources with ``batched = True``) -------------------
+
+    def start_many(self, prefixes: Sequence[np.ndarray]) -> tuple[list[Any], list[np.ndarray | None]]:
+        """Start one new sequence per prefix, all in one pass; returns ``(handles, rows)``
+        (a row is ``None`` for an empty prefix). Handles go to :meth:`step_many`."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode several sequences at once")
+
+    def step_many(self, handles: Sequence[Any], tokens: Sequence[int]) -> np.ndarray:
+        """Append ``tokens[i]`` to ``handles[i]`` for every i in one pass; float32 ``[len, vocab]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode several sequences at once")
+
+    def rows_many(
+        self, prefixes: Sequence[np.ndarray], token_lists: Sequence[np.ndarray]
+    ) -> Iterator[tuple[int, np.ndarray | None]]:
+        """The encoder's rows of several streams: yields ``(stream, row)`` with each stream's
+        rows in order (the rows :meth:`iter_rows` would give for it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not encode several sequences at once")
+
+
+class CallableSource(LogitsSource):
+    """Logits from a function of the sequence so far (``fn(tokens) -> row``): tests, tools."""
+
+    engine = "callable"
+
+    def __init__(self, fn: Callable[[list[int]], np.ndarray], vocab_size: int, fingerprint: bytes = b"\0" * 32):
+        self.fn = fn
+        self.vocab_size = int(vocab_size)
+        self._fp = bytes(fingerprint)
+        self.seq: list[int] = []
+
+    def fingerprint(self) -> bytes:
+        return self._fp
+
+    def _row(self) -> np.ndarray:
+        return np.ascontiguousarray(self.fn(list(self.seq)), dtype=np.float32)
+
+    def start(self, prefix: np.ndarray) -> np.ndarray | None:
+        self.seq = [int(t) for t in prefix]
+        return self._row() if self.seq else None
+
+    def step(self, token: int) -> np.ndarray:
+        self.seq.append(int(token))
+        return self._row()
+
+
+class TransformersSource(LogitsSource):
+    """Logits from a transformers causal LM: one prefill for the prefix, then single steps
+    with a ``DynamicCache`` at batch size 1, under ``torch.inference_mode``.
+
+    ``encode_chunk=k`` makes :meth:`iter_rows` (the encoder's path) compute the rows in
+    prefill chunks of ``k`` tokens instead of single steps: several times faster, but the
+    rows differ from the decoder's single steps in the last bits (measured max |Δlogit|
+    ~1e-4 on SmolLM2), so only ``lm-robust`` streams decode from them.
+    """
+
+    engine = "transformers"
+
+    def __init__(self, model: Any, *, encode_chunk: int | None = None):
+        from ..integrations.models import require_torch, vocab_size
+
+        self._torch, transformers = require_torch()
+        self._dynamic_cache = transformers.DynamicCache
+        self.model = model
+        self.vocab_size = vocab_size(model)
+        self.device = next(iter(model.parameters())).device
+        self.cache: Any = None
+        self._keep_arg = True
+        if encode_chunk is not None and int(encode_chunk) < 1:
+            raise InvalidInputError("encode_chunk must be >= 1")
+        self.encode_chunk = None if encode_chunk is None else int(encode_chunk)
+
+    def fingerprint(self) -> bytes:
+        from ..integrations.models import fingerprint
+
+        return fingerprint(self.model)
+
+    def numerics_profile(self) -> dict[str, Any]:
+        from ..integrations.models import numerics_profile
+
+        profile = numerics_profile(self.model)
+        profile["engine"] = self.engine
+        return profile
+
+    def _forward(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
+        """Run ``ids`` as one chunk; return the last ``keep`` rows, shape (keep, V) (or (V,) when keep == 1)."""
+        torch = self._torch
+        with torch.inference_mode():
+            input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+            kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": True}
+            if self._keep_arg:
+                try:
+                    out = self.model(input_ids=input_ids, logits_to_keep=keep, **kwargs)
+                except TypeError:
+                    self._keep_arg = False
+                    out = self.model(input_ids=input_ids, **kwargs)
+            else:
+                out = self.model(input_ids=input_ids, **kwargs)
+            self.cache = out.past_key_values
+            rows = out.logits[0, -keep:, : self.vocab_size].to(device="cpu", dtype=torch.float32)
+            rows = np.ascontiguousarray(rows.numpy())
+            return rows[0] if keep == 1 else rows
+
+    def start(self, prefix: np.ndarray) -> np.ndarray | None:
+        self.cache = self._dynamic_cache(config=self.model.config)
+        if len(prefix) == 0:
+            return None
+        return self._forward([int(t) for t in prefix])
+
+    def step(self, token: int) -> np.ndarray:
+        return self._forward([int(token)])
+
+    def iter_rows(self, prefix: np.ndarray, tokens: np.ndarray) -> Iterator[np.ndarray | None]:
+        if self.encode_chunk is None:
+            yield from super().iter_rows(prefix, tokens)
+            return
+        n = len(tokens)
+        row = self.start(prefix)
+        if n == 0:
+            return
+        yield row
+        fed = [int(t) for t in tokens[: n - 1]]
+        for a in range(0, len(fed), self.encode_chunk):
+            chunk = fed[a : a + self.encode_chunk]
+            rows = self._forward(chunk, keep=len(chunk))
+            rows = rows.reshape(len(chunk), -1)
+            for r in rows:
+                yield np.ascontiguousarray(r)
+
+    def schedule(self, prefix_len: int, n_tokens: int) -> tuple[int, ...]:
+        if self.encode_chunk is None:
+            return super().schedule(prefix_len, n_tokens)
+        fed = max(n_tokens - 1, 0)
+        k = self.encode_chunk
+        chunks = (k,) * (fed // k) + ((fed % k,) if fed % k else ())
+        return ((prefix_len,) if prefix_len else ()) + chunks
+
+
+def _device_type(model: Any) -> str:
+    try:
+        return str(next(iter(model.parameters())).device.type)
+    except (AttributeError, StopIteration, TypeError):
+        return "cpu"
+
+
+def default_source(model: Any, engine: Any = "auto") -> LogitsSource:
+    """The logits source :class:`LMCodec` builds for ``model`` (see its ``engine`` option):
+    the batch-invariant engine when ``engine`` is ``"auto"`` and the model is one it
+    supports and sits on the CPU, or ``True``; transformers steps when ``False`` (or unsupported under
+    ``"auto"``); an ``Engine`` instance as given. Engines are shared per model
+    (:meth:`seqkv.engine.cpu.Engine.for_model`). Raises :class:`InvalidInputError` for an
+    unknown ``engine`` value, or ``True`` with an unsupported model."""
+    if engine is False or engine == "transformers":
+        return TransformersSource(model)
+    from ..engine import cpu as engine_mod
+
+    if isinstance(engine, engine_mod.Engine):
+        return EngineLogitsSource(engine)
+    if engine == "auto" or engine is True or engine == "seqkv":
+        why = engine_mod.unsupported_reason(model)
+        if why is None and engine == "auto" and _device_type(model) != "cpu":
+            return TransformersSource(model)  # the engine runs on the CPU; leave a GPU model to torch
+        if why is None:
+            return EngineLogitsSource(engine_mod.Engine.for_model(model))
+        if engine == "auto":
+            return TransformersSource(model)
+        raise InvalidInputError(f"engine=True: seqkv.engine.cpu cannot run this model ({why})")
+    raise InvalidInputError(f"engine must be 'auto', True, False or a seqkv.engine.cpu.Engine, got {engine!r}")
+
+
+
+class EngineLogitsSource(LogitsSource):
+    """An ``lm``-codec logits source backed by the engine.
+
+    Rows do not depend on the schedule (``schedule_invariant = True``), so the encoder
+    computes every row with prefill chunks (:meth:`iter_rows`, ``chunk`` rows per pass) and
+    the decoder with :meth:`start` + single :meth:`step` calls, and both get the same bits.
+    ``LMCodec(model)`` uses it by default for models the engine supports (one shared
+    :meth:`Engine.for_model` per model); explicitly: ``LMCodec(model, source=EngineLogitsSource(eng))``.
+    It runs several streams at once (``batched = True``) for ``LMCodec.encode_batch`` and
+    ``decode_batch``.
+    Its :meth:`fingerprint` is :meth:`Engine.fingerprint` (model, dtypes, kernel definition),
+    so a stream coded under the engine refuses to decode under plain transformers.
+    """
+
+    engine = "seqkv-engine"
+    schedule_invariant = True
+    batched = True
+
+    def __init__(self, engine: "Engine", *, chunk: int = 256):
+        if int(chunk) < 1:
+            raise InvalidInputError("chunk must be >= 1")
+        self.eng = engine
+        self.vocab_size = engine.vocab_size
+        self.chunk = int(chunk)
+        self.seq: EngineSequence | None = None
+
+    def fingerprint(self) -> bytes:
+        return self.eng.fingerprint()
+
+    def numerics_profile(self) -> dict[str, Any]:
+        return self.eng.numerics_profile()
+
+    def start(self, prefix: np.ndarray) -> np.ndarray | None:
+        self.seq = self.eng.new_sequence()
+        if len(prefix) == 0:
+            return None
+        return np.ascontiguousarray(self.eng.prefill(self.seq, prefix, logits="last")[0])
+
+    def step(self, token: int) -> np.ndarray:
+        if self.seq is None:
+            self.seq = self.eng.new_sequence()
+        return np.ascontiguousarray(self.eng.step([self.seq], [int(token)])[0])
+
+    def prefill(self, tokens: Any) -> np.ndarray:
+        """Append ``tokens`` to the current sequence; their rows, float32 ``[n, vocab]``."""
+        if self.seq is None:
+            self.seq = self.eng.new_sequence()
+        return self.eng.prefill(self.seq, tokens)
+
+    def iter_rows(self, prefix: np.ndarray, tokens: np.ndarray) -> Iterator[np.ndarray | None]:
+        n = len(tokens)
+        row = self.start(prefix)
+        if n == 0:
+            return
+        yield row
+        assert self.seq is not None
+        fed = np.asarray(tokens[: n - 1])
+        for a in range(0, fed.size, self.chunk):
+            rows = self.eng.prefill(self.seq, fed[a : a + self.chunk])
+            for r in rows:
+                yield r
+
+    def schedule(self, prefix_len: int, n_tokens: int) -> tuple[int, ...]:
+        fed = max(n_tokens - 1, 0)
+        k = self.chunk
+        chunks = (k,) * (fed // k) + ((fed % k,) if fed % k else ())
+        return ((prefix_len,) if prefix_len else ()) + chunks
+
+    # -- several streams at once (LMCodec.encode_batch / decode_batch) ------------------
+
+    def start_many(self, prefixes: Sequence[Any]) -> tuple[list[EngineSequence], list[np.ndarray | None]]:
+        """New sequences fed their prefixes in one batched pass; each one's last row (``None``
+        for an empty prefix)."""
+        seqs = [self.eng.new_sequence() for _ in prefixes]
+        arrays = [np.asarray(p) for p in prefixes]
+        rows: list[np.ndarray | None] = [None] * len(arrays)
+        if any(a.size for a in arrays):
+            out = self.eng.forward(seqs, arrays, logits="last")
+            j = 0
+            for i, a in enumerate(arrays):
+                if a.size:
+                    rows[i] = out[j]
+                    j += 1
+        return seqs, rows
+
+    def step_many(self, handles: Sequence[EngineSequence], tokens: Sequence[int]) -> np.ndarray:
+        """One batched decode step: ``tokens[i]`` appended to ``handles[i]``."""
+        return self.eng.step(handles, tokens)
+
+    def rows_many(self, prefixes: Sequence[Any], token_lists: Sequence[Any]) -> Iterator[tuple[int, np.ndarray | None]]:
+        """The encoder's rows of several streams: the prefixes in one pass, then passes of up
+        to ``chunk`` rows taken from the streams in order (a pass may mix streams)."""
+        seqs, first = self.start_many(prefixes)
+        n = len(token_lists)
+        for i in range(n):
+            if len(token_lists[i]):
+                yield i, first[i]
+        fed = [np.asarray(t)[: max(len(t) - 1, 0)] for t in token_lists]
+        at = [0] * n
+        while True:
+            budget = self.chunk
+            idx: list[int] = []
+            chunks: list[np.ndarray] = []
+            for i in range(n):
+                take = min(fed[i].size - at[i], budget)
+                if take > 0:
+                    idx.append(i)
+                    chunks.append(fed[i][at[i] : at[i] + take])
+                    at[i] += take
+                    budget -= take
+                if budget == 0:
+                    break
+            if not idx:
+                return
+            out = self.eng.forward([seqs[i] for i in idx], chunks, logits="all")
+            r = 0
+            for i, c in zip(idx, chunks):
+                for j in range(c.size):
+                    yield i, out[r + j]
+                r += c.size
+

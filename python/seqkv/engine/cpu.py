@@ -1,0 +1,535 @@
+"""``seqkv.engine.cpu``: a batch-invariant forward pass for Llama-family causal LMs.
+
+Every token's result — its keys and values in every layer and its next-token logits — is
+the same bits however the tokens are scheduled: one prefill, any chunking, single decode
+steps, alone or batched with other sequences, and whichever instruction set the CPU
+kernels use. It holds by construction (``docs/engine.md``): each floating-point reduction
+has a fixed order per output element (matmul: one FMA chain over K; norms and dot
+products: eight lanes and a fixed tree; attention: keys in tiles of 32 from position 0),
+and nothing a kernel computes for one row depends on any other row.
+
+So an ``lm`` stream can be encoded with one prefill and decoded with single steps, a KV
+cache rebuilt under any schedule matches the stored one bit for bit, and many sessions
+can be decoded in one batch.
+
+>>> eng = Engine.from_hf(model, dtype="bf16")            # doctest: +SKIP
+>>> seq = eng.new_sequence()                              # doctest: +SKIP
+>>> logits = eng.prefill(seq, tokens)                     # float32 [n, V]   # doctest: +SKIP
+>>> row = eng.step([seq], [next_token])[0]                # doctest: +SKIP
+>>> cache = seq.kv_cache()                                # transformers DynamicCache  # doctest: +SKIP
+
+Weights are taken from a loaded transformers model (nothing is downloaded) and stored in
+bf16 (default; the model's weights rounded to nearest-even, as ``model.to(torch.bfloat16)``
+does) or f32; activations and accumulations are f32. Only NumPy is needed to run it;
+:meth:`Engine.from_hf` and :meth:`Sequence.kv_cache` import torch.
+
+:class:`GpuEngine` runs the same definition on a CUDA GPU (``seqkv/cuda/kernels/engine.cu``,
+through CuPy) and gives the same bits as the CPU engine (measured on an H200; see
+``docs/engine.md``). :class:`EngineLogitsSource` plugs the engine into the ``lm`` codec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import weakref
+from typing import Any, Iterable, Iterator, Sequence as Seq
+
+import numpy as np
+
+from .. import _native
+from ..errors import InvalidInputError
+
+__all__ = [
+    "Engine",
+    "random_tensors",
+    "supports",
+    "unsupported_reason",
+    "Sequence",
+    "KERNEL_DEFINITION",
+    "cache_layer_hashes",
+    "kv_layer_hashes",
+    "read_bandwidth",
+    "hf_tensors",
+]
+
+#: Version of the arithmetic the kernels define (bump when any result bit can change).
+KERNEL_DEFINITION = 1
+
+#: transformers ``model_type`` values whose forward pass the engine reproduces.
+SUPPORTED_MODEL_TYPES = frozenset({"llama"})
+_STATIC_ROPE_TYPES = frozenset({"default", "linear", "llama3", "yarn"})
+
+
+def read_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
+    """Streaming read bandwidth of this machine in bytes/s, measured by the engine's threads."""
+    return float(_native.engine_read_bandwidth(int(nbytes), int(repeats)))
+
+
+def _as_token_array(tokens: Any, vocab: int, what: str = "tokens") -> np.ndarray:
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidInputError(f"{what} must be integers, got dtype {arr.dtype}")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= vocab):
+        bad = int(arr.max()) if int(arr.max()) >= vocab else int(arr.min())
+        raise InvalidInputError(f"{what}: token id {bad} out of range for vocab size {vocab}")
+    return np.ascontiguousarray(arr, dtype=np.uint32)
+
+
+def kv_layer_hashes(layers: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """Per-layer SHA-256 (hex) of ``keys.tobytes() + values.tobytes()``, each float32
+    ``[kv_heads, len, head_dim]`` C-contiguous: the engine's and :func:`cache_layer_hashes`'s
+    common definition."""
+    out = []
+    for k, v in layers:
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(k, dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
+        out.append(h.hexdigest())
+    return out
+
+
+def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # older transformers
+
+
+def cache_layer_hashes(cache: Any, batch_index: int = 0) -> list[str]:
+    """Per-layer hashes of a transformers cache (one batch row), as :meth:`Sequence.layer_hashes`
+    defines them, so KV from any engine can be compared with the engine's."""
+    arrays = []
+    for k, v in _cache_layers(cache):
+        kk = k[batch_index].detach().to("cpu").float().contiguous().numpy()
+        vv = v[batch_index].detach().to("cpu").float().contiguous().numpy()
+        arrays.append((kk, vv))
+    return kv_layer_hashes(arrays)
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why the engine cannot run ``model`` (a transformers causal LM), or ``None`` if it can:
+    ``model_type`` in :data:`SUPPORTED_MODEL_TYPES`, SiLU MLP, no tensor-parallel split,
+    a static RoPE table, the usual ``model.model.{embed_tokens, layers, norm, rotary_emb}``."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return "not a transformers model (no .config)"
+    model_type = getattr(cfg, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type {model_type!r} (supported: {sorted(SUPPORTED_MODEL_TYPES)})"
+    act = getattr(cfg, "hidden_act", "silu")
+    if act != "silu":
+        return f"hidden_act {act!r} (needs 'silu')"
+    if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
+        return "pretraining_tp > 1"
+    inner = getattr(model, "model", None)
+    if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return "unexpected module layout (needs model.model.embed_tokens/layers/norm/rotary_emb)"
+    rope_type = getattr(inner.rotary_emb, "rope_type", "default")
+    if rope_type not in _STATIC_ROPE_TYPES:
+        return f"RoPE type {rope_type!r} (length-dependent)"
+    return None
+
+
+def supports(model: Any) -> bool:
+    """Whether :meth:`Engine.from_hf` can take ``model`` (see :func:`unsupported_reason`)."""
+    return unsupported_reason(model) is None
+
+
+def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(config, tensors)`` of a transformers Llama-family causal LM, in the engine's naming:
+    ``embed`` ``[V, H]``, ``lm_head`` (only when untied), ``norm``, and per layer
+    ``layers.{i}.`` + ``input_norm``, ``post_norm``, ``q``, ``k``, ``v``, ``o``, ``gate``,
+    ``up``, ``down`` (``torch.nn.Linear`` layout ``[out, in]``) and ``*_bias`` where present.
+    Arrays are float32 copies."""
+    from ..integrations.models import require_torch
+
+    torch, _ = require_torch()
+    why = unsupported_reason(model)
+    if why is not None:
+        raise InvalidInputError(f"seqkv.engine.cpu cannot run this model: {why}")
+    cfg = model.config
+    inner = model.model
+    rotary = inner.rotary_emb
+    attn0 = inner.layers[0].self_attn
+    head_dim = int(getattr(attn0, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+    def arr(t: Any) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().to(device="cpu", dtype=torch.float32).numpy())
+
+    embed = arr(inner.embed_tokens.weight)
+    tensors: dict[str, np.ndarray] = {"embed": embed, "norm": arr(inner.norm.weight)}
+    lm_head = getattr(model, "lm_head", None)
+    if lm_head is not None and lm_head.weight.data_ptr() != inner.embed_tokens.weight.data_ptr():
+        tensors["lm_head"] = arr(lm_head.weight)
+        if getattr(lm_head, "bias", None) is not None:
+            raise InvalidInputError("an lm_head bias is not supported")
+    for i, layer in enumerate(inner.layers):
+        a, m = layer.self_attn, layer.mlp
+        p = f"layers.{i}."
+        tensors[p + "input_norm"] = arr(layer.input_layernorm.weight)
+        tensors[p + "post_norm"] = arr(layer.post_attention_layernorm.weight)
+        for name, lin in (("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj), ("o", a.o_proj),
+                          ("gate", m.gate_proj), ("up", m.up_proj), ("down", m.down_proj)):
+            tensors[p + name] = arr(lin.weight)
+            if lin.bias is not None:
+                tensors[p + name + "_bias"] = arr(lin.bias)
+    config = {
+        "vocab_size": int(embed.shape[0]),
+        "hidden_size": int(cfg.hidden_size),
+        "intermediate_size": int(cfg.intermediate_size),
+        "num_layers": len(inner.layers),
+        "num_heads": int(cfg.num_attention_heads),
+        "num_kv_heads": int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": float(inner.norm.variance_epsilon),
+        "rope_inv_freq": arr(rotary.inv_freq).astype(np.float32).tolist(),
+        "rope_attention_scaling": float(getattr(rotary, "attention_scaling", 1.0)),
+        "attention_scale": float(getattr(attn0, "scaling", head_dim**-0.5)),
+    }
+    return config, tensors
+
+
+def random_tensors(
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    *,
+    rope_theta: float = 10000.0,
+    scale: float = 0.2,
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A Llama-shaped config and seeded random float32 tensors (names as :func:`hf_tensors`):
+    weights ``N(0, scale^2)``, norms ``1 + N(0, scale^2)``; for tests and for benches on machines
+    without a model file. No torch needed."""
+    rng = np.random.default_rng(seed)
+    hd = head_dim
+    inv = (1.0 / (np.float32(rope_theta) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))).astype(np.float32)
+    config = {"vocab_size": vocab_size, "hidden_size": hidden_size, "intermediate_size": intermediate_size,
+              "num_layers": num_layers, "num_heads": num_heads, "num_kv_heads": num_kv_heads, "head_dim": hd,
+              "rms_norm_eps": 1e-5, "rope_inv_freq": inv.tolist(), "rope_attention_scaling": 1.0,
+              "attention_scale": hd**-0.5}
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)).astype(np.float32)
+
+    H, I, nh, nkv = hidden_size, intermediate_size, num_heads, num_kv_heads
+    t = {"embed": w(vocab_size, H), "norm": (1 + w(H)).astype(np.float32)}
+    for i in range(num_layers):
+        p = f"layers.{i}."
+        t[p + "input_norm"] = (1 + w(H)).astype(np.float32)
+        t[p + "post_norm"] = (1 + w(H)).astype(np.float32)
+        t[p + "q"], t[p + "k"], t[p + "v"], t[p + "o"] = w(nh * hd, H), w(nkv * hd, H), w(nkv * hd, H), w(H, nh * hd)
+        t[p + "gate"], t[p + "up"], t[p + "down"] = w(I, H), w(I, H), w(H, I)
+    return config, t
+
+
+class Sequence:
+    """One token sequence's cached state in an :class:`Engine`: its KV pages, the tokens fed
+    so far and the chunk sizes they were fed in (the latter only for the record: results do
+    not depend on it). Not thread-safe; use one sequence from one thread at a time."""
+
+    __slots__ = ("_core", "engine", "_tokens", "_schedule")
+
+    def __init__(self, engine: "Engine", core: Any, tokens: list[int] | None = None, schedule: list[int] | None = None):
+        self.engine = engine
+        self._core = core
+        self._tokens: list[int] = tokens if tokens is not None else []
+        self._schedule: list[int] = schedule if schedule is not None else []
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+    def __repr__(self) -> str:
+        return f"<seqkv.engine.cpu.Sequence len={len(self)}>"
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """The token ids cached so far (uint32)."""
+        return np.asarray(self._tokens, dtype=np.uint32)
+
+    @property
+    def schedule(self) -> tuple[int, ...]:
+        """Chunk sizes of the forward passes that fed this sequence (forks keep their prefix's)."""
+        return tuple(self._schedule)
+
+    def fork(self, n: int | None = None) -> "Sequence":
+        """A new sequence holding the first ``n`` positions (default all). Pages are shared
+        and copied on first write, so forking a long prefix is cheap."""
+        n = len(self) if n is None else int(n)
+        if not 0 <= n <= len(self):
+            raise InvalidInputError(f"fork({n}) of a sequence of length {len(self)}")
+        sched, left = [], n
+        for c in self._schedule:
+            if left <= 0:
+                break
+            sched.append(min(c, left))
+            left -= c
+        return Sequence(self.engine, self._core.fork(n), self._tokens[:n], sched)
+
+    def truncate(self, n: int) -> None:
+        """Forget positions ``n..``."""
+        n = int(n)
+        if n < 0:
+            raise InvalidInputError("truncate: n must be >= 0")
+        self._core.truncate(n)
+        del self._tokens[n:]
+        left, sched = n, []
+        for c in self._schedule:
+            if left <= 0:
+                break
+            sched.append(min(c, left))
+            left -= c
+        self._schedule = sched
+
+    def kv_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per layer ``(keys, values)``, float32 ``[kv_heads, len, head_dim]`` (keys after RoPE)."""
+        return [self._core.export_layer(i) for i in range(self.engine.num_layers)]
+
+    def layer_hashes(self) -> list[str]:
+        """Per-layer SHA-256 of this sequence's KV (see :func:`kv_layer_hashes`)."""
+        return kv_layer_hashes(self.kv_arrays())
+
+    def kv_cache(self, *, dtype: Any = None, device: Any = None, config: Any = None) -> Any:
+        """The KV as a transformers ``DynamicCache`` (batch 1).
+
+        ``model.generate(ids, past_key_values=cache)`` expects the cache of all of ``ids``
+        but the last token (it feeds that one again): pass ``seq.fork(len(seq) - 1).kv_cache()``.
+
+        ``dtype`` defaults to ``torch.float32``; ``config`` defaults to the config of the
+        model the engine was built from (when built with :meth:`Engine.from_hf`).
+        """
+        from ..integrations.models import require_torch
+
+        torch, transformers = require_torch()
+        config = config if config is not None else self.engine.hf_config
+        try:
+            cache = transformers.DynamicCache(config=config) if config is not None else transformers.DynamicCache()
+        except TypeError:  # older transformers
+            cache = transformers.DynamicCache()
+        dtype = torch.float32 if dtype is None else dtype
+        for i, (k, v) in enumerate(self.kv_arrays()):
+            kt = torch.from_numpy(k)[None].to(dtype=dtype, device=device)
+            vt = torch.from_numpy(v)[None].to(dtype=dtype, device=device)
+            cache.update(kt, vt, i)
+        return cache
+
+    def page_stats(self) -> tuple[int, int]:
+        """``(pages, shared_pages)``: KV pages held, and how many are shared with other sequences."""
+        return tuple(self._core.page_stats())  # type: ignore[return-value]
+
+
+_SHARED: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], Engine]]" = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+class Engine:
+    """Weights of one model in the engine's layout; creates sequences and runs them.
+
+    Build it with :meth:`from_hf`. Methods release the GIL while computing; one engine can
+    serve several threads (each with its own sequences).
+    """
+
+    def __init__(self, core: Any, *, hf_config: Any = None, source_fingerprint: bytes | None = None, info: dict | None = None):
+        self._core = core
+        self.hf_config = hf_config
+        self.source_fingerprint = source_fingerprint
+        self.info = dict(info or {})
+
+    # -- construction ------------------------------------------------------------
+
+    @classmethod
+    def from_hf(
+        cls,
+        model: Any,
+        dtype: str = "bf16",
+        *,
+        kv_dtype: str = "f32",
+        page_tokens: int = 64,
+        fingerprint: bool = True,
+    ) -> "Engine":
+        """Take the weights of a loaded transformers Llama-family causal LM.
+
+        ``dtype``: ``"bf16"`` (weights rounded to bfloat16, half the bytes per step) or
+        ``"f32"``. ``kv_dtype``: storage of cached keys/values (``"f32"`` or ``"bf16"``).
+        ``page_tokens``: positions per KV page. ``fingerprint``: also record the model's
+        :func:`seqkv.integrations.models.fingerprint` (used by :class:`EngineLogitsSource`).
+        """
+        config, tensors = hf_tensors(model)
+        source_fp = None
+        if fingerprint:
+            from ..integrations.models import fingerprint as model_fingerprint
+
+            source_fp = model_fingerprint(model)
+        eng = cls.from_tensors(config, tensors, dtype, kv_dtype=kv_dtype, page_tokens=page_tokens)
+        eng.hf_config = model.config
+        eng.source_fingerprint = source_fp
+        return eng
+
+    @classmethod
+    def for_model(cls, model: Any, dtype: str = "bf16", *, kv_dtype: str = "f32", page_tokens: int = 64) -> "Engine":
+        """A shared engine of ``model``: built once by :meth:`from_hf` and reused while the
+        model lives and its :func:`seqkv.integrations.models.fingerprint` is unchanged (codecs and stores
+        built for one model share its engine; thread-safe)."""
+        from ..integrations.models import fingerprint as model_fingerprint
+
+        fp = model_fingerprint(model)
+        key = (str(dtype), str(kv_dtype), int(page_tokens))
+        with _SHARED_LOCK:
+            per_model = _SHARED.get(model)
+            if per_model is None:
+                per_model = {}
+                _SHARED[model] = per_model
+            eng = per_model.get(key)
+            if eng is None or eng.source_fingerprint != fp:
+                eng = cls.from_hf(model, dtype, kv_dtype=kv_dtype, page_tokens=page_tokens)
+                per_model[key] = eng
+        return eng
+
+    @classmethod
+    def from_tensors(
+        cls,
+        config: dict[str, Any],
+        tensors: dict[str, np.ndarray],
+        dtype: str = "bf16",
+        *,
+        kv_dtype: str = "f32",
+        page_tokens: int = 64,
+    ) -> "Engine":
+        """Build from a config dict and named float32 arrays (see :func:`hf_tensors` for the
+        names and shapes); no torch needed."""
+        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+        core = _native.EngineCore(dict(config), tensors, dtype=dtype, kv_dtype=kv_dtype, page_tokens=int(page_tokens))
+        return cls(core, info=dict(config))
+
+    def with_isa(self, isa: str) -> "Engine":
+        """The same weights computing with another instruction set (``"scalar"`` or
+        ``"avx2-fma"``): the bits are identical, only speed differs. Sequences are shared."""
+        return Engine(self._core.with_isa(isa), hf_config=self.hf_config,
+                      source_fingerprint=self.source_fingerprint, info=self.info)
+
+    # -- properties ---------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._core.vocab_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self._core.num_layers)
+
+    @property
+    def dtype(self) -> str:
+        return str(self._core.dtype)
+
+    @property
+    def kv_dtype(self) -> str:
+        return str(self._core.kv_dtype)
+
+    @property
+    def isa(self) -> str:
+        return str(self._core.isa)
+
+    @property
+    def page_tokens(self) -> int:
+        return int(self._core.page_tokens)
+
+    @property
+    def step_weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads."""
+        return int(self._core.step_weight_bytes)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return int(self._core.kv_bytes_per_token)
+
+    def numerics_profile(self) -> dict[str, Any]:
+        """What determines the engine's bits: the kernel definition, weight and KV dtypes.
+        The ISA and thread count are recorded for information only — they do not change results."""
+        return {
+            "engine": "seqkv-engine",
+            "kernel_definition": KERNEL_DEFINITION,
+            "dtype": self.dtype,
+            "kv_dtype": self.kv_dtype,
+            "isa": self.isa,
+            "threads": int(_native.engine_threads()),
+            "version": _native.__version__,
+        }
+
+    def fingerprint(self) -> bytes:
+        """32 bytes naming the model *as the engine computes it*: the source model's
+        fingerprint, the weight and KV dtypes and the kernel definition."""
+        if self.source_fingerprint is None:
+            raise InvalidInputError("this engine was built without a model fingerprint (fingerprint=False)")
+        h = hashlib.blake2b(digest_size=32)
+        h.update(b"seqkv-engine")
+        h.update(bytes(self.source_fingerprint))
+        h.update(f"|def={KERNEL_DEFINITION}|dtype={self.dtype}|kv={self.kv_dtype}".encode())
+        return h.digest()
+
+    # -- running ------------------------------------------------------------------
+
+    def new_sequence(self) -> Sequence:
+        return Sequence(self, self._core.new_sequence())
+
+    def forward(self, seqs: Seq[Sequence], chunks: Seq[Any], *, logits: str = "all") -> np.ndarray:
+        """Append ``chunks[i]`` to ``seqs[i]`` for every i, all in one batched pass.
+
+        ``logits``: ``"all"`` (a row per input token, in input order), ``"last"`` (one row per
+        sequence with a non-empty chunk) or ``"none"``. Returns float32 ``[rows, vocab]``.
+        """
+        seqs = list(seqs)
+        if len(seqs) != len(chunks):
+            raise InvalidInputError("forward: one chunk per sequence is required")
+        if len({id(s) for s in seqs}) != len(seqs):
+            raise InvalidInputError("forward: a sequence appears twice in one batch")
+        vocab = self.vocab_size
+        arrays = [_as_token_array(c, vocab) for c in chunks]
+        for s in seqs:
+            if not isinstance(s, Sequence) or s.engine._core.num_layers != self._core.num_layers:
+                raise InvalidInputError("forward: seqs must be Sequences of this engine")
+        flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint32)
+        out = self._core.forward([s._core for s in seqs], flat, [int(a.size) for a in arrays], logits)
+        for s, a in zip(seqs, arrays):
+            if a.size:
+                s._tokens.extend(a.tolist())
+                s._schedule.append(int(a.size))
+        return out
+
+    def prefill(self, seq: Sequence, tokens: Any, *, logits: str = "all") -> np.ndarray:
+        """Append ``tokens`` to ``seq``; returns float32 ``[n, vocab]`` (``logits="all"``),
+        ``[1, vocab]`` (``"last"``) or ``[0, vocab]`` (``"none"``)."""
+        return self.forward([seq], [tokens], logits=logits)
+
+    def step(self, seqs: Seq[Sequence], tokens: Seq[int]) -> np.ndarray:
+        """One decode step for each sequence (multi-stream decode): appends ``tokens[i]`` to
+        ``seqs[i]`` and returns float32 ``[len(seqs), vocab]``. A sequence's row is the same
+        bits alone or in any batch."""
+        seqs = list(seqs)
+        if isinstance(tokens, (int, np.integer)):
+            tokens = [int(tokens)]
+        toks = _as_token_array(list(tokens), self.vocab_size)
+        if toks.size != len(seqs):
+            raise InvalidInputError("step: one token per sequence is required")
+        return self.forward(seqs, [toks[i : i + 1] for i in range(len(seqs))], logits="all")
+
+    def generate(self, seq: Sequence, n: int) -> list[int]:
+        """Greedy continuation of ``seq`` by ``n`` tokens (argmax, ties to the lowest id);
+        the tokens are appended to ``seq``. The last position's logits are recomputed on a
+        fork — the same bits as when it was first computed."""
+        if len(seq) == 0:
+            raise InvalidInputError("generate needs a non-empty sequence")
+        fork = seq.fork(len(seq) - 1)
+        row = self.prefill(fork, [seq._tokens[-1]], logits="last")[0]
+        out: list[int] = []
+        for _ in range(int(n)):
+            t = int(np.argmax(row))
+            out.append(t)
+            row = self.step([seq], [t])[0]
+        return out

@@ -1,0 +1,353 @@
+"""``seqkv.engine.gpu``: the batch-invariant engine on a CUDA GPU (``seqkv/cuda/kernels/engine.cu``
+through CuPy), giving the same bits as :class:`seqkv.engine.cpu.Engine` for the same weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+__all__ = ["GpuEngine", "gpu_weight_arrays", "rope_table", "bf16_round_bits"]
+
+
+# ---- RoPE table (NumPy replica of rust/seqkv-engine Model::rope_row) -------------------------
+
+_PIO2_1 = 1.5707963267341256e0
+_PIO2_2 = 6.077100506303966e-11
+_PIO2_3 = 2.0222662487111665e-21
+_INV_PIO2 = 6.366197723675814e-1
+
+
+def _kernel_sin(x: np.ndarray) -> np.ndarray:
+    s1, s2, s3 = -1.6666666666666632e-1, 8.33333333332249e-3, -1.984126982985795e-4
+    s4, s5, s6 = 2.755731370707007e-6, -2.5050760253406863e-8, 1.58969099521155e-10
+    z = x * x
+    v = z * x
+    r = s2 + z * (s3 + z * (s4 + z * (s5 + z * s6)))
+    return x + v * (s1 + z * r)
+
+
+def _kernel_cos(x: np.ndarray) -> np.ndarray:
+    c1, c2, c3 = 4.16666666666666e-2, -1.388888888887411e-3, 2.480158728947673e-5
+    c4, c5, c6 = -2.7557314351390663e-7, 2.087572321298175e-9, -1.1359647557788195e-11
+    z = x * x
+    r = z * (c1 + z * (c2 + z * (c3 + z * (c4 + z * (c5 + z * c6)))))
+    hz = 0.5 * z
+    w = 1.0 - hz
+    return w + (((1.0 - w) - hz) + z * r)
+
+
+def rope_table(inv_freq: Any, attention_scaling: float, positions: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's RoPE ``(cos, sin)``, float32 ``[len(positions), head_dim / 2]``: the same bits
+    as ``EngineCore.rope_table`` (IEEE f64 operations in the same order; tested)."""
+    inv = np.asarray(inv_freq, dtype=np.float32)
+    pos = np.asarray(positions, dtype=np.float32).reshape(-1, 1)
+    x = (pos * inv[None, :]).astype(np.float32).astype(np.float64)
+    n = np.rint(x * _INV_PIO2)
+    r = ((x - n * _PIO2_1) - n * _PIO2_2) - n * _PIO2_3
+    s, c = _kernel_sin(r), _kernel_cos(r)
+    q = np.mod(n.astype(np.int64), 4)
+    sin = np.select([q == 0, q == 1, q == 2], [s, c, -s], -c)
+    cos = np.select([q == 0, q == 1, q == 2], [c, -s, -c], s)
+    scale = np.float32(attention_scaling)
+    return cos.astype(np.float32) * scale, sin.astype(np.float32) * scale
+
+
+def bf16_round_bits(a: Any) -> np.ndarray:
+    """float32 → bf16 bit patterns (uint16), round to nearest even, as the engine and torch do."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _bf16_values(a: Any) -> np.ndarray:
+    return (bf16_round_bits(a).astype(np.uint32) << 16).view(np.float32)
+
+
+# ---- GPU port ---------------------------------------------------------------------------------
+
+
+def gpu_weight_arrays(config: dict[str, Any], tensors: dict[str, Any], max_len: int) -> dict[str, np.ndarray]:
+    """Host arrays of the GPU port: bf16 bit patterns ``[K][N]`` (fused ``qkv``; fused ``gu``
+    with gate and up columns interleaved in groups of 4; ``o``, ``down``, ``lm_head``), ``embed``
+    ``[V][H]`` bf16, norm weights as their bf16 values in float32, and the RoPE ``cos``/``sin``
+    tables for positions ``0..max_len``. The intermediate size must be even."""
+    if int(config["intermediate_size"]) % 2:
+        raise InvalidInputError("the GPU port needs an even intermediate_size")
+    t = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+
+    def w_kn(*names: str) -> np.ndarray:  # [N][K] Linear weights -> bf16 [K][sum N]
+        return bf16_round_bits(np.concatenate([t[n].T for n in names], axis=1))
+
+    out = {
+        "embed": bf16_round_bits(t["embed"]),
+        "lm_head": bf16_round_bits(t.get("lm_head", t["embed"]).T),
+        "norm": _bf16_values(t["norm"]),
+    }
+    for i in range(int(config["num_layers"])):
+        p = f"layers.{i}."
+        out[p + "in_norm"] = _bf16_values(t[p + "input_norm"])
+        out[p + "post_norm"] = _bf16_values(t[p + "post_norm"])
+        out[p + "qkv"] = w_kn(p + "q", p + "k", p + "v")
+        out[p + "o"] = w_kn(p + "o")
+        # gate and up columns interleaved in groups of 4: (g 2q, g 2q+1, u 2q, u 2q+1), so one
+        # GEMM thread holds both inputs of its SiLU gate outputs (eng_gemm MODE 2)
+        gu = w_kn(p + "gate", p + "up")
+        I = gu.shape[1] // 2
+        out[p + "gu"] = np.ascontiguousarray(
+            np.stack([gu[:, :I].reshape(-1, I // 2, 2), gu[:, I:].reshape(-1, I // 2, 2)], axis=2).reshape(gu.shape))
+        out[p + "down"] = w_kn(p + "down")
+    out["cos"], out["sin"] = rope_table(config["rope_inv_freq"], config["rope_attention_scaling"], np.arange(max_len))
+    return out
+
+
+
+class GpuEngine:
+    """The engine's forward pass on a CUDA GPU through CuPy (``seqkv/cuda/kernels/engine.cu``), with
+    the CPU engine's per-element arithmetic: logits and KV are meant to be the same bits as
+    :class:`Engine` with ``dtype="bf16"``, ``kv_dtype="f32"`` (``benches/engine.py --gpu``
+    checks it). KV lives in fixed slots ``[slot][layer][k|v][max_len][kv_heads][head_dim]``.
+
+    Weights must have no biases. CuPy is the ``seqkv[cuda]`` extra.
+    """
+
+    #: register-blocked GEMM shapes ``(BM, BN, BK, TM, TN)`` (block tile, K tile, thread tile)
+    #: compiled for every engine; all of them give the same bits (one fmaf chain per output).
+    GEMM_SHAPES: tuple[tuple[int, int, int, int, int], ...] = (
+        (128, 128, 8, 8, 8), (64, 64, 32, 4, 4), (32, 64, 16, 4, 4), (32, 64, 32, 4, 4),
+        (32, 64, 16, 2, 4), (32, 64, 32, 2, 4), (32, 64, 64, 2, 4), (32, 64, 32, 2, 8),
+        (32, 64, 16, 2, 2), (32, 64, 32, 2, 2), (32, 64, 64, 2, 2), (32, 64, 32, 1, 4),
+        (32, 32, 32, 2, 2), (16, 64, 32, 2, 2),
+        # one wave of 128 blocks on 132 SMs for the 256-row steps' narrow matmuls (N = 576)
+        (16, 72, 32, 2, 2), (16, 72, 64, 2, 2),
+        # one wave of 128 blocks for the gate/up matmul (N = 3,072) at 256 rows
+        (64, 96, 32, 4, 4),
+    )
+
+    def __init__(self, config: dict[str, Any], tensors: dict[str, Any], *, max_slots: int = 256,
+                 max_len: int = 512, max_rows: int | None = None):
+        try:
+            import cupy as cp
+        except ImportError as exc:  # pragma: no cover - needs the cuda extra
+            from ..errors import MissingExtraError
+
+            raise MissingExtraError("the GPU engine needs CuPy: pip install 'seqkv[cuda]'") from exc
+        from ..cuda.runtime import _allow_smem, kernel_dir
+
+        self.cp = cp
+        c = {k: config[k] for k in config}
+        if any(k.endswith("_bias") for k in tensors):
+            raise InvalidInputError("GpuEngine: biases are not supported")
+        self.V, self.H, self.I = int(c["vocab_size"]), int(c["hidden_size"]), int(c["intermediate_size"])
+        self.L, self.nh, self.nkv, self.hd = int(c["num_layers"]), int(c["num_heads"]), int(c["num_kv_heads"]), int(c["head_dim"])
+        if self.nh % self.nkv or self.hd % 8:
+            raise InvalidInputError("GpuEngine: needs num_heads % num_kv_heads == 0 and head_dim % 8 == 0")
+        self.G = self.nh // self.nkv
+        self.eps = np.float32(c["rms_norm_eps"])
+        self.scale = np.float32(c["attention_scale"])
+        self.max_slots, self.max_len = int(max_slots), int(max_len)
+        self.max_rows = int(max_rows or max(self.max_slots, 256))
+        host = gpu_weight_arrays(c, tensors, self.max_len)
+        self.embed = cp.asarray(host["embed"])
+        self.lm_head = cp.asarray(host["lm_head"])
+        self.norm = cp.asarray(host["norm"])
+        keys = ("in_norm", "post_norm", "qkv", "o", "gu", "down")
+        self.layers = [{k: cp.asarray(host[f"layers.{i}.{k}"]) for k in keys} for i in range(self.L)]
+        self.cos, self.sin = cp.asarray(host["cos"]), cp.asarray(host["sin"])
+        self.kv = cp.zeros((self.max_slots, self.L, 2, self.max_len, self.nkv, self.hd), dtype=cp.float32)
+        gemm_names = [self._gemm_name(shape, mode) for shape in self.GEMM_SHAPES for mode in self._modes(shape)]
+        att_name = f"eng_attention<{self.G},{self.hd}>"
+        src = (kernel_dir() / "engine.cu").read_text()
+        self.mod = cp.RawModule(code=src, options=("-std=c++17",), name_expressions=gemm_names + [att_name])
+        self.fn = {n: self.mod.get_function(n) for n in
+                   ("eng_embed", "eng_rmsnorm", "eng_rope_kv", "eng_argmax", "eng_advance")}
+        self.fn["eng_attention"] = self.mod.get_function(att_name)
+        self.gemm_fn = {name: self.mod.get_function(name) for name in gemm_names}
+        for shape in self.GEMM_SHAPES:
+            if self._gemm_smem(shape) > 48 * 1024:
+                for mode in self._modes(shape):
+                    _allow_smem(self.gemm_fn[self._gemm_name(shape, mode)], self._gemm_smem(shape))
+        R, W = self.max_rows, (self.nh + 2 * self.nkv) * self.hd
+        f32 = cp.float32
+        self.buf = {
+            "x": cp.zeros((R, self.H), f32), "xn": cp.zeros((R, self.H), f32), "qkv": cp.zeros((R, W), f32),
+            "att": cp.zeros((R, self.nh * self.hd), f32),
+            "act": cp.zeros((R, self.I), f32), "logits": cp.zeros((R, self.V), f32),
+            "tokens": cp.zeros(R, cp.uint32), "slot": cp.zeros(R, cp.int32), "pos": cp.zeros(R, cp.int32),
+        }
+        self.lens = [0] * self.max_slots
+        # seqkv/cuda/kernels/engine.cu att_smem_floats: q, scores, per-tile sums, then a round of 64
+        # V rows (padded to hd + 4)
+        ntiles = (self.max_len + 31) // 32
+        sl = -(-self.max_len // 4) * 4
+        head = -(-(self.G * (self.hd + sl + ntiles * (self.hd + 1))) // 4) * 4
+        self.att_smem = 4 * (head + 64 * (self.hd + 4))
+        self.norm_smem = 8 * self.H  # eng_rmsnorm stages the row and the weights
+        for name, nbytes in (("eng_attention", self.att_smem), ("eng_rmsnorm", self.norm_smem)):
+            if nbytes > 48 * 1024:
+                _allow_smem(self.fn[name], nbytes)
+        #: GEMM shape per matmul (``"qkv"``, ``"o"``, ``"gu"``, ``"down"``, ``"lm_head"``); see
+        #: :meth:`tune_gemms`
+        self.gemm_shapes = dict(self.DEFAULT_GEMM_SHAPES)
+
+    #: default shape per matmul (measured on an H100 with SmolLM2's sizes at 256 rows,
+    #: benches/results/engine_gpu.json)
+    DEFAULT_GEMM_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
+        "qkv": (32, 64, 16, 4, 4), "o": (16, 72, 64, 2, 2), "gu": (64, 96, 32, 4, 4),
+        "down": (16, 72, 64, 2, 2), "lm_head": (128, 128, 8, 8, 8),
+    }
+
+    @staticmethod
+    def _gemm_name(shape: tuple[int, int, int, int, int], mode: int) -> str:
+        return "eng_gemm<{},{},{},{},{},{}>".format(*shape, mode)
+
+    @staticmethod
+    def _modes(shape: tuple[int, int, int, int, int]) -> tuple[int, ...]:
+        """eng_gemm modes compiled for a shape (the SiLU epilogue needs column chunks of 4)."""
+        return (0, 1, 2) if shape[4] % 4 == 0 else (0, 1)
+
+    @staticmethod
+    def _gemm_smem(shape: tuple[int, int, int, int, int]) -> int:
+        """Dynamic shared memory of eng_gemm: two K tiles of both operands as f32."""
+        bm, bn, bk = shape[:3]
+        return 4 * 2 * bk * (bm + 4 + bn)
+
+    # -- launches (all on the current stream, into preallocated buffers) ------------------------
+
+    def _gemm(self, which: str, x: Any, w: Any, y: Any, M: int, K: int, N: int, mode: int,
+              shape: tuple[int, int, int, int, int] | None = None) -> None:
+        """``y = x @ w`` (mode 0), ``y += x @ w`` (1) or ``y = silu(gate) * up`` of the interleaved
+        gate/up product (2), with the shape chosen for matmul ``which`` unless ``shape`` is given."""
+        bm, bn, bk, tm, tn = shape or self.gemm_shapes[which]
+        f = self.gemm_fn.get(self._gemm_name((bm, bn, bk, tm, tn), int(mode)))
+        if f is None:
+            raise InvalidInputError(f"GpuEngine: no GEMM {(bm, bn, bk, tm, tn)} in mode {mode} "
+                                    "(shapes come from GEMM_SHAPES; the SiLU epilogue needs TN % 4 == 0)")
+        vec = int(K % 4 == 0 and N % 8 == 0)
+        grid = ((N + bn - 1) // bn, (M + bm - 1) // bm)
+        f(grid, ((bn // tn) * (bm // tm),), (x, w, y, np.int32(M), np.int32(N), np.int32(K), np.int32(vec)),
+          shared_mem=self._gemm_smem((bm, bn, bk, tm, tn)))
+
+    def _gemm_args(self, which: str, R: int) -> tuple[Any, Any, Any, int, int, int, int]:
+        """(x, w, y, M, K, N, mode) of one of the step's matmuls on ``R`` rows (layer 0)."""
+        b, lw, W = self.buf, self.layers[0], (self.nh + 2 * self.nkv) * self.hd
+        return {
+            "qkv": (b["xn"], lw["qkv"], b["qkv"], R, self.H, W, 0),
+            "o": (b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, 1),
+            "gu": (b["xn"], lw["gu"], b["act"], R, self.H, 2 * self.I, 2),
+            "down": (b["act"], lw["down"], b["x"], R, self.I, self.H, 1),
+            "lm_head": (b["xn"], self.lm_head, b["logits"], R, self.H, self.V, 0),
+        }[which]
+
+    def tune_gemms(self, rows: int | None = None, reps: int = 20) -> dict[str, dict[str, float]]:
+        """Time every compiled GEMM shape on each matmul of a step over ``rows`` rows (default
+        ``max_rows``; the best of three batches of ``reps`` launches), keep the fastest per matmul
+        in :attr:`gemm_shapes` and return the microseconds per launch, ``{matmul: {"BMxBNxBK/TMxTN": us}}``. Numerics do not change
+        (every shape gives the same bits); the buffers' contents are overwritten."""
+        cp = self.cp
+        R = int(rows or self.max_rows)
+        if not 1 <= R <= self.max_rows:
+            raise InvalidInputError(f"GpuEngine.tune_gemms: rows must be in 1..{self.max_rows}")
+        out: dict[str, dict[str, float]] = {}
+        for which in ("qkv", "o", "gu", "down", "lm_head"):
+            args = self._gemm_args(which, R)
+            times = {}
+            for shape in self.GEMM_SHAPES:
+                if args[-1] not in self._modes(shape):
+                    continue
+                self._gemm(which, *args, shape=shape)
+                best = float("inf")
+                for _ in range(3):  # the best of three batches: robust to a clock ramp or a neighbour
+                    e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+                    e0.record()
+                    for _ in range(reps):
+                        self._gemm(which, *args, shape=shape)
+                    e1.record()
+                    e1.synchronize()
+                    best = min(best, cp.cuda.get_elapsed_time(e0, e1) * 1e3 / reps)
+                times[shape] = best
+            self.gemm_shapes[which] = min(times, key=times.__getitem__)
+            out[which] = {"{}x{}x{}/{}x{}".format(*s): t for s, t in times.items()}
+        return out
+
+    def _layers(self, R: int) -> None:
+        b, fn, i32 = self.buf, self.fn, np.int32
+        W = (self.nh + 2 * self.nkv) * self.hd
+        null = np.uint64(0)
+        fn["eng_embed"]((R,), (128,), (b["tokens"], self.embed, b["x"], i32(R), i32(self.H)))
+        for li, lw in enumerate(self.layers):
+            fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["in_norm"], self.eps, b["xn"], i32(self.H)), shared_mem=self.norm_smem)
+            self._gemm("qkv", b["xn"], lw["qkv"], b["qkv"], R, self.H, W, 0)
+            fn["eng_rope_kv"]((R,), (128,), (b["qkv"], self.cos, self.sin, b["slot"], b["pos"], self.kv, i32(li),
+                                            i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv), i32(self.hd)))
+            fn["eng_attention"]((R * self.nkv,), (128,), (b["qkv"], self.kv, b["slot"], b["pos"], b["att"], i32(li),
+                                                         i32(self.L), i32(self.max_len), i32(self.nh), i32(self.nkv),
+                                                         self.scale), shared_mem=self.att_smem)
+            self._gemm("o", b["att"], lw["o"], b["x"], R, self.nh * self.hd, self.H, 1)
+            fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, lw["post_norm"], self.eps, b["xn"], i32(self.H)), shared_mem=self.norm_smem)
+            self._gemm("gu", b["xn"], lw["gu"], b["act"], R, self.H, 2 * self.I, 2)
+            self._gemm("down", b["act"], lw["down"], b["x"], R, self.I, self.H, 1)
+        fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, self.norm, self.eps, b["xn"], i32(self.H)), shared_mem=self.norm_smem)
+        self._gemm("lm_head", b["xn"], self.lm_head, b["logits"], R, self.H, self.V, 0)
+
+    # -- host-driven passes ----------------------------------------------------------------------
+
+    def forward(self, slots: Seq[int], chunks: Seq[Any]) -> Any:
+        """Append ``chunks[i]`` to slot ``slots[i]``; returns the logits of every row (CuPy
+        float32 ``[rows, V]``, a view of an internal buffer)."""
+        cp = self.cp
+        slot_l, pos_l, tok_l = [], [], []
+        for s, ch in zip(slots, chunks):
+            ch = _as_token_array(ch, self.V)
+            if self.lens[s] + ch.size > self.max_len:
+                raise InvalidInputError("GpuEngine: slot would exceed max_len")
+            slot_l += [s] * ch.size
+            pos_l += list(range(self.lens[s], self.lens[s] + ch.size))
+            tok_l += ch.tolist()
+            self.lens[s] += ch.size
+        R = len(tok_l)
+        if R > self.max_rows:
+            raise InvalidInputError(f"GpuEngine: {R} rows exceed max_rows={self.max_rows}")
+        b = self.buf
+        b["slot"][:R] = cp.asarray(np.array(slot_l, np.int32))
+        b["pos"][:R] = cp.asarray(np.array(pos_l, np.int32))
+        b["tokens"][:R] = cp.asarray(np.array(tok_l, np.uint32))
+        self._layers(R)
+        return b["logits"][:R]
+
+    def kv_layer(self, slot: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values) of one slot and layer as float32 ``[kv_heads, len, head_dim]``."""
+        n = self.lens[slot]
+        k = self.cp.asnumpy(self.kv[slot, layer, 0, :n]).transpose(1, 0, 2)
+        v = self.cp.asnumpy(self.kv[slot, layer, 1, :n]).transpose(1, 0, 2)
+        return np.ascontiguousarray(k), np.ascontiguousarray(v)
+
+    def greedy_decode_graph(self, slots: Seq[int], first_tokens: Seq[int]) -> Any:
+        """Capture one greedy decode step of ``slots`` (distinct; next token = argmax, positions
+        advance on the GPU) as a CUDA graph; returns a callable that replays it on its stream."""
+        cp = self.cp
+        R = len(slots)
+        if len(set(slots)) != R:
+            raise InvalidInputError("GpuEngine.greedy_decode_graph: slots must be distinct")
+        b = self.buf
+        b["slot"][:R] = cp.asarray(np.array(list(slots), np.int32))
+        b["pos"][:R] = cp.asarray(np.array([self.lens[s] for s in slots], np.int32))
+        b["tokens"][:R] = cp.asarray(np.array(list(first_tokens), np.uint32))
+        cp.cuda.Device().synchronize()  # the buffer writes above ran on the default stream
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            self._layers(R)
+            self.fn["eng_argmax"]((R,), (256,), (b["logits"], np.int32(self.V), b["tokens"]))
+            self.fn["eng_advance"](((R + 255) // 256,), (256,), (b["pos"], np.int32(R)))
+            graph = stream.end_capture()
+
+        def replay(n: int = 1) -> None:
+            for _ in range(n):
+                graph.launch(stream)
+            for s in slots:
+                self.lens[s] += n
+
+        replay.stream = stream  # type: ignore[attr-defined]
+        return replay
