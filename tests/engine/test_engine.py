@@ -15,7 +15,8 @@ from hypothesis import strategies as st  # noqa: E402
 import seqkv  # noqa: E402
 from seqkv.codecs.sources import EngineLogitsSource  # noqa: E402
 from seqkv.engine import Engine  # noqa: E402
-from seqkv.engine.cpu import cache_layer_hashes, kv_layer_hashes  # noqa: E402
+from seqkv.integrations.transformers import layer_hashes as cache_layer_hashes  # noqa: E402
+from seqkv.kv.hashing import layer_hashes  # noqa: E402
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -202,11 +203,19 @@ def test_errors(tiny_engines, tiny_llama):
 
 
 def test_layer_hash_definition():
+    """Known answer of the one layer-hash definition (docs/format.md): BLAKE2b-8, personalised,
+    over the batch-1 shape, the dtype name, then K and V bytes; the engine's [H, T, D] arrays
+    hash as the [1, H, T, D] float32 tensor they become."""
+    import hashlib
+    import struct
+
     k = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
     v = -k
-    import hashlib
-
-    assert kv_layer_hashes([(k, v)]) == [hashlib.sha256(k.tobytes() + v.tobytes()).hexdigest()]
+    h = hashlib.blake2b(digest_size=8, person=b"seqkv-kv")
+    h.update(struct.pack("<4q", 1, 1, 3, 4) + b"torch.float32" + k.tobytes() + v.tobytes())
+    assert layer_hashes([(k, v)]) == [h.digest()]
+    torch = pytest.importorskip("torch")
+    assert cache_layer_hashes([(torch.from_numpy(k)[None], torch.from_numpy(v)[None])]) == [h.digest()]
 
 
 def test_logits_source_encode_by_prefill_decode_by_steps(tiny_llama, tiny_engines):

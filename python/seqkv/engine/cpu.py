@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import _native
 from ..errors import InvalidInputError
+from ..kv.hashing import layer_hashes
 
 __all__ = [
     "Engine",
@@ -47,8 +48,6 @@ __all__ = [
     "unsupported_reason",
     "Sequence",
     "KERNEL_DEFINITION",
-    "cache_layer_hashes",
-    "kv_layer_hashes",
     "read_bandwidth",
     "hf_tensors",
 ]
@@ -76,37 +75,6 @@ def _as_token_array(tokens: Any, vocab: int, what: str = "tokens") -> np.ndarray
         bad = int(arr.max()) if int(arr.max()) >= vocab else int(arr.min())
         raise InvalidInputError(f"{what}: token id {bad} out of range for vocab size {vocab}")
     return np.ascontiguousarray(arr, dtype=np.uint32)
-
-
-def kv_layer_hashes(layers: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[str]:
-    """Per-layer SHA-256 (hex) of ``keys.tobytes() + values.tobytes()``, each float32
-    ``[kv_heads, len, head_dim]`` C-contiguous: the engine's and :func:`cache_layer_hashes`'s
-    common definition."""
-    out = []
-    for k, v in layers:
-        h = hashlib.sha256()
-        h.update(np.ascontiguousarray(k, dtype=np.float32).tobytes())
-        h.update(np.ascontiguousarray(v, dtype=np.float32).tobytes())
-        out.append(h.hexdigest())
-    return out
-
-
-def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [(layer.keys, layer.values) for layer in layers]
-    return list(zip(cache.key_cache, cache.value_cache))  # older transformers
-
-
-def cache_layer_hashes(cache: Any, batch_index: int = 0) -> list[str]:
-    """Per-layer hashes of a transformers cache (one batch row), as :meth:`Sequence.layer_hashes`
-    defines them, so KV from any engine can be compared with the engine's."""
-    arrays = []
-    for k, v in _cache_layers(cache):
-        kk = k[batch_index].detach().to("cpu").float().contiguous().numpy()
-        vv = v[batch_index].detach().to("cpu").float().contiguous().numpy()
-        arrays.append((kk, vv))
-    return kv_layer_hashes(arrays)
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -292,9 +260,10 @@ class Sequence:
         """Per layer ``(keys, values)``, float32 ``[kv_heads, len, head_dim]`` (keys after RoPE)."""
         return [self._core.export_layer(i) for i in range(self.engine.num_layers)]
 
-    def layer_hashes(self) -> list[str]:
-        """Per-layer SHA-256 of this sequence's KV (see :func:`kv_layer_hashes`)."""
-        return kv_layer_hashes(self.kv_arrays())
+    def layer_hashes(self) -> list[bytes]:
+        """Per-layer digests of this sequence's KV (:func:`seqkv.kv.hashing.layer_hashes`), equal to
+        those of the float32 transformers cache :meth:`kv_cache` returns."""
+        return layer_hashes(self.kv_arrays())
 
     def kv_cache(self, *, dtype: Any = None, device: Any = None, config: Any = None) -> Any:
         """The KV as a transformers ``DynamicCache`` (batch 1).

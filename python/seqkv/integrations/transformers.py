@@ -13,13 +13,14 @@ or a legacy tuple of ``(k, v)`` pairs) for **batch size 1**; tensors are
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ..errors import CorruptStreamError, InvalidInputError
+from ..kv import hashing as kv_hashing
+from ..kv.hashing import HASH_BYTES
 from .models import require_torch
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "greedy_continuation",
 ]
 
-HASH_BYTES = 8
 _BF16_MAGIC = b"SKVB"
 _BF16_HEAD = struct.Struct("<4sIIII")  # magic, layers, kv heads, seq, head_dim
 
@@ -129,16 +129,8 @@ def _tensor_bytes(t: Any) -> memoryview:
 
 
 def layer_hashes(cache: Any, digest_size: int = HASH_BYTES) -> list[bytes]:
-    """BLAKE2b of each layer's K bytes then V bytes (``digest_size`` bytes each)."""
-    out = []
-    for k, v in cache_layers(cache):
-        h = hashlib.blake2b(digest_size=digest_size, person=b"seqkv-kv")
-        h.update(struct.pack("<4q", *k.shape) if k.dim() == 4 else repr(tuple(k.shape)).encode())
-        h.update(str(k.dtype).encode())
-        h.update(_tensor_bytes(k))
-        h.update(_tensor_bytes(v))
-        out.append(h.digest())
-    return out
+    """Per-layer digests of a cache (:func:`seqkv.kv.hashing.layer_hashes`, the one definition)."""
+    return kv_hashing.layer_hashes(cache_layers(cache), digest_size)
 
 
 def max_abs_diff(a: Any, b: Any) -> float:
