@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements-dev.txt
 	touch $@
 
 $(NATIVE): $(VENV)/.installed $(RUST_SOURCES) pyproject.toml
-	$(VENV)/bin/maturin develop --release -q
+	$(VENV)/bin/maturin develop --release -F bench-hooks -q
 	test -f $(NATIVE) && touch $(NATIVE)
 
 build: $(NATIVE)
@@ -44,6 +44,7 @@ test-rust:
 test-python: build redis-server
 	$(PY) -m pytest -q tests
 
+# seqkv._native is a stub package: stubtest checks its submodules (coder, trie, engine, ppm) too.
 stubtest: build
 	$(PY) -m mypy.stubtest seqkv._native --concise --allowlist tests/stubtest_allowlist.txt
 

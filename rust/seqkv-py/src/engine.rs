@@ -1,15 +1,16 @@
 //! Bindings of `seqkv-engine`: `EngineCore` (weights) and `SequenceCore` (KV pages).
 //! The Python layer (`seqkv.engine`) wraps these with a friendlier API.
 
-use crate::errors::invalid;
+use crate::convert::read_tokens;
+use crate::errors::{invalid, NResult};
 use numpy::{
-    PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn,
+    PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
     PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use seqkv_engine::{
-    Config, EngineError, Isa, KvDtype, KvLayout, Logits, Model, Sequence, WeightDtype,
+    Config, Isa, KvDtype, KvLayout, Logits, Model, Sequence, WeightDtype,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,11 +18,6 @@ use std::sync::Arc;
 /// A pair of float32 arrays returned to Python.
 type ArrayPair<'py> = (Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyArrayDyn<f32>>);
 
-fn map_err(e: EngineError) -> PyErr {
-    match e {
-        EngineError::InvalidInput(m) => invalid(m),
-    }
-}
 
 /// Model weights in the engine's layout (immutable, shared by threads).
 #[pyclass(name = "EngineCore", module = "seqkv._native", frozen)]
@@ -37,7 +33,7 @@ pub struct PySequence {
     layout: KvLayout,
 }
 
-fn cfg_get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+fn cfg_get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> NResult<T> {
     match d.get_item(key)? {
         Some(v) => v
             .extract::<T>()
@@ -57,7 +53,7 @@ impl PyEngine {
         dtype: &str,
         kv_dtype: &str,
         page_tokens: usize,
-    ) -> PyResult<Self> {
+    ) -> NResult<Self> {
         let dtype = WeightDtype::parse(dtype)
             .ok_or_else(|| invalid(format!("dtype must be 'bf16' or 'f32', not {dtype:?}")))?;
         let kv_dtype = KvDtype::parse(kv_dtype).ok_or_else(|| {
@@ -99,7 +95,7 @@ impl PyEngine {
                 let get = |name: &str| map.get(name).copied();
                 Model::new(cfg, &get, dtype, kv_dtype, page_tokens)
             })
-            .map_err(map_err)?;
+            ?;
         Ok(PyEngine {
             model: Arc::new(model),
             isa: Isa::detect(),
@@ -108,7 +104,7 @@ impl PyEngine {
 
     /// The same weights, computing with another instruction set ("scalar" or "avx2-fma").
     /// Results are bit-identical; only speed differs.
-    fn with_isa(&self, name: &str) -> PyResult<PyEngine> {
+    fn with_isa(&self, name: &str) -> NResult<PyEngine> {
         let isa = Isa::parse(name).ok_or_else(|| invalid(format!("unknown isa {name:?}")))?;
         if !isa.available() {
             return Err(invalid(format!(
@@ -136,10 +132,10 @@ impl PyEngine {
         &self,
         py: Python<'py>,
         seqs: &Bound<'py, PyList>,
-        tokens: PyReadonlyArray1<'py, u32>,
+        tokens: &Bound<'py, PyAny>,
         lengths: Vec<usize>,
         logits: &str,
-    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    ) -> NResult<Bound<'py, PyArrayDyn<f32>>> {
         let sel = match logits {
             "all" => Logits::All,
             "last" => Logits::Last,
@@ -153,10 +149,7 @@ impl PyEngine {
         if lengths.len() != seqs.len() {
             return Err(invalid("one length per sequence is required"));
         }
-        let toks: Vec<u32> = tokens
-            .as_slice()
-            .map_err(|e| invalid(e.to_string()))?
-            .to_vec();
+        let toks: Vec<u32> = read_tokens(tokens, "tokens")?;
         if lengths.iter().sum::<usize>() != toks.len() {
             return Err(invalid("lengths must sum to the number of tokens"));
         }
@@ -181,15 +174,15 @@ impl PyEngine {
         let isa = self.isa;
         let out = py
             .detach(|| model.forward(isa, &mut refs, &pieces, sel))
-            .map_err(map_err)?;
+            ?;
         let vocab = model.config().vocab_size;
         let rows = out.len() / vocab;
-        PyArray1::from_vec(py, out).reshape(vec![rows, vocab])
+        Ok(PyArray1::from_vec(py, out).reshape(vec![rows, vocab])?)
     }
 
     /// RoPE (cos, sin) tables of the given positions, float32 `[n, head_dim / 2]` each:
     /// exactly the values the forward pass uses (for GPU ports of the engine).
-    fn rope_table<'py>(&self, py: Python<'py>, positions: Vec<usize>) -> PyResult<ArrayPair<'py>> {
+    fn rope_table<'py>(&self, py: Python<'py>, positions: Vec<usize>) -> NResult<ArrayPair<'py>> {
         let half = self.model.config().head_dim / 2;
         let n = positions.len();
         let mut cos = vec![0f32; n * half];
@@ -270,7 +263,7 @@ impl PySequence {
     }
 
     /// One layer's (keys, values) as float32 `[kv_heads, len, head_dim]` (keys after RoPE).
-    fn export_layer<'py>(&self, py: Python<'py>, layer: usize) -> PyResult<ArrayPair<'py>> {
+    fn export_layer<'py>(&self, py: Python<'py>, layer: usize) -> NResult<ArrayPair<'py>> {
         if layer >= self.layout.layers {
             return Err(invalid(format!(
                 "layer {layer} out of range ({} layers)",

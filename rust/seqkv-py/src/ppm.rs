@@ -7,26 +7,16 @@
 
 use std::sync::RwLock;
 
-use numpy::{PyArray1, PyReadonlyArray1};
-use pyo3::exceptions::PyRuntimeError;
+use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use seqkv_ppm::{Error, Model, Params};
+use seqkv_ppm::{Model, Params};
 
-use crate::errors::{err, invalid, Kind};
+use crate::convert::read_tokens;
+use crate::errors::{invalid, NResult};
 
-fn map(e: Error) -> PyErr {
-    match e {
-        Error::InvalidInput(m) => err(Kind::InvalidInput, m),
-        Error::CorruptStream(m) => err(Kind::CorruptStream, m),
-        Error::Internal(m) => PyRuntimeError::new_err(m),
-    }
-}
 
-fn as_slice<'a>(a: &'a PyReadonlyArray1<'_, u32>) -> PyResult<&'a [u32]> {
-    a.as_slice().map_err(|_| invalid("tokens must be a C-contiguous uint32 array"))
-}
 
 /// A `plt` model state: vocabulary, order, and whatever it was primed with.
 #[pyclass(name = "PpmModel", module = "seqkv._native", frozen)]
@@ -48,11 +38,11 @@ impl PyPpmModel {
 impl PyPpmModel {
     #[new]
     #[pyo3(signature = (vocab_size, order = 4))]
-    fn new(vocab_size: u32, order: u32) -> PyResult<Self> {
+    fn new(vocab_size: u32, order: u32) -> NResult<Self> {
         debug_assert_eq!(seqkv_ppm::DEFAULT_ORDER, 4, "keep the signature's default in step");
         let order = u8::try_from(order).map_err(|_| invalid(format!("order must be in 0..={}", seqkv_ppm::MAX_ORDER)))?;
-        let params = Params::new(vocab_size, order).map_err(map)?;
-        Ok(PyPpmModel { model: RwLock::new(Model::with_params(&params).map_err(map)?) })
+        let params = Params::new(vocab_size, order)?;
+        Ok(PyPpmModel { model: RwLock::new(Model::with_params(&params)?) })
     }
 
     #[getter]
@@ -89,28 +79,28 @@ impl PyPpmModel {
     }
 
     /// Feeds shared tokens into the model without coding them.
-    fn prime(&self, py: Python<'_>, tokens: PyReadonlyArray1<'_, u32>) -> PyResult<()> {
-        let t = as_slice(&tokens)?;
-        py.detach(|| self.model.write().unwrap_or_else(|p| p.into_inner()).prime(t)).map_err(map)
+    fn prime(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>) -> NResult<()> {
+        let t = &read_tokens(tokens, "tokens")?;
+        Ok(py.detach(|| self.model.write().unwrap_or_else(|p| p.into_inner()).prime(t))?)
     }
 
     /// An independent copy of this model state.
-    fn copy(&self) -> PyPpmModel {
-        PyPpmModel { model: RwLock::new(self.snapshot()) }
+    fn copy(&self, py: Python<'_>) -> PyPpmModel {
+        PyPpmModel { model: RwLock::new(py.detach(|| self.snapshot())) }
     }
 
     /// Codes `tokens` from the current state (which is left unchanged): one payload per
     /// block of `block_tokens` tokens.
     #[pyo3(signature = (tokens, block_tokens = 65536))]
-    fn encode<'py>(&self, py: Python<'py>, tokens: PyReadonlyArray1<'py, u32>, block_tokens: usize) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        let t = as_slice(&tokens)?;
-        let payloads = py.detach(|| seqkv_ppm::encode(&self.snapshot(), t, block_tokens)).map_err(map)?;
+    fn encode<'py>(&self, py: Python<'py>, tokens: &Bound<'py, PyAny>, block_tokens: usize) -> NResult<Vec<Bound<'py, PyBytes>>> {
+        let t = &read_tokens(tokens, "tokens")?;
+        let payloads = py.detach(|| seqkv_ppm::encode(&self.snapshot(), t, block_tokens))?;
         Ok(payloads.iter().map(|p| PyBytes::new(py, p)).collect())
     }
 
     /// Decodes payloads written by `encode` from a model in this state; `counts[i]` is
     /// the number of tokens of payload `i`.
-    fn decode<'py>(&self, py: Python<'py>, payloads: Vec<Vec<u8>>, counts: Vec<usize>) -> PyResult<Bound<'py, PyArray1<u32>>> {
+    fn decode<'py>(&self, py: Python<'py>, payloads: Vec<Vec<u8>>, counts: Vec<usize>) -> NResult<Bound<'py, PyArray1<u32>>> {
         if payloads.len() != counts.len() {
             return Err(invalid("payloads and counts differ in length"));
         }
@@ -119,14 +109,14 @@ impl PyPpmModel {
                 let blocks: Vec<(&[u8], usize)> = payloads.iter().map(|p| p.as_slice()).zip(counts.iter().copied()).collect();
                 seqkv_ppm::decode(&self.snapshot(), &blocks)
             })
-            .map_err(map)?;
+            ?;
         Ok(PyArray1::from_vec(py, out))
     }
 
     /// The model's ideal code length of `tokens` in bits (Σ -log2 p), state unchanged.
-    fn cost_bits(&self, py: Python<'_>, tokens: PyReadonlyArray1<'_, u32>) -> PyResult<f64> {
-        let t = as_slice(&tokens)?;
-        py.detach(|| seqkv_ppm::cost_bits(&self.snapshot(), t)).map_err(map)
+    fn cost_bits(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>) -> NResult<f64> {
+        let t = &read_tokens(tokens, "tokens")?;
+        Ok(py.detach(|| seqkv_ppm::cost_bits(&self.snapshot(), t))?)
     }
 
     fn __repr__(&self) -> String {
@@ -136,8 +126,8 @@ impl PyPpmModel {
 
 /// Parses the codec parameters of a `plt` stream: (profile, order, primer_tokens, primer_crc32c).
 #[pyfunction]
-fn ppm_parse_params(params: &[u8], vocab_size: u32) -> PyResult<(u8, u8, u64, u32)> {
-    let p = Params::from_bytes(params, vocab_size).map_err(map)?;
+fn ppm_parse_params(params: &[u8], vocab_size: u32) -> NResult<(u8, u8, u64, u32)> {
+    let p = Params::from_bytes(params, vocab_size)?;
     Ok((p.profile, p.order, p.primer_tokens, p.primer_crc32c))
 }
 

@@ -6,14 +6,14 @@
 //! then builds the result (the matched values become a NumPy array that owns
 //! the `Vec<u64>` filled by the trie: no second copy).
 
-use crate::errors::{err, invalid, Kind};
-use numpy::{
-    PyArray1, PyArray2, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
-};
+use crate::convert::{ns_key, read_bytes, read_ints, read_logprobs, read_tokens, tokens_array, type_name};
+use crate::errors::{invalid, NResult};
+use numpy::PyArray1;
+#[cfg(feature = "bench-hooks")]
+use numpy::{PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
-use seqkv_trie::{EvictPolicy, NodeRef, Trie, TrieConfig, TrieError};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
+use seqkv_trie::{EvictPolicy, NodeRef, Trie, TrieConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -32,244 +32,13 @@ fn maybe_detach<T: Send>(py: Python<'_>, n_tokens: usize, f: impl FnOnce() -> T 
     }
 }
 
-fn map_err(e: TrieError) -> PyErr {
-    match e {
-        TrieError::InvalidInput(m) => err(Kind::InvalidInput, m),
-        TrieError::Capacity(m) => err(Kind::Capacity, m),
-        TrieError::Corrupt(m) => err(Kind::CorruptStream, m),
-        TrieError::FormatVersion(m) => err(Kind::FormatVersion, m),
-    }
+
+fn policy_of(s: &str) -> NResult<EvictPolicy> {
+    Ok(s.parse::<EvictPolicy>()?)
 }
 
-static NUMPY: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-
-/// `numpy.asarray(obj)` for objects that are not arrays but expose `__array__` (torch CPU tensors, ...).
-fn to_ndarray<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyUntypedArray>>> {
-    if let Ok(a) = obj.cast::<PyUntypedArray>() {
-        return Ok(Some(a.clone()));
-    }
-    if obj.hasattr("__array__")? || obj.hasattr("__array_interface__")? {
-        let py = obj.py();
-        let np = NUMPY.get_or_try_init(py, || PyModule::import(py, "numpy").map(Bound::unbind))?;
-        let a = np
-            .bind(py)
-            .call_method1("asarray", (obj,))
-            .map_err(|e| invalid(format!("cannot read {} as a CPU array: {e}", type_name(obj))))?;
-        return Ok(Some(
-            a.cast_into::<PyUntypedArray>().map_err(|_| invalid("__array__ did not return an ndarray"))?,
-        ));
-    }
-    Ok(None)
-}
-
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
-}
-
-/// Converts any 1-D integer array (any int dtype) into `out`, range-checked by `conv`.
-fn ints_from_array<T: Copy + numpy::Element>(
-    arr: &Bound<'_, PyUntypedArray>,
-    out: &mut Vec<u64>,
-    what: &str,
-    max: u64,
-    conv: impl Fn(T) -> Option<u64>,
-) -> PyResult<bool> {
-    let Ok(a) = arr.cast::<PyArray1<T>>() else { return Ok(false) };
-    let check = |x: T, i: usize| -> PyResult<u64> {
-        match conv(x) {
-            Some(v) if v <= max => Ok(v),
-            _ => Err(invalid(format!("{what}[{i}] is negative or larger than {max}"))),
-        }
-    };
-    // SAFETY: the GIL is held and the data is copied at once; no Rust code holds a
-    // mutable borrow of this array.
-    match unsafe { a.as_slice() } {
-        Ok(s) => {
-            out.reserve(s.len());
-            for (i, &x) in s.iter().enumerate() {
-                out.push(check(x, i)?);
-            }
-        }
-        Err(_) => {
-            // SAFETY: the GIL is held for the whole copy, so no Python code can write the array meanwhile, and no
-            // Rust code of this module writes a caller's array.
-            let view = unsafe { a.as_array() };
-            out.reserve(view.len());
-            for (i, &x) in view.iter().enumerate() {
-                out.push(check(x, i)?);
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// Reads a 1-D sequence of integers (list/tuple/range/iterable of ints, NumPy integer
-/// array of any int dtype, torch CPU tensor) with every value in `0..=max`.
-fn read_ints(obj: &Bound<'_, PyAny>, what: &str, max: u64) -> PyResult<Vec<u64>> {
-    let mut out: Vec<u64> = Vec::new();
-    if let Some(arr) = to_ndarray(obj)? {
-        if arr.ndim() != 1 {
-            return Err(invalid(format!("{what} must be 1-D, got an array with {} dimensions", arr.ndim())));
-        }
-        let ok = ints_from_array::<u32>(&arr, &mut out, what, max, |x| Some(x as u64))?
-            || ints_from_array::<i64>(&arr, &mut out, what, max, |x| u64::try_from(x).ok())?
-            || ints_from_array::<u64>(&arr, &mut out, what, max, Some)?
-            || ints_from_array::<i32>(&arr, &mut out, what, max, |x| u64::try_from(x).ok())?
-            || ints_from_array::<u16>(&arr, &mut out, what, max, |x| Some(x as u64))?
-            || ints_from_array::<i16>(&arr, &mut out, what, max, |x| u64::try_from(x).ok())?
-            || ints_from_array::<u8>(&arr, &mut out, what, max, |x| Some(x as u64))?
-            || ints_from_array::<i8>(&arr, &mut out, what, max, |x| u64::try_from(x).ok())?;
-        if !ok {
-            let dt = arr.dtype().str().map(|s| s.to_string()).unwrap_or_default();
-            return Err(invalid(format!("{what} must have an integer dtype, got {dt}")));
-        }
-        return Ok(out);
-    }
-    if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
-        return Err(invalid(format!("{what} must be a sequence of integers, not {}", type_name(obj))));
-    }
-    let one = |i: usize, item: Bound<'_, PyAny>| -> PyResult<u64> {
-        if item.is_instance_of::<PyBool>() {
-            return Err(invalid(format!("{what}[{i}] is a bool, not an integer")));
-        }
-        match item.extract::<i64>() {
-            Ok(v) if v >= 0 && (v as u64) <= max => Ok(v as u64),
-            Ok(v) => Err(invalid(format!("{what}[{i}] = {v} is negative or larger than {max}"))),
-            Err(_) => match item.extract::<u64>() {
-                Ok(v) if v <= max => Ok(v),
-                _ if item.is_instance_of::<PyInt>() => {
-                    Err(invalid(format!("{what}[{i}] = {item} is negative or larger than {max}")))
-                }
-                _ => Err(invalid(format!("{what}[{i}] is a {}, not an integer", type_name(&item)))),
-            },
-        }
-    };
-    if let Ok(list) = obj.cast::<PyList>() {
-        let n = list.len();
-        out.reserve(n);
-        for i in 0..n {
-            // Fast path: exact ints read with PyLong_AsLongLong on a borrowed reference.
-            // SAFETY: `list` is a live list and `i < n`; the GIL is held and no Python code
-            // runs between the calls, so the borrowed item stays alive and the list unchanged.
-            let fast = unsafe {
-                let item = pyo3::ffi::PyList_GetItem(list.as_ptr(), i as pyo3::ffi::Py_ssize_t);
-                if item.is_null() {
-                    return Err(PyErr::fetch(obj.py()));
-                }
-                if pyo3::ffi::PyLong_CheckExact(item) != 0 {
-                    let v = pyo3::ffi::PyLong_AsLongLong(item);
-                    if v == -1 && !pyo3::ffi::PyErr_Occurred().is_null() {
-                        pyo3::ffi::PyErr_Clear();
-                        None
-                    } else if v >= 0 && (v as u64) <= max {
-                        Some(v as u64)
-                    } else {
-                        None
-                    }
-                } else {
-                    None
-                }
-            };
-            match fast {
-                Some(v) => out.push(v),
-                None => out.push(one(i, list.get_item(i)?)?),
-            }
-        }
-    } else if let Ok(t) = obj.cast::<PyTuple>() {
-        out.reserve(t.len());
-        for (i, item) in t.iter().enumerate() {
-            out.push(one(i, item)?);
-        }
-    } else {
-        let it = obj
-            .try_iter()
-            .map_err(|_| invalid(format!("{what} must be a 1-D sequence of integers, not {}", type_name(obj))))?;
-        for (i, item) in it.enumerate() {
-            out.push(one(i, item?)?);
-        }
-    }
-    Ok(out)
-}
-
-fn read_tokens(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u32>> {
-    // Fast path: contiguous uint32 / int64 / int32 arrays straight into Vec<u32>.
-    if let Ok(a) = obj.cast::<PyArray1<u32>>() {
-        // SAFETY: the GIL is held for the whole copy, so no Python code can write the array meanwhile, and no
-        // Rust code of this module writes a caller's array.
-        if let Ok(s) = unsafe { a.as_slice() } {
-            return Ok(s.to_vec());
-        }
-    }
-    if let Ok(a) = obj.cast::<PyArray1<i64>>() {
-        // SAFETY: the GIL is held for the whole copy, so no Python code can write the array meanwhile, and no
-        // Rust code of this module writes a caller's array.
-        if let Ok(s) = unsafe { a.as_slice() } {
-            let mut out = Vec::with_capacity(s.len());
-            for (i, &x) in s.iter().enumerate() {
-                match u32::try_from(x) {
-                    Ok(v) => out.push(v),
-                    Err(_) => return Err(invalid(format!("{what}[{i}] = {x} is not a token id (0..=4294967295)"))),
-                }
-            }
-            return Ok(out);
-        }
-    }
-    Ok(read_ints(obj, what, u32::MAX as u64)?.into_iter().map(|x| x as u32).collect())
-}
-
-fn read_logprobs(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
-    if let Some(arr) = to_ndarray(obj)? {
-        if arr.ndim() != 1 {
-            return Err(invalid("logprobs must be 1-D"));
-        }
-        if let Ok(a) = arr.cast::<PyArray1<f32>>() {
-            // SAFETY: the GIL is held for the whole copy, so no Python code can write the array meanwhile, and no
-            // Rust code of this module writes a caller's array.
-            return Ok(unsafe { a.as_array() }.iter().copied().collect());
-        }
-        if let Ok(a) = arr.cast::<PyArray1<f64>>() {
-            // SAFETY: the GIL is held for the whole copy, so no Python code can write the array meanwhile, and no
-            // Rust code of this module writes a caller's array.
-            return Ok(unsafe { a.as_array() }.iter().map(|&x| x as f32).collect());
-        }
-        let dt = arr.dtype().str().map(|s| s.to_string()).unwrap_or_default();
-        return Err(invalid(format!("logprobs must have a float dtype, got {dt}")));
-    }
-    let it = obj.try_iter().map_err(|_| invalid("logprobs must be a 1-D sequence of floats"))?;
-    let mut out = Vec::new();
-    for (i, item) in it.enumerate() {
-        let item = item?;
-        let v: f64 = item.extract().map_err(|_| invalid(format!("logprobs[{i}] is not a number")))?;
-        out.push(v as f32);
-    }
-    Ok(out)
-}
-
-/// Namespace salt: None, str, bytes or int; each kind is tagged so that 1, "1" and b"1" differ.
-fn ns_key(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<u8>>> {
-    let Some(obj) = obj else { return Ok(None) };
-    if obj.is_none() {
-        return Ok(None);
-    }
-    let mut k = Vec::new();
-    if let Ok(s) = obj.cast::<PyString>() {
-        k.push(b's');
-        k.extend_from_slice(s.to_str()?.as_bytes());
-    } else if let Ok(b) = obj.cast::<PyBytes>() {
-        k.push(b'b');
-        k.extend_from_slice(b.as_bytes());
-    } else if obj.is_instance_of::<PyInt>() && !obj.is_instance_of::<PyBool>() {
-        k.push(b'i');
-        k.extend_from_slice(obj.str()?.to_str()?.as_bytes());
-    } else {
-        return Err(invalid(format!("namespace must be None, str, bytes or int, not {}", type_name(obj))));
-    }
-    Ok(Some(k))
-}
-
-fn policy_of(s: &str) -> PyResult<EvictPolicy> {
-    s.parse::<EvictPolicy>().map_err(map_err)
-}
+/// `next_counts`' result: token ids (`uint32`) and their counts (`uint64`).
+type TokensAndCounts<'py> = (Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>);
 
 /// A node of a trie, as returned in `Match.node`: what `pin` and `unpin` take.
 #[pyclass(frozen, module = "seqkv._native", name = "Node")]
@@ -347,11 +116,11 @@ pub struct PyPin {
 }
 
 impl PyPin {
-    fn do_release(&self) -> PyResult<()> {
+    fn do_release(&self) -> NResult<()> {
         if self.released.swap(true, Ordering::AcqRel) {
             return Err(invalid("pin already released (double unpin)"));
         }
-        self.trie.unpin(&self.node).map_err(map_err)
+        Ok(self.trie.unpin(&self.node)?)
     }
 }
 
@@ -368,14 +137,14 @@ impl PyPin {
         self.released.load(Ordering::Acquire)
     }
     /// Releases the pin (once).
-    fn release(&self) -> PyResult<()> {
+    fn release(&self) -> NResult<()> {
         self.do_release()
     }
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
     }
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> NResult<bool> {
         if !self.released.load(Ordering::Acquire) {
             self.do_release()?;
         }
@@ -396,7 +165,7 @@ pub struct PyTrie {
 }
 
 impl PyTrie {
-    fn node_of(&self, obj: &Bound<'_, PyAny>) -> PyResult<NodeRef> {
+    fn node_of(&self, obj: &Bound<'_, PyAny>) -> NResult<NodeRef> {
         if let Ok(n) = obj.cast::<PyNode>() {
             return Ok(n.get().node.clone());
         }
@@ -411,7 +180,7 @@ impl PyTrie {
 impl PyTrie {
     #[new]
     #[pyo3(signature = (page_size = None, max_tokens = None, policy = "lru"))]
-    fn new(page_size: Option<&Bound<'_, PyAny>>, max_tokens: Option<&Bound<'_, PyAny>>, policy: &str) -> PyResult<Self> {
+    fn new(page_size: Option<&Bound<'_, PyAny>>, max_tokens: Option<&Bound<'_, PyAny>>, policy: &str) -> NResult<Self> {
         let ps: i64 = match page_size {
             None => 1,
             Some(p) => {
@@ -436,7 +205,7 @@ impl PyTrie {
             }
         };
         let cfg = TrieConfig { page_size: ps as usize, max_tokens: max, policy: policy_of(policy)? };
-        Ok(PyTrie { inner: Arc::new(Trie::new(cfg).map_err(map_err)?) })
+        Ok(PyTrie { inner: Arc::new(Trie::new(cfg)?) })
     }
 
     /// Stores `tokens` (cut to whole pages). `values`: one uint64 handle per token (fresh
@@ -451,7 +220,7 @@ impl PyTrie {
         values: Option<&Bound<'_, PyAny>>,
         logprobs: Option<&Bound<'_, PyAny>>,
         namespace: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<usize> {
+    ) -> NResult<usize> {
         let toks = read_tokens(tokens, "tokens")?;
         let vals = match values {
             Some(v) if !v.is_none() => Some(read_ints(v, "values", u64::MAX)?),
@@ -463,7 +232,7 @@ impl PyTrie {
         };
         let ns = ns_key(namespace)?;
         let t = &self.inner;
-        py.detach(|| t.insert(&toks, vals.as_deref(), lps.as_deref(), ns.as_deref())).map_err(map_err)
+        Ok(py.detach(|| t.insert(&toks, vals.as_deref(), lps.as_deref(), ns.as_deref()))?)
     }
 
     /// Longest stored prefix of `tokens` (cut to whole pages). Takes no lock. With
@@ -476,7 +245,7 @@ impl PyTrie {
         tokens: &Bound<'_, PyAny>,
         namespace: Option<&Bound<'_, PyAny>>,
         pin: bool,
-    ) -> PyResult<PyMatch> {
+    ) -> NResult<PyMatch> {
         let toks = read_tokens(tokens, "tokens")?;
         let ns = match namespace {
             None => None,
@@ -498,15 +267,15 @@ impl PyTrie {
     /// Pins `node` (a `Match.node`): neither it nor its ancestors are evicted until the pin
     /// is released. Returns a `Pin`, usable as a context manager. InvalidInputError if the
     /// node was evicted since the match (match again) or belongs to another trie.
-    fn pin(&self, node: &Bound<'_, PyAny>) -> PyResult<PyPin> {
+    fn pin(&self, node: &Bound<'_, PyAny>) -> NResult<PyPin> {
         let n = self.node_of(node)?;
-        self.inner.pin(&n).map_err(map_err)?;
+        self.inner.pin(&n)?;
         Ok(PyPin { trie: self.inner.clone(), node: n, released: AtomicBool::new(false) })
     }
 
     /// Releases one pin of `node` (a Node, or the Pin that `pin` returned).
     /// InvalidInputError on a double unpin.
-    fn unpin(&self, node: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn unpin(&self, node: &Bound<'_, PyAny>) -> NResult<()> {
         if let Ok(p) = node.cast::<PyPin>() {
             let p = p.get();
             if !Arc::ptr_eq(&p.trie, &self.inner) {
@@ -515,13 +284,13 @@ impl PyTrie {
             return p.do_release();
         }
         let n = self.node_of(node)?;
-        self.inner.unpin(&n).map_err(map_err)
+        Ok(self.inner.unpin(&n)?)
     }
 
     /// Evicts unpinned leaves until at least `n_tokens` are freed (or nothing evictable is
     /// left); returns the freed values. `policy`: "lru" or "plt".
     #[pyo3(signature = (n_tokens, policy = "lru"))]
-    fn evict<'py>(&self, py: Python<'py>, n_tokens: &Bound<'py, PyAny>, policy: &str) -> PyResult<Bound<'py, PyArray1<u64>>> {
+    fn evict<'py>(&self, py: Python<'py>, n_tokens: &Bound<'py, PyAny>, policy: &str) -> NResult<Bound<'py, PyArray1<u64>>> {
         let n: i64 = n_tokens.extract().map_err(|_| invalid("n_tokens must be an int"))?;
         if n < 0 {
             return Err(invalid(format!("n_tokens must be >= 0, got {n}")));
@@ -542,18 +311,18 @@ impl PyTrie {
     /// from the log-probs stored at insert. InvalidInputError if that path is not stored
     /// or lacks log-probs.
     #[pyo3(signature = (a, b, namespace = None))]
-    fn d_t(&self, py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>, namespace: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+    fn d_t(&self, py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>, namespace: Option<&Bound<'_, PyAny>>) -> NResult<f64> {
         let (a, b, ns) = (read_tokens(a, "a")?, read_tokens(b, "b")?, ns_key(namespace)?);
         let t = &self.inner;
-        py.detach(|| t.d_t(&a, &b, ns.as_deref())).map_err(map_err)
+        Ok(py.detach(|| t.d_t(&a, &b, ns.as_deref()))?)
     }
 
     /// Natural-log probability of `tokens` under the model (sum of stored log-probs).
     #[pyo3(signature = (tokens, namespace = None))]
-    fn log_prob(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, namespace: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+    fn log_prob(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, namespace: Option<&Bound<'_, PyAny>>) -> NResult<f64> {
         let (toks, ns) = (read_tokens(tokens, "tokens")?, ns_key(namespace)?);
         let t = &self.inner;
-        py.detach(|| t.log_prob(&toks, ns.as_deref())).map_err(map_err)
+        Ok(py.detach(|| t.log_prob(&toks, ns.as_deref()))?)
     }
 
     /// Tokens seen after `prefix` and how many inserts continued with each:
@@ -564,11 +333,11 @@ impl PyTrie {
         py: Python<'py>,
         prefix: &Bound<'py, PyAny>,
         namespace: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>)> {
+    ) -> NResult<TokensAndCounts<'py>> {
         let (toks, ns) = (read_tokens(prefix, "prefix")?, ns_key(namespace)?);
         let t = &self.inner;
         let (a, b) = py.detach(|| t.next_counts(&toks, ns.as_deref()));
-        Ok((PyArray1::from_vec(py, a), PyArray1::from_vec(py, b)))
+        Ok((tokens_array(py, a), PyArray1::from_vec(py, b)))
     }
 
     fn __len__(&self) -> usize {
@@ -578,7 +347,7 @@ impl PyTrie {
     /// Sizes and counters: tokens, nodes, leaves, namespaces, pinned_nodes, pins, bytes,
     /// bytes_per_token, page_size, max_tokens, policy, inserts, evictions, evicted_tokens,
     /// capacity_errors, pending_evicted.
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn stats<'py>(&self, py: Python<'py>) -> NResult<Bound<'py, PyDict>> {
         let t = &self.inner;
         let s = py.detach(|| t.stats());
         let d = PyDict::new(py);
@@ -611,17 +380,9 @@ impl PyTrie {
 
     /// Rebuilds a trie from `snapshot()` bytes; CorruptStreamError on bad data.
     #[staticmethod]
-    fn restore(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<PyTrie> {
-        let bytes: Vec<u8> = if let Ok(b) = data.cast::<PyBytes>() {
-            b.as_bytes().to_vec()
-        } else if let Ok(b) = data.cast::<PyByteArray>() {
-            b.to_vec()
-        } else if data.hasattr("tobytes")? {
-            data.call_method0("tobytes")?.cast_into::<PyBytes>().map_err(|_| invalid("tobytes() did not return bytes"))?.as_bytes().to_vec()
-        } else {
-            return Err(invalid(format!("restore takes bytes, not {}", type_name(data))));
-        };
-        let t = py.detach(|| Trie::restore(&bytes)).map_err(map_err)?;
+    fn restore(py: Python<'_>, data: &Bound<'_, PyAny>) -> NResult<PyTrie> {
+        let bytes = read_bytes(data, "restore")?;
+        let t = py.detach(|| Trie::restore(&bytes))?;
         Ok(PyTrie { inner: Arc::new(t) })
     }
 
@@ -649,6 +410,8 @@ impl PyTrie {
             .collect()
     }
 
+    /// Bench hook (cargo feature `bench-hooks`, in dev builds only).
+    ///
     /// Read benchmark without Python in the loop: `threads` native threads each run `ops`
     /// matches over the rows of `keys` (uint32, 2-D). Returns elapsed seconds.
     ///
@@ -660,6 +423,7 @@ impl PyTrie {
     /// (the same walk and LRU/hit bookkeeping, no node handle cloned) or `"walk"` (the walk
     /// alone): the gaps between them show what each shared write on the read path costs.
     /// `cpus`: thread `i` is pinned to `cpus[i % len]` (none: the scheduler places them).
+    #[cfg(feature = "bench-hooks")]
     #[pyo3(signature = (keys, threads, ops, hold_epoch = false, private = false, probe = "match", cpus = Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn _read_bench(
@@ -672,7 +436,7 @@ impl PyTrie {
         private: bool,
         probe: &str,
         cpus: Vec<usize>,
-    ) -> PyResult<f64> {
+    ) -> NResult<f64> {
         let probe = match probe {
             "match" => None,
             "walk_touch" => Some(true),
@@ -734,12 +498,13 @@ impl PyTrie {
         pinned_result(secs, &unpinned)
     }
 
-    /// Control for `_read_bench`: `threads` native threads each run `iters` steps of a
+    /// Bench hook (cargo feature `bench-hooks`). Control for `_read_bench`: `threads` native threads each run `iters` steps of a
     /// register-only integer loop (no memory traffic, nothing shared). Its scaling is the
     /// machine's own ceiling (turbo, SMT, noisy neighbours). Returns elapsed seconds.
+    #[cfg(feature = "bench-hooks")]
     #[staticmethod]
     #[pyo3(signature = (threads, iters, cpus = Vec::new()))]
-    fn _spin_bench(py: Python<'_>, threads: usize, iters: u64, cpus: Vec<usize>) -> PyResult<f64> {
+    fn _spin_bench(py: Python<'_>, threads: usize, iters: u64, cpus: Vec<usize>) -> NResult<f64> {
         let unpinned = std::sync::atomic::AtomicBool::new(false);
         let secs = py.detach(|| {
             let barrier = std::sync::Barrier::new(threads + 1);
@@ -770,8 +535,10 @@ impl PyTrie {
         pinned_result(secs, &unpinned)
     }
 
-    /// Sets the key length (tokens) below which `match_prefix` keeps the GIL; 0 (the
-    /// default) releases it on every call. Process-wide. Returns the previous value.
+    /// Bench hook (cargo feature `bench-hooks`). Sets the key length (tokens) below which
+    /// `match_prefix` keeps the GIL; 0 (the default) releases it on every call. Process-wide.
+    /// Returns the previous value.
+    #[cfg(feature = "bench-hooks")]
     #[staticmethod]
     fn _set_gil_release_min_tokens(n: usize) -> usize {
         GIL_RELEASE_MIN.swap(n, Ordering::Relaxed)
@@ -798,6 +565,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 /// Pins the calling bench thread `tid` to `cpus[tid % cpus.len()]` (nothing when `cpus` is
 /// empty); a failure is recorded in `unpinned`.
+#[cfg(feature = "bench-hooks")]
 fn pin_bench_thread(cpus: &[usize], tid: usize, unpinned: &std::sync::atomic::AtomicBool) {
     if cpus.is_empty() {
         return;
@@ -807,7 +575,7 @@ fn pin_bench_thread(cpus: &[usize], tid: usize, unpinned: &std::sync::atomic::At
     }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(feature = "bench-hooks", target_os = "linux"))]
 fn pin_current_thread(cpu: usize) -> bool {
     if cpu >= libc::CPU_SETSIZE as usize {
         return false;
@@ -820,12 +588,13 @@ fn pin_current_thread(cpu: usize) -> bool {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(feature = "bench-hooks", not(target_os = "linux")))]
 fn pin_current_thread(_cpu: usize) -> bool {
     false
 }
 
-fn pinned_result(secs: f64, unpinned: &std::sync::atomic::AtomicBool) -> PyResult<f64> {
+#[cfg(feature = "bench-hooks")]
+fn pinned_result(secs: f64, unpinned: &std::sync::atomic::AtomicBool) -> NResult<f64> {
     if unpinned.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(invalid("could not pin a bench thread to one of the given CPUs"));
     }
