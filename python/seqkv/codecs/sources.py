@@ -7,16 +7,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, Union
 
 import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["LogitsSource", "CallableSource", "TransformersSource", "EngineLogitsSource", "default_source"]
+__all__ = ["LogitsSource", "CallableSource", "TransformersSource", "EngineLogitsSource", "default_source", "EngineChoice"]
 
 if TYPE_CHECKING:
     from ..engine.cpu import Engine, Sequence as EngineSequence
+
+#: What computes a model's outputs, accepted alike by ``LMCodec`` and ``SessionStore``: ``"auto"``
+#: (the engine when it supports the model on the CPU, else transformers), ``True`` or ``"seqkv"`` (the
+#: engine, an error for a model it cannot run), ``False`` or ``"transformers"``, or an ``Engine``.
+EngineChoice = Union[Literal["auto", "seqkv", "transformers"], bool, "Engine"]
 
 
 class LogitsSource:
@@ -114,6 +121,23 @@ class CallableSource(LogitsSource):
         return self._row()
 
 
+_TORCH_THREADS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _fixed_torch_threads(torch: Any, threads: int) -> Iterator[None]:
+    """Runs the block with torch's intra-op thread count at ``threads`` (restored after)."""
+    with _TORCH_THREADS_LOCK:
+        before = torch.get_num_threads()
+        if before != threads:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            if before != threads:
+                torch.set_num_threads(before)
+
+
 class TransformersSource(LogitsSource):
     """Logits from a transformers causal LM: one prefill for the prefix, then single steps
     with a ``DynamicCache`` at batch size 1, under ``torch.inference_mode``.
@@ -122,11 +146,16 @@ class TransformersSource(LogitsSource):
     prefill chunks of ``k`` tokens instead of single steps: several times faster, but the
     rows differ from the decoder's single steps in the last bits (measured max |Δlogit|
     ~1e-4 on SmolLM2), so only ``lm-robust`` streams decode from them.
+
+    Every forward runs with torch's intra-op thread count set to ``threads`` (default 1),
+    whatever the caller's setting, and the numerics profile records that count: a stream
+    written by a process with 8 torch threads decodes in one with 2. The count is process-wide
+    in torch, so forwards of all transformers sources are serialised while it is switched.
     """
 
     engine = "transformers"
 
-    def __init__(self, model: Any, *, encode_chunk: int | None = None):
+    def __init__(self, model: Any, *, encode_chunk: int | None = None, threads: int = 1):
         from ..integrations.models import require_torch, vocab_size
 
         self._torch, transformers = require_torch()
@@ -139,6 +168,9 @@ class TransformersSource(LogitsSource):
         if encode_chunk is not None and int(encode_chunk) < 1:
             raise InvalidInputError("encode_chunk must be >= 1")
         self.encode_chunk = None if encode_chunk is None else int(encode_chunk)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InvalidInputError(f"threads must be an int >= 1, got {threads!r}")
+        self.threads = threads
 
     def fingerprint(self) -> bytes:
         from ..integrations.models import fingerprint
@@ -150,12 +182,13 @@ class TransformersSource(LogitsSource):
 
         profile = numerics_profile(self.model)
         profile["engine"] = self.engine
+        profile["threads"] = self.threads
         return profile
 
     def _forward(self, ids: Sequence[int], keep: int = 1) -> np.ndarray:
         """Run ``ids`` as one chunk; return the last ``keep`` rows, shape (keep, V) (or (V,) when keep == 1)."""
         torch = self._torch
-        with torch.inference_mode():
+        with _fixed_torch_threads(torch, self.threads), torch.inference_mode():
             input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
             kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": True}
             if self._keep_arg:
