@@ -16,6 +16,7 @@ from .errors import (
     CapacityError,
     CorruptStreamError,
     FormatVersionError,
+    InternalError,
     InvalidInputError,
     MissingExtraError,
     ModelMismatchError,

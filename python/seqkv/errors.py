@@ -17,6 +17,7 @@ __all__ = [
     "SessionNotFoundError",
     "StoreError",
     "MissingExtraError",
+    "InternalError",
 ]
 
 
@@ -58,3 +59,7 @@ class StoreError(SeqkvError):
 
 class MissingExtraError(SeqkvError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class InternalError(SeqkvError):
+    """A broken invariant inside seqkv: a bug, never the caller's input. Please report it."""
