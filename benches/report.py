@@ -6,8 +6,10 @@ writing to benches/results/quick/NAME.json so that no committed JSON is overwrit
 need a GPU run only where CuPy sees one. Then the report is rendered. For each bench the report
 uses the committed full-run JSON (benches/results/NAME.json) when present, else this run's JSON
 under results/quick/, and says which file every figure comes from; a "this run vs committed"
-table puts the headline numbers of both side by side. A missing file or key is shown as
-"not measured" rather than invented. The only numbers not read from JSON are model shapes
+table puts the headline numbers of both side by side. Every JSON is read through its bench's
+schema (benches/_summary.py): an absent file is shown as "not measured" rather than invented, and a
+present file with a missing, mistyped or unknown key stops the report with a SummaryError that names
+the file and the key (a renamed key must not quietly turn a figure into "not measured"). The only numbers not read from JSON are model shapes
 (layers, KV heads, head dim), the bit widths of the formats being compared, the paper's claims
 and the issue targets, each stated where used; anything computed from them is labelled as
 arithmetic.
@@ -18,7 +20,6 @@ Usage: python benches/report.py [--run] [--only NAME ...] [--out DIR]   (default
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from _summary import Runs, load_summary, schema_for, write_summary
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -113,15 +115,16 @@ def run_benches(only: list[str] | None, all_quick: bool = False) -> list[dict[st
         print(f"[report] {name}: {rec['status']}", file=sys.stderr, flush=True)
         records.append(rec)
         # written after every bench, so that an interrupted run still leaves its record
-        (RUNS / "runs.json").write_text(json.dumps({"gpu": gpu, "updated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                                    "runs": records}, indent=1) + "\n")
+        write_summary(RUNS / "runs.json", Runs, {"gpu": gpu, "updated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                                  "runs": records}, indent=1)
     return records
 
 
 class Sources:
     """Which JSON each bench's figures come from: the committed full run benches/results/NAME.json
     when present, else this ``make report`` run's benches/results/quick/NAME.json, else a committed
-    quick run benches/results/NAME-quick.json."""
+    quick run benches/results/NAME-quick.json. Each is read through its schema (benches/_summary.py):
+    a present file that does not match raises SummaryError."""
 
     def __init__(self) -> None:
         self.path: dict[str, Path] = {}
@@ -133,10 +136,7 @@ class Sources:
     def load(self, name: str) -> dict[str, Any] | None:
         for path in self.candidates(name):
             if path.exists():
-                try:
-                    d = json.loads(path.read_text())
-                except json.JSONDecodeError:
-                    continue
+                d = load_summary(path, schema_for(name))
                 self.path[name], self.data[name] = path, d
                 return d
         return None
@@ -150,10 +150,7 @@ class Sources:
     def fresh(self, name: str) -> dict[str, Any] | None:
         """This run's JSON for ``name`` (results/quick/), whatever the report uses."""
         p = RUNS / f"{name}.json"
-        try:
-            return json.loads(p.read_text()) if p.exists() else None
-        except json.JSONDecodeError:
-            return None
+        return load_summary(p, schema_for(name)) if p.exists() else None
 
 
 def get(d: Any, *keys: Any) -> Any:
@@ -215,7 +212,7 @@ LLAMA70B_GQA = KVShape("70B with GQA (80 L, 8 KV heads × 128)", 80, 8, 128)
 LLAMA70B_MHA = KVShape("70B without GQA (80 L, 64 heads × 128)", 80, 64, 128)
 SHAPES = (SMOLLM2, LLAMA70B_GQA, LLAMA70B_MHA)
 
-# Side information of the per-vector quantizers as python/seqkv/quantizers.py implements them:
+# Side information of the per-vector quantizers as python/seqkv/kv/quantizers.py implements them:
 # TurboQuant-like keeps one f32 norm per vector of head_dim; KIVI-like keeps an f32 scale and an
 # f32 minimum per group of 32.
 KIVI_GROUP = 32
@@ -778,7 +775,7 @@ class Report:
 
     def trie_match(self) -> list[tuple[str, dict[str, Any] | None, float | None]]:
         """(machine, trie JSON, match speed-up over SGLang or None where SGLang did not run)."""
-        return [(f"{fmt(get(d, 'machine', 'cores') or get(d, 'machine', 'nproc') or get(d, 'machine', 'logical_cpus'), 'd')}-core "
+        return [(f"{fmt(get(d, 'machine', 'cores'), 'd')}-core "
                  f"{'dev' if d is self.trie else 'device'} machine", d, get(d, "speedup_vs_sglang_match"))
                 for d in (self.trie, self.trie_16, self.trie_many) if d is not None]
 
@@ -799,10 +796,8 @@ class Report:
         for dt in ("f32", "bf16"):
             r = get(g, "residual", dt)
             if r:
-                dev = r.get("gpu_only", {})
+                dev = r["gpu_only"]
                 for op in ("pack", "unpack"):
-                    if f"{op}_GBps" not in dev:  # a JSON from before the GPU-time headline
-                        continue
                     rows.append([f"residual {op} {dt} (GPU time; per call with host work)",
                                  f"{fmt(dev[f'{op}_GBps'], ',.0f')} ({fmt(r.get(f'{op}_GBps'), ',.0f')})",
                                  f"{fmt(dev.get(f'{op}_bw_fraction'), '.3f')} ({fmt(r.get(f'call_{op}_bw_fraction'), '.3f')})", "—"])
@@ -1143,8 +1138,8 @@ class Report:
                 continue
             m = d.get("machine") or {}
             desc = d.get("device") or m.get("gpu") or " ".join(
-                str(x) for x in (m.get("cpu"), f"{m.get('cores') or m.get('usable_cpus') or m.get('nproc') or m.get('logical_cpus') or m.get('threads') or '?'} cores") if x)
-            load_ = m.get("loadavg_start") or m.get("load_average_at_start")
+                str(x) for x in (m.get("cpu"), f"{m.get('cores') or m.get('usable_cpus') or m.get('threads') or '?'} cores") if x)
+            load_ = m.get("loadavg_start")
             q = d.get("quick", get(d, "settings", "quick"))
             mode = "" if q is None else "quick" if q else "full"
             rows.append([name, f"`{self.src.rel(name)}`", mode, desc, f"{load_[0]:.1f}" if load_ else ""])
@@ -1153,7 +1148,7 @@ class Report:
     def runs_section(self) -> None:
         runs = self.runs
         if runs is None and (RUNS / "runs.json").exists():
-            runs = json.loads((RUNS / "runs.json").read_text()).get("runs")
+            runs = load_summary(RUNS / "runs.json", Runs)["runs"]
         self.w("## How this report was made", "")
         if not runs:
             self.w("`benches/report.py` was run without `--run`: no bench ran; every figure comes from committed JSON.", "")
@@ -1220,16 +1215,6 @@ REPRO: list[tuple[str, str, tuple[Any, ...], str]] = [
     ("serve", "TTFT p50 speed-up, 1 thread", ("threads", "1", "ttft_p50_speedup"), ".2f"),
     ("stress", "all checks passed", ("all_checks_passed",), ""),
 ]
-
-
-def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key path, leaf) for every leaf of nested dicts (lists are leaves)."""
-    if not isinstance(d, dict):
-        return [(prefix, d)]
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        out += flatten(v, f"{prefix}.{k}" if prefix else str(k))
-    return out
 
 
 def main() -> None:
