@@ -8,14 +8,18 @@ A backend stores two kinds of things:
 * **store-level blobs** under a name, e.g. the trie snapshot (``"trie"``), each
   with a version number that grows by one on every write, so that several
   processes sharing one backend can tell cheaply whether a blob changed and can
-  merge their changes with :meth:`Backend.update_blob`.
+  merge their changes with :meth:`Backend.update_blob`;
+* **counters** (:meth:`Backend.allocate_number`): numbers never handed out twice;
+* **quarantined records** (:meth:`Backend.quarantine`): corrupt records moved out of the way.
 
 Every backend is thread-safe, is a context manager, and raises only seqkv errors:
-:class:`~seqkv.errors.SessionNotFoundError` for a missing session,
+:class:`~seqkv.errors.InvalidInputError` for a bad argument (checked before anything is
+written), :class:`~seqkv.errors.SessionNotFoundError` for a missing session,
 :class:`~seqkv.errors.StoreError` for a failing store (unreachable, unreadable,
-locked), and :class:`CorruptRecordError` (both a ``StoreError`` and a
-``CorruptStreamError``) for a stored record whose bytes fail their checksum.
-A call that fails changes nothing: each write is one transaction.
+locked, timed out), and :class:`CorruptRecordError` (both a ``StoreError`` and a
+``CorruptStreamError``) for a stored record whose bytes fail their checksum, or that
+was stored under another session id. A call that fails changes nothing: each write is
+one transaction.
 
 Metadata keys are the caller's business; the keys :class:`~seqkv.SessionStore`
 writes are listed in ``docs/durability.md``. Metadata must be JSON-serialisable
@@ -26,39 +30,39 @@ on every backend.
 
 from __future__ import annotations
 
-import json
 import re
-import struct
-import zlib
+
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from ..errors import CorruptStreamError, InvalidInputError, SessionNotFoundError, StoreError
+from ..errors import InvalidInputError, SessionNotFoundError, StoreError
+from .rows import (
+    CorruptRecordError,
+    RowChecksums,
+    check_data,
+    check_meta,
+    checksums,
+    decode_attachments,
+    decode_meta,
+    encode_attachments,
+)
+from .validation import MAX_NAME_BYTES, MAX_NUMBER, check_blob_name, check_session_id, encode_meta
 
 __all__ = [
     "Backend",
     "SessionRecord",
     "CorruptRecordError",
     "BlobUpdate",
+    "MetaScan",
+    "MAX_NAME_BYTES",
     "check_session_id",
     "check_blob_name",
 ]
 
-#: Longest session id or blob name accepted (in UTF-8 bytes).
-MAX_NAME_BYTES = 1024
-
 _ATTACHMENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-
-
-class CorruptRecordError(StoreError, CorruptStreamError):
-    """A stored record or blob fails its checksum or cannot be parsed (a corrupt database row).
-
-    Subclasses both :class:`StoreError` and :class:`CorruptStreamError`, so either
-    ``except`` clause catches it.
-    """
 
 
 @dataclass(frozen=True)
@@ -98,19 +102,22 @@ class SessionRecord:
             attachments[name] = bytes(data)
         object.__setattr__(self, "attachments", attachments)
 
-    # -- the on-disk encoding shared by every backend ---------------------------------
+    # -- the stored encoding shared by every backend ----------------------------------
 
     def meta_json(self) -> bytes:
-        """The canonical JSON encoding of ``meta`` (sorted keys, compact, UTF-8)."""
+        """The canonical JSON encoding of ``meta`` (sorted keys, compact, UTF-8);
+        :class:`InvalidInputError` when ``meta`` is not JSON (see :func:`validation.encode_meta`)."""
         return encode_meta(self.meta)
 
     def attachments_bytes(self) -> bytes:
         """``attachments`` framed as one byte string (empty when there are none)."""
         return encode_attachments(self.attachments)
 
-    def data_crc(self) -> int:
-        """CRC-32 over the container and the framed attachments (stored beside them)."""
-        return data_crc(self.container, self.attachments_bytes())
+    def encoded(self, session_id: str) -> tuple[bytes, bytes, RowChecksums]:
+        """``(meta_json, attachments_bytes, checksums)`` to store this record under ``session_id``
+        in the current row format (checksums bound to the id)."""
+        meta_json, attachments = self.meta_json(), self.attachments_bytes()
+        return meta_json, attachments, checksums(session_id, self.container, meta_json, attachments)
 
     @property
     def nbytes(self) -> int:
@@ -125,16 +132,23 @@ class SessionRecord:
         meta_json: bytes,
         attachments: bytes,
         *,
-        data_crc: int | None,
-        meta_crc: int | None,
+        sums: RowChecksums | None,
     ) -> SessionRecord:
-        """Rebuild a record from its stored parts, checking both checksums (``None`` skips one);
-        a corrupt part raises :class:`CorruptRecordError` naming the session."""
-        check_data_crc(session_id, container, attachments, data_crc)
-        check_meta_crc(session_id, meta_json, meta_crc)
+        """Rebuild a record from its stored parts, checking its checksums (``None``: a backend
+        that keeps none); a corrupt part, or a row of another session, raises
+        :class:`CorruptRecordError` naming the session."""
+        if sums is not None:
+            check_data(session_id, container, attachments, sums)
+            check_meta(session_id, meta_json, sums)
         where = f"session {session_id!r}"
         meta = decode_meta(meta_json, where)
         return cls(container=container, meta=meta, attachments=decode_attachments(attachments, where))
+
+
+def require_record(record: object) -> SessionRecord:
+    if not isinstance(record, SessionRecord):
+        raise InvalidInputError(f"expected a SessionRecord, not {type(record).__name__}")
+    return record
 
 
 @dataclass(frozen=True)
@@ -146,116 +160,13 @@ class BlobUpdate:
     attempts: int
 
 
-def encode_meta(meta: Mapping[str, Any]) -> bytes:
-    try:
-        text = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"session metadata is not JSON-serialisable: {exc}") from None
-    return text.encode("utf-8")
+@dataclass(frozen=True)
+class MetaScan:
+    """The outcome of :meth:`Backend.scan_meta`: the metadata of every live session whose
+    metadata passes its checksum, and the ids (with the reason) of those that do not."""
 
-
-def decode_meta(data: bytes | str, where: str) -> dict[str, Any]:
-    try:
-        meta = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CorruptRecordError(f"{where}: stored metadata is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise CorruptRecordError(f"{where}: stored metadata is a JSON {type(meta).__name__}, not an object")
-    return meta
-
-
-def encode_attachments(attachments: Mapping[str, bytes]) -> bytes:
-    """Frame as: u32 count, then per attachment (sorted by name) u16 name length, name, u64 length, data."""
-    if not attachments:
-        return b""
-    parts = [struct.pack("<I", len(attachments))]
-    for name in sorted(attachments):
-        raw = name.encode("utf-8")
-        data = attachments[name]
-        parts += [struct.pack("<H", len(raw)), raw, struct.pack("<Q", len(data)), data]
-    return b"".join(parts)
-
-
-def decode_attachments(data: bytes, where: str) -> dict[str, bytes]:
-    if not data:
-        return {}
-    try:
-        (count,) = struct.unpack_from("<I", data, 0)
-        pos = 4
-        out: dict[str, bytes] = {}
-        for _ in range(count):
-            (name_len,) = struct.unpack_from("<H", data, pos)
-            pos += 2
-            name = data[pos : pos + name_len].decode("utf-8")
-            pos += name_len
-            (size,) = struct.unpack_from("<Q", data, pos)
-            pos += 8
-            if pos + size > len(data):
-                raise ValueError("attachment runs past the end")
-            out[name] = bytes(data[pos : pos + size])
-            pos += size
-        if pos != len(data):
-            raise ValueError(f"{len(data) - pos} trailing bytes")
-    except (struct.error, UnicodeDecodeError, ValueError) as exc:
-        raise CorruptRecordError(f"{where}: stored attachments are malformed ({exc})") from None
-    return out
-
-
-def data_crc(container: bytes, attachments: bytes) -> int:
-    crc = zlib.crc32(struct.pack("<QQ", len(container), len(attachments)))
-    return zlib.crc32(attachments, zlib.crc32(container, crc))
-
-
-def meta_crc(meta_json: bytes) -> int:
-    return zlib.crc32(meta_json)
-
-
-def check_data_crc(session_id: str, container: bytes, attachments: bytes, crc: int | None) -> None:
-    if crc is not None and data_crc(container, attachments) != crc:
-        raise CorruptRecordError(
-            f"session {session_id!r}: stored container fails its CRC-32 (corrupt database row)"
-        )
-
-
-def check_meta_crc(session_id: str, meta_json: bytes, crc: int | None) -> None:
-    if crc is not None and meta_crc(meta_json) != crc:
-        raise CorruptRecordError(
-            f"session {session_id!r}: stored metadata fails its CRC-32 (corrupt database row)"
-        )
-
-
-def blob_crc(data: bytes) -> int:
-    return zlib.crc32(data)
-
-
-def _check_name(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{what} must be a str, not {type(value).__name__}")
-    if not value:
-        raise InvalidInputError(f"{what} must not be empty")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidInputError(f"{what} {value!r} is not valid Unicode text") from None
-    if size > MAX_NAME_BYTES:
-        raise InvalidInputError(f"{what} is {size} bytes long; the limit is {MAX_NAME_BYTES}")
-    if "\x00" in value:
-        raise InvalidInputError(f"{what} {value!r} contains a NUL character")
-    return value
-
-
-def check_session_id(session_id: object) -> str:
-    return _check_name(session_id, "session id")
-
-
-def check_blob_name(name: object) -> str:
-    return _check_name(name, "blob name")
-
-
-def check_blob_data(data: object, name: str) -> bytes:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise InvalidInputError(f"blob {name!r} must be bytes, not {type(data).__name__}")
-    return bytes(data)
+    meta: dict[str, dict[str, Any]]
+    corrupt: dict[str, str]
 
 
 class Backend(ABC):
@@ -276,8 +187,10 @@ class Backend(ABC):
     ) -> None:
         """Store ``record`` under ``session_id``, replacing any previous record, and write
         ``blobs`` (e.g. an updated trie snapshot) in the same transaction: either all of it
-        is stored or none. When ``put`` returns, the write is durable as the backend's
-        contract says (``docs/durability.md``)."""
+        is stored or none. A replacement is atomic: until it commits every reader gets the
+        previous record, afterwards the new one, never neither and never a mix. When ``put``
+        returns, the write is durable as the backend's contract says (``docs/durability.md``);
+        when it raises, nothing was written."""
 
     @abstractmethod
     def get(self, session_id: str) -> SessionRecord:
@@ -300,6 +213,42 @@ class Backend(ABC):
         """Atomically merge ``changes`` into the session's metadata (a key mapped to ``None``
         is removed) and return the new metadata. The container is not rewritten.
         :class:`SessionNotFoundError` if the session is absent."""
+
+    # -- numbers, quarantine, scans -----------------------------------------------------
+
+    @abstractmethod
+    def allocate_number(self, name: str = "session", *, after: int = 0) -> int:
+        """The next number of the persistent counter ``name``: greater than ``after`` and than
+        every number this counter handed out before, to any thread or process sharing the
+        backend. Numbers are never handed out twice, whatever was deleted, cleared or
+        reopened in between (a number whose caller failed is skipped, not reused).
+        ``after`` lets a store that numbered records before the counter existed start past
+        its largest number."""
+
+    @abstractmethod
+    def quarantine(self, session_id: str, *, reason: str = "") -> bool:
+        """Move the session's record, as stored (corrupt or not), out of the live set into
+        quarantine: :meth:`ids`, :meth:`get` and :meth:`scan_meta` no longer see it, and a
+        new ``put`` of the id starts afresh. Quarantine keeps the latest record moved there
+        per id. ``True`` if a live record was moved."""
+
+    @abstractmethod
+    def quarantined(self) -> list[str]:
+        """The ids of the records in quarantine, sorted."""
+
+    def scan_meta(self) -> MetaScan:
+        """Every live session's metadata, checked against its checksum only (containers are
+        not read), and the ids whose metadata is corrupt, with the reason; what a store
+        reads at open to find the records it must quarantine."""
+        scan = MetaScan({}, {})
+        for session_id in self.ids():
+            try:
+                scan.meta[session_id] = self.get_meta(session_id)
+            except SessionNotFoundError:
+                continue  # deleted while scanning
+            except CorruptRecordError as exc:
+                scan.corrupt[session_id] = str(exc)
+        return scan
 
     def get_meta(self, session_id: str) -> dict[str, Any]:
         """The session's metadata alone (checksummed), without reading its container."""
@@ -389,8 +338,6 @@ class Backend(ABC):
 def merge_meta(meta: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(meta)
     for key, value in changes.items():
-        if not isinstance(key, str):
-            raise InvalidInputError(f"metadata keys must be str, not {type(key).__name__}")
         if value is None:
             out.pop(key, None)
         else:
@@ -404,3 +351,7 @@ def not_found(session_id: str) -> SessionNotFoundError:
 
 def closed_error(location: str) -> StoreError:
     return StoreError(f"the store {location} is closed")
+
+
+def counter_exhausted(name: str) -> StoreError:
+    return StoreError(f"counter {name!r} has handed out every number up to {MAX_NUMBER}")

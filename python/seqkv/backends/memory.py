@@ -11,17 +11,31 @@ from .base import (
     Backend,
     BlobUpdate,
     SessionRecord,
-    check_blob_data,
-    check_blob_name,
-    check_session_id,
     closed_error,
-    decode_meta,
-    encode_meta,
+    counter_exhausted,
     merge_meta,
     not_found,
+    require_record,
+)
+from .rows import decode_meta
+from .validation import (
+    MAX_NUMBER,
+    check_after,
+    check_blob_data,
+    check_blob_name,
+    check_blobs,
+    check_callable,
+    check_changes,
+    check_counter_name,
+    check_positive_int,
+    check_reason,
+    check_session_id,
+    encode_meta,
 )
 
 __all__ = ["MemoryBackend"]
+
+_Parts = tuple[bytes, bytes, bytes]  # container, canonical meta json, framed attachments
 
 
 class MemoryBackend(Backend):
@@ -31,10 +45,11 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self.location = "memory://"
         self._lock = threading.Lock()
-        # session id -> (container, canonical meta json, framed attachments)
-        self._sessions: dict[str, tuple[bytes, bytes, bytes]] = {}
+        self._sessions: dict[str, _Parts] = {}
+        self._quarantine: dict[str, _Parts] = {}
         self._blobs: dict[str, bytes] = {}
         self._versions: dict[str, int] = {}
+        self._counters: dict[str, int] = {}
         self._closed = False
 
     def _check_open(self) -> None:
@@ -43,15 +58,16 @@ class MemoryBackend(Backend):
 
     def put(self, session_id: str, record: SessionRecord, *, blobs: Mapping[str, bytes] | None = None) -> None:
         check_session_id(session_id)
+        record = require_record(record)
         parts = (record.container, record.meta_json(), record.attachments_bytes())
-        new_blobs = {check_blob_name(n): check_blob_data(d, n) for n, d in (blobs or {}).items()}
+        new_blobs = check_blobs(blobs)
         with self._lock:
             self._check_open()
             self._sessions[session_id] = parts
             for name, data in new_blobs.items():
                 self._write_blob(name, data)
 
-    def _parts(self, session_id: str) -> tuple[bytes, bytes, bytes]:
+    def _parts(self, session_id: str) -> _Parts:
         """The stored parts of a session; call with the lock held."""
         self._check_open()
         parts = self._sessions.get(session_id)
@@ -63,7 +79,7 @@ class MemoryBackend(Backend):
         check_session_id(session_id)
         with self._lock:
             parts = self._parts(session_id)
-        return SessionRecord.from_stored(session_id, *parts, data_crc=None, meta_crc=None)
+        return SessionRecord.from_stored(session_id, *parts, sums=None)
 
     def delete(self, session_id: str) -> bool:
         check_session_id(session_id)
@@ -84,6 +100,7 @@ class MemoryBackend(Backend):
 
     def patch_meta(self, session_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         check_session_id(session_id)
+        check_changes(changes)
         with self._lock:
             container, meta_json, attachments = self._parts(session_id)
             meta = merge_meta(decode_meta(meta_json, f"session {session_id!r}"), changes)
@@ -95,6 +112,35 @@ class MemoryBackend(Backend):
         check_session_id(session_id)
         with self._lock:
             return sum(map(len, self._parts(session_id)))
+
+    # -- numbers and quarantine --------------------------------------------------------
+
+    def allocate_number(self, name: str = "session", *, after: int = 0) -> int:
+        check_counter_name(name)
+        check_after(after)
+        with self._lock:
+            self._check_open()
+            number = max(self._counters.get(name, 0), after) + 1
+            if number > MAX_NUMBER:
+                raise counter_exhausted(name)
+            self._counters[name] = number
+            return number
+
+    def quarantine(self, session_id: str, *, reason: str = "") -> bool:
+        check_session_id(session_id)
+        check_reason(reason)
+        with self._lock:
+            self._check_open()
+            parts = self._sessions.pop(session_id, None)
+            if parts is None:
+                return False
+            self._quarantine[session_id] = parts
+            return True
+
+    def quarantined(self) -> list[str]:
+        with self._lock:
+            self._check_open()
+            return sorted(self._quarantine)
 
     # -- blobs -------------------------------------------------------------------------
 
@@ -138,6 +184,8 @@ class MemoryBackend(Backend):
         self, name: str, fn: Callable[[bytes | None], bytes | None], *, max_attempts: int = 100
     ) -> BlobUpdate:
         check_blob_name(name)
+        check_callable(fn, "update_blob's fn")
+        check_positive_int(max_attempts, "max_attempts")
         with self._lock:
             self._check_open()
             current = self._blobs.get(name)
@@ -159,5 +207,5 @@ class MemoryBackend(Backend):
         with self._lock:
             self._closed = True
             self._sessions.clear()
+            self._quarantine.clear()
             self._blobs.clear()
-

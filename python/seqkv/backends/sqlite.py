@@ -8,10 +8,13 @@ the machine losing power. ``synchronous=NORMAL`` (``sqlite:///path?synchronous=n
 skips that fsync: still safe against a killed process, since the WAL is in the
 OS page cache, but the last commits can be lost on power failure.
 
-Every row carries CRC-32s of its container/attachments and of its metadata; a row
-that fails them raises :class:`~seqkv.backends.base.CorruptRecordError`. A file
-that is not a SQLite database, or a database of another application, raises
-:class:`~seqkv.errors.StoreError` at open.
+Every row carries CRC-32s of its container/attachments and of its metadata, both bound to
+the session id (row format 2, :mod:`seqkv.backends.rows`); a row that fails them raises
+:class:`~seqkv.backends.base.CorruptRecordError`. Session numbers come from a counter table
+incremented inside the same kind of transaction, so processes sharing the file never get
+the same number. A file that is not a SQLite database, or a database of another application,
+raises :class:`~seqkv.errors.StoreError` at open; a file of schema 1 is upgraded in place
+(its rows keep their format-1 checksums until rewritten).
 """
 
 from __future__ import annotations
@@ -29,37 +32,52 @@ from ..errors import FormatVersionError, InvalidInputError, StoreError
 from .base import (
     Backend,
     BlobUpdate,
-    CorruptRecordError,
+    MetaScan,
     SessionRecord,
-    blob_crc,
+    closed_error,
+    counter_exhausted,
+    merge_meta,
+    not_found,
+    require_record,
+)
+from .rows import CorruptRecordError, RowChecksums, blob_crc, check_meta, decode_meta, rechecksum_meta
+from .validation import (
+    MAX_NUMBER,
+    check_after,
     check_blob_data,
     check_blob_name,
-    check_meta_crc,
+    check_blobs,
+    check_callable,
+    check_changes,
+    check_counter_name,
+    check_positive_int,
+    check_reason,
     check_session_id,
-    closed_error,
-    decode_meta,
+    check_timeout,
     encode_meta,
-    merge_meta,
-    meta_crc,
-    not_found,
 )
 
 __all__ = ["SQLiteBackend", "APPLICATION_ID", "SCHEMA_VERSION"]
 
 #: ``PRAGMA application_id`` of a seqkv store: the bytes "SQKV".
 APPLICATION_ID = 0x53514B56
-#: ``PRAGMA user_version``: the schema version this code writes.
-SCHEMA_VERSION = 1
+#: ``PRAGMA user_version``: the schema version this code writes (2: row formats, counters,
+#: quarantine; a schema-1 file is upgraded at open).
+SCHEMA_VERSION = 2
 
+# The metadata columns come before the container, so that reading the metadata of every
+# row (scan_meta) does not walk the containers' overflow pages. Schema-1 files upgraded in
+# place keep their old column order; every statement names its columns.
 _SCHEMA = """
 CREATE TABLE sessions (
     id          TEXT PRIMARY KEY,
-    container   BLOB NOT NULL,
     meta        BLOB NOT NULL,     -- canonical JSON, UTF-8
-    attachments BLOB NOT NULL,     -- framed named byte strings (empty: none)
-    data_crc    INTEGER NOT NULL,  -- CRC-32 of container + attachments
-    meta_crc    INTEGER NOT NULL,  -- CRC-32 of meta
-    updated_at  REAL NOT NULL
+    meta_crc    INTEGER NOT NULL,  -- CRC-32 of meta (row format 2: and of the id and data_crc)
+    data_crc    INTEGER NOT NULL,  -- CRC-32 of container + attachments (row format 2: and of the id)
+    row_format  INTEGER NOT NULL DEFAULT 1,
+    updated_at  REAL NOT NULL,
+    container   BLOB NOT NULL,
+    attachments BLOB NOT NULL      -- framed named byte strings (empty: none)
 );
 CREATE TABLE blobs (
     name       TEXT PRIMARY KEY,
@@ -70,15 +88,50 @@ CREATE TABLE blobs (
 );
 """
 
+_SCHEMA_2_ADDITIONS = """
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL         -- the last number handed out
+);
+CREATE TABLE quarantine (          -- a sessions row as it was when quarantined
+    id             TEXT PRIMARY KEY,
+    meta           BLOB,
+    meta_crc       INTEGER,
+    data_crc       INTEGER,
+    row_format     INTEGER,
+    updated_at     REAL,
+    container      BLOB,
+    attachments    BLOB,
+    reason         TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
+);
+"""
+
+_UPGRADE_1_TO_2 = "ALTER TABLE sessions ADD COLUMN row_format INTEGER NOT NULL DEFAULT 1;" + _SCHEMA_2_ADDITIONS
+
+_ROW_COLUMNS = "id, meta, meta_crc, data_crc, row_format, updated_at, container, attachments"
+
 _SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 
 
-def _as_bytes(value: object) -> bytes:
+def _as_bytes(where: str, value: object) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return value.encode("utf-8", "surrogatepass")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
-    raise TypeError(f"unexpected column type {type(value).__name__}")
+    raise CorruptRecordError(f"{where}: stored row is malformed (a {type(value).__name__} column)")
+
+
+def _sums(session_id: str, data_crc: object, meta_crc: object, row_format: object) -> RowChecksums:
+    if not all(isinstance(v, int) for v in (data_crc, meta_crc, row_format)):
+        raise CorruptRecordError(f"session {session_id!r}: stored checksums are not integers")
+    return RowChecksums(int(data_crc), int(meta_crc), int(row_format))  # type: ignore[call-overload]
+
+
+def _execute_script(con: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            con.execute(statement)
 
 
 class SQLiteBackend(Backend):
@@ -90,9 +143,12 @@ class SQLiteBackend(Backend):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "full", busy_timeout_s: float = 30.0):
-        mode = _SYNC_MODES.get(str(synchronous).lower())
+        mode = _SYNC_MODES.get(synchronous.lower()) if isinstance(synchronous, str) else None
         if mode is None:
             raise InvalidInputError(f"synchronous must be one of {sorted(_SYNC_MODES)}, not {synchronous!r}")
+        busy_timeout_s = check_timeout(busy_timeout_s, "busy_timeout_s")
+        if not isinstance(path, (str, os.PathLike)) or "\x00" in os.fspath(path):
+            raise InvalidInputError(f"a SQLite store path must be a str or path without NUL, not {path!r}")
         self.path = Path(path)
         self.location = f"sqlite://{self.path}"
         self.synchronous = mode
@@ -191,7 +247,9 @@ class SQLiteBackend(Backend):
                 )
             con.execute("BEGIN IMMEDIATE")
             try:
+                # read again under the write lock: another process may have created or upgraded it
                 app_id = con.execute("PRAGMA application_id").fetchone()[0]
+                version = con.execute("PRAGMA user_version").fetchone()[0]
                 tables = con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
                 if app_id != APPLICATION_ID:
                     if tables:
@@ -199,11 +257,16 @@ class SQLiteBackend(Backend):
                             f"cannot open store {self.path}: it is a SQLite database of another "
                             f"application (application_id={app_id:#x}, {tables} schema objects)"
                         )
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            con.execute(statement)
+                    _execute_script(con, _SCHEMA + _SCHEMA_2_ADDITIONS)
                     con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                elif version == 1:
+                    _execute_script(con, _UPGRADE_1_TO_2)
+                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                elif version != SCHEMA_VERSION:
+                    raise FormatVersionError(
+                        f"store {self.path} has schema version {version}; this seqkv reads 1 to {SCHEMA_VERSION}"
+                    )
                 con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:
@@ -214,20 +277,14 @@ class SQLiteBackend(Backend):
 
     def put(self, session_id: str, record: SessionRecord, *, blobs: Mapping[str, bytes] | None = None) -> None:
         check_session_id(session_id)
-        meta_json = record.meta_json()
-        attachments = record.attachments_bytes()
-        new_blobs = {check_blob_name(n): check_blob_data(d, n) for n, d in (blobs or {}).items()}
-        row = (
-            session_id,
-            record.container,
-            meta_json,
-            attachments,
-            record.data_crc(),
-            meta_crc(meta_json),
-            time.time(),
-        )
+        record = require_record(record)
+        meta_json, attachments, sums = record.encoded(session_id)
+        new_blobs = check_blobs(blobs)
+        row = (session_id, meta_json, sums.meta_crc, sums.data_crc, sums.fmt, time.time(), record.container, attachments)
+        # INSERT OR REPLACE deletes the old row and inserts the new one inside this transaction:
+        # readers see the old row until COMMIT, then the new one.
         with self._write(f"put({session_id!r})") as con:
-            con.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            con.execute(f"INSERT OR REPLACE INTO sessions ({_ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
             for name, data in new_blobs.items():
                 self._write_blob(con, name, data)
 
@@ -235,27 +292,43 @@ class SQLiteBackend(Backend):
         check_session_id(session_id)
         with self._translate(f"get({session_id!r})"), self._conn() as con:
             row = con.execute(
-                "SELECT container, meta, attachments, data_crc, meta_crc FROM sessions WHERE id = ?",
+                "SELECT container, meta, attachments, data_crc, meta_crc, row_format FROM sessions WHERE id = ?",
                 (session_id,),
             ).fetchone()
         if row is None:
             raise not_found(session_id)
-        container, meta, attachments, dcrc, mcrc = row
-        try:
-            parts = (_as_bytes(container), _as_bytes(meta), _as_bytes(attachments))
-        except TypeError as exc:
-            raise CorruptRecordError(f"session {session_id!r}: stored row is malformed ({exc})") from None
-        return SessionRecord.from_stored(session_id, *parts, data_crc=dcrc, meta_crc=mcrc)
+        container, meta, attachments = (_as_bytes(f"session {session_id!r}", v) for v in row[:3])
+        return SessionRecord.from_stored(session_id, container, meta, attachments, sums=_sums(session_id, *row[3:]))
+
+    @staticmethod
+    def _checked_meta(session_id: str, meta: object, data_crc: object, meta_crc: object, row_format: object) -> tuple[bytes, RowChecksums]:
+        meta_json = _as_bytes(f"session {session_id!r}", meta)
+        sums = _sums(session_id, data_crc, meta_crc, row_format)
+        check_meta(session_id, meta_json, sums)
+        return meta_json, sums
+
+    _META_COLUMNS = "meta, data_crc, meta_crc, row_format"
 
     def get_meta(self, session_id: str) -> dict[str, Any]:
         check_session_id(session_id)
         with self._translate(f"get_meta({session_id!r})"), self._conn() as con:
-            row = con.execute("SELECT meta, meta_crc FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            row = con.execute(f"SELECT {self._META_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             raise not_found(session_id)
-        meta = _as_bytes(row[0])
-        check_meta_crc(session_id, meta, row[1])
-        return decode_meta(meta, f"session {session_id!r}")
+        meta_json, _ = self._checked_meta(session_id, *row)
+        return decode_meta(meta_json, f"session {session_id!r}")
+
+    def scan_meta(self) -> MetaScan:
+        with self._translate("scan_meta"), self._conn() as con:
+            rows = con.execute(f"SELECT id, {self._META_COLUMNS} FROM sessions ORDER BY id").fetchall()
+        scan = MetaScan({}, {})
+        for session_id, *columns in rows:
+            try:
+                meta_json, _ = self._checked_meta(session_id, *columns)
+                scan.meta[session_id] = decode_meta(meta_json, f"session {session_id!r}")
+            except CorruptRecordError as exc:
+                scan.corrupt[session_id] = str(exc)
+        return scan
 
     def delete(self, session_id: str) -> bool:
         check_session_id(session_id)
@@ -288,19 +361,47 @@ class SQLiteBackend(Backend):
 
     def patch_meta(self, session_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         check_session_id(session_id)
+        check_changes(changes)
         with self._write(f"patch_meta({session_id!r})") as con:
-            row = con.execute("SELECT meta, meta_crc FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            row = con.execute(f"SELECT {self._META_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 raise not_found(session_id)
-            old = _as_bytes(row[0])
-            check_meta_crc(session_id, old, row[1])
-            meta = merge_meta(decode_meta(old, f"session {session_id!r}"), changes)
-            new = encode_meta(meta)
+            old, sums = self._checked_meta(session_id, *row)
+            new = encode_meta(merge_meta(decode_meta(old, f"session {session_id!r}"), changes))
             con.execute(
                 "UPDATE sessions SET meta = ?, meta_crc = ?, updated_at = ? WHERE id = ?",
-                (new, meta_crc(new), time.time(), session_id),
+                (new, rechecksum_meta(session_id, new, sums).meta_crc, time.time(), session_id),
             )
         return decode_meta(new, f"session {session_id!r}")
+
+    # -- numbers and quarantine --------------------------------------------------------
+
+    def allocate_number(self, name: str = "session", *, after: int = 0) -> int:
+        check_counter_name(name)
+        check_after(after)
+        with self._write(f"allocate_number({name!r})") as con:
+            row = con.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+            number = max(int(row[0]) if row else 0, after) + 1
+            if number > MAX_NUMBER:
+                raise counter_exhausted(name)
+            con.execute("INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)", (name, number))
+        return number
+
+    def quarantine(self, session_id: str, *, reason: str = "") -> bool:
+        check_session_id(session_id)
+        check_reason(reason)
+        with self._write(f"quarantine({session_id!r})") as con:
+            moved = con.execute(
+                f"INSERT OR REPLACE INTO quarantine ({_ROW_COLUMNS}, reason, quarantined_at)"
+                f" SELECT {_ROW_COLUMNS}, ?, ? FROM sessions WHERE id = ?",
+                (reason, time.time(), session_id),
+            ).rowcount
+            con.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        return moved > 0
+
+    def quarantined(self) -> list[str]:
+        with self._translate("quarantined"), self._conn() as con:
+            return [r[0] for r in con.execute("SELECT id FROM quarantine ORDER BY id")]
 
     # -- blobs -------------------------------------------------------------------------
 
@@ -321,7 +422,7 @@ class SQLiteBackend(Backend):
         data, crc, version = row
         if data is None:
             return None, int(version)
-        data = _as_bytes(data)
+        data = _as_bytes(f"blob {name!r}", data)
         if crc is None or blob_crc(data) != crc:
             raise CorruptRecordError(f"blob {name!r} in {self.path} fails its CRC-32 (corrupt database row)")
         return data, int(version)
@@ -360,6 +461,8 @@ class SQLiteBackend(Backend):
         self, name: str, fn: Callable[[bytes | None], bytes | None], *, max_attempts: int = 100
     ) -> BlobUpdate:
         check_blob_name(name)
+        check_callable(fn, "update_blob's fn")
+        check_positive_int(max_attempts, "max_attempts")
         # BEGIN IMMEDIATE takes the database's write lock first, so fn runs once, unraced.
         with self._write(f"update_blob({name!r})") as con:
             current, version = self._read_blob(con, name)
@@ -378,6 +481,7 @@ class SQLiteBackend(Backend):
                 " FROM sessions"
             ).fetchone()
             blobs = [r[0] for r in con.execute("SELECT name FROM blobs WHERE data IS NOT NULL ORDER BY name")]
+            quarantined = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
             page_size = con.execute("PRAGMA page_size").fetchone()[0]
             pages = con.execute("PRAGMA page_count").fetchone()[0]
         wal = Path(str(self.path) + "-wal")
@@ -387,6 +491,7 @@ class SQLiteBackend(Backend):
             "sessions": int(count),
             "bytes": int(total),
             "blobs": blobs,
+            "quarantined": int(quarantined),
             "file_bytes": int(page_size * pages),
             "wal_bytes": wal.stat().st_size if wal.exists() else 0,
             "journal_mode": "wal",
