@@ -95,7 +95,8 @@ Machine = TypedDict("Machine", {
 }, total=False)
 
 
-def _version(dist: str) -> str | None:
+def version(dist: str) -> str | None:
+    """The installed version of distribution ``dist``, None when it is not installed."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -123,9 +124,9 @@ def machine(**extra: Any) -> Machine:
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "numpy": _version("numpy"),
-        "torch": _version("torch"),
-        "seqkv": _version("seqkv"),
+        "numpy": version("numpy"),
+        "torch": version("torch"),
+        "seqkv": version("seqkv"),
         "git_commit": _git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_start": list(os.getloadavg()),
@@ -450,6 +451,7 @@ class Engine(TypedDict):
     step_vs_transformers_best: float
     targets: EngineTargets
     machine: Machine
+    note: NotRequired[str]  # with random weights: which figures mean nothing then
     engine: EngineProfile
     seconds: float
 
@@ -673,7 +675,7 @@ class PLT(TypedDict):
     summary: PLTSummary
     concatenated: PLTConcatenated
     long_text: NotRequired[PLTText]  # full runs only
-    order_sweep_model_bits_per_token: dict[str, float]  # keyed by the model order
+    order_sweep_model_bits_per_token: NotRequired[dict[str, float]]  # keyed by the model order; full runs only
     settings: PLTSettings
     machine: Machine
     seconds: float
@@ -772,8 +774,8 @@ class ServeVariantRun(TypedDict):
 class ServeThreadsRun(TypedDict):
     baseline: ServeVariantRun
     seqkv: ServeVariantRun
-    seqkv_warm4: NotRequired[ServeVariantRun]
-    seqkv_hot_cold: NotRequired[ServeVariantRun]
+    seqkv_warm4: ServeVariantRun
+    seqkv_hot_cold: ServeVariantRun
     ttft_p50_speedup: float
     tokens_per_s_ratio: float
 
@@ -874,10 +876,11 @@ class StoreSharedPrefix(TypedDict):
 class Store(TypedDict):
     machine: Machine
     quick: bool
-    ops: StoreOps
-    tiers: StoreTiers
-    restore: StoreRestore
-    shared_prefix: NotRequired[StoreSharedPrefix]  # full runs only
+    # each left out by its --no-ops, --no-tiers, --no-shared option
+    ops: NotRequired[StoreOps]
+    tiers: NotRequired[StoreTiers]
+    restore: NotRequired[StoreRestore]
+    shared_prefix: NotRequired[StoreSharedPrefix]
     seconds: float
 
 
@@ -1077,7 +1080,7 @@ def schema_for(name: str) -> Any:
     try:
         return SCHEMAS[name]
     except KeyError:
-        raise SummaryError(f"{name}.json", "", f"has no schema: add one to benches/_summary.py SCHEMAS") from None
+        raise SummaryError(f"{name}.json", "", "has no schema: add one to benches/_summary.py SCHEMAS") from None
 
 
 # --- checking -----------------------------------------------------------------------------------------

@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-import seqkv
+from _summary import Coder, Machine, machine, write_summary
 from seqkv import _native
 from seqkv.coding import coder
 
@@ -99,24 +97,15 @@ def best_rate(fn, n: int, repeats: int) -> tuple[float, object]:
     return n / best, out
 
 
-def machine() -> dict[str, object]:
-    from seqkv.integrations.models import cpu_name
-
-    model_name = cpu_name()
+def coder_machine() -> Machine:
     import constriction
 
-    return {
-        "cpu": model_name,
-        "cores": os.cpu_count(),
-        "rayon_threads": int(os.environ.get("RAYON_NUM_THREADS", 0)) or os.cpu_count(),
-        "avx2": _native.has_avx2(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "constriction": getattr(constriction, "__version__", "0.5"),
-        "seqkv": seqkv.__version__,
-        "platform": platform.platform(),
-        "transparent_hugepage": transparent_hugepage(),
-    }
+    return machine(
+        rayon_threads=int(os.environ.get("RAYON_NUM_THREADS", 0)) or os.cpu_count(),
+        avx2=_native.has_avx2(),
+        constriction=getattr(constriction, "__version__", "0.5"),
+        transparent_hugepage=transparent_hugepage(),
+    )
 
 
 def transparent_hugepage() -> str | None:
@@ -155,7 +144,7 @@ def main() -> None:
     torch_owned = source is not None and not args.logits_file
     n = len(symbols)
     precision = 24
-    load_start = os.getloadavg()
+    host = coder_machine()
 
     # Reference quantities.
     t = time.perf_counter()
@@ -273,12 +262,11 @@ def main() -> None:
             "Best of interleaved repeats."
         ),
         "quick": args.quick,
-        "machine": {**machine(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
+        "machine": host,
     }
     results = Path(__file__).resolve().parent / "results"
     out = Path(args.out) if args.out else results / ("coder-quick.json" if args.quick else "coder.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_summary(out, Coder, result)
     width = max(len(k) for k in result)
     for k, v in result.items():
         if k not in ("machine", "notes"):

@@ -36,10 +36,7 @@ Writes benches/results/competitors.json (competitors-quick.json with --quick).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
 import os
-import platform
 import sys
 import time
 import traceback
@@ -47,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _summary import Competitors, Machine, machine, version, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "/usr/share/common-licenses/Apache-2.0"
@@ -56,20 +55,8 @@ PRECISION = 24
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 
-def version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def machine() -> dict[str, Any]:
-    from seqkv.integrations.models import cpu_name
-
-    cpu = cpu_name()
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "loadavg_start": list(os.getloadavg()),
-            **{d: version(d) for d in ("torch", "transformers", "optimum-quanto", "hqq", "torchac", "seqkv")}}
+def competitors_machine() -> Machine:
+    return machine(**{d: version(d) for d in ("transformers", "optimum-quanto", "hqq", "torchac")})
 
 
 def run_chunks(model: Any, ids: Any, cache: Any) -> np.ndarray:
@@ -285,7 +272,7 @@ def main() -> None:
     repeats = 2 if args.quick else 5
     torch.manual_seed(0)
     t_start = time.perf_counter()
-    res: dict[str, Any] = {"machine": machine(), "quick": args.quick, "text": TEXT, "tokens": T, "chunk": CHUNK}
+    res: dict[str, Any] = {"machine": competitors_machine(), "quick": args.quick, "text": TEXT, "tokens": T, "chunk": CHUNK}
     model, tok = load_smollm2()
     ids = tok(open(TEXT).read(), return_tensors="pt")["input_ids"][:, :T].to(torch.long)
     assert ids.shape[1] == T, f"{TEXT} has only {ids.shape[1]} tokens"
@@ -316,12 +303,10 @@ def main() -> None:
     sym, lg = ids_np[1:].astype(np.int64), exact_logits[:-1]
     res["coders_cross_entropy_bits"] = float(-log_softmax64(lg)[np.arange(len(sym)), sym].mean() / np.log(2))
     res["coders"] = [guarded("torchac", lambda: torchac_row(lg, sym, repeats)), seqkv_lm_row(lg, sym, repeats)]
-    res["machine"]["loadavg_end"] = list(os.getloadavg())
     res["seconds"] = round(time.perf_counter() - t_start, 1)
     out = Path(args.out) if args.out else ROOT / "benches" / "results" / (
         "competitors-quick.json" if args.quick else "competitors.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    write_summary(out, Competitors, res, indent=1)
     print(f"tokens {T}, bf16 {res['bf16_bits_per_token']:,.0f} bits/token, exact CE {res['exact']['cross_entropy_bits']:.3f}")
     print(f"{'format':<28} {'bits/token':>12} {'relMSE K':>9} {'relMSE V':>9} {'ΔCE':>8} {'top-1':>6}")
     for r in rows:

@@ -38,9 +38,7 @@ wall-clock on a shared machine: ``machine.loadavg_start`` says how busy it was.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -51,6 +49,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
+
+from _summary import Compression, machine, write_summary  # noqa: E402
 
 from seqkv import codecs  # noqa: E402
 from seqkv.integrations import transformers as hf
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else ROOT / "benches" / "results" / (
         "compression-quick.json" if args.quick else "compression.json"
     )
-    load0 = os.getloadavg()
+    host = machine()
     t0 = time.perf_counter()
     model, tok = load_smollm2()
     import torch
@@ -269,17 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             "greedy_agreement_min": float(min(r["greedy_agreement"] for r in results)),
             "exact_verified_all": all(r["exact_verified"] for r in results),
         },
-        "machine": {
-            **prof,
-            "python": platform.python_version(),
-            "nproc": os.cpu_count(),
-            "loadavg_start": list(load0),
-            "loadavg_end": list(os.getloadavg()),
-        },
+        "machine": {**host, **prof},
         "seconds": time.perf_counter() - t0,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_summary(out, Compression, doc)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

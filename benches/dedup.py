@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _summary import Dedup, machine, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,15 +108,12 @@ def main() -> None:
     from seqkv.integrations.models import load_smollm2
 
     torch.manual_seed(0)
-    load = list(os.getloadavg())
+    host = machine()
     t_start = time.perf_counter()
     model, tok = load_smollm2()
     conv, turns = (4, 2) if args.quick else (12, 3)
     sessions = chat_sessions(tok, conv, turns)
     rows = [measure(model, c, sessions) for c in args.codecs]
-    from seqkv.integrations.models import cpu_name
-
-    cpu = cpu_name()
     res = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to fp32), CPU",
         "quick": args.quick,
@@ -125,12 +121,10 @@ def main() -> None:
                      "sessions": len(sessions), "tokens": int(sum(t.size for _, t in sessions))},
         "codecs": rows,
         "seconds": round(time.perf_counter() - t_start, 1),
-        "machine": {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-                    "loadavg_start": load, "loadavg_end": list(os.getloadavg())},
+        "machine": host,
     }
     out = Path(args.out) if args.out else ROOT / "benches" / "results" / ("dedup-quick.json" if args.quick else "dedup.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    write_summary(out, Dedup, res, indent=1)
     print(f"{len(sessions)} sessions, {res['workload']['tokens']:,} tokens")
     for r in rows:
         print(f"{r['codec']:>4}: {r['bits_per_token']:.3f} bits/token with dedup (ratio {r['dedup_ratio']:.2f}), "

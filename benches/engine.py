@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -45,6 +43,8 @@ except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
 
 import torch  # noqa: E402
+from _summary import Engine as EngineSummary  # noqa: E402
+from _summary import EngineGPU, Machine, machine, write_summary  # noqa: E402
 
 from seqkv import _native  # noqa: E402
 from seqkv.codecs.sources import EngineLogitsSource  # noqa: E402
@@ -54,21 +54,9 @@ from seqkv.engine.cpu import read_bandwidth  # noqa: E402
 LICENSES = ["Apache-2.0", "GPL-3", "MPL-2.0", "LGPL-3", "Artistic", "GFDL-1.3", "BSD", "GPL-2"]
 
 
-def machine() -> dict:
-    from seqkv.integrations.models import cpu_name
-
-    name = cpu_name()
-    return {
-        "cpu": name,
-        "cores": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "engine_threads": _native.engine_threads(),
-        "engine_isa": _native.engine_isa(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
+def engine_machine() -> Machine:
+    return machine(torch_threads=torch.get_num_threads(), engine_threads=_native.engine_threads(),
+                   engine_isa=_native.engine_isa())
 
 
 def best(fn, repeats: int) -> float:
@@ -237,7 +225,7 @@ def gpu_main(args) -> None:
 
     from seqkv.engine import GpuEngine
 
-    res: dict = {"what": "GPU port of seqkv.engine.cpu, SmolLM2-135M shapes, random bf16 weights"}
+    res: dict = {"what": "GPU port of seqkv.engine.cpu, SmolLM2-135M shapes, random bf16 weights", "machine": machine()}
     t0 = time.perf_counter()
     config, tensors = smollm2_shaped()
     cpu = Engine.from_tensors(config, tensors, "bf16")
@@ -343,9 +331,7 @@ def gpu_main(args) -> None:
     res["bit_identical_to_cpu"] = all(checks.values())
     res["target_256_streams_ge_50000_tokens_per_s"] = tput["256"] >= 50000
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_summary(args.out, EngineGPU, res)
     print(json.dumps(res, indent=2))
 
 
@@ -371,7 +357,7 @@ def main() -> None:
     INV_N = 48 if q else 96
     SCALAR_N = 3 if q else 6
 
-    load_start = os.getloadavg()
+    host = engine_machine()
     t0 = time.perf_counter()
     model, tok, model_name, random_weights = load_model(args.random_weights)
     torch.set_grad_enabled(False)
@@ -602,14 +588,13 @@ def main() -> None:
         "batched_64_ge_10x_one_stream": res["batched_decode_speedup_64_vs_1"] >= 10,
         "lm_encode_ge_100_tokens_per_s": res["lm_encode_tokens_per_s"] >= 100,
     }
-    res["machine"] = {**machine(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
+    res["machine"] = host
     if random_weights:
         res["note"] = ("random weights: speed figures are valid for SmolLM2's shapes; bits/token, agreement with "
                        "transformers and greedy continuations are not meaningful")
     res["engine"] = eng.numerics_profile()
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2, sort_keys=False) + "\n")
+    write_summary(args.out, EngineSummary, res)
     for k, v in res.items():
         if k not in ("machine", "engine"):
             print(f"{k}: {v}")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 import traceback
@@ -24,6 +22,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
+
+from _summary import GPUKernels, Machine, machine, write_summary  # noqa: E402
 
 from seqkv.coding import gpu  # noqa: E402
 from seqkv.cuda import runtime as cuda_runtime
@@ -64,29 +64,18 @@ def _timeit_batch(cp: Any, fn: Callable[[], Any], reps: int) -> float:
     return cp.cuda.get_elapsed_time(s, e) / 1e3 / reps
 
 
-def machine(cp: Any) -> dict[str, Any]:
+def gpu_machine(cp: Any) -> Machine:
     props = cp.cuda.runtime.getDeviceProperties(0)
-    info: dict[str, Any] = {
-        "gpu": props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
-        "sm_count": props["multiProcessorCount"],
-        "l2_bytes": props["l2CacheSize"],
-        "memory_bytes": props["totalGlobalMem"],
-        "smem_per_block_optin": props.get("sharedMemPerBlockOptin"),
-        "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
-        "cuda_driver": cp.cuda.runtime.driverGetVersion(),
-        "cupy": cp.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except ImportError:
-        pass
-    return info
+    return machine(
+        gpu=props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+        sm_count=props["multiProcessorCount"],
+        l2_bytes=props["l2CacheSize"],
+        memory_bytes=props["totalGlobalMem"],
+        smem_per_block_optin=props.get("sharedMemPerBlockOptin"),
+        cuda_runtime=cp.cuda.runtime.runtimeGetVersion(),
+        cuda_driver=cp.cuda.runtime.driverGetVersion(),
+        cupy=cp.__version__,
+    )
 
 
 def copy_bandwidth(cp: Any, nbytes: int = 1 << 30) -> float:
@@ -381,7 +370,7 @@ def main() -> None:
         return
     import cupy as cp
 
-    res: dict[str, Any] = {"machine": machine(cp), "quick": args.quick}
+    res: dict[str, Any] = {"machine": gpu_machine(cp), "quick": args.quick}
     bw = copy_bandwidth(cp)
     res["copy_bandwidth_GBps"] = bw / 1e9
     print(f"device-to-device copy: {bw / 1e9:.0f} GB/s (read + write)", flush=True)
@@ -406,7 +395,7 @@ def main() -> None:
         "quantize_gather_tokens_per_s": q.get("kernel_tokens_per_s"),
         "residual_bw_fraction": min((v["residual_bw_fraction"] for v in r.values() if isinstance(v, dict) and "residual_bw_fraction" in v), default=None),
     }
-    path.write_text(json.dumps(res, indent=1))
+    write_summary(path, GPUKernels, res, indent=1)
     print(json.dumps(res["summary"]), flush=True)
 
 

@@ -24,17 +24,15 @@ the order sweep (model bits/token for several orders). Writes benches/results/pl
 from __future__ import annotations
 
 import argparse
-import json
 import lzma
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import seqkv
+from _summary import PLT, machine, write_summary
 from seqkv.codecs.plt import DEFAULT_ORDER, PLTCodec
 
 LICENSES = "/usr/share/common-licenses"
@@ -50,20 +48,6 @@ def tokenizer():
     from seqkv.integrations.models import SMOLLM2_GGUF, smollm2_folder
 
     return AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
-
-
-def machine() -> dict[str, object]:
-    from seqkv.integrations.models import cpu_name
-
-    cpu = cpu_name()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "seqkv": seqkv.__version__,
-        "platform": platform.platform(),
-    }
 
 
 def xz_bits(ids: np.ndarray, preset: int) -> int:
@@ -126,6 +110,7 @@ def main() -> None:
         args.out = str(Path(__file__).resolve().parent / "results" / ("plt-quick.json" if args.quick else "plt.json"))
 
     t_start = time.perf_counter()
+    host = machine()
     tok = tokenizer()
     vocab = len(tok)
     if args.text:
@@ -202,7 +187,7 @@ def main() -> None:
 
     result["settings"] = {"order": args.order, "quick": args.quick, "tokenizer": "SmolLM2-135M-Instruct (gguf)",
                           "vocab_size": vocab, "repeats": repeats}
-    result["machine"] = machine()
+    result["machine"] = host
     result["seconds"] = time.perf_counter() - t_start
     result["notes"] = (
         "plt stream = full seqkv container; xz = whole .xz stream of the uint16 ids (lzma preset 9 and "
@@ -210,8 +195,7 @@ def main() -> None:
         "with all other texts of the run. Speeds include container packing/unpacking and checksums."
     )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_summary(out, PLT, result)
     s = result["summary"]
     print(
         f"total: plt {s['plt_bits_per_token']:.3f} b/t vs xz {s['xz_bits_per_token']:.3f} b/t, ratio {s['ratio_total']:.3f} "

@@ -582,7 +582,7 @@ class Report:
         self.w(
             "![restore latency](restore_latency.png)",
             "",
-            f"Reading it: a cold restore needs the KV rebuilt from the tokens — by prefill recompute or, for `lm`, by "
+            "Reading it: a cold restore needs the KV rebuilt from the tokens — by prefill recompute or, for `lm`, by "
             "decoding each id under the model one step at a time. On this 2-core CPU the measured `lm` restore of "
             + " / ".join(f"{t['tokens']:,}" for t in self.texts) + " tokens took "
             + " / ".join(fmt(v, ",.0f") for v in rest) + " ms against "

@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "benches"))
 
 from _kv import load_kv, run_schedule, seeded_ids, seeded_smollm2_shape, text_ids  # noqa: E402
+from _summary import Residual, machine, write_summary  # noqa: E402
 
 from seqkv.kv import residual as R  # noqa: E402
 
@@ -95,8 +93,7 @@ def main() -> None:
 
     T = 32 if args.quick else args.tokens
     res: dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": machine(torch_threads=torch.get_num_threads()),
         "tokens": T,
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantized to fp32), CPU",
         "text": "/usr/share/common-licenses/Apache-2.0",
@@ -142,9 +139,7 @@ def main() -> None:
         "single_step_f32_bits_per_token": s["single_step/f32"]["residual_bits_per_token"],
         "vs_naive_52000_bits_per_token": naive_ref / max(s["single_step/bf16"]["residual_bits_per_token"], 1e-9),
     }
-    path = Path(args.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1))
+    write_summary(args.output, Residual, res, indent=1)
     print(json.dumps(res["summary"]), flush=True)
 
 

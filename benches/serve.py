@@ -32,9 +32,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,6 +39,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
+
+from _summary import Machine, Serve, machine, version, write_summary  # noqa: E402
 
 
 #: (name, tiers, warm bits) of the seqkv variants measured
@@ -61,23 +60,10 @@ def load_example() -> Any:
     return module
 
 
-def machine() -> dict[str, Any]:
+def serve_machine() -> Machine:
     import torch
-    import transformers
 
-    from seqkv.integrations.models import cpu_name
-
-    cpu = cpu_name()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "loadavg_start": list(os.getloadavg()),
-    }
+    return machine(transformers=version("transformers"), torch_threads=torch.get_num_threads())
 
 
 def hot_bytes(store: Any) -> dict[str, Any]:
@@ -113,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     conversations = serve.chat_workload(tokenizer, n_conv, turns)
     capacity = int(args.capacity_mib * (1 << 20))
     result: dict[str, Any] = {
-        "machine": machine(),
+        "machine": serve_machine(),
         "model": "SmolLM2-135M-Instruct (fp32, CPU)",
         "quick": args.quick,
         "workload": {
@@ -167,11 +153,8 @@ def main(argv: list[str] | None = None) -> int:
               f"hot/cold only {h['answers_equal_baseline']:.0%})",
               flush=True)
     result["seconds"] = round(time.perf_counter() - t_start, 1)
-    result["machine"]["loadavg_end"] = list(os.getloadavg())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_summary(args.out, Serve, result)
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import sqlite3
 import subprocess
 import sys
@@ -47,6 +45,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
+from _summary import Machine, Store, machine, write_summary  # noqa: E402
+
 from seqkv.backends import MemoryBackend, SessionRecord, SQLiteBackend, open_backend  # noqa: E402
 from seqkv.backends.testing import local_redis_server, redis_server_binary  # noqa: E402
 
@@ -54,10 +54,7 @@ LAYERS, KV_HEADS, HEAD_DIM, VOCAB = 30, 3, 64, 49152  # SmolLM2-135M
 CONTEXTS = (256, 1024, 4096)
 
 
-def machine_info(workdir: Path) -> dict[str, Any]:
-    from seqkv.integrations.models import cpu_name
-
-    cpu = cpu_name()
+def machine_info(workdir: Path) -> Machine:
     fs = None
     try:
         out = subprocess.run(["df", "-T", str(workdir)], capture_output=True, text=True, check=True).stdout
@@ -69,17 +66,7 @@ def machine_info(workdir: Path) -> dict[str, Any]:
     if binary:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
         redis_version = out.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "redis_server": redis_version,
-        "workdir_filesystem": fs,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
+    return machine(sqlite=sqlite3.sqlite_version, redis_server=redis_version, workdir_filesystem=fs)
 
 def make_record(i: int, container_bytes: int) -> SessionRecord:
     seed = hashlib.sha256(b"%d" % i).digest()
@@ -400,11 +387,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.shared_sessions or (3 if args.quick else 8),
                 args.system_tokens or (128 if args.quick else 512),
             )
-        result["machine"]["load_average_at_end"] = list(os.getloadavg())
         result["seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_summary(out, Store, result)
     for name, rows in result.get("ops", {}).items():
         for label, r in rows.items():
             if isinstance(r, dict):

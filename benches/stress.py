@@ -9,30 +9,21 @@ benches/results/stress.json (stress-quick.json with --quick, or --out PATH)."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+# the workloads and their checks are the tests' own (tests/store/test_stress.py, tests/trie/test_memory_bounds.py)
+sys.path[:0] = [str(ROOT / "tests" / "store"), str(ROOT / "tests" / "trie")]
 
 import seqkv  # noqa: E402
+from _summary import Stress, machine, write_summary  # noqa: E402
 import test_memory_bounds as mb  # noqa: E402
 import test_stress as ts  # noqa: E402
 
 
 DEADLINE_S = 900.0  # per workload: a bound that fails the run on a hang, not a performance figure
-
-
-def machine_info() -> dict:
-    from seqkv.integrations.models import cpu_name
-
-    cpu = cpu_name()
-    return {"cpu": cpu, "usable_cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "seqkv": seqkv.__version__, "loadavg_start": list(os.getloadavg())}
 
 
 def main() -> None:
@@ -41,7 +32,7 @@ def main() -> None:
     ap.add_argument("--no-store", action="store_true", help="skip the SessionStore workload (needs transformers)")
     ap.add_argument("--out", default=None, help="default benches/results/stress.json (stress-quick.json with --quick)")
     args = ap.parse_args()
-    info = machine_info()
+    info = machine()
     q = args.quick
     rows = []
     for cap in (None, 5_000):
@@ -76,11 +67,9 @@ def main() -> None:
     for row in rows:
         print(f"{row['workload']:<45} {row['seconds']:8.2f} s  " +
               " ".join(f"{k}={v}" for k, v in row.items() if k not in ("workload", "seconds")))
-    info["loadavg_end"] = list(os.getloadavg())
     out = Path(args.out) if args.out else ROOT / "benches" / "results" / ("stress-quick.json" if q else "stress.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "quick": q, "threads": ts.THREADS, "deadline_s": DEADLINE_S,
-                               "all_checks_passed": True, "rows": rows}, indent=1) + "\n")
+    write_summary(out, Stress, {"machine": info, "quick": q, "threads": ts.THREADS, "deadline_s": DEADLINE_S,
+                                "all_checks_passed": True, "rows": rows}, indent=1)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -45,6 +44,9 @@ try:  # an installed seqkv (editable or wheel) first; else the source tree
     import seqkv  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
+
+from _summary import Trie as TrieSummary  # noqa: E402
+from _summary import machine, write_summary  # noqa: E402
 
 from seqkv.trie import Trie  # noqa: E402
 
@@ -264,27 +266,6 @@ def core_first_cpus() -> tuple[list[int], int]:
     return first + rest, len(first)
 
 
-def machine_info():
-    from seqkv.integrations.models import cpu_name
-
-    cpu = cpu_name()
-    info = dict(
-        cpu=cpu,
-        logical_cpus=os.cpu_count(),
-        usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        platform=platform.platform(),
-        python=platform.python_version(),
-        numpy=np.__version__,
-    )
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except ImportError:
-        pass
-    return info
-
-
 def rss_child(kind: str, quick: bool, sglang_dir: str) -> None:
     """Builds one structure over the workload in this fresh process; prints RSS growth in bytes."""
     params, keys, values = workload(quick)
@@ -359,7 +340,7 @@ def main() -> None:
     val_arrays = list(values)
     order = np.random.default_rng(1).permutation(n)
     match_rounds = 3 if quick else 7
-    res: dict = dict(bench="trie", quick=quick, label=args.label, workload=dict(params, key_len=klen), machine=machine_info())
+    res: dict = dict(bench="trie", quick=quick, label=args.label, workload=dict(params, key_len=klen), machine=machine())
     print(f"workload: {n} sessions x {klen} tokens ({params['n_prompts']} prompts x {params['prompt_len']} + {params['tail_len']} tail)")
 
     # ---- seqkv -----------------------------------------------------------------------
@@ -653,10 +634,8 @@ def main() -> None:
         ),
         met_read_scaling_strict=all(v >= 0.8 for v in res["read_scaling_efficiency"].values()),
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
-    print("wrote", out)
+    write_summary(args.out, TrieSummary, res)
+    print("wrote", args.out)
 
 
 if __name__ == "__main__":
