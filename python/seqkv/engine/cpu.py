@@ -24,8 +24,8 @@ does) or f32; activations and accumulations are f32. Only NumPy is needed to run
 :meth:`Engine.from_hf` and :meth:`Sequence.kv_cache` import torch.
 
 :class:`GpuEngine` runs the same definition on a CUDA GPU (``seqkv/cuda/kernels/engine.cu``,
-through CuPy) and gives the same bits as the CPU engine (measured on an H200; see
-``docs/engine.md``). :class:`EngineLogitsSource` plugs the engine into the ``lm`` codec.
+through CuPy) and gives the same bits as the CPU engine (checked by ``benches/engine.py --gpu``;
+see ``docs/engine.md``). :class:`EngineLogitsSource` plugs the engine into the ``lm`` codec.
 """
 
 from __future__ import annotations

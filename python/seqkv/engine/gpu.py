@@ -191,8 +191,8 @@ class GpuEngine:
         #: :meth:`tune_gemms`
         self.gemm_shapes = dict(self.DEFAULT_GEMM_SHAPES)
 
-    #: default shape per matmul (measured on an H100 with SmolLM2's sizes at 256 rows,
-    #: benches/results/engine_gpu.json)
+    #: default shape per matmul: the fastest of :meth:`tune_gemms`' candidates at SmolLM2's sizes
+    #: and 256 rows (timings in benches/results/engine_gpu.json, ``gemm_us_per_shape_256_rows``)
     DEFAULT_GEMM_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
         "qkv": (32, 64, 16, 4, 4), "o": (16, 72, 64, 2, 2), "gu": (64, 96, 32, 4, 4),
         "down": (16, 72, 64, 2, 2), "lm_head": (128, 128, 8, 8, 8),

@@ -193,7 +193,7 @@ def fingerprint(model: Any, tokenizer: Any = None) -> bytes:
 
     ``tokenizer`` defaults to the one :func:`load_model` attached to the model (if any), so
     ``fingerprint(model)`` is the same value at both ends of a stream. The weight digest
-    (about 1 s for 135M parameters) is cached on the model object; mutate the weights and
+    reads every parameter's bytes, so it is cached on the model object; mutate the weights and
     you must ``del model._seqkv_fingerprint``.
     """
     if tokenizer is None:
