@@ -48,14 +48,16 @@ test-python: build redis-server
 stubtest: build
 	$(PY) -m mypy.stubtest seqkv._native --concise --allowlist tests/stubtest_allowlist.txt
 
-# Builds the abi3 wheel and the sdist into dist/.
+# Builds the abi3 wheel and the sdist into dist/: release features only (no bench hooks), linked by
+# zig (PyPI's ziglang) against glibc 2.17 so that the wheel is manylinux2014, not this machine's glibc.
 wheel: $(VENV)/.installed
 	rm -rf dist
-	$(VENV)/bin/maturin build --release --sdist -o dist -q
+	$(VENV)/bin/maturin build --release --zig --compatibility manylinux2014 --sdist -o dist -q
 
-# Installs the freshly built wheel into a new empty venv and runs the public-API smoke tests there,
-# so a file missing from the wheel fails the build.
+# Checks with auditwheel that the wheel is portable (manylinux_2_28 or older), then installs it into
+# a new empty venv and runs the public-API smoke tests there, so a file missing from the wheel fails.
 test-wheel: wheel
+	$(PY) tests/wheel/check_portable.py dist/*.whl
 	rm -rf target/wheel-venv
 	python3 -m venv target/wheel-venv
 	target/wheel-venv/bin/python -m pip install -q dist/*.whl pytest
