@@ -3,27 +3,43 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import CorruptStreamError, InvalidInputError
 
-__all__ = ["Codec", "CodingStats", "as_tokens", "TOKEN_DTYPE"]
+__all__ = ["Codec", "CodingStats", "ProgressFn", "as_tokens", "check_max_tokens", "DEFAULT_MAX_TOKENS", "TOKEN_DTYPE"]
 
 #: dtype of the token arrays codecs return.
 TOKEN_DTYPE = np.uint32
 
+#: The most tokens a codec decodes from one stream unless told otherwise (``max_tokens=``):
+#: a stream claiming more is refused before anything is allocated or computed.
+DEFAULT_MAX_TOKENS = 1 << 24
+
+#: Called with the number of tokens coded since the last call.
+ProgressFn = Callable[[int], Any]
+
 
 @runtime_checkable
 class Codec(Protocol):
-    """A token codec: ``encode(tokens) -> bytes`` (a seqkv container) and back."""
+    """A token codec, exactly as :class:`seqkv.SessionStore` uses it.
+
+    ``encode_with_stats`` turns token ids into a seqkv container (``seqkv.coding.container``)
+    and says what it cost; ``decode`` gives the ids back (``uint32``). ``context`` is the
+    tokens both ends already share (the prefix the store's trie matched; a codec that does
+    not model it ignores it), ``progress`` is called with counts of coded tokens. Codecs take
+    these as keyword parameters and refuse any other.
+    """
 
     name: str
 
-    def encode(self, tokens: Any) -> bytes: ...
+    def encode_with_stats(
+        self, tokens: Any, *, context: Any = None, progress: ProgressFn | None = None
+    ) -> tuple[bytes, "CodingStats"]: ...
 
-    def decode(self, data: bytes) -> np.ndarray: ...
+    def decode(self, data: bytes, *, context: Any = None, progress: ProgressFn | None = None) -> np.ndarray: ...
 
 
 class PerTokenBits:
@@ -153,9 +169,45 @@ def describe_schedule(schedule: Sequence[int]) -> str:
     return ", ".join(f"{s}×{r}" if r > 1 else str(s) for s, r in run_lengths(schedule)) or "(none)"
 
 
-def unpack_stream(data: bytes, codec: str, vocab_size: int) -> Any:
+def check_int_option(name: str, value: Any, lo: int, hi: int) -> int:
+    """A codec's integer option, validated (an ``int`` or NumPy integer in ``lo..=hi``; not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= int(value) <= hi:
+        raise InvalidInputError(f"{name} must be an int in {lo}..={hi}, got {value!r}")
+    return int(value)
+
+
+def check_vocab_size(vocab_size: Any) -> int:
+    """A vocabulary size a container can record (``1..=2**24``)."""
+    return check_int_option("vocab_size", vocab_size, 1, 1 << 24)
+
+
+def check_block_tokens(block_tokens: Any) -> int:
+    """Tokens per block (a block's count is a u32)."""
+    return check_int_option("block_tokens", block_tokens, 1, (1 << 32) - 1)
+
+
+def check_max_tokens(max_tokens: Any) -> int:
+    """A codec's ``max_tokens`` option, validated (at most the container's ``2**48``)."""
+    return check_int_option("max_tokens", max_tokens, 0, 1 << 48)
+
+
+def check_stream_size(c: Any, max_tokens: int) -> None:
+    """Refuse an unpacked container before decoding it when it claims more than ``max_tokens``
+    tokens (:class:`InvalidInputError`, the caller's limit) or its blocks do not add up to its
+    header's count (:class:`CorruptStreamError`)."""
+    claimed = int(c.header.token_count)
+    if claimed > max_tokens:
+        raise InvalidInputError(
+            f"stream claims {claimed:,} tokens, more than this decoder's max_tokens={max_tokens:,}; "
+            "pass a larger max_tokens if the stream is trusted"
+        )
+    if sum(int(b.n_tokens) for b in c.blocks) != claimed:
+        raise CorruptStreamError("block token counts do not add up to the header's token count")
+
+
+def unpack_stream(data: bytes, codec: str, vocab_size: int, max_tokens: int) -> Any:
     """``container.unpack(data)`` for a codec: raises :class:`InvalidInputError` when another
-    codec or another vocabulary size wrote the stream."""
+    codec or another vocabulary size wrote the stream, or it claims more than ``max_tokens``."""
     from ..coding import container
 
     c = container.unpack(data)
@@ -164,4 +216,5 @@ def unpack_stream(data: bytes, codec: str, vocab_size: int) -> Any:
         raise InvalidInputError(f"stream was written by codec {h.codec!r}, not {codec!r}")
     if h.vocab_size != vocab_size:
         raise InvalidInputError(f"stream has vocab size {h.vocab_size}, this codec {vocab_size}")
+    check_stream_size(c, max_tokens)
     return c

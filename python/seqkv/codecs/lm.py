@@ -41,12 +41,24 @@ import math
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import CorruptStreamError, FormatVersionError, InvalidInputError, ModelMismatchError, NumericsMismatchError
-from .base import TOKEN_DTYPE, CodingStats, as_tokens, describe_schedule, split_blocks
+from .base import (
+    DEFAULT_MAX_TOKENS,
+    TOKEN_DTYPE,
+    CodingStats,
+    ProgressFn,
+    as_tokens,
+    check_block_tokens,
+    check_int_option,
+    check_max_tokens,
+    check_stream_size,
+    describe_schedule,
+    split_blocks,
+)
 from .sources import LogitsSource, TransformersSource, default_source
 
 __all__ = [
@@ -54,6 +66,7 @@ __all__ = [
     "default_start_token",
     "decode_params",
     "log2_softmax_at",
+    "max_block_tokens",
     "profile_digest",
 ]
 
@@ -61,7 +74,22 @@ _PARAMS_VERSION = 1
 _PARAMS = struct.Struct("<BiIIB")  # version, start token (-1: none), context length, context crc32c, flags
 _FLAG_TARGET = 1
 
-ProgressFn = Callable[[int], Any]
+#: A block of an ``lm`` or ``lm-robust`` stream holds at most this many tokens plus
+#: ``_BLOCK_TOKENS_PER_BYTE`` per payload byte (:func:`max_block_tokens`).
+_FREE_BLOCK_TOKENS = 64
+_BLOCK_TOKENS_PER_BYTE = 128
+
+
+def max_block_tokens(payload_bytes: int) -> int:
+    """The most tokens a block with a payload of ``payload_bytes`` may hold: 64, plus 128 per
+    payload byte (on average at least 1/16 bit per token beyond the first 64).
+
+    A token can cost almost nothing under a confident model, so the range coder alone does not
+    bound a block's token count by its payload; this rule does. The encoder keeps to it by
+    cutting a block that breaks it into smaller ones; the decoder refuses a block that breaks
+    it before computing any logits, which bounds the model forwards a stream can ask for by
+    its size."""
+    return _FREE_BLOCK_TOKENS + _BLOCK_TOKENS_PER_BYTE * int(payload_bytes)
 
 
 def default_start_token(model: Any = None, tokenizer: Any = None) -> int | None:
@@ -145,7 +173,11 @@ def decode_params(params: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 class _PlainScheme:
-    """One V-ary table per token: ``quantize_logits(row)`` then the range coder."""
+    """One V-ary table per token: ``quantize_logits(row)`` then the range coder.
+
+    A scheme codes a token in two steps: :meth:`plan` (what the row says about the token, the
+    costly part) and :meth:`emit` (the coder calls), so that the encoder can re-emit a block's
+    tokens cheaply when it has to cut the block (:func:`max_block_tokens`)."""
 
     def __init__(self, precision: int):
         self.precision = precision
@@ -153,12 +185,17 @@ class _PlainScheme:
     def new_state(self) -> Any:
         return None
 
-    def push(self, enc: Any, state: Any, symbol: int, row: np.ndarray) -> float:
+    def plan(self, symbol: int, row: np.ndarray) -> tuple[int, int]:
+        """The token's slice of its table: ``(cum_low, freq)``."""
         from ..coding import coder
 
         freqs = coder.quantize_logits(row, self.precision)
-        enc.push(symbol, freqs)
-        return self.precision - math.log2(int(freqs[symbol]))
+        return int(freqs[:symbol].sum(dtype=np.uint64)), int(freqs[symbol])
+
+    def emit(self, enc: Any, state: Any, plan: tuple[int, int]) -> float:
+        cum_low, freq = plan
+        enc.push_slice(cum_low, freq, 1 << self.precision)
+        return self.precision - math.log2(freq)
 
     def pop(self, dec: Any, state: Any, row: np.ndarray) -> int:
         return int(dec.pop_logits(row))
@@ -196,16 +233,17 @@ class _StreamEncoder:
         if self.bi < len(self.spans):
             self.enc = self._coder.Encoder(self.codec.precision)
             self.state = self.scheme.new_state()
+            self.plans: list[Any] = []
 
     def push(self, row: np.ndarray | None) -> None:
         """Code the next token under ``row`` (``None``: the uniform distribution)."""
-        from ..coding import container
-
         if row is None:
             row = self.codec._uniform()
         i = self.i
         sym = int(self.toks[i])
-        tb = self.scheme.push(self.enc, self.state, sym, row)
+        plan = self.scheme.plan(sym, row)
+        tb = self.scheme.emit(self.enc, self.state, plan)
+        self.plans.append(plan)
         self.table_bits += tb
         self.token_bits[i] = tb
         lp = log2_softmax_at(row, sym)
@@ -214,11 +252,28 @@ class _StreamEncoder:
         self.i = i + 1
         a, b = self.spans[self.bi]
         if self.i == b:
-            self.blocks.append(
-                container.Block(n_tokens=b - a, payload=self.enc.finish(), tokens_crc32c=container.tokens_checksum(self.toks[a:b]))
-            )
+            self.blocks.extend(self._fitted_blocks(a, b, self.enc.finish()))
             self.bi += 1
             self._open()
+
+    def _fitted_blocks(self, a: int, b: int, payload: bytes) -> list[Any]:
+        """The block of tokens ``a:b`` coded as ``payload``, cut in halves (recoded from the
+        block's plans) until each part keeps to :func:`max_block_tokens`."""
+        from ..coding import container
+
+        if b - a <= max_block_tokens(len(payload)):
+            return [container.Block(n_tokens=b - a, payload=payload, tokens_crc32c=container.tokens_checksum(self.toks[a:b]))]
+        mid = (a + b) // 2
+        return self._fitted_blocks(a, mid, self._recode(a, mid)) + self._fitted_blocks(mid, b, self._recode(mid, b))
+
+    def _recode(self, a: int, b: int) -> bytes:
+        """The payload of tokens ``a:b`` of the current block coded as a block of their own."""
+        first = self.spans[self.bi][0]
+        enc = self._coder.Encoder(self.codec.precision)
+        state = self.scheme.new_state()
+        for plan in self.plans[a - first : b - first]:
+            self.scheme.emit(enc, state, plan)
+        return enc.finish()
 
     def finish(self, seconds: float) -> tuple[bytes, CodingStats]:
         from ..coding import container
@@ -263,8 +318,13 @@ class _StreamDecoder:
                 f"(crc32c {fields['context_crc']:#010x}); got {ctx.size} tokens "
                 f"(crc32c {container.tokens_checksum(ctx):#010x})"
             )
-        if sum(b.n_tokens for b in c.blocks) != h.token_count:
-            raise CorruptStreamError("block token counts do not add up to the header's token count")
+        check_stream_size(c, codec.max_tokens)
+        for i, block in enumerate(c.blocks):
+            if block.n_tokens > max_block_tokens(len(block.payload)):
+                raise CorruptStreamError(
+                    f"block {i} claims {block.n_tokens:,} tokens in a {len(block.payload):,}-byte payload "
+                    f"(at most {max_block_tokens(len(block.payload)):,})"
+                )
         start = fields["start_token"]
         if start is not None and start >= codec.vocab_size:
             raise CorruptStreamError("stream start token is out of range")
@@ -378,6 +438,9 @@ class LMCodec:
         default context for :meth:`encode`/:meth:`decode` (overridable per call).
     verify:
         decode every stream right after encoding it and compare.
+    max_tokens:
+        the most tokens :meth:`decode` accepts from one stream (:class:`InvalidInputError`
+        beyond, before any logits are computed).
     profile:
         ``"full"`` records the numerics profile JSON in the header (~170 bytes);
         ``"digest"`` only its 8-byte BLAKE2b (:func:`profile_digest`), for stores of many
@@ -404,6 +467,7 @@ class LMCodec:
         context: Any = None,
         verify: bool = False,
         profile: str = "full",
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         **unknown: Any,
     ):
         if unknown:
@@ -425,18 +489,15 @@ class LMCodec:
                     f"draft vocab size {self.vocab_size} differs from the model's {vocab_size(model)}"
                 )
             self.target_fingerprint = fingerprint(model)
-        if not (1 <= int(precision) <= 24) or self.vocab_size > (1 << int(precision)):
+        self.precision = check_int_option("precision", precision, 1, 24)
+        if self.vocab_size > (1 << self.precision):
             raise InvalidInputError(f"precision {precision} cannot hold vocab size {self.vocab_size}")
-        self.precision = int(precision)
-        if int(block_tokens) < 1:
-            raise InvalidInputError("block_tokens must be >= 1")
-        self.block_tokens = int(block_tokens)
+        self.block_tokens = check_block_tokens(block_tokens)
+        self.max_tokens = check_max_tokens(max_tokens)
         if start_token == "auto":
             start_token = default_start_token(draft if draft is not None else model, tokenizer)
         if start_token is not None:
-            start_token = int(start_token)
-            if not 0 <= start_token < self.vocab_size:
-                raise InvalidInputError(f"start_token {start_token} is out of range for vocab size {self.vocab_size}")
+            start_token = check_int_option("start_token", start_token, 0, self.vocab_size - 1)
         self.start_token = start_token
         self.context = as_tokens(context, self.vocab_size, what="context")
         self.verify = bool(verify)

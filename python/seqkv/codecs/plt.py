@@ -27,7 +27,19 @@ import numpy as np
 
 from .. import _native
 from ..errors import CorruptStreamError, FormatVersionError, InvalidInputError, ModelMismatchError
-from .base import TOKEN_DTYPE, CodingStats, as_tokens, split_blocks, unpack_stream
+from .base import (
+    DEFAULT_MAX_TOKENS,
+    TOKEN_DTYPE,
+    CodingStats,
+    ProgressFn,
+    as_tokens,
+    check_block_tokens,
+    check_int_option,
+    check_max_tokens,
+    check_vocab_size,
+    split_blocks,
+    unpack_stream,
+)
 
 __all__ = ["PLTCodec", "DEFAULT_ORDER", "MAX_ORDER"]
 
@@ -54,7 +66,7 @@ class PLTCodec:
         primer: Any = None,
         model: Any = None,
         block_tokens: int = 1 << 16,
-        **_ignored: Any,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
     ):
         if vocab_size is None:
             if model is None:
@@ -62,13 +74,10 @@ class PLTCodec:
             from ..integrations.models import vocab_size as model_vocab
 
             vocab_size = model_vocab(model)
-        if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 0 <= int(order) <= MAX_ORDER:
-            raise InvalidInputError(f"order must be an int in 0..={MAX_ORDER}, got {order!r}")
-        if isinstance(block_tokens, bool) or not isinstance(block_tokens, (int, np.integer)) or not 1 <= block_tokens < 1 << 32:
-            raise InvalidInputError("block_tokens must be an int in 1..2**32-1")
-        self.vocab_size = int(vocab_size)
-        self.order = int(order)
-        self.block_tokens = int(block_tokens)
+        self.vocab_size = check_vocab_size(vocab_size)
+        self.order = check_int_option("order", order, 0, MAX_ORDER)
+        self.block_tokens = check_block_tokens(block_tokens)
+        self.max_tokens = check_max_tokens(max_tokens)
         self._model = _native.PpmModel(self.vocab_size, self.order)
         self._primer: list[np.ndarray] = []
         self.last_stats: CodingStats | None = None
@@ -106,11 +115,15 @@ class PLTCodec:
 
     # -- coding --------------------------------------------------------------------------
 
-    def encode(self, tokens: Any, *, context: Any = None, **_ignored: Any) -> bytes:
+    def encode(self, tokens: Any, *, context: Any = None) -> bytes:
         """Code ``tokens`` (after the primer and ``context``) into a seqkv container."""
         return self.encode_with_stats(tokens, context=context)[0]
 
-    def encode_with_stats(self, tokens: Any, *, context: Any = None, **_ignored: Any) -> tuple[bytes, CodingStats]:
+    def encode_with_stats(
+        self, tokens: Any, *, context: Any = None, progress: ProgressFn | None = None
+    ) -> tuple[bytes, CodingStats]:
+        """Like :meth:`encode`, and also return a :class:`CodingStats`; ``progress(n)`` is called
+        once with the token count when the stream is coded."""
         from ..coding import container
 
         t0 = time.perf_counter()
@@ -139,13 +152,17 @@ class PLTCodec:
             extra={"order": self.order, "primer_tokens": int(model.seen_tokens)},
         )
         self.last_stats = stats
+        if progress is not None and toks.size:
+            progress(int(toks.size))
         return data, stats
 
-    def decode(self, data: bytes, *, context: Any = None, **_ignored: Any) -> np.ndarray:
-        """Decode a stream written by :meth:`encode` with the same primer and ``context``."""
+    def decode(self, data: bytes, *, context: Any = None, progress: ProgressFn | None = None) -> np.ndarray:
+        """Decode a stream written by :meth:`encode` with the same primer and ``context``.
+        A block whose payload is too short for its token count (``seqkv_ppm``'s bound: every
+        token costs at least -log2(65504/65536) bits) is refused before any decoding."""
         from ..coding import container
 
-        c = unpack_stream(data, self.name, self.vocab_size)
+        c = unpack_stream(data, self.name, self.vocab_size, self.max_tokens)
         h = c.header
         try:
             _profile, order, primer_tokens, primer_crc = _native.ppm_parse_params(bytes(h.params), self.vocab_size)
@@ -165,6 +182,8 @@ class PLTCodec:
             start += b.n_tokens
         if out.size != h.token_count:
             raise CorruptStreamError(f"stream holds {out.size} tokens, header says {h.token_count}")
+        if progress is not None and out.size:
+            progress(int(out.size))
         return out.astype(TOKEN_DTYPE, copy=False)
 
     def cost_bits(self, tokens: Any, *, context: Any = None) -> float:

@@ -12,7 +12,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptStreamError, InvalidInputError
-from .base import TOKEN_DTYPE, CodingStats, as_tokens, split_blocks, unpack_stream
+from .base import (
+    DEFAULT_MAX_TOKENS,
+    TOKEN_DTYPE,
+    CodingStats,
+    ProgressFn,
+    as_tokens,
+    check_block_tokens,
+    check_max_tokens,
+    check_vocab_size,
+    split_blocks,
+    unpack_stream,
+)
 
 __all__ = ["RawCodec", "bits_per_token", "pack_bits", "unpack_bits"]
 
@@ -50,28 +61,38 @@ class RawCodec:
 
     name = "raw"
 
-    def __init__(self, vocab_size: int | None = None, *, model: Any = None, block_tokens: int = 4096, **_ignored: Any):
+    def __init__(
+        self,
+        vocab_size: int | None = None,
+        *,
+        model: Any = None,
+        block_tokens: int = 4096,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ):
         if vocab_size is None:
             if model is None:
                 raise InvalidInputError("raw codec needs vocab_size= or model=")
             from ..integrations.models import vocab_size as model_vocab
 
             vocab_size = model_vocab(model)
-        self.vocab_size = int(vocab_size)
+        self.vocab_size = check_vocab_size(vocab_size)
         self.bits = bits_per_token(self.vocab_size)
-        if block_tokens < 1:
-            raise InvalidInputError("block_tokens must be >= 1")
-        self.block_tokens = int(block_tokens)
+        self.block_tokens = check_block_tokens(block_tokens)
+        self.max_tokens = check_max_tokens(max_tokens)
         self.last_stats: CodingStats | None = None
 
-    def encode(self, tokens: Any, **_ignored: Any) -> bytes:
-        return self.encode_with_stats(tokens)[0]
+    def encode(self, tokens: Any, *, context: Any = None) -> bytes:
+        return self.encode_with_stats(tokens, context=context)[0]
 
-    def encode_with_stats(self, tokens: Any, **_ignored: Any) -> tuple[bytes, CodingStats]:
+    def encode_with_stats(
+        self, tokens: Any, *, context: Any = None, progress: ProgressFn | None = None
+    ) -> tuple[bytes, CodingStats]:
+        """Code ``tokens``; ``context`` is validated and otherwise unused (raw models nothing)."""
         from ..coding import container
 
         t0 = time.perf_counter()
         toks = as_tokens(tokens, self.vocab_size)
+        as_tokens(context, self.vocab_size, what="context")
         blocks = [
             container.Block(
                 n_tokens=b - a,
@@ -92,13 +113,19 @@ class RawCodec:
             seconds=time.perf_counter() - t0,
         )
         self.last_stats = stats
+        if progress is not None and toks.size:
+            progress(int(toks.size))
         return data, stats
 
-    def decode(self, data: bytes, **_ignored: Any) -> np.ndarray:
+    def decode(self, data: bytes, *, context: Any = None, progress: ProgressFn | None = None) -> np.ndarray:
+        """The ids of a raw stream; ``context`` is validated and otherwise unused."""
         from ..coding import container
 
-        c = unpack_stream(data, self.name, self.vocab_size)
+        as_tokens(context, self.vocab_size, what="context")
+        c = unpack_stream(data, self.name, self.vocab_size, self.max_tokens)
         h = c.header
+        if h.precision != self.bits:
+            raise CorruptStreamError(f"raw stream packs {h.precision} bits per token, vocab size {self.vocab_size} {self.bits}")
         parts = []
         for block in c.blocks:
             toks = unpack_bits(block.payload, block.n_tokens, self.bits)
@@ -107,6 +134,8 @@ class RawCodec:
             if container.tokens_checksum(toks) != block.tokens_crc32c:
                 raise CorruptStreamError("raw block fails its token checksum")
             parts.append(toks)
+            if progress is not None and toks.size:
+                progress(int(toks.size))
         out = np.concatenate(parts) if parts else np.empty(0, dtype=TOKEN_DTYPE)
         if out.size != h.token_count:
             raise CorruptStreamError(f"stream holds {out.size} tokens, header says {h.token_count}")

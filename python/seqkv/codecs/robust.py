@@ -267,26 +267,32 @@ class _RobustScheme:
         return bit
 
     # the scheme ------------------------------------------------------------------
-    def push(self, enc: Any, state: _State, symbol: int, row: np.ndarray) -> float:
+    def plan(self, symbol: int, row: np.ndarray) -> list[tuple[int, int, bool, int]]:
+        """The token's unforced decisions: ``(bit, bin, ambiguous, side)`` each (``side``: the
+        helper bit saying on which side of its nearest edge the log-odds lay)."""
         bins = self.bins
         levels = _levels(row, self.D)
-        path = []  # (bit, u, ambiguous, nearest edge)
+        path = []
         node = 0
         for d in range(self.D):
             bit = (symbol >> (self.D - 1 - d)) & 1
             if not self._forced(d, node):
                 u = _log_odds(levels, d, node)
                 j, dist = bins.nearest_edge(u) if math.isfinite(u) else (-1, math.inf)
-                path.append((bit, u, dist <= bins.eta, j))
+                amb = dist <= bins.eta
+                path.append((bit, bins.bin_of(u), amb, int(amb and u >= bins._edges_list[j])))
             node = 2 * node + bit
-        any_amb = any(p[2] for p in path)
+        return path
+
+    def emit(self, enc: Any, state: _State, plan: list[tuple[int, int, bool, int]]) -> float:
+        bins = self.bins
+        any_amb = any(amb for _, _, amb, _ in plan)
         bits = self._put_adaptive(enc, state.token_flag, int(any_amb))
-        for bit, u, amb, j in path:
+        for bit, k, amb, side in plan:
             if any_amb:
                 bits += self._put_adaptive(enc, state.decision_flag, int(amb))
                 if amb:
-                    bits += self._put(enc, int(u >= bins._edges_list[j]), self.half)
-            k = bins.bin_of(u)
+                    bits += self._put(enc, side, self.half)
             bits += self._put(enc, bit, bins.f1[k])
         return bits
 
