@@ -17,6 +17,7 @@ Codec modules are imported on first use, so ``import seqkv.codecs`` needs only N
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from importlib import import_module
 from typing import Any, Callable
 
@@ -56,8 +57,34 @@ def _factory(name: str) -> Callable[..., Codec]:
 
 def get(name: str, **options: Any) -> Codec:
     """A codec instance: ``get("raw", vocab_size=49152)``, ``get("lm", model=m)``,
-    ``get("plt", **opts)``, ``get("lm-robust", model=m, epsilon=1e-3)``."""
-    return _factory(name)(**options)
+    ``get("plt", **opts)``, ``get("lm-robust", model=m, epsilon=1e-3)``. An option the codec
+    does not take raises :class:`InvalidInputError`."""
+    if not isinstance(name, str):
+        raise InvalidInputError(f"codec name must be a str, got {type(name).__name__}")
+    factory = _factory(name)
+    unknown = _unknown_options(factory, options)
+    if unknown:
+        raise InvalidInputError(f"unknown {name} codec option(s): {', '.join(unknown)}")
+    return factory(**options)
+
+
+def _unknown_options(factory: Callable[..., Codec], options: dict[str, Any]) -> list[str]:
+    """The options ``factory`` does not take. A constructor's ``**kwargs`` passed on to its base
+    class's count as the base's parameters; a factory that takes any keyword takes them all."""
+    if isinstance(factory, type):
+        fns = [c.__dict__["__init__"] for c in factory.__mro__ if "__init__" in c.__dict__ and c is not object]
+    else:
+        fns = [factory]
+    names: set[str] = set()
+    for fn in fns:
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):  # no signature to read (a builtin): the factory judges
+            return []
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return sorted(set(options) - names)
+    return []
 
 
 def available() -> list[str]:
