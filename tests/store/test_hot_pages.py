@@ -367,7 +367,7 @@ class HotAccountingMachine(RuleBasedStateMachine):
     @rule(data=st.data(), tier=st.sampled_from(["warm", "cold"]))
     def demote(self, data, tier):
         sid = data.draw(st.sampled_from(sorted(self.expected)))
-        if tier in self.store._tiers.tiers:
+        if tier in self.store.tiers:
             self.store.demote(sid, tier)
 
     @precondition(lambda self: self.expected)

@@ -67,7 +67,7 @@ def test_capacity_demotes_and_access_promotes(tiny_llama, convo):
 
 
 def test_unbounded_store_keeps_the_old_behaviour(tiny_llama, convo):
-    store = SessionStore(tiny_llama, codec="plt")
+    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=None)
     store.put("a", convo["s0"])
     assert store.tier_of("a") == "cold" and store.tier_stats()["capacity_bytes"] is None
     _, c = store.get("a")
@@ -204,11 +204,12 @@ def test_engine_backed_exact_restore_needs_no_residual(tiny_llama, convo):
     assert hf.caches_equal(cache, caches[1])
     store.put("e2", toks, schedule=[2] * (toks.size // 2) + [1] * (toks.size % 2))  # KV computed by the engine
     assert hf.caches_equal(store.get("e2", mode="exact")[1], caches[0])
-    # transformers' KV is not the engine's: without a residual, exact mode refuses it
+    # transformers' KV is not the engine's: without a residual, exact mode could not serve it,
+    # so put refuses it (issue 18.16: refused at put, not at a later get)
     tf, _ = hf.compute_cache(tiny_llama, toks)
-    store.put("tf", toks, kv=tf)
-    with pytest.raises(NumericsMismatchError):
-        store.get("tf", mode="exact")
+    with pytest.raises(InvalidInputError, match="residual=True"):
+        store.put("tf", toks, kv=tf)
+    assert "tf" not in store
     store.put("tf-r", toks, kv=tf, residual=True)
     assert hf.caches_equal(store.get("tf-r", mode="exact")[1], tf)
     # "auto" picks the engine for a Llama; the engine's KV agrees with transformers' closely
@@ -448,14 +449,14 @@ def test_smollm2_residual_and_engine_exact(smollm2):
     assert _warm_bound(store.get("s", promote=False)[1], steps)
     eng = SessionStore(model, codec="plt", engine="auto", capacity_bytes=0)
     assert eng.kv_source == "seqkv-engine"
-    assert eng.put("e", toks, schedule=[1] * toks.size, kv=eng._compute(toks, None), residual=True)["residual_bytes"] == 10
+    assert eng.put("e", toks, schedule=[1] * toks.size, kv=eng.kv_builder.compute(toks, None), residual=True)["residual_bytes"] == 10
     assert hf.max_abs_diff(eng.get("e", mode="exact")[1], steps) < 1e-2
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_warm_bits(tiny_llama, convo, bits):
     """Codes pack 8 to `bits` bytes and round-trip; more bits, smaller error, more bytes."""
-    from seqkv.store.session_store import _WarmCodec
+    from seqkv.store.warm import WarmCodec as _WarmCodec
 
     codec = _WarmCodec(16, bits)
     codes = np.random.default_rng(bits).integers(0, 1 << bits, 1003).astype(np.uint8)
@@ -499,7 +500,7 @@ def test_warm_keys_are_centred_per_channel():
     """A large per-channel key offset (outlier channel) costs the centred keys nothing."""
     import torch
 
-    from seqkv.store.session_store import _WarmCodec
+    from seqkv.store.warm import WarmCodec as _WarmCodec
 
     codec = _WarmCodec(16, 3)
     k = torch.randn(1, 2, 64, 16, generator=torch.Generator().manual_seed(0))

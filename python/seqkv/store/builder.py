@@ -1,0 +1,182 @@
+"""The KV builder: computes the KV caches a store needs (through the batch-invariant engine or
+transformers), the per-layer hashes and residual recorded at ``put``, and exact restores checked
+against them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..codecs.sources import EngineChoice
+from ..errors import InvalidInputError, NumericsMismatchError, StoreError
+
+__all__ = ["KVBuilder", "RecordedKV", "resolve_engine", "RESIDUAL"]
+
+#: The record attachment holding an exact-mode residual.
+RESIDUAL = "residual"
+
+
+def resolve_engine(model: Any, engine: EngineChoice) -> Any:
+    """The engine that computes the store's KV for an :data:`~seqkv.codecs.sources.EngineChoice`,
+    or ``None`` for transformers: ``"auto"`` takes the engine for a Llama-family model on the CPU
+    (f32 weights for an f32 model: its KV then agrees with the model's to ~1e-4); ``True`` /
+    ``"seqkv"`` require it."""
+    if engine is False or engine == "transformers":
+        return None
+    if engine is True or engine in ("auto", "seqkv"):
+        import torch
+
+        from ..engine.cpu import Engine, unsupported_reason
+
+        param = next(iter(model.parameters()))
+        why = unsupported_reason(model) or (None if param.device.type == "cpu" else "the model is not on the CPU")
+        if why is not None:
+            if engine == "auto":
+                return None
+            raise InvalidInputError(f"engine={engine!r}: seqkv.engine.cpu cannot compute this model's KV ({why})")
+        return Engine.for_model(model, dtype="f32" if param.dtype == torch.float32 else "bf16")
+    return engine
+
+
+class RecordedKV:
+    """What ``put`` records about a session's KV: the cache (given or computed), its per-layer
+    hashes and the record's attachments (the residual)."""
+
+    def __init__(self, cache: Any, hashes: tuple[bytes, ...], attachments: dict[str, bytes]):
+        self.cache = cache
+        self.hashes = hashes
+        self.attachments = attachments
+
+
+class KVBuilder:
+    """Computes KV for ``model`` (``engine``: an engine from :func:`resolve_engine`, or ``None``).
+    Model work runs under ``model_lock`` (the engine needs none)."""
+
+    def __init__(self, model: Any, engine: Any, model_lock: threading.RLock):
+        self.model = model
+        self.engine = engine
+        self._model_lock = model_lock
+
+    @property
+    def kv_source(self) -> str:
+        """What computes the KV this store rebuilds: ``"seqkv-engine"`` or ``"transformers"``."""
+        return "seqkv-engine" if self.engine is not None else "transformers"
+
+    def compute(self, toks: np.ndarray, schedule: Any) -> Any:
+        """The KV of ``toks``: through the engine (one prefill: its bits do not depend on the
+        schedule), else through the model chunk by chunk as ``schedule`` says (``None``: one
+        prefill)."""
+        from ..integrations import transformers as hf
+
+        if not toks.size:
+            return hf.new_cache(self.model)
+        if self.engine is not None:
+            seq = self.engine.new_sequence()
+            self.engine.prefill(seq, toks, logits="none")
+            param = next(iter(self.model.parameters()))
+            return seq.kv_cache(dtype=param.dtype, device=param.device, config=self.model.config)
+        with self._model_lock:
+            cache, _ = hf.compute_cache(self.model, toks, schedule)
+        return cache
+
+    def check_given(self, kv: Any, n_tokens: int) -> None:
+        """Refuse a caller's cache that a later ``get`` could not serve: the wrong length or a batch
+        of several sequences."""
+        from ..integrations import transformers as hf
+
+        length = hf.cache_length(kv)
+        if length != n_tokens:
+            raise InvalidInputError(f"kv holds {length} positions, tokens {n_tokens}")
+        layers = hf.cache_layers(kv)
+        batch = int(layers[0][0].shape[0]) if layers else 1
+        if batch != 1:
+            raise InvalidInputError(
+                f"kv holds a batch of {batch} sequences; a session is one: put each row "
+                f"(cache_from_layers(model, [(k[i:i+1], v[i:i+1]) ...])) under its own id"
+            )
+
+    def record(
+        self, toks: np.ndarray, schedule: tuple[int, ...], kv: Any, *, hashes: bool, keep: bool, residual: bool
+    ) -> RecordedKV:
+        """The KV ``put`` records: ``kv`` or the recompute, its hashes (``hashes``) and, with
+        ``residual``, the residual between ``kv`` and the recompute an exact restore does."""
+        from ..integrations import transformers as hf
+        from ..kv import residual as residual_coding
+
+        cache = kv
+        if (hashes or keep) and cache is None and toks.size:
+            cache = self.compute(toks, schedule)
+        layer_hashes = tuple(hf.layer_hashes(cache)) if (hashes or residual) and cache is not None else ()
+        attachments: dict[str, bytes] = {}
+        if residual:
+            recomputed = self.compute(toks, schedule)
+            pairs = [pair for layer in zip(hf.cache_layers(kv), hf.cache_layers(recomputed)) for pair in zip(*layer)]
+            attachments[RESIDUAL] = residual_coding.encode(pairs)
+        elif kv is not None and layer_hashes and self.engine is not None:
+            self._refuse_unrestorable(toks, layer_hashes)
+        return RecordedKV(cache, layer_hashes, attachments)
+
+    def _refuse_unrestorable(self, toks: np.ndarray, hashes: tuple[bytes, ...]) -> None:
+        """Under the engine, a caller's cache of another computation (transformers, ``generate``)
+        is one the exact restore's recompute cannot reproduce, so ``get(mode="exact")`` would
+        refuse it: refuse it now, with the fix."""
+        from ..integrations import transformers as hf
+
+        bad = _bad_layers(hf.layer_hashes(self.compute(toks, None), len(hashes[0])), list(hashes))
+        if bad:
+            raise InvalidInputError(
+                f"kv layers {bad} differ from the KV this store recomputes with the seqkv engine, so an "
+                f"exact restore could not reproduce them: pass residual=True to keep the difference, leave "
+                f"kv out (the store computes it), or open the store with engine=False"
+            )
+
+    def exact_restore(
+        self, meta: Any, toks: np.ndarray, load_residual: Callable[[], bytes | None]
+    ) -> Any:
+        """The recorded KV bit for bit: the recompute replaying the recorded schedule, checked
+        against the recorded hashes and corrected by the residual when they differ."""
+        from ..integrations import transformers as hf
+
+        cache = self.compute(toks, meta.schedule)
+        digest = len(meta.hashes[0])
+        bad = _bad_layers(hf.layer_hashes(cache, digest), list(meta.hashes))
+        if not bad:
+            return cache
+        from ..integrations.models import numerics_profile_json
+
+        how = (
+            "recomputed by the seqkv engine"
+            if self.engine is not None
+            else f"replayed schedule of {len(meta.schedule)} chunks on {numerics_profile_json(self.model)}"
+        )
+        if not meta.residual_bytes:
+            raise NumericsMismatchError(
+                f"exact restore of {meta.sid!r}: layers {bad} differ from the hashes recorded at put "
+                f"({how}; KV recorded from {meta.kv_source or 'an unknown source'}) and no residual was kept "
+                f"(put(..., kv=cache, residual=True) keeps one)"
+            )
+        from ..kv import residual as residual_coding
+
+        data = load_residual()
+        if data is None:
+            raise StoreError(f"session {meta.sid!r} records a residual but its record has no attachment")
+        flat = [t for pair in hf.cache_layers(cache) for t in pair]
+        fixed = residual_coding.decode(data, flat)
+        cache = hf.cache_from_layers(self.model, list(zip(fixed[0::2], fixed[1::2])))
+        bad = _bad_layers(hf.layer_hashes(cache, digest), list(meta.hashes))
+        if bad:
+            raise NumericsMismatchError(
+                f"exact restore of {meta.sid!r}: the stored residual does not reproduce layers {bad} "
+                f"(the recompute differs from the one at put: {how})"
+            )
+        return cache
+
+
+def _bad_layers(got: list[bytes], want: list[bytes]) -> list[int]:
+    bad = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
+    if len(got) != len(want):
+        bad.extend(range(min(len(got), len(want)), max(len(got), len(want))))
+    return bad

@@ -1,0 +1,238 @@
+"""The session catalog: the one record schema (:class:`RecordMeta`) and the sessions a store
+knows, by id and by number, with the references between them.
+
+A record's metadata is written by :meth:`RecordMeta.to_dict` and read back by
+:meth:`RecordMeta.from_dict` only; ``docs/durability.md`` lists its keys. A record is bound to
+its session: a row whose metadata names another session id or number, or whose decoded tokens
+fail ``tokens_crc32c``, is corrupt (:class:`~seqkv.errors.CorruptStreamError`).
+
+The catalog is not locked itself: :class:`~seqkv.store.SessionStore` calls it under its
+bookkeeping lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..codecs.base import run_lengths
+from ..errors import CorruptStreamError, SessionNotFoundError, StoreError
+
+__all__ = ["RecordMeta", "Entry", "Catalog", "RECORD_VERSION", "HIDDEN_PREFIX", "hidden_key", "check_tokens", "allocate_number"]
+
+#: Layout version of a record's metadata.
+RECORD_VERSION = 1
+#: Backend ids of deleted sessions kept because others reference them start with this.
+HIDDEN_PREFIX = "__seqkv_hidden__/"
+
+
+def hidden_key(number: int) -> str:
+    """The backend id of a hidden (deleted but referenced) session."""
+    return f"{HIDDEN_PREFIX}{number}"
+
+
+def _unrle(runs: list[list[int]]) -> tuple[int, ...]:
+    out: list[int] = []
+    for size, repeat in runs:
+        out.extend([int(size)] * int(repeat))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RecordMeta:
+    """What a record says about its session (its metadata, one dict in the backend).
+
+    ``parent``/``parent_crc32c``: the number and token checksum of the session whose first
+    ``prefix`` tokens this one takes by reference, so that a reference to a reused or swapped
+    number is detected instead of decoding to another session's tokens."""
+
+    sid: str
+    number: int
+    n_tokens: int
+    prefix: int
+    parent: int | None
+    parent_crc32c: int | None
+    codec: str
+    schedule: tuple[int, ...]
+    hashes: tuple[bytes, ...]
+    payload_bits: int
+    container_bytes: int
+    residual_bytes: int
+    kv_source: str
+    tokens_crc32c: int
+    hidden: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION,
+            "sid": self.sid,
+            "number": self.number,
+            "tokens": self.n_tokens,
+            "prefix": self.prefix,
+            "parent": self.parent,
+            "parent_crc32c": self.parent_crc32c,
+            "codec": self.codec,
+            "schedule": run_lengths(self.schedule),
+            "hashes": [h.hex() for h in self.hashes],
+            "payload_bits": self.payload_bits,
+            "container_bytes": self.container_bytes,
+            "residual_bytes": self.residual_bytes,
+            "kv_source": self.kv_source,
+            "tokens_crc32c": self.tokens_crc32c,
+            "hidden": self.hidden,
+        }
+
+    @classmethod
+    def from_dict(cls, meta: Any, key: str) -> RecordMeta:
+        """The metadata stored under backend id ``key``; :class:`CorruptStreamError` when it is not
+        a record of this layout or is not bound to ``key``."""
+        try:
+            if not isinstance(meta, dict) or meta.get("v") != RECORD_VERSION:
+                raise ValueError("not a session record of this layout")
+            parent = meta["parent"]
+            out = cls(
+                sid=str(meta["sid"]),
+                number=int(meta["number"]),
+                n_tokens=int(meta["tokens"]),
+                prefix=int(meta["prefix"]),
+                parent=None if parent is None else int(parent),
+                parent_crc32c=None if meta.get("parent_crc32c") is None else int(meta["parent_crc32c"]),
+                codec=str(meta["codec"]),
+                schedule=_unrle(meta["schedule"]),
+                hashes=tuple(bytes.fromhex(h) for h in meta["hashes"]),
+                payload_bits=int(meta["payload_bits"]),
+                container_bytes=int(meta["container_bytes"]),
+                residual_bytes=int(meta["residual_bytes"]),
+                kv_source=str(meta["kv_source"]),
+                tokens_crc32c=int(meta["tokens_crc32c"]),
+                hidden=bool(meta.get("hidden", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptStreamError(f"record {key!r}: unreadable session metadata ({exc})") from None
+        if out.number < 1 or out.n_tokens < 0 or not 0 <= out.prefix <= out.n_tokens or (out.prefix > 0) != (out.parent is not None):
+            raise CorruptStreamError(f"record {key!r}: inconsistent session metadata")
+        if key != (hidden_key(out.number) if out.hidden else out.sid):
+            raise CorruptStreamError(
+                f"record {key!r} holds the metadata of session {out.sid!r} (number {out.number}): a swapped row"
+            )
+        return out
+
+    def hide(self) -> RecordMeta:
+        return replace(self, hidden=True)
+
+
+@dataclass(eq=False)
+class Entry:
+    """A session the store knows: its metadata, where its record is (``key``: the session id, or
+    its hidden id once deleted while referenced), the record's size, how many stored sessions
+    reference it, and the trie pin its own reference holds on its parent's prefix."""
+
+    meta: RecordMeta
+    key: str
+    record_bytes: int
+    refs: int = 0
+    pin: Any = None
+
+    @property
+    def number(self) -> int:
+        return self.meta.number
+
+    @property
+    def hidden(self) -> bool:
+        return self.meta.hidden
+
+
+@dataclass
+class Catalog:
+    """Visible sessions by id, every known record (hidden ones too) by number."""
+
+    by_id: dict[str, Entry] = field(default_factory=dict)
+    by_number: dict[int, Entry] = field(default_factory=dict)
+
+    def entry(self, session_id: str) -> Entry:
+        entry = self.by_id.get(session_id)
+        if entry is None:
+            raise SessionNotFoundError(f"no session {session_id!r} in this store")
+        return entry
+
+    def add(self, entry: Entry) -> None:
+        """Track a record; a visible one replaces the id's previous entry (the caller retires it)."""
+        self.by_number[entry.number] = entry
+        if not entry.hidden:
+            self.by_id[entry.meta.sid] = entry
+        parent = self.by_number.get(entry.meta.parent) if entry.meta.parent is not None else None
+        if parent is not None:
+            parent.refs += 1
+
+    def hide(self, entry: Entry) -> None:
+        """The session is deleted but referenced: keep its record under its hidden id."""
+        if self.by_id.get(entry.meta.sid) is entry:
+            del self.by_id[entry.meta.sid]
+        entry.meta = entry.meta.hide()
+        entry.key = hidden_key(entry.number)
+
+    def remove(self, entry: Entry) -> list[Entry]:
+        """Forget a record. Returns the hidden ancestors its going leaves unreferenced (to be
+        removed in turn, by the caller, with their records)."""
+        if self.by_id.get(entry.meta.sid) is entry:
+            del self.by_id[entry.meta.sid]
+        self.by_number.pop(entry.number, None)
+        orphans: list[Entry] = []
+        parent = self.by_number.get(entry.meta.parent) if entry.meta.parent is not None else None
+        if parent is not None:
+            parent.refs -= 1
+            if parent.refs <= 0 and parent.hidden:
+                orphans.append(parent)
+        return orphans
+
+    def check_parent(self, entry: Entry) -> Entry | None:
+        """The entry's parent, checked against the checksum the entry recorded for it."""
+        meta = entry.meta
+        if meta.parent is None:
+            return None
+        parent = self.by_number.get(meta.parent)
+        if parent is None:
+            raise CorruptStreamError(f"session {meta.sid!r} references session number {meta.parent}, which is missing")
+        if meta.parent_crc32c is not None and parent.meta.tokens_crc32c != meta.parent_crc32c:
+            raise CorruptStreamError(
+                f"session {meta.sid!r} references session number {meta.parent}, but that number now holds "
+                f"other tokens (checksum {parent.meta.tokens_crc32c:#010x}, recorded {meta.parent_crc32c:#010x})"
+            )
+        return parent
+
+
+def check_tokens(meta: RecordMeta, tokens: np.ndarray) -> None:
+    """Raise :class:`CorruptStreamError` unless ``tokens`` are the recorded session's."""
+    from ..coding.container import tokens_checksum
+
+    if tokens.size != meta.n_tokens:
+        raise CorruptStreamError(f"session {meta.sid!r} decoded to {tokens.size} tokens, its record says {meta.n_tokens}")
+    got = tokens_checksum(tokens)
+    if got != meta.tokens_crc32c:
+        raise CorruptStreamError(
+            f"session {meta.sid!r}: decoded tokens fail the recorded checksum ({got:#010x} != {meta.tokens_crc32c:#010x})"
+        )
+
+
+_NUMBER_COUNTER = "session_number"
+
+
+def allocate_number(backend: Any) -> int:
+    """A session number never handed out before by this backend, in any process: drawn from the
+    backend's persistent counter in one backend transaction."""
+    allocate = getattr(backend, "allocate_number", None)
+    if allocate is not None:
+        return int(allocate(_NUMBER_COUNTER))
+    # Until the backends ship Backend.allocate_number: the same counter kept in a blob, bumped by
+    # update_blob (one read-modify-write transaction, atomic across processes).
+    def bump(old: bytes | None) -> bytes:
+        try:
+            return b"%d" % (int(old or b"0") + 1)
+        except ValueError:
+            raise StoreError(f"the backend's {_NUMBER_COUNTER!r} counter blob is corrupt") from None
+
+    update = backend.update_blob(_NUMBER_COUNTER, bump)
+    assert update.data is not None
+    return int(update.data)
