@@ -272,7 +272,7 @@ class BackendContract:
         assert backend.ids() == ["s0", "s2"] and "s1" not in backend and len(backend) == 2
         with pytest.raises(SessionNotFoundError):
             backend.get("s1")
-        assert backend.quarantined() == ["s1"]
+        assert backend.quarantined() == ["s1"] and backend.stats()["quarantined"] == 1
         assert sorted(backend.scan_meta().meta) == ["s0", "s2"]
         assert backend.quarantine("s1") is False and backend.quarantine("nope") is False
         backend.put("s1", make_record(7))  # the id starts afresh

@@ -309,6 +309,7 @@ class Backend(ABC):
             "location": self.location,
             "sessions": len(ids),
             "blobs": self.blob_names(),
+            "quarantined": len(self.quarantined()),
         }
 
     def __contains__(self, session_id: object) -> bool:

@@ -110,6 +110,7 @@ CREATE TABLE quarantine (          -- a sessions row as it was when quarantined
 _UPGRADE_1_TO_2 = "ALTER TABLE sessions ADD COLUMN row_format INTEGER NOT NULL DEFAULT 1;" + _SCHEMA_2_ADDITIONS
 
 _ROW_COLUMNS = "id, meta, meta_crc, data_crc, row_format, updated_at, container, attachments"
+_META_COLUMNS = "meta, data_crc, meta_crc, row_format"
 
 _SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 
@@ -307,12 +308,10 @@ class SQLiteBackend(Backend):
         check_meta(session_id, meta_json, sums)
         return meta_json, sums
 
-    _META_COLUMNS = "meta, data_crc, meta_crc, row_format"
-
     def get_meta(self, session_id: str) -> dict[str, Any]:
         check_session_id(session_id)
         with self._translate(f"get_meta({session_id!r})"), self._conn() as con:
-            row = con.execute(f"SELECT {self._META_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            row = con.execute(f"SELECT {_META_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             raise not_found(session_id)
         meta_json, _ = self._checked_meta(session_id, *row)
@@ -320,7 +319,7 @@ class SQLiteBackend(Backend):
 
     def scan_meta(self) -> MetaScan:
         with self._translate("scan_meta"), self._conn() as con:
-            rows = con.execute(f"SELECT id, {self._META_COLUMNS} FROM sessions ORDER BY id").fetchall()
+            rows = con.execute(f"SELECT id, {_META_COLUMNS} FROM sessions ORDER BY id").fetchall()
         scan = MetaScan({}, {})
         for session_id, *columns in rows:
             try:
@@ -363,7 +362,7 @@ class SQLiteBackend(Backend):
         check_session_id(session_id)
         check_changes(changes)
         with self._write(f"patch_meta({session_id!r})") as con:
-            row = con.execute(f"SELECT {self._META_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            row = con.execute(f"SELECT {_META_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 raise not_found(session_id)
             old, sums = self._checked_meta(session_id, *row)
