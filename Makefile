@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(HOME)/.cargo/bin:$(PATH)
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 NATIVE := python/seqkv/_native.abi3.so
 
-.PHONY: redis-server demo test lint test-rust test-python test-wheel stubtest venv build wheel bench bench-quick report docs fuzz clean
+.PHONY: redis-server demo test lint test-rust test-python test-wheel check-imports stubtest venv build wheel bench bench-quick report docs fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -29,7 +29,7 @@ build: $(NATIVE)
 demo: build
 	$(PY) -m seqkv demo
 
-test: build lint test-rust test-python stubtest test-wheel
+test: build lint check-imports test-rust test-python stubtest test-wheel
 
 # Clippy over every crate (check only, no codegen); an `unsafe` block or impl without a
 # `// SAFETY:` comment fails it (the workspace lints deny it; -D keeps it denied here too).
@@ -40,6 +40,11 @@ test-rust:
 	cargo nextest run --workspace --exclude seqkv-py --release --no-fail-fast 2>&1 | tail -n 40; exit $${PIPESTATUS[0]}
 	# the fuzz corpora and every crash libFuzzer found, replayed on stable (fuzz/tests/replay.rs)
 	cargo test -q --release --manifest-path fuzz/Cargo.toml
+
+# The package's import graph, read with ast: no cycle between modules or subpackages, an __all__
+# in every package and a small public surface, private modules used only inside their package.
+check-imports: build
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 test-python: build redis-server
 	$(PY) -m pytest -q tests
