@@ -216,23 +216,9 @@ def check_tokens(meta: RecordMeta, tokens: np.ndarray) -> None:
         )
 
 
-_NUMBER_COUNTER = "session_number"
 
-
-def allocate_number(backend: Any) -> int:
-    """A session number never handed out before by this backend, in any process: drawn from the
-    backend's persistent counter in one backend transaction."""
-    allocate = getattr(backend, "allocate_number", None)
-    if allocate is not None:
-        return int(allocate(_NUMBER_COUNTER))
-    # Until the backends ship Backend.allocate_number: the same counter kept in a blob, bumped by
-    # update_blob (one read-modify-write transaction, atomic across processes).
-    def bump(old: bytes | None) -> bytes:
-        try:
-            return b"%d" % (int(old or b"0") + 1)
-        except ValueError:
-            raise StoreError(f"the backend's {_NUMBER_COUNTER!r} counter blob is corrupt") from None
-
-    update = backend.update_blob(_NUMBER_COUNTER, bump)
-    assert update.data is not None
-    return int(update.data)
+def allocate_number(backend: Any, after: int) -> int:
+    """A session number never handed out before by this backend, in any process (its persistent
+    ``"session"`` counter, in one backend transaction), and above ``after`` (the largest number of
+    the records read at open: stores written before the counter existed)."""
+    return int(backend.allocate_number("session", after=after))

@@ -194,6 +194,7 @@ class SessionStore:
         self._index = PrefixIndex(trie, self.namespace)
         self._quarantined: list[str] = []
         self._dead_tokens = 0  # tokens in the trie whose sessions are gone
+        self._numbered_before = 0  # the largest session number read at open
         self._load()
 
     # -- construction -----------------------------------------------------------------------
@@ -230,21 +231,20 @@ class SessionStore:
         return str(stored)
 
     def _quarantine(self, key: str, why: str) -> None:
-        quarantine = getattr(self.backend, "quarantine", None)
-        if quarantine is not None:
-            quarantine(key)
+        self.backend.quarantine(key, reason=why)
         self._quarantined.append(f"{key}: {why}")
 
     def _load(self) -> None:
         """Pick up the records of an existing backend (cold), quarantining unreadable ones, and
         the trie snapshot, or rebuild the trie from the records."""
-        from ..backends import CorruptRecordError
-
+        scan = self.backend.scan_meta()
+        for key, why in sorted(scan.corrupt.items()):
+            self._quarantine(key, why)
         metas: dict[int, tuple[str, RecordMeta]] = {}
-        for key in self.backend.ids():
+        for key, raw in sorted(scan.meta.items()):
             try:
-                meta = RecordMeta.from_dict(self.backend.get_meta(key), key)
-            except (CorruptStreamError, CorruptRecordError) as exc:
+                meta = RecordMeta.from_dict(raw, key)
+            except CorruptStreamError as exc:
                 self._quarantine(key, str(exc))
                 continue
             seen = metas.get(meta.number)
@@ -255,6 +255,7 @@ class SessionStore:
                     metas[meta.number] = (key, meta)
                 continue
             metas[meta.number] = (key, meta)
+        self._numbered_before = max(metas, default=0)
         for number in sorted(metas):  # parents were numbered before their children
             key, meta = metas[number]
             entry = Entry(meta, key, self.backend.size(key))
@@ -381,7 +382,7 @@ class SessionStore:
         if residual and toks.size == 0:
             raise InvalidInputError("residual=True needs a non-empty session")
         t0 = time.perf_counter()
-        number = allocate_number(self.backend)
+        number = allocate_number(self.backend, self._numbered_before)
         with self._lock:
             prefix_len, parent = self._index.match(toks, self._catalog.by_number.__contains__)
             parent_entry = self._catalog.by_number[parent] if parent is not None else None
