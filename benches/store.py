@@ -162,7 +162,7 @@ def bench_ops(workdir: Path, quick: bool) -> dict[str, Any]:
 def real_tokens(n: int) -> tuple[np.ndarray | None, str | None]:
     """``n`` SmolLM2 token ids of license text, or ``(None, reason)``."""
     try:
-        from seqkv.cli.main import smollm2_tokenizer
+        from seqkv.cli.models import smollm2_tokenizer
 
         tok = smollm2_tokenizer()
     except Exception as exc:  # noqa: BLE001 - reported in the results

@@ -2,11 +2,11 @@
 
 ::
 
-    seqkv compress FILE -o OUT.skv [--codec lm|plt|raw] [--verify]
-    seqkv decompress IN.skv -o FILE [--tokens]
+    seqkv compress FILE -o OUT.skv [--codec lm|plt|raw] [--verify] [--model PATH] [--engine E]
+    seqkv decompress IN.skv -o FILE [--tokens] [--max-tokens N] [--model PATH] [--engine E]
     seqkv inspect IN.skv [--json]
     seqkv store put  --db DB SESSION_ID FILE [--codec ...]   (FILE: a .skv stream or text)
-    seqkv store get  --db DB SESSION_ID [-o OUT.skv | --text -o FILE]
+    seqkv store get  --db DB SESSION_ID [-o OUT.skv | --text -o FILE] [--max-tokens N] [--model PATH]
     seqkv store ls   --db DB [--json]
     seqkv store rm   --db DB SESSION_ID
     seqkv store stats --db DB [--json]
@@ -14,7 +14,11 @@
 
 ``FILE`` may be ``-`` for standard input or output. Text is tokenised with the SmolLM2
 tokenizer (its ``tokenizer.json`` is cached under ``$SEQKV_CACHE_DIR``, default
-``~/.cache/seqkv``, after the first use); ``--codec lm`` also loads the model.
+``~/.cache/seqkv``, after the first use), or another transformers model folder's with
+``--model PATH``; ``--codec lm`` also loads the model. A stream of another model is refused
+with the model it needs (``seqkv.cli.models``); ``--engine`` picks how lm logits are computed
+(default: what the stream records). Decoding refuses a stream of more than ``--max-tokens``
+tokens (default 16,777,216) and writes its output in chunks.
 ``--db`` takes a SQLite path or a ``redis://`` URL (``$SEQKV_DB`` is the default).
 
 Exit status: 0 on success, 1 on a seqkv error or an unreadable/unwritable file (one line on
@@ -24,13 +28,10 @@ stderr, no traceback), 2 on a usage error, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
-import functools
-import hashlib
 import inspect as _inspect
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,20 +42,17 @@ import numpy as np
 
 from .. import __version__
 from ..codecs.base import describe_schedule
-from ..errors import CorruptStreamError, InvalidInputError, MissingExtraError, SeqkvError
+from ..errors import CorruptStreamError, InvalidInputError, SeqkvError
+from .models import ENGINES, ModelChoice, codec_for_stream
+from .output import CliError, open_output, write_bytes, write_ids, write_text
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "DEFAULT_MAX_TOKENS"]
 
 PROG = "seqkv"
 MAGIC = b"SQKV"
 TEXT_CODECS = ("lm", "plt", "raw", "lm-robust")
-
-
-class CliError(SeqkvError):
-    """A failure the CLI reports in one line (exit status 1)."""
-
-
-# -- input / output -------------------------------------------------------------------------
+#: ``--max-tokens`` unless given: the most tokens a decoded stream may claim.
+DEFAULT_MAX_TOKENS = 16_777_216
 
 
 def _read_bytes(path: str) -> bytes:
@@ -66,30 +64,6 @@ def _read_bytes(path: str) -> bytes:
         raise CliError(f"cannot read {path}: it is a directory") from None
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + rename), or to stdout for ``-``."""
-    if path == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    target = Path(path)
-    try:
-        if target.is_dir():
-            raise CliError(f"cannot write {path}: it is a directory")
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except CliError:
-        raise
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _decode_text(data: bytes, path: str) -> str:
@@ -106,76 +80,29 @@ def _parse_ids(text: str, path: str) -> np.ndarray:
         raise CliError(f"{path} is not a list of integer token ids: {exc}") from None
 
 
-# -- tokenizer and model --------------------------------------------------------------------
+# -- model, tokenizer and codecs ------------------------------------------------------------
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("SEQKV_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "seqkv"
-    )
-    return Path(base)
+def _choice(args: argparse.Namespace) -> ModelChoice:
+    return ModelChoice(path=getattr(args, "model", None), engine=getattr(args, "engine", None))
 
 
-@functools.lru_cache(maxsize=1)
-def smollm2_tokenizer() -> Any:
-    """SmolLM2's tokenizer as a ``tokenizers.Tokenizer``: read from the GGUF through transformers
-    once (~15 s), then from a cached ``tokenizer.json`` (~0.2 s) keyed by the GGUF's path, size
-    and mtime. Gives the same ids as ``load_smollm2()[1]``."""
-    from ..integrations.models import SMOLLM2_GGUF, smollm2_folder
-
-    gguf = Path(smollm2_folder()) / SMOLLM2_GGUF
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = _cache_dir() / f"smollm2-tokenizer-{key}.json"
-    try:
-        import tokenizers
-    except ImportError:
-        raise MissingExtraError("tokenising text needs the tokenizers package: pip install 'seqkv[torch]'") from None
-    if not cached.is_file():
-        from ..integrations.models import require_torch
-
-        _, transformers = require_torch()
-        hf = transformers.AutoTokenizer.from_pretrained(
-            smollm2_folder(), gguf_file=SMOLLM2_GGUF, local_files_only=True
+def tokenize(text: str, choice: ModelChoice = ModelChoice()) -> np.ndarray:
+    ids = choice.encode_text(text)
+    if choice.decode_text(ids.tolist()) != text:
+        raise CliError(
+            f"this text does not survive {choice.name} tokenisation unchanged; pass --tokens with token ids instead"
         )
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tok.", dir=cached.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(hf.backend_tokenizer.to_str())
-            os.replace(tmp, cached)
-        except OSError:
-            return hf.backend_tokenizer  # cache not writable: use it uncached
-    return tokenizers.Tokenizer.from_file(str(cached))
-
-
-def tokenize(text: str) -> np.ndarray:
-    tok = smollm2_tokenizer()
-    ids = np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
-    back = tok.decode(ids.tolist(), skip_special_tokens=False)
-    if back != text:
-        raise CliError("this text does not survive SmolLM2 tokenisation unchanged; pass --tokens with token ids instead")
     return ids
 
 
-def detokenize(ids: np.ndarray) -> str:
-    return str(smollm2_tokenizer().decode([int(i) for i in ids], skip_special_tokens=False))
-
-
-def _codec(name: str, *, vocab_size: int, verify: bool = False) -> Any:
+def _codec(name: str, choice: ModelChoice, verify: bool = False) -> Any:
     from .. import codecs
 
     if name in ("lm", "lm-robust"):
-        from ..integrations.models import load_smollm2
-
-        with _status(f"loading SmolLM2 for the {name} codec"):
-            model, tokenizer = load_smollm2()
-        return codecs.get(name, model=model, tokenizer=tokenizer, verify=verify)
-    return codecs.get(name, vocab_size=vocab_size)
-
-
-def _vocab_size() -> int:
-    return int(smollm2_tokenizer().get_vocab_size())
+        with _status(f"loading {choice.name} for the {name} codec"):
+            return choice.lm_codec(name, verify=verify)
+    return codecs.get(name, vocab_size=choice.text_vocab_size())
 
 
 # -- progress -------------------------------------------------------------------------------
@@ -288,25 +215,47 @@ def _tokens_from(args: argparse.Namespace, data: bytes, path: str) -> np.ndarray
     if args.tokens:
         return _parse_ids(text, path)
     with _status("tokenising"):
-        return tokenize(text)
+        return tokenize(text, _choice(args))
 
 
-def _encode(codec_name: str, tokens: np.ndarray, verify: bool) -> bytes:
-    codec = _codec(codec_name, vocab_size=_vocab_size(), verify=verify)
+def _encode(args: argparse.Namespace, codec_name: str, tokens: np.ndarray, verify: bool) -> bytes:
+    codec = _codec(codec_name, _choice(args), verify=verify)
     return bytes(_run_with_progress(codec.encode, tokens, int(tokens.size), f"{codec_name} encode"))
 
 
-def _decode(data: bytes) -> np.ndarray:
-    d = describe(data)
-    codec = _codec(d["codec"], vocab_size=d["vocab_size"])
-    return np.asarray(_run_with_progress(codec.decode, data, d["tokens"], f"{d['codec']} decode"))
+def _check_claim(tokens: int, args: argparse.Namespace) -> None:
+    if tokens > args.max_tokens:
+        raise CliError(
+            f"the stream claims {tokens:,} tokens, more than --max-tokens {args.max_tokens:,}; "
+            "pass a larger --max-tokens if you trust it"
+        )
+
+
+def _decode(data: bytes, args: argparse.Namespace, *, text: bool) -> np.ndarray:
+    """The stream's tokens, refused before any work when it claims more than ``--max-tokens``
+    or needs another model (or, for ``text``, another tokenizer) than the command has."""
+    c = _unpack(data, "stream")
+    _check_claim(int(c.header.token_count), args)
+    choice = _choice(args)
+    if text:
+        choice.check_text_vocab(int(c.header.vocab_size))
+    codec = codec_for_stream(c.header, choice, max_tokens=args.max_tokens)
+    return np.asarray(_run_with_progress(codec.decode, data, int(c.header.token_count), f"{c.header.codec} decode"))
+
+
+def _write_tokens(args: argparse.Namespace, tokens: np.ndarray, *, ids: bool) -> None:
+    with open_output(args.output) as f:
+        if ids:
+            write_ids(f, tokens)
+        else:
+            write_text(f, tokens, _choice(args).decode_text)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     tokens = _tokens_from(args, _read_bytes(args.file), args.file)
-    data = _encode(args.codec, tokens, args.verify)
-    _write_bytes(args.output, data)
+    data = _encode(args, args.codec, tokens, args.verify)
+    write_bytes(args.output, data)
     if not _QUIET:
         n = int(tokens.size)
         bpt = f"{8 * len(data) / n:.3f} bits/token" if n else "empty"
@@ -319,12 +268,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    data = _read_bytes(args.file)
-    tokens = _decode(data)
-    if args.tokens:
-        _write_bytes(args.output, ("\n".join(str(int(t)) for t in tokens) + "\n").encode())
-    else:
-        _write_bytes(args.output, detokenize(tokens).encode("utf-8"))
+    tokens = _decode(_read_bytes(args.file), args, text=not args.tokens)
+    _write_tokens(args, tokens, ids=args.tokens)
     return 0
 
 
@@ -353,7 +298,7 @@ def cmd_store_put(args: argparse.Namespace) -> int:
     if raw[:4] == MAGIC:
         data = raw
     else:
-        data = _encode(args.codec, _tokens_from(args, raw, args.file), verify=False)
+        data = _encode(args, args.codec, _tokens_from(args, raw, args.file), verify=False)
     d = describe(data, args.file)
     meta = {
         "kind": "stream",
@@ -380,22 +325,55 @@ def cmd_store_get(args: argparse.Namespace) -> int:
     if not args.text:
         if args.output == "-" and sys.stdout.isatty():
             raise InvalidInputError("refusing to write a binary stream to a terminal: pass -o FILE (or --text)")
-        _write_bytes(args.output, record.container)
+        write_bytes(args.output, record.container)
         return 0
-    prefix = record.meta.get("prefix") or {}
-    if isinstance(prefix, dict) and int(prefix.get("length") or 0) > 0:
-        raise InvalidInputError(
-            f"session {args.session_id!r} continues a shared prefix of {prefix['length']} tokens held in the "
-            "store's trie; restore it with SessionStore.get(), or write its stream with -o"
-        )
-    _write_bytes(args.output, detokenize(_decode(record.container)).encode("utf-8"))
+    if record.meta.get("kind") == "stream":  # put by `seqkv store put`: one self-contained stream
+        tokens = _decode(record.container, args, text=True)
+    else:
+        tokens = _session_tokens(args, record.meta)
+    _write_tokens(args, tokens, ids=False)
     return 0
+
+
+def _session_tokens(args: argparse.Namespace, meta: dict[str, Any]) -> np.ndarray:
+    """All tokens of a SessionStore session, its shared prefix included (the store resolves the
+    chain of records it continues)."""
+    from ..store import SessionStore
+
+    _check_claim(int(meta.get("tokens") or 0), args)
+    choice = _choice(args)
+    with _status(f"loading {choice.name} to open the store"):
+        model, tokenizer = choice.load()
+    choice.check_text_vocab(_model_vocab(model))
+    store = SessionStore(model, tokenizer=tokenizer, backend=args.db or os.environ.get("SEQKV_DB"))
+    try:
+        return store.tokens(args.session_id)
+    finally:
+        store.close()
+
+
+def _model_vocab(model: Any) -> int:
+    from ..integrations.models import vocab_size
+
+    return vocab_size(model)
+
+
+def _printable(session_id: str) -> str:
+    """A session id with control and other unprintable characters escaped (``\\x1b``)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in session_id)
+
+
+def _visible_ids(store: Any) -> list[str]:
+    """The backend's ids without the store's internal rows."""
+    from ..store.catalog import HIDDEN_PREFIX
+
+    return [sid for sid in store.ids() if not sid.startswith(HIDDEN_PREFIX)]
 
 
 def cmd_store_ls(args: argparse.Namespace) -> int:
     rows = []
     with _open_db(args) as store:
-        for sid in store.ids():
+        for sid in _visible_ids(store):
             meta = store.get_meta(sid)
             rows.append({"id": sid, "bytes": store.size(sid), "tokens": meta.get("tokens"),
                          "codec": meta.get("codec"), "tier": meta.get("tier")})
@@ -403,20 +381,27 @@ def cmd_store_ls(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if rows:
-        width = max(len(r["id"]) for r in rows)
+        shown = [_printable(r["id"]) for r in rows]
+        width = max(len(sid) for sid in shown)
         print(f"{'SESSION':<{width}}  {'TOKENS':>8}  {'BYTES':>10}  CODEC      TIER")
-        for r in rows:
+        for sid, r in zip(shown, rows):
             tokens = "-" if r["tokens"] is None else f"{r['tokens']:,}"
-            print(f"{r['id']:<{width}}  {tokens:>8}  {r['bytes']:>10,}  {str(r['codec'] or '-'):<9}  {r['tier'] or '-'}")
+            print(f"{sid:<{width}}  {tokens:>8}  {r['bytes']:>10,}  {str(r['codec'] or '-'):<9}  {r['tier'] or '-'}")
     return 0
 
 
 def cmd_store_rm(args: argparse.Namespace) -> int:
     from ..errors import SessionNotFoundError
+    from ..store.catalog import HIDDEN_PREFIX
 
+    if args.session_id.startswith(HIDDEN_PREFIX):
+        raise InvalidInputError(
+            f"{_printable(args.session_id)!r} is an internal row of the store (a deleted session others still "
+            "reference): it goes when they do"
+        )
     with _open_db(args) as store:
         if not store.delete(args.session_id):
-            raise SessionNotFoundError(f"no session {args.session_id!r} in the store")
+            raise SessionNotFoundError(f"no session {_printable(args.session_id)!r} in the store")
     return 0
 
 
@@ -464,6 +449,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser and entry point -----------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -475,9 +470,19 @@ def build_parser() -> argparse.ArgumentParser:
     # -q is accepted after the command too; SUPPRESS keeps a sub-command from resetting it
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    models = argparse.ArgumentParser(add_help=False)
+    models.add_argument("--model", metavar="PATH", help="a transformers model folder to use instead of SmolLM2")
+    models.add_argument(
+        "--engine", choices=ENGINES, help="how lm logits are computed (default: what the stream records, else auto)"
+    )
+    limits = argparse.ArgumentParser(add_help=False)
+    limits.add_argument(
+        "--max-tokens", type=_positive_int, default=DEFAULT_MAX_TOKENS, metavar="N",
+        help=f"refuse a stream claiming more tokens (default {DEFAULT_MAX_TOKENS:,})",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    c = sub.add_parser("compress", parents=[common], help="text (or token ids) -> a .skv stream")
+    c = sub.add_parser("compress", parents=[common, models], help="text (or token ids) -> a .skv stream")
     c.add_argument("file", metavar="FILE", help="UTF-8 text file, or - for stdin")
     c.add_argument("-o", "--output", required=True, metavar="OUT", help="output .skv file, or - for stdout")
     c.add_argument("--codec", choices=TEXT_CODECS, default="lm", help="token codec (default: lm)")
@@ -485,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--verify", action="store_true", help="lm: decode right after encoding and compare")
     c.set_defaults(func=cmd_compress)
 
-    d = sub.add_parser("decompress", parents=[common], help="a .skv stream -> text (or token ids)")
+    d = sub.add_parser("decompress", parents=[common, models, limits], help="a .skv stream -> text (or token ids)")
     d.add_argument("file", metavar="IN", help=".skv file, or - for stdin")
     d.add_argument("-o", "--output", required=True, metavar="FILE", help="output file, or - for stdout")
     d.add_argument("--tokens", action="store_true", help="write token ids, one per line, instead of text")
@@ -500,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = s.add_subparsers(dest="store_command", metavar="ACTION", required=True)
     db_help = "SQLite path or redis:// URL (default: $SEQKV_DB)"
 
-    sp = ssub.add_parser("put", parents=[common], help="store FILE (a .skv stream, or text to compress) under SESSION_ID")
+    sp = ssub.add_parser("put", parents=[common, models], help="store FILE (a .skv stream, or text to compress) under SESSION_ID")
     sp.add_argument("session_id", metavar="SESSION_ID")
     sp.add_argument("file", metavar="FILE", help=".skv stream or UTF-8 text, or - for stdin")
     sp.add_argument("--db", help=db_help)
@@ -508,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tokens", action="store_true", help="text input holds token ids")
     sp.set_defaults(func=cmd_store_put)
 
-    sg = ssub.add_parser("get", parents=[common], help="write the stream of SESSION_ID (or its text with --text)")
+    sg = ssub.add_parser("get", parents=[common, models, limits], help="write the stream of SESSION_ID (or its text with --text)")
     sg.add_argument("session_id", metavar="SESSION_ID")
     sg.add_argument("--db", help=db_help)
     sg.add_argument("-o", "--output", default="-", metavar="FILE", help="output file (default: stdout)")
