@@ -390,10 +390,14 @@ class Residency:
 
     # -- explicit moves -----------------------------------------------------------------------
 
-    def demote(self, number: int, tier: str) -> str:
-        """Move a session down to ``tier`` now; one already there or lower stays. Returns its tier."""
+    def check_demotion_target(self, tier: str) -> None:
+        """:class:`InvalidInputError` unless ``tier`` is one a session can be demoted to."""
         if tier not in self._tiers.tiers or tier == self._tiers.tiers[0]:
             raise InvalidInputError(f"demote to one of {self._tiers.tiers[1:]}, not {tier!r}")
+
+    def demote(self, number: int, tier: str) -> str:
+        """Move a session down to ``tier`` now; one already there or lower stays. Returns its tier."""
+        self.check_demotion_target(tier)
         rank = TIER_NAMES.index
         with self._lock:
             key = _key(number)

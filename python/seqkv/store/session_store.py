@@ -576,6 +576,7 @@ class SessionStore:
         its in-memory KV); a session already there or lower stays. Returns its tier afterwards.
         Raises :class:`SessionNotFoundError`, and :class:`InvalidInputError` for a tier this
         store does not have (or its first tier)."""
+        self._residency.check_demotion_target(tier)
         with self._lock:
             entry = self._catalog.entry(session_id)
         return self._residency.demote(entry.number, tier)
