@@ -1,0 +1,289 @@
+"""The gateway's core: one turn of a conversation on an upstream slot, and resuming a
+conversation on a slot that does not hold it.
+
+A turn (:meth:`Gateway.turn`) tokenizes only the new text, makes the chosen slot hold the
+parent turn's KV, runs the completion, and stores the new node only once the upstream's answer
+is complete (an upstream failure stores nothing and raises
+:class:`~seqkv.gateway.errors.UpstreamUnavailableError`). Making a slot hold a node
+(:meth:`Gateway.resume`) is, in order of preference: nothing (the slot still holds it), a slot
+file restore (the file's KV hash checked first), or a replay of the node's schedule, whose KV
+hash is compared with the one recorded: ``exact`` when equal, ``faithful`` (and said so) when not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InternalError, InvalidInputError
+from .errors import UpstreamError, UpstreamUnavailableError
+from .residency import SlotFiles, SlotPool, SlotState
+from .routing import Router
+from .schedule import Schedule
+from .sessions import EXACT, FAITHFUL, ConversationStore, Node
+from .slots import read_slot_file
+from .upstream.llamacpp import Completion, LlamaCppUpstream
+
+__all__ = ["Gateway", "Replica", "TurnResult", "ResumeReport", "GREEDY"]
+
+#: Sampling for deterministic continuations (and the only sampling a replay uses).
+GREEDY: Mapping[str, Any] = {"temperature": 0.0, "top_k": 1, "seed": 0}
+
+
+@dataclass
+class Replica:
+    upstream: LlamaCppUpstream
+    pool: SlotPool
+    files: SlotFiles
+
+    @property
+    def name(self) -> str:
+        return self.upstream.name
+
+    def busy(self) -> int:
+        return sum(1 for s in self.pool.slots if s.lock.locked())
+
+
+@dataclass(frozen=True)
+class ResumeReport:
+    """How a slot came to hold a node: ``resident``, ``slot_file``, ``replay`` or ``empty``;
+    ``exactness`` is ``exact`` or ``faithful``; ``mismatches`` lists engine settings that
+    differ from the recorded ones."""
+
+    how: str
+    exactness: str
+    seconds: float
+    requests: int = 0
+    kv_sha256: str | None = None
+    mismatches: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    node: Node
+    completion: Completion
+    resume: ResumeReport
+    replica: str
+    prompt_tokens: int
+    retokenized: bool
+
+
+@dataclass
+class Metrics:
+    counters: Counter[str] = field(default_factory=Counter)
+    seconds: Counter[str] = field(default_factory=Counter)
+
+    def observe(self, name: str, seconds: float) -> None:
+        self.counters[name + "_count"] += 1
+        self.seconds[name] += seconds
+
+
+class Gateway:
+    """Conversations in ``store`` served by ``replicas`` (one or more llama-servers of one model)."""
+
+    def __init__(self, store: ConversationStore, replicas: Sequence[Replica]):
+        if not replicas:
+            raise InvalidInputError("a gateway needs at least one upstream")
+        self.store = store
+        self.replicas = {r.name: r for r in replicas}
+        self.router = Router(list(self.replicas), self._cached_tokens)
+        for r in replicas:
+            for node in r.files.nodes():
+                self.router.add(r.name, node)
+        self.metrics = Metrics()
+        self._session_locks: dict[str, asyncio.Lock] = {}
+
+    def _cached_tokens(self, node: str) -> np.ndarray:
+        n = self.store.node(node, include_hidden=True)
+        return self.store.tokens(node)[: n.schedule.cached]
+
+    def session_lock(self, key: str) -> asyncio.Lock:
+        return self._session_locks.setdefault(key, asyncio.Lock())
+
+    # -- prompts: the only tokenization of text ----------------------------------------------
+
+    async def build_prompt(self, upstream: LlamaCppUpstream, parent: str | None,
+                           new_messages: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, bool]:
+        """The parent's tokens followed by the new turn's, tokenizing only the text the chat
+        template adds after the parent's tokens; ``(tokens, retokenized)``, where
+        ``retokenized`` says the template did not extend the parent's text and the whole
+        prompt had to be tokenized again (the parent's KV is then reused only up to the
+        first token that differs)."""
+        history = self.store.messages(parent) if parent else []
+        rendered = await upstream.apply_template([*history, *new_messages])
+        if parent is None:
+            return np.asarray(await upstream.tokenize(rendered), np.uint32), False
+        prefix = self.store.tokens(parent)
+        prefix_text = await upstream.detokenize(prefix.tolist())
+        if rendered.startswith(prefix_text):
+            delta = await upstream.tokenize(rendered[len(prefix_text):])
+            return np.concatenate([prefix, np.asarray(delta, np.uint32)]), False
+        self.metrics.counters["retokenized_prompts"] += 1
+        return np.asarray(await upstream.tokenize(rendered), np.uint32), True
+
+    # -- slots -----------------------------------------------------------------------------------
+
+    async def _remember_slot(self, replica: Replica, slot: SlotState, node: str | None, cached: int) -> None:
+        slot.node, slot.cached = node, cached
+        slot.id_task = (await replica.upstream.slot_info(slot.index)).get("id_task")
+
+    async def _slot_intact(self, replica: Replica, slot: SlotState) -> bool:
+        if slot.node is None:
+            return False
+        info = await replica.upstream.slot_info(slot.index)
+        return info.get("id_task") == slot.id_task and int(info.get("n_prompt_tokens", -1)) == slot.cached
+
+    async def resume(self, replica: Replica, slot: SlotState, node_id: str | None) -> ResumeReport:
+        """Make ``slot`` hold ``node_id``'s KV (nothing for ``None``)."""
+        t0 = time.perf_counter()
+        up = replica.upstream
+        if node_id is None:
+            await up.erase_slot(slot.index)
+            await self._remember_slot(replica, slot, None, 0)
+            slot.node = None
+            return ResumeReport("empty", EXACT, time.perf_counter() - t0)
+        node = self.store.node(node_id, include_hidden=True)
+        if slot.node == node_id and await self._slot_intact(replica, slot):
+            return ResumeReport("resident", node.lineage, time.perf_counter() - t0, kv_sha256=node.kv_sha256)
+        slot.forget()
+        config = await up.engine_config()
+        mismatches = tuple(node.engine.mismatches(config)) if node.engine else ()
+        filename = replica.files.filename(node_id)
+        if replica.files.has(node_id) and read_slot_file(up.slot_path(filename)).kv_sha256 == node.kv_sha256:
+            n = await up.restore_slot(slot.index, filename)
+            if n != node.schedule.cached:
+                raise UpstreamError(f"slot file of {node_id} restored {n} tokens, expected {node.schedule.cached}")
+            await self._remember_slot(replica, slot, node_id, n)
+            self.metrics.observe("resume_slot_file", time.perf_counter() - t0)
+            return ResumeReport("slot_file", node.lineage, time.perf_counter() - t0, 1, node.kv_sha256, mismatches)
+        requests, digest = await self._replay(replica, slot, node)
+        exact = digest == node.kv_sha256 and node.lineage == EXACT
+        self.metrics.counters["replay_exact" if digest == node.kv_sha256 else "replay_faithful"] += 1
+        self.metrics.observe("resume_replay", time.perf_counter() - t0)
+        return ResumeReport("replay", EXACT if exact else FAITHFUL, time.perf_counter() - t0, requests, digest,
+                            mismatches)
+
+    async def _replay(self, replica: Replica, slot: SlotState, node: Node) -> tuple[int, str]:
+        """Evaluate ``node``'s schedule on an emptied slot; ``(requests, KV SHA-256)``."""
+        up = replica.upstream
+        tokens = self.store.tokens(node.id)[: node.schedule.cached].tolist()
+        await up.erase_slot(slot.index)
+        held = requests = 0
+        for end in node.schedule.replay_prompts():
+            c = await up.complete(tokens[:end], slot.index, 1, GREEDY)
+            requests += 1
+            if c.n_past != held:
+                raise UpstreamError(f"replay of {node.id}: the slot reused {c.n_past} tokens, expected {held}")
+            held = end
+        saved = await up.save_slot(slot.index, replica.files.filename(node.id))
+        if saved.tokens.tolist() != tokens:
+            raise UpstreamError(f"replay of {node.id}: the slot holds other tokens than the schedule's")
+        self._files_added(replica, node.id)
+        await self._remember_slot(replica, slot, node.id, len(tokens))
+        return requests, saved.kv_sha256
+
+    def _files_added(self, replica: Replica, node_id: str) -> None:
+        for gone in replica.files.added(node_id):
+            self.router.discard(replica.name, gone)
+        self.router.add(replica.name, node_id)
+
+    # -- turns -------------------------------------------------------------------------------------
+
+    async def _probe_down_replicas(self) -> None:
+        """A replica marked down is used again once its ``/health`` answers (a restarted server);
+        its slots start unknown, its slot files are still on disk."""
+        for name, ok in list(self.router.healthy.items()):
+            if not ok and await self.replicas[name].upstream.healthy():
+                self.router.mark_up(name)
+                for node in self.replicas[name].files.nodes():
+                    self.router.add(name, node)
+
+    def _choose(self, parent: str | None) -> Replica:
+        tokens = self._cached_tokens(parent) if parent else np.zeros(0, np.uint32)
+        return self.replicas[self.router.choose(tokens, lambda n: self.replicas[n].busy())]
+
+    async def turn(self, parent: str | None, new_messages: Sequence[Mapping[str, Any]], *, max_tokens: int,
+                   sampling: Mapping[str, Any] | None = None, node_id: str | None = None
+                   ) -> AsyncIterator[str | TurnResult]:
+        """Run one turn after ``parent``: text pieces as they come, then the :class:`TurnResult`.
+        Retries on another replica when the chosen one is down before anything was streamed."""
+        if max_tokens < 1:
+            raise InvalidInputError(f"max_tokens must be >= 1, not {max_tokens}")
+        if parent is not None:
+            self.store.node(parent)  # 404 before any upstream work
+        while True:
+            await self._probe_down_replicas()
+            replica = self._choose(parent)
+            streamed = False
+            try:
+                async for item in self._turn_on(replica, parent, new_messages, max_tokens, sampling, node_id):
+                    streamed = streamed or isinstance(item, str)
+                    yield item
+                return
+            except UpstreamUnavailableError:
+                self.metrics.counters["upstream_unavailable"] += 1
+                replica.pool.forget_all()
+                self.router.mark_down(replica.name)
+                if streamed or not any(self.router.healthy.values()):
+                    raise
+
+    async def _turn_on(self, replica: Replica, parent: str | None, new_messages: Sequence[Mapping[str, Any]],
+                       max_tokens: int, sampling: Mapping[str, Any] | None, node_id: str | None
+                       ) -> AsyncIterator[str | TurnResult]:
+        up = replica.upstream
+        t0 = time.perf_counter()
+        prompt, retokenized = await self.build_prompt(up, parent, new_messages)
+        slot = await replica.pool.acquire(parent)
+        try:
+            report = await self.resume(replica, slot, parent)
+            before = self.store.node(parent, include_hidden=True).schedule if parent else Schedule()
+            completion: Completion | None = None
+            async for item in up.stream(prompt.tolist(), slot.index, max_tokens, {**GREEDY, **(sampling or {})}):
+                if isinstance(item, Completion):
+                    completion = item
+                else:
+                    yield item
+            if completion is None:
+                raise UpstreamUnavailableError(f"{up.name}: no final answer")
+            slot.forget()
+            node = await self._record(replica, slot, parent, prompt, completion, before, new_messages, report,
+                                      node_id)
+        finally:
+            await replica.pool.release(slot)
+        self.metrics.counters["turns"] += 1
+        self.metrics.counters["prompt_tokens"] += int(prompt.size)
+        self.metrics.counters["cached_prompt_tokens"] += completion.n_past
+        self.metrics.counters["generated_tokens"] += len(completion.tokens)
+        self.metrics.observe("turn", time.perf_counter() - t0)
+        yield TurnResult(node, completion, report, replica.name, int(prompt.size), retokenized)
+
+    async def _record(self, replica: Replica, slot: SlotState, parent: str | None, prompt: np.ndarray,
+                      completion: Completion, before: Schedule, new_messages: Sequence[Mapping[str, Any]],
+                      report: ResumeReport, node_id: str | None) -> Node:
+        up = replica.upstream
+        tokens = np.concatenate([prompt, np.asarray(completion.tokens, np.uint32)])
+        if completion.n_past > before.cached:
+            # the slot reused more than the parent's state: it held something we did not put there
+            raise InternalError(f"slot {slot.index} reused {completion.n_past} tokens, its state had {before.cached}")
+        schedule = before.after_request(completion.n_past, int(prompt.size), len(completion.tokens))
+        new_id = node_id or "resp_" + uuid.uuid4().hex
+        saved = await up.save_slot(slot.index, replica.files.filename(new_id))
+        if saved.tokens.tolist() != tokens[: schedule.cached].tolist():
+            raise UpstreamError(
+                f"slot {slot.index} holds {saved.tokens.size} tokens after the turn, the schedule says {schedule.cached}"
+            )
+        lineage = report.exactness if parent else EXACT
+        messages = [*new_messages, {"role": "assistant", "content": completion.text}]
+        node = self.store.add(parent, tokens, messages=messages, output_text=completion.text, schedule=schedule,
+                              engine=await up.engine_config(), kv_sha256=saved.kv_sha256, lineage=lineage,
+                              node_id=new_id)
+        self._files_added(replica, new_id)
+        await self._remember_slot(replica, slot, new_id, schedule.cached)
+        return node
