@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -104,36 +105,55 @@ class CodingStats(PerTokenBits):
 def as_tokens(tokens: Any, vocab_size: int | None = None, *, what: str = "tokens") -> np.ndarray:
     """Validate a 1-D sequence of token ids and return it as a contiguous ``uint32`` array.
 
-    Accepts lists, NumPy arrays and torch tensors (any integer dtype). Raises
-    :class:`InvalidInputError` for non-integers, negative ids, ids ``>= vocab_size`` or
-    more than one dimension.
+    Accepts lists, NumPy arrays and torch tensors of any integer dtype, a ``[1, n]`` batch of
+    one, and a tokenizer's output (a dict or ``BatchEncoding`` with ``"input_ids"`` holding
+    one sequence). Raises :class:`InvalidInputError` for anything else: non-integers, other
+    dicts, ragged nesting, negative ids, ids ``>= vocab_size`` or beyond 32 bits, more than
+    one sequence.
     """
     if tokens is None:
         return np.empty(0, dtype=TOKEN_DTYPE)
+    if isinstance(tokens, Mapping):
+        if "input_ids" not in tokens:
+            raise InvalidInputError(
+                f"{what} must be a sequence of integer ids, not a {type(tokens).__name__} "
+                f"with keys {sorted(map(str, tokens))[:4]}"
+            )
+        tokens = tokens["input_ids"]
     if hasattr(tokens, "detach") and hasattr(tokens, "cpu"):  # torch tensor, without importing torch
         tokens = tokens.detach().cpu().numpy()
     if isinstance(tokens, (bytes, str)):
         raise InvalidInputError(f"{what} must be a sequence of integer ids, not {type(tokens).__name__}")
-    arr = np.asarray(tokens)
+    try:
+        arr = np.asarray(tokens)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInputError(f"{what} must be a flat sequence of integer ids: {exc}") from None
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
+    if arr.ndim == 2:
+        raise InvalidInputError(
+            f"{what} holds {arr.shape[0]} sequences (shape {arr.shape}); pass one sequence, e.g. input_ids[i]"
+        )
     if arr.ndim != 1:
         raise InvalidInputError(f"{what} must be one-dimensional, got shape {arr.shape}")
     if arr.size == 0:
         return np.empty(0, dtype=TOKEN_DTYPE)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         if arr.dtype == object and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in arr):
-            arr = np.array([int(t) for t in arr], dtype=np.int64)
+            ints = [int(t) for t in arr]
+            lo, hi = min(ints), max(ints)
         else:
             raise InvalidInputError(f"{what} must be integers, got dtype {arr.dtype}")
-    lo = int(arr.min())
-    hi = int(arr.max())
+    else:
+        lo, hi = int(arr.min()), int(arr.max())
     if lo < 0:
         raise InvalidInputError(f"{what} must be >= 0, got {lo}")
     if vocab_size is not None and hi >= vocab_size:
         raise InvalidInputError(f"token id {hi} is out of range for vocab size {vocab_size}")
     if hi > np.iinfo(TOKEN_DTYPE).max:
         raise InvalidInputError(f"token id {hi} does not fit in 32 bits")
+    if arr.dtype == object:
+        arr = np.array(ints, dtype=np.int64)
     return np.ascontiguousarray(arr, dtype=TOKEN_DTYPE)
 
 

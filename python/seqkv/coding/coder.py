@@ -53,17 +53,41 @@ QUANTIZER_VERSION: int = _native.QUANTIZER_VERSION
 MAX_PRECISION: int = _native.MAX_PRECISION
 
 
+#: The most symbols one call decodes (a count beyond it cannot be a real stream's).
+_MAX_COUNT = (1 << 48) - 1
+_U32_MAX = (1 << 32) - 1
+
+
+def _int_arg(name: str, value: Any, lo: int, hi: int) -> int:
+    """An integer argument (``int`` or NumPy integer, not bool) in ``lo..=hi``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be an int, got {type(value).__name__}")
+    if not lo <= int(value) <= hi:
+        raise InvalidInputError(f"{name} must be in {lo}..={hi}, got {value}")
+    return int(value)
+
+
 def _check_precision(precision: int) -> int:
-    if isinstance(precision, bool) or not isinstance(precision, (int, np.integer)):
-        raise InvalidInputError(f"precision must be an int, got {type(precision).__name__}")
-    if not 1 <= precision <= MAX_PRECISION:
-        raise InvalidInputError(f"precision must be in 1..={MAX_PRECISION}, got {precision}")
-    return int(precision)
+    return _int_arg("precision", precision, 1, MAX_PRECISION)
+
+
+def _asarray(values: Any, what: str) -> np.ndarray:
+    """``np.asarray(values)``, with NumPy's refusals (ragged nesting, ints beyond 64 bits) as
+    :class:`InvalidInputError`."""
+    if isinstance(values, (str, bytes, dict)):
+        raise InvalidInputError(f"{what} must be an array of numbers, not {type(values).__name__}")
+    try:
+        a = np.asarray(values)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInputError(f"{what} must be a rectangular array of numbers: {exc}") from None
+    if a.dtype == object:
+        raise InvalidInputError(f"{what} must be numbers that fit in 64 bits")
+    return a
 
 
 def _as_symbols(symbols: Any) -> np.ndarray:
     """Symbols as a contiguous 1-D int64 array (no copy when they already are)."""
-    a = np.asarray(symbols)
+    a = _asarray(symbols, "symbols")
     if a.ndim != 1:
         if a.ndim == 0:
             a = a.reshape(1)
@@ -80,7 +104,7 @@ def _as_symbols(symbols: Any) -> np.ndarray:
 
 def _as_freqs(freqs: Any, ndim: int | None = None) -> np.ndarray:
     """Frequencies as a C-contiguous uint32 array (no copy for uint32 input)."""
-    a = np.asarray(freqs)
+    a = _asarray(freqs, "frequencies")
     if ndim is not None and a.ndim != ndim:
         raise InvalidInputError(f"frequency table must be {ndim}-D, got shape {a.shape}")
     if a.dtype == np.uint32:
@@ -94,7 +118,7 @@ def _as_freqs(freqs: Any, ndim: int | None = None) -> np.ndarray:
 
 def _as_logits(logits: Any, ndim: int) -> np.ndarray:
     """Logits as a C-contiguous float32 array (no copy for float32 input)."""
-    a = np.asarray(logits)
+    a = _asarray(logits, "logits")
     if a.ndim != ndim:
         raise InvalidInputError(f"logits must be {ndim}-D, got shape {a.shape}")
     if a.dtype != np.float32:
@@ -125,7 +149,7 @@ def quantize_logits(logits: npt.ArrayLike, precision: int = 24) -> np.ndarray:
     minimum frequency 1. Rows are processed in parallel with the GIL released.
     """
     precision = _check_precision(precision)
-    x = np.asarray(logits)
+    x = _asarray(logits, "logits")
     if x.ndim == 1:
         return quantize_logits(x[None, :], precision)[0]
     x = _as_logits(x, 2)
@@ -136,7 +160,7 @@ def encode(symbols: npt.ArrayLike, freqs: npt.ArrayLike, precision: int = 24) ->
     """Codes ``symbols`` under one static table (``freqs`` 1-D) or one table per symbol (2-D ``[n, V]``)."""
     precision = _check_precision(precision)
     s = _as_symbols(symbols)
-    f = np.asarray(freqs)
+    f = _asarray(freqs, "frequencies")
     if f.ndim == 1:
         return _native.encode_static(s, _as_freqs(f), precision)
     if f.ndim == 2:
@@ -150,16 +174,14 @@ def decode(data: bytes, freqs: npt.ArrayLike, n: int | None = None, precision: i
     """Decodes what :func:`encode` wrote. With a 1-D table ``n`` (the symbol count) is required;
     with a 2-D table it is ``freqs.shape[0]`` (``n``, if given, must agree). Returns int64 symbols."""
     precision = _check_precision(precision)
-    f = np.asarray(freqs)
+    f = _asarray(freqs, "frequencies")
     data = _as_bytes(data)
     if f.ndim == 1:
         if n is None:
             raise InvalidInputError("decode with a static (1-D) table needs n, the number of symbols")
-        if int(n) < 0:
-            raise InvalidInputError(f"n must be >= 0, got {n}")
-        return _native.decode_static(data, _as_freqs(f), int(n), precision)
+        return _native.decode_static(data, _as_freqs(f), _int_arg("n", n, 0, _MAX_COUNT), precision)
     if f.ndim == 2:
-        if n is not None and int(n) != f.shape[0]:
+        if n is not None and _int_arg("n", n, 0, _MAX_COUNT) != f.shape[0]:
             raise InvalidInputError(f"n = {n} but there are {f.shape[0]} table rows")
         return _native.decode_tables(data, _as_freqs(f), precision)
     raise InvalidInputError(f"freqs must be 1-D or 2-D, got shape {f.shape}")
@@ -204,21 +226,16 @@ def decode_adaptive(
 ) -> np.ndarray:
     """Decodes ``n`` symbols written by :func:`encode_adaptive` with the same parameters."""
     limit = _adaptive_limit(n_symbols, increment, limit)
-    if int(n) < 0:
-        raise InvalidInputError(f"n must be >= 0, got {n}")
-    return _native.decode_adaptive(_as_bytes(data), int(n_symbols), int(n), int(increment), limit)
+    n = _int_arg("n", n, 0, _MAX_COUNT)
+    return _native.decode_adaptive(_as_bytes(data), int(n_symbols), n, int(increment), limit)
 
 
 def _adaptive_limit(n_symbols: int, increment: int, limit: int | None) -> int:
-    if not 1 <= int(n_symbols) <= 1 << 24:
-        raise InvalidInputError(f"n_symbols must be in 1..=2**24, got {n_symbols}")
-    if not 0 <= int(increment) < 1 << 24:
-        raise InvalidInputError(f"increment must be in 0..2**24, got {increment}")
+    n_symbols = _int_arg("n_symbols", n_symbols, 1, 1 << 24)
+    increment = _int_arg("increment", increment, 0, (1 << 24) - 1)
     if limit is None:
-        limit = min(max(_native.ADAPTIVE_DEFAULT_LIMIT, int(n_symbols) + int(increment)), 1 << 24)
-    if not 0 < int(limit) <= 1 << 24:
-        raise InvalidInputError(f"limit must be in 1..=2**24, got {limit}")
-    return int(limit)
+        limit = min(max(_native.ADAPTIVE_DEFAULT_LIMIT, n_symbols + increment), 1 << 24)
+    return _int_arg("limit", limit, 1, 1 << 24)
 
 
 class Encoder:
@@ -248,7 +265,7 @@ class Encoder:
     def push_slice(self, cum_low: int, freq: int, total: int) -> None:
         """Codes the symbol occupying ``[cum_low, cum_low + freq)`` of a table summing to ``total``
         (``<= 2**24``, any value): for models computed outside seqkv."""
-        self._enc.push_slice(_as_symbol(cum_low), _as_symbol(freq), _as_symbol(total))
+        self._enc.push_slice(_as_symbol(cum_low, "cum_low"), _as_symbol(freq, "freq"), _as_symbol(total, "total"))
 
     def finish(self) -> bytes:
         """Ends the stream and returns its bytes; the encoder cannot be used afterwards."""
@@ -300,7 +317,7 @@ class AdaptiveModel:
         self, n_symbols: int, increment: int = _native.ADAPTIVE_DEFAULT_INCREMENT, limit: int | None = None
     ) -> None:
         limit = _adaptive_limit(n_symbols, increment, limit)
-        self._m = _native.AdaptiveModel(int(n_symbols), int(increment), limit)
+        self._m = _native.AdaptiveModel(_int_arg("n_symbols", n_symbols, 1, 1 << 24), int(increment), limit)
 
     def __len__(self) -> int:
         return len(self._m)
@@ -310,38 +327,41 @@ class AdaptiveModel:
         """Sum of the counts."""
         return self._m.total
 
+    def _symbol(self, symbol: Any) -> int:
+        return _int_arg("symbol", symbol, 0, len(self._m) - 1)
+
     def cdf(self, symbol: int) -> int:
-        """Sum of the counts of the symbols below ``symbol``."""
-        return self._m.cdf(_as_symbol(symbol))
+        """Sum of the counts of the symbols below ``symbol`` (``symbol`` in ``0..=n_symbols``)."""
+        return self._m.cdf(_int_arg("symbol", symbol, 0, len(self._m)))
 
     def freq(self, symbol: int) -> int:
-        return self._m.freq(_as_symbol(symbol))
+        return self._m.freq(self._symbol(symbol))
 
     def find(self, target: int) -> tuple[int, int, int]:
         """``(symbol, cum_low, freq)`` of the symbol whose slice contains ``target < total``."""
-        return self._m.find(_as_symbol(target))
+        return self._m.find(_as_symbol(target, "target"))
 
     def update(self, symbol: int) -> None:
-        self._m.update(_as_symbol(symbol))
+        self._m.update(self._symbol(symbol))
 
     def encode(self, encoder: Encoder, symbol: int) -> None:
-        self._m.encode(encoder._enc, _as_symbol(symbol))
+        if not isinstance(encoder, Encoder):
+            raise InvalidInputError(f"encoder must be a seqkv.coding.coder.Encoder, got {type(encoder).__name__}")
+        self._m.encode(encoder._enc, self._symbol(symbol))
 
     def decode(self, decoder: Decoder) -> int:
+        if not isinstance(decoder, Decoder):
+            raise InvalidInputError(f"decoder must be a seqkv.coding.coder.Decoder, got {type(decoder).__name__}")
         return self._m.decode(decoder._dec)
 
 
 def _as_int(symbol: Any) -> int:
-    if isinstance(symbol, bool) or not isinstance(symbol, (int, np.integer)):
-        raise InvalidInputError(f"symbol must be an int, got {type(symbol).__name__}")
-    return int(symbol)
+    """A symbol for a table row (any int: the native side reports one outside the row)."""
+    return _int_arg("symbol", symbol, -_U32_MAX, _U32_MAX)
 
 
-def _as_symbol(symbol: Any) -> int:
-    s = _as_int(symbol)
-    if s < 0:
-        raise InvalidInputError(f"symbol must be >= 0, got {s}")
-    return s
+def _as_symbol(symbol: Any, what: str = "symbol") -> int:
+    return _int_arg(what, symbol, 0, _U32_MAX)
 
 
 def crc32c(data: bytes, value: int = 0) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
+import numpy as np
+
 from .. import _native
 from .coder import QUANTIZER_VERSION, tokens_checksum
 from ..errors import InvalidInputError
@@ -34,7 +36,7 @@ CODECS: dict[str, int] = {"raw": 1, "plt": 2, "lm": 3, "lm-robust": 4, "residual
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InvalidInputError(f"{name} must be an int, got {type(value).__name__}")
     v = int(value)
     if not lo <= v <= hi:
@@ -59,7 +61,7 @@ class Header:
     quantizer_version: int = QUANTIZER_VERSION
 
     def _fields(self) -> tuple[Any, ...]:
-        if self.codec not in CODECS:
+        if not isinstance(self.codec, str) or self.codec not in CODECS:
             raise InvalidInputError(f"unknown codec {self.codec!r}; expected one of {sorted(CODECS)}")
         if not isinstance(self.model_fingerprint, (bytes, bytearray, memoryview)):
             raise InvalidInputError("model_fingerprint must be bytes")
@@ -67,6 +69,8 @@ class Header:
             raise InvalidInputError("params must be bytes")
         if not isinstance(self.numerics_profile, str):
             raise InvalidInputError("numerics_profile must be a str (JSON text)")
+        if not isinstance(self.schedule, (tuple, list)):
+            raise InvalidInputError(f"schedule must be a tuple of ints, got {type(self.schedule).__name__}")
         schedule = [_check_int("schedule entry", s, 1, 0xFFFFFFFF) for s in self.schedule]
         return (
             self.codec,
@@ -104,6 +108,8 @@ def pack(header: Header, blocks: Sequence[Block]) -> bytes:
     ``header.token_count``. The whole-stream token checksum is derived from the blocks'."""
     if not isinstance(header, Header):
         raise InvalidInputError(f"header must be a Header, got {type(header).__name__}")
+    if not isinstance(blocks, (list, tuple)):
+        raise InvalidInputError(f"blocks must be a list of Block, got {type(blocks).__name__}")
     raw_blocks = []
     for b in blocks:
         if not isinstance(b, Block):
