@@ -95,6 +95,20 @@ redis-server:
 report: build redis-server
 	$(PY) benches/report.py --run
 
+# llama-server for the gateway (tests marked llamacpp skip without it): built once from the
+# llama.cpp tree vendored in the llama-cpp-python sdist into ~/.cache/seqkv/llama.cpp-VERSION/,
+# with Debian's cmake; a failed build only warns.
+.PHONY: llama-server test-gateway
+llama-server: $(VENV)/.installed
+	@command -v cmake >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends cmake; } \
+	  || echo "warning: cmake not installed"
+	$(PY) -m seqkv.gateway.upstream.build -j $$(nproc) || echo "warning: llama-server not built; tests marked llamacpp will skip"
+
+# The gateway's end-to-end tests against a real llama-server.
+test-gateway: build llama-server
+	$(PY) -m pytest -q tests/gateway
+
 FUZZ_SECONDS ?= 60
 # Replays the kept inputs (fuzz/corpus, fuzz/regressions) on stable, then runs each cargo-fuzz
 # target on nightly for FUZZ_SECONDS and minimizes its corpus (cmin); not part of CI. A crash

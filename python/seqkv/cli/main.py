@@ -43,6 +43,7 @@ import numpy as np
 from .. import __version__
 from ..codecs.base import describe_schedule
 from ..errors import CorruptStreamError, InvalidInputError, SeqkvError
+from ..gateway.cli import register as register_gateway_commands
 from .models import ENGINES, ModelChoice, codec_for_stream
 from .output import CliError, open_output, write_bytes, write_ids, write_text
 
@@ -538,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", parents=[common], help="the main job: SmolLM2 sessions stored and restored, one table")
     dm.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="ARGS", help="passed to the demo")
     dm.set_defaults(func=cmd_demo)
+    register_gateway_commands(sub, common)
     return p
 
 

@@ -124,7 +124,7 @@ def _sse(data: Mapping[str, Any] | str, event: str | None = None) -> str:
     return (f"event: {event}\n" if event else "") + f"data: {text}\n\n"
 
 
-def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway") -> Starlette:
+def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway", lifespan: Any = None) -> Starlette:
     """The Starlette app serving ``gateway``."""
 
     async def first_result(turn: AsyncIterator[str | TurnResult]) -> TurnResult:
@@ -312,4 +312,4 @@ def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway") -> Starle
         Route("/metrics", metrics, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, lifespan=lifespan)
