@@ -1,0 +1,175 @@
+"""End to end against a real llama-server: schedules recorded and replayed, KV hashes checked,
+servers killed mid-conversation, two slots in parallel, a replica removed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from seqkv.gateway.app import create_app
+from seqkv.gateway.residency import SlotFiles, SlotPool
+from seqkv.gateway.service import Gateway, Replica, TurnResult
+from seqkv.gateway.sessions import ConversationStore
+from seqkv.gateway.upstream.llamacpp import LlamaCppUpstream
+from seqkv.gateway.upstream.process import LlamaServerProcess, ServerOptions
+
+pytestmark = pytest.mark.llamacpp
+
+QUESTIONS = ["What is the capital of France?", "And of Italy?", "Name one river there."]
+
+
+class Bed:
+    """Servers, a gateway over them and an HTTP client, all in one event loop."""
+
+    def __init__(self, tmp: Path, gguf: Path, replicas: int = 1, parallel: int = 1):
+        self.procs = [
+            LlamaServerProcess(ServerOptions(model=gguf, slot_dir=tmp / f"r{i}", n_parallel=parallel, n_ctx_slot=4096))
+            for i in range(replicas)
+        ]
+        for p in self.procs:
+            p.start()
+        self.tmp = tmp
+        self.store = ConversationStore(str(tmp / "g.sqlite"), 49152)
+        self.gateway = self._gateway()
+
+    def _gateway(self) -> Gateway:
+        reps = [Replica(LlamaCppUpstream(p.url, p.options, name=f"r{i}"), SlotPool(p.options.n_parallel),
+                        SlotFiles(p.options.slot_dir, 1 << 34)) for i, p in enumerate(self.procs)]
+        return Gateway(self.store, reps)
+
+    def restart_gateway(self) -> None:
+        self.store.close()
+        self.store = ConversationStore(str(self.tmp / "g.sqlite"), 49152)
+        self.gateway = self._gateway()
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(self.gateway)), base_url="http://gw",
+                                 timeout=600)
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+        self.store.close()
+
+
+@pytest.fixture
+def bed(tmp_path, gguf):
+    beds: list[Bed] = []
+
+    def make(**kw: int) -> Bed:
+        beds.append(Bed(tmp_path / f"bed{len(beds)}", gguf, **kw))
+        return beds[-1]
+
+    yield make
+    for b in beds:
+        b.close()
+
+
+async def _turn(gw: Gateway, parent: str | None, text: str, n: int = 24) -> TurnResult:
+    result = None
+    async for item in gw.turn(parent, [{"role": "user", "content": text}], max_tokens=n):
+        if isinstance(item, TurnResult):
+            result = item
+    assert result is not None
+    return result
+
+
+def test_kill_restart_resume_is_exact_by_replay_and_by_slot_file(bed):
+    async def run() -> None:
+        # uninterrupted reference
+        ref = bed()
+        ids, outs = [None], []
+        for q in QUESTIONS:
+            r = await _turn(ref.gateway, ids[-1], q)
+            ids.append(r.node.id)
+            outs.append(r.completion.tokens)
+        ref_hashes = [ref.store.node(i).kv_sha256 for i in ids[1:]]
+        ref.close()
+
+        # the same conversation, with llama-server and the gateway killed after each turn
+        b = bed()
+        parent = None
+        for k, q in enumerate(QUESTIONS):
+            r = await _turn(b.gateway, parent, q)
+            assert r.completion.tokens == outs[k]  # greedy continuation as uninterrupted
+            assert r.node.kv_sha256 == ref_hashes[k]  # the KV after the turn, bit for bit
+            expected = "empty" if k == 0 else ("replay" if k == 1 else "slot_file")
+            assert r.resume.how == expected and r.resume.exactness == "exact"
+            parent = r.node.id
+            b.procs[0].kill()
+            if k == 0:  # the first resume must replay: no slot file on disk
+                for f in b.procs[0].options.slot_dir.glob("*.ggsq"):
+                    f.unlink()
+            b.procs[0].start()
+            b.restart_gateway()
+    asyncio.run(run())
+
+
+def test_http_chat_and_responses_with_streaming_404_and_503(bed):
+    async def run() -> None:
+        b = bed()
+        async with b.client() as c:
+            r = await c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                           "max_tokens": 8})
+            assert r.status_code == 200, r.text
+            sid = r.json()["session_id"]
+            lines = []
+            async with c.stream("POST", "/v1/chat/completions",
+                                json={"session_id": sid, "stream": True, "max_tokens": 8,
+                                      "messages": [{"role": "user", "content": "Again"}]}) as s:
+                async for line in s.aiter_lines():
+                    if line.startswith("data: "):
+                        lines.append(line[6:])
+            assert lines[-1] == "[DONE]" and len(lines) >= 3
+            info = (await c.get(f"/v1/chat/completions/{sid}")).json()
+            assert [m["role"] for m in info["messages"]] == ["user", "assistant", "user", "assistant"]
+            assert info["exactness"] == "exact"
+
+            first = (await c.post("/v1/responses", json={"input": "Count to three.", "max_output_tokens": 8})).json()
+            a = (await c.post("/v1/responses", json={"input": "Go on.", "previous_response_id": first["id"],
+                                                     "max_output_tokens": 8})).json()
+            b2 = (await c.post("/v1/responses", json={"input": "Stop.", "previous_response_id": first["id"],
+                                                      "max_output_tokens": 8})).json()
+            assert a["previous_response_id"] == b2["previous_response_id"] == first["id"]
+            assert (await c.get(f"/v1/responses/{a['id']}")).json()["output_text"] == a["output_text"]
+
+            assert (await c.get("/v1/responses/resp_nope")).status_code == 404
+            r = await c.post("/v1/responses", json={"input": "x", "previous_response_id": "resp_nope"})
+            assert r.status_code == 404 and "error" in r.json()
+            assert (await c.post("/v1/chat/completions", json={"session_id": "nope", "messages": [
+                {"role": "user", "content": "x"}]})).status_code == 404
+            assert (await c.delete(f"/v1/chat/completions/{sid}")).status_code == 200
+            assert (await c.get(f"/v1/chat/completions/{sid}")).status_code == 404
+
+            nodes = b.store.stats()["nodes"]
+            b.procs[0].kill()
+            r = await c.post("/v1/responses", json={"input": "Hello?", "previous_response_id": a["id"]})
+            assert r.status_code == 503 and r.json()["error"]["type"] == "upstream_unavailable"
+            assert b.store.stats()["nodes"] == nodes  # nothing stored
+            b.procs[0].start()
+            r = await c.post("/v1/responses", json={"input": "Hello?", "previous_response_id": a["id"],
+                                                    "max_output_tokens": 8})
+            assert r.status_code == 200 and r.json()["seqkv"]["resume"]["exactness"] == "exact"
+            metrics = (await c.get("/metrics")).text
+            assert "seqkv_gateway_turns_total" in metrics and "seqkv_gateway_upstream_unavailable_total 1" in metrics
+    asyncio.run(run())
+
+
+def test_two_slots_in_parallel_and_a_replica_removed(bed):
+    async def run() -> None:
+        b = bed(replicas=2, parallel=2)
+        firsts = await asyncio.gather(*(_turn(b.gateway, None, q) for q in QUESTIONS[:2]))
+        seconds = await asyncio.gather(*(_turn(b.gateway, r.node.id, "Thanks. Tell me more.") for r in firsts))
+        assert all(r.resume.how == "resident" for r in seconds)
+        victim = seconds[0].replica
+        b.procs[int(victim[1:])].kill()
+        moved = await _turn(b.gateway, seconds[0].node.id, "One more thing.")
+        assert moved.replica != victim
+        assert moved.resume.how == "replay"
+        # the replay's KV is reported exact or faithful, never silently assumed
+        assert moved.resume.exactness in ("exact", "faithful")
+        assert moved.resume.kv_sha256 is not None
+    asyncio.run(run())
