@@ -185,15 +185,18 @@ impl PyEngine {
     fn rope_table<'py>(&self, py: Python<'py>, positions: Vec<usize>) -> NResult<ArrayPair<'py>> {
         let half = self.model.config().head_dim / 2;
         let n = positions.len();
-        let mut cos = vec![0f32; n * half];
-        let mut sin = vec![0f32; n * half];
-        for (r, &p) in positions.iter().enumerate() {
-            self.model.rope_row(
-                p,
-                &mut cos[r * half..(r + 1) * half],
-                &mut sin[r * half..(r + 1) * half],
-            );
-        }
+        let (cos, sin) = py.detach(|| {
+            let mut cos = vec![0f32; n * half];
+            let mut sin = vec![0f32; n * half];
+            for (r, &p) in positions.iter().enumerate() {
+                self.model.rope_row(
+                    p,
+                    &mut cos[r * half..(r + 1) * half],
+                    &mut sin[r * half..(r + 1) * half],
+                );
+            }
+            (cos, sin)
+        });
         Ok((
             PyArray1::from_vec(py, cos).reshape(vec![n, half])?,
             PyArray1::from_vec(py, sin).reshape(vec![n, half])?,

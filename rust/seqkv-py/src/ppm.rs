@@ -38,11 +38,12 @@ impl PyPpmModel {
 impl PyPpmModel {
     #[new]
     #[pyo3(signature = (vocab_size, order = 4))]
-    fn new(vocab_size: u32, order: u32) -> NResult<Self> {
+    fn new(py: Python<'_>, vocab_size: u32, order: u32) -> NResult<Self> {
         debug_assert_eq!(seqkv_ppm::DEFAULT_ORDER, 4, "keep the signature's default in step");
         let order = u8::try_from(order).map_err(|_| invalid(format!("order must be in 0..={}", seqkv_ppm::MAX_ORDER)))?;
         let params = Params::new(vocab_size, order)?;
-        Ok(PyPpmModel { model: RwLock::new(Model::with_params(&params)?) })
+        let model = py.detach(|| Model::with_params(&params))?;
+        Ok(PyPpmModel { model: RwLock::new(model) })
     }
 
     #[getter]
