@@ -403,7 +403,7 @@ def test_gpu_engine_matches_cpu_engine(tiny_llama):
     eng = Engine.from_tensors(config, tensors, "bf16")
     rng = np.random.default_rng(8)
     prompts = [rng.integers(0, 512, n) for n in (5, 33, 64)]
-    out = cp.asnumpy(g.forward([0, 1, 2], prompts))
+    out = cp.asnumpy(g.forward_slots([0, 1, 2], prompts))
     at = 0
     for s, p in enumerate(prompts):
         seq = eng.new_sequence()

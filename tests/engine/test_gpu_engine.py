@@ -36,9 +36,9 @@ def _check_schedule(cpu, g, prompts, steps):
     """Prompts of all slots in one pass, then batched single steps; compare logits and KV."""
     cp = g.cp
     slots = list(range(len(prompts)))
-    got = [cp.asnumpy(g.forward(slots, prompts))]
+    got = [cp.asnumpy(g.forward_slots(slots, prompts))]
     for st in steps:
-        got.append(cp.asnumpy(g.forward(slots, [[int(t)] for t in st])))
+        got.append(cp.asnumpy(g.forward_slots(slots, [[int(t)] for t in st])))
     at = 0
     for s in slots:
         seq = cpu.new_sequence()
@@ -112,7 +112,7 @@ def test_graph_greedy_decode_matches_cpu():
     rng = np.random.default_rng(10)
     prompts = [rng.integers(0, 300, n) for n in (4, 11, 2, 7, 20)]
     slots = list(range(5))
-    g.forward(slots, [p[:-1] for p in prompts])
+    g.forward_slots(slots, [p[:-1] for p in prompts])
     cp.cuda.Device().synchronize()
     with pytest.raises(InvalidInputError):
         g.greedy_decode_graph([0, 0], [1, 2])

@@ -15,15 +15,19 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["LogitsSource", "CallableSource", "TransformersSource", "EngineLogitsSource", "default_source", "EngineChoice"]
+__all__ = ["LogitsSource", "CallableSource", "TransformersSource", "EngineLogitsSource", "GpuEngineLogitsSource",
+           "default_source", "choose_engine", "EngineChoice"]
 
 if TYPE_CHECKING:
     from ..engine.cpu import Engine, Sequence as EngineSequence
+    from ..engine.gpu import GpuEngine
 
 #: What computes a model's outputs, accepted alike by ``LMCodec`` and ``SessionStore``: ``"auto"``
-#: (the engine when it supports the model on the CPU, else transformers), ``True`` or ``"seqkv"`` (the
-#: engine, an error for a model it cannot run), ``False`` or ``"transformers"``, or an ``Engine``.
-EngineChoice = Union[Literal["auto", "seqkv", "transformers"], bool, "Engine"]
+#: (the batch-invariant engine on the model's device — the CPU engine for a model on the CPU, the GPU
+#: engine for one on CUDA when CuPy is installed — when it supports the model, else transformers),
+#: ``True`` or ``"seqkv"`` (that engine, an error when it cannot run), ``False`` or ``"transformers"``,
+#: or an ``Engine`` / ``GpuEngine`` used as it is.
+EngineChoice = Union[Literal["auto", "seqkv", "transformers"], bool, "Engine", "GpuEngine"]
 
 
 class LogitsSource:
@@ -154,6 +158,8 @@ class TransformersSource(LogitsSource):
     """
 
     engine = "transformers"
+    #: why the engine was not used (set by :func:`default_source` when ``"auto"`` fell back)
+    fallback_reason: str | None = None
 
     def __init__(self, model: Any, *, encode_chunk: int | None = None, threads: int = 1):
         from ..integrations.models import require_torch, vocab_size
@@ -246,30 +252,73 @@ def _device_type(model: Any) -> str:
         return "cpu"
 
 
-def default_source(model: Any, engine: Any = "auto") -> LogitsSource:
-    """The logits source :class:`LMCodec` builds for ``model`` (see its ``engine`` option):
-    the batch-invariant engine when ``engine`` is ``"auto"`` and the model is one it
-    supports and sits on the CPU, or ``True``; transformers steps when ``False`` (or unsupported under
-    ``"auto"``); an ``Engine`` instance as given. Engines are shared per model
-    (:meth:`seqkv.engine.cpu.Engine.for_model`). Raises :class:`InvalidInputError` for an
-    unknown ``engine`` value, or ``True`` with an unsupported model."""
+class EngineDecision:
+    """What :func:`choose_engine` decided: ``engine`` (an ``Engine``, a ``GpuEngine``, or ``None``
+    for transformers) and, when ``"auto"`` fell back to transformers, ``fallback_reason``."""
+
+    __slots__ = ("engine", "fallback_reason")
+
+    def __init__(self, engine: Any, fallback_reason: str | None = None):
+        self.engine = engine
+        self.fallback_reason = fallback_reason
+
+
+def choose_engine(model: Any, engine: Any = "auto", *, cpu_dtype: str = "bf16") -> EngineDecision:
+    """The batch-invariant engine for ``model`` under an :data:`EngineChoice`, on the model's device:
+    the shared CPU ``Engine`` (weights in ``cpu_dtype``) for a model on the CPU, the shared
+    ``GpuEngine`` for a model on CUDA (bf16 weights; needs CuPy). ``"auto"`` falls back to
+    transformers (``engine=None``) with the reason; ``True``/``"seqkv"`` raise instead —
+    :class:`InvalidInputError` for a model the engine cannot run, :class:`MissingExtraError`
+    (naming ``seqkv[cuda]``) without CuPy or a GPU."""
+    from ..engine import cpu as cpu_mod
+    from ..engine import gpu as gpu_mod
+    from ..errors import MissingExtraError
+
     if engine is False or engine == "transformers":
-        return TransformersSource(model)
-    from ..engine import cpu as engine_mod
-
-    if isinstance(engine, engine_mod.Engine):
-        return EngineLogitsSource(engine)
-    if engine == "auto" or engine is True or engine == "seqkv":
-        why = engine_mod.unsupported_reason(model)
-        if why is None and engine == "auto" and _device_type(model) != "cpu":
-            return TransformersSource(model)  # the engine runs on the CPU; leave a GPU model to torch
+        return EngineDecision(None, None)
+    if isinstance(engine, (cpu_mod.Engine, gpu_mod.GpuEngine)):
+        return EngineDecision(engine)
+    if not (engine is True or (isinstance(engine, str) and engine in ("auto", "seqkv"))):
+        raise InvalidInputError(f"engine must be 'auto', 'seqkv', 'transformers', True, False, an Engine or a "
+                                f"GpuEngine, got {engine!r}")
+    device = _device_type(model)
+    if device == "cpu":
+        why = cpu_mod.unsupported_reason(model)
         if why is None:
-            return EngineLogitsSource(engine_mod.Engine.for_model(model))
-        if engine == "auto":
-            return TransformersSource(model)
-        raise InvalidInputError(f"engine=True: seqkv.engine.cpu cannot run this model ({why})")
-    raise InvalidInputError(f"engine must be 'auto', True, False or a seqkv.engine.cpu.Engine, got {engine!r}")
+            return EngineDecision(cpu_mod.Engine.for_model(model, dtype=cpu_dtype))
+        where = "seqkv.engine.cpu"
+    elif device == "cuda":
+        why = gpu_mod.gpu_unsupported_reason(model)
+        if why is None:
+            try:
+                return EngineDecision(gpu_mod.GpuEngine.for_model(model))
+            except MissingExtraError as exc:
+                if engine != "auto":
+                    raise
+                why = str(exc)
+        where = "seqkv.engine.gpu"
+    else:
+        why, where = f"the model is on {device!r} (the engine runs on the CPU and on CUDA)", "seqkv.engine"
+    if engine == "auto":
+        return EngineDecision(None, f"{where}: {why}")
+    raise InvalidInputError(f"engine={engine!r}: {where} cannot run this model ({why})")
 
+
+def default_source(model: Any, engine: Any = "auto") -> LogitsSource:
+    """The logits source :class:`LMCodec` builds for ``model`` (see its ``engine`` option and
+    :func:`choose_engine`): the batch-invariant engine on the model's device when it runs the model
+    (:class:`EngineLogitsSource` on the CPU, :class:`GpuEngineLogitsSource` on CUDA), else
+    transformers steps, whose ``fallback_reason`` says why under ``"auto"``."""
+    from ..engine.gpu import GpuEngine
+
+    decision = choose_engine(model, engine)
+    if decision.engine is None:
+        source = TransformersSource(model)
+        source.fallback_reason = decision.fallback_reason
+        return source
+    if isinstance(decision.engine, GpuEngine):
+        return GpuEngineLogitsSource(decision.engine)
+    return EngineLogitsSource(decision.engine)
 
 
 class EngineLogitsSource(LogitsSource):
@@ -393,3 +442,24 @@ class EngineLogitsSource(LogitsSource):
                     yield i, out[r + j]
                 r += c.size
 
+
+
+class GpuEngineLogitsSource(EngineLogitsSource):
+    """:class:`EngineLogitsSource` on a :class:`seqkv.engine.gpu.GpuEngine`: the same rows, bit for
+    bit, and the same fingerprint as the CPU engine's source for the same model, so a stream encoded
+    on either device decodes on the other. Each sequence holds one of the engine's KV slots while
+    it is coded (released when the next stream starts, or with the sequence); rows come to the host
+    for the coder. ``chunk`` is capped at the engine's ``max_rows``."""
+
+    def __init__(self, engine: "GpuEngine", *, chunk: int = 256):
+        from ..engine.gpu import GpuEngine
+
+        if not isinstance(engine, GpuEngine):
+            raise InvalidInputError(f"GpuEngineLogitsSource needs a seqkv.engine.gpu.GpuEngine, got {type(engine).__name__}")
+        super().__init__(engine, chunk=min(int(chunk), engine.max_rows))  # type: ignore[arg-type]
+
+    def start(self, prefix: np.ndarray) -> np.ndarray | None:
+        if self.seq is not None:
+            self.seq.release()  # type: ignore[attr-defined]
+            self.seq = None
+        return super().start(prefix)

@@ -50,6 +50,7 @@ __all__ = [
     "KERNEL_DEFINITION",
     "read_bandwidth",
     "hf_tensors",
+    "engine_fingerprint",
 ]
 
 #: Version of the arithmetic the kernels define (bump when any result bit can change).
@@ -75,6 +76,18 @@ def _as_token_array(tokens: Any, vocab: int, what: str = "tokens") -> np.ndarray
         bad = int(arr.max()) if int(arr.max()) >= vocab else int(arr.min())
         raise InvalidInputError(f"{what}: token id {bad} out of range for vocab size {vocab}")
     return np.ascontiguousarray(arr, dtype=np.uint32)
+
+
+def engine_fingerprint(source_fingerprint: bytes | None, dtype: str, kv_dtype: str) -> bytes:
+    """32 bytes naming a model as the engine computes it, on any device: the source model's
+    fingerprint, the weight and KV dtypes and the kernel definition."""
+    if source_fingerprint is None:
+        raise InvalidInputError("this engine was built without a model fingerprint (fingerprint=False)")
+    h = hashlib.blake2b(digest_size=32)
+    h.update(b"seqkv-engine")
+    h.update(bytes(source_fingerprint))
+    h.update(f"|def={KERNEL_DEFINITION}|dtype={dtype}|kv={kv_dtype}".encode())
+    return h.digest()
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -106,12 +119,9 @@ def supports(model: Any) -> bool:
     return unsupported_reason(model) is None
 
 
-def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(config, tensors)`` of a transformers Llama-family causal LM, in the engine's naming:
-    ``embed`` ``[V, H]``, ``lm_head`` (only when untied), ``norm``, and per layer
-    ``layers.{i}.`` + ``input_norm``, ``post_norm``, ``q``, ``k``, ``v``, ``o``, ``gate``,
-    ``up``, ``down`` (``torch.nn.Linear`` layout ``[out, in]``) and ``*_bias`` where present.
-    Arrays are float32 copies."""
+def hf_config(model: Any) -> dict[str, Any]:
+    """The engine's config dict of a transformers Llama-family causal LM (what
+    :class:`Engine` needs besides the tensors of :func:`hf_tensors`)."""
     from ..integrations.models import require_torch
 
     torch, _ = require_torch()
@@ -123,12 +133,37 @@ def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     rotary = inner.rotary_emb
     attn0 = inner.layers[0].self_attn
     head_dim = int(getattr(attn0, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    return {
+        "vocab_size": int(inner.embed_tokens.weight.shape[0]),
+        "hidden_size": int(cfg.hidden_size),
+        "intermediate_size": int(cfg.intermediate_size),
+        "num_layers": len(inner.layers),
+        "num_heads": int(cfg.num_attention_heads),
+        "num_kv_heads": int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": float(inner.norm.variance_epsilon),
+        "rope_inv_freq": rotary.inv_freq.detach().to(device="cpu", dtype=torch.float32).numpy().tolist(),
+        "rope_attention_scaling": float(getattr(rotary, "attention_scaling", 1.0)),
+        "attention_scale": float(getattr(attn0, "scaling", head_dim**-0.5)),
+    }
+
+
+def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(config, tensors)`` of a transformers Llama-family causal LM, in the engine's naming:
+    ``config`` is :func:`hf_config`; ``embed`` ``[V, H]``, ``lm_head`` (only when untied),
+    ``norm``, and per layer ``layers.{i}.`` + ``input_norm``, ``post_norm``, ``q``, ``k``, ``v``,
+    ``o``, ``gate``, ``up``, ``down`` (``torch.nn.Linear`` layout ``[out, in]``) and ``*_bias``
+    where present. Arrays are float32 copies."""
+    from ..integrations.models import require_torch
+
+    torch, _ = require_torch()
+    config = hf_config(model)
+    inner = model.model
 
     def arr(t: Any) -> np.ndarray:
         return np.ascontiguousarray(t.detach().to(device="cpu", dtype=torch.float32).numpy())
 
-    embed = arr(inner.embed_tokens.weight)
-    tensors: dict[str, np.ndarray] = {"embed": embed, "norm": arr(inner.norm.weight)}
+    tensors: dict[str, np.ndarray] = {"embed": arr(inner.embed_tokens.weight), "norm": arr(inner.norm.weight)}
     lm_head = getattr(model, "lm_head", None)
     if lm_head is not None and lm_head.weight.data_ptr() != inner.embed_tokens.weight.data_ptr():
         tensors["lm_head"] = arr(lm_head.weight)
@@ -144,19 +179,6 @@ def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             tensors[p + name] = arr(lin.weight)
             if lin.bias is not None:
                 tensors[p + name + "_bias"] = arr(lin.bias)
-    config = {
-        "vocab_size": int(embed.shape[0]),
-        "hidden_size": int(cfg.hidden_size),
-        "intermediate_size": int(cfg.intermediate_size),
-        "num_layers": len(inner.layers),
-        "num_heads": int(cfg.num_attention_heads),
-        "num_kv_heads": int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
-        "head_dim": head_dim,
-        "rms_norm_eps": float(inner.norm.variance_epsilon),
-        "rope_inv_freq": arr(rotary.inv_freq).astype(np.float32).tolist(),
-        "rope_attention_scaling": float(getattr(rotary, "attention_scaling", 1.0)),
-        "attention_scale": float(getattr(attn0, "scaling", head_dim**-0.5)),
-    }
     return config, tensors
 
 
@@ -330,16 +352,40 @@ class Engine:
         ``page_tokens``: positions per KV page. ``fingerprint``: also record the model's
         :func:`seqkv.integrations.models.fingerprint` (used by :class:`EngineLogitsSource`).
         """
-        config, tensors = hf_tensors(model)
         source_fp = None
         if fingerprint:
             from ..integrations.models import fingerprint as model_fingerprint
 
             source_fp = model_fingerprint(model)
-        eng = cls.from_tensors(config, tensors, dtype, kv_dtype=kv_dtype, page_tokens=page_tokens)
+        eng = cls._from_cache(model, dtype, source_fp, kv_dtype=kv_dtype, page_tokens=page_tokens)
+        if eng is None:
+            config, tensors = hf_tensors(model)
+            eng = cls.from_tensors(config, tensors, dtype, kv_dtype=kv_dtype, page_tokens=page_tokens)
+            if source_fp is not None:
+                from ..integrations.model_cache import store_engine_state
+
+                store_engine_state(model, eng.dtype, source_fp, config, eng._core.packed_state())
         eng.hf_config = model.config
         eng.source_fingerprint = source_fp
         return eng
+
+    @classmethod
+    def _from_cache(cls, model: Any, dtype: str, source_fp: bytes | None, *, kv_dtype: str,
+                    page_tokens: int) -> "Engine | None":
+        """The engine of a model loaded from the model cache, rebuilt from its cached packed
+        weights (:mod:`seqkv.integrations.model_cache`), or ``None``."""
+        if source_fp is None:
+            return None
+        from ..integrations.model_cache import load_engine_state
+
+        config = hf_config(model)
+        dtype_name = {"bfloat16": "bf16", "float32": "f32", "fp32": "f32"}.get(str(dtype).lower(), str(dtype).lower())
+        cached = load_engine_state(model, dtype_name, source_fp)
+        if cached is None or cached[0] != config:
+            return None
+        core = _native.EngineCore.from_packed_state(config, cached[1], dtype=dtype, kv_dtype=kv_dtype,
+                                                    page_tokens=int(page_tokens))
+        return cls(core, info=dict(config))
 
     @classmethod
     def for_model(cls, model: Any, dtype: str = "bf16", *, kv_dtype: str = "f32", page_tokens: int = 64) -> "Engine":
@@ -434,13 +480,7 @@ class Engine:
     def fingerprint(self) -> bytes:
         """32 bytes naming the model *as the engine computes it*: the source model's
         fingerprint, the weight and KV dtypes and the kernel definition."""
-        if self.source_fingerprint is None:
-            raise InvalidInputError("this engine was built without a model fingerprint (fingerprint=False)")
-        h = hashlib.blake2b(digest_size=32)
-        h.update(b"seqkv-engine")
-        h.update(bytes(self.source_fingerprint))
-        h.update(f"|def={KERNEL_DEFINITION}|dtype={self.dtype}|kv={self.kv_dtype}".encode())
-        return h.digest()
+        return engine_fingerprint(self.source_fingerprint, self.dtype, self.kv_dtype)
 
     # -- running ------------------------------------------------------------------
 

@@ -3,13 +3,17 @@ through CuPy), giving the same bits as :class:`seqkv.engine.cpu.Engine` for the 
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+import weakref
+from typing import Any, Sequence as Seq
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import CapacityError, InvalidInputError, MissingExtraError
+from ..kv.hashing import layer_hashes
+from .cpu import KERNEL_DEFINITION, _as_token_array, engine_fingerprint, hf_tensors, unsupported_reason
 
-__all__ = ["GpuEngine", "gpu_weight_arrays", "rope_table", "bf16_round_bits"]
+__all__ = ["GpuEngine", "GpuSequence", "gpu_unsupported_reason", "gpu_weight_arrays", "rope_table", "bf16_round_bits"]
 
 
 # ---- RoPE table (NumPy replica of rust/seqkv-engine Model::rope_row) -------------------------
@@ -103,6 +107,196 @@ def gpu_weight_arrays(config: dict[str, Any], tensors: dict[str, Any], max_len: 
 
 
 
+def gpu_unsupported_reason(model: Any) -> str | None:
+    """Why :class:`GpuEngine` cannot run ``model``, or ``None`` if it can: what the CPU engine
+    needs (:func:`seqkv.engine.cpu.unsupported_reason`), and no biases, an even intermediate size,
+    ``head_dim % 8 == 0`` and whole query-head groups. Says nothing about CuPy or a GPU being there."""
+    why = unsupported_reason(model)
+    if why is not None:
+        return why
+    cfg = model.config
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        return "biases (attention_bias / mlp_bias)"
+    if int(cfg.intermediate_size) % 2:
+        return f"odd intermediate_size {cfg.intermediate_size}"
+    nh = int(cfg.num_attention_heads)
+    nkv = int(getattr(cfg, "num_key_value_heads", None) or nh)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // nh)
+    if nh % nkv or head_dim % 8:
+        return f"num_heads {nh} / num_kv_heads {nkv} / head_dim {head_dim} (needs whole groups and head_dim % 8 == 0)"
+    return None
+
+
+def _require_cupy() -> Any:
+    try:
+        import cupy as cp
+    except ImportError as exc:
+        raise MissingExtraError("the GPU engine needs CuPy: pip install 'seqkv[cuda]'") from exc
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            raise MissingExtraError("the GPU engine needs a CUDA GPU: CuPy sees none ('seqkv[cuda]')")
+    except cp.cuda.runtime.CUDARuntimeError as exc:
+        raise MissingExtraError(f"the GPU engine needs a CUDA GPU ('seqkv[cuda]'): {exc}") from exc
+    return cp
+
+
+class GpuSequence:
+    """One token sequence held in a :class:`GpuEngine` KV slot: the GPU twin of
+    :class:`seqkv.engine.cpu.Sequence` (same methods, same bits). The slot goes back to the engine
+    with :meth:`release` or when the sequence is garbage-collected. Not thread-safe."""
+
+    __slots__ = ("engine", "slot", "_tokens", "_schedule", "__weakref__")
+
+    def __init__(self, engine: "GpuEngine", slot: int):
+        self.engine = engine
+        self.slot = slot
+        self._tokens: list[int] = []
+        self._schedule: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def __repr__(self) -> str:
+        return f"<seqkv.engine.gpu.GpuSequence slot={self.slot} len={len(self)}>"
+
+    def __del__(self) -> None:
+        self.release()
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.asarray(self._tokens, dtype=np.uint32)
+
+    @property
+    def schedule(self) -> tuple[int, ...]:
+        return tuple(self._schedule)
+
+    def release(self) -> None:
+        """Give the KV slot back to the engine (the sequence is unusable afterwards)."""
+        if self.slot >= 0:
+            self.engine._release_slot(self.slot)
+            self.slot = -1
+
+    def _live_slot(self) -> int:
+        if self.slot < 0:
+            raise InvalidInputError("this GpuSequence was released")
+        return self.slot
+
+    def fork(self, n: int | None = None) -> "GpuSequence":
+        """A new sequence holding a copy of the first ``n`` positions (default all), in another slot."""
+        n = len(self) if n is None else int(n)
+        if not 0 <= n <= len(self):
+            raise InvalidInputError(f"fork({n}) of a sequence of length {len(self)}")
+        child = self.engine.new_sequence()
+        self.engine._copy_positions(self._live_slot(), child.slot, n)
+        child._tokens = self._tokens[:n]
+        child._schedule = _cut_schedule(self._schedule, n)
+        return child
+
+    def truncate(self, n: int) -> None:
+        """Forget positions ``n..``."""
+        n = int(n)
+        if not 0 <= n:
+            raise InvalidInputError("truncate: n must be >= 0")
+        del self._tokens[n:]
+        self._schedule = _cut_schedule(self._schedule, n)
+        self.engine.lens[self._live_slot()] = len(self._tokens)
+
+    def kv_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per layer ``(keys, values)``, float32 ``[kv_heads, len, head_dim]`` on the host."""
+        slot = self._live_slot()
+        return [self.engine.kv_layer(slot, layer) for layer in range(self.engine.L)]
+
+    def layer_hashes(self) -> list[bytes]:
+        """Per-layer digests of this sequence's KV (:func:`seqkv.kv.hashing.layer_hashes`): equal to
+        the CPU engine's for the same tokens."""
+        return layer_hashes(self.kv_arrays())
+
+    def kv_cache(self, *, dtype: Any = None, device: Any = None, config: Any = None) -> Any:
+        """The KV as a transformers ``DynamicCache`` (batch 1) of torch tensors on the GPU (``device``
+        defaults to the engine's), copied device to device through DLPack: no host round trip.
+        ``dtype`` defaults to ``torch.float32``; the tensors own their memory (the slot may be reused)."""
+        from ..integrations.models import require_torch
+
+        torch, transformers = require_torch()
+        eng = self.engine
+        slot, n = self._live_slot(), len(self)
+        config = config if config is not None else eng.hf_config
+        try:
+            cache = transformers.DynamicCache(config=config) if config is not None else transformers.DynamicCache()
+        except TypeError:  # older transformers
+            cache = transformers.DynamicCache()
+        dtype = torch.float32 if dtype is None else dtype
+        device = torch.device("cuda", eng.device_id) if device is None else torch.device(device)
+        with eng.cp.cuda.Device(eng.device_id):
+            eng.cp.cuda.get_current_stream().synchronize()  # the engine's writes, before torch reads
+            for layer in range(eng.L):
+                kv = torch.from_dlpack(eng.kv[slot, layer, :, :n])  # [2, n, kv_heads, head_dim], a view
+                k = torch.empty((1, eng.nkv, n, eng.hd), dtype=dtype, device=device)
+                v = torch.empty((1, eng.nkv, n, eng.hd), dtype=dtype, device=device)
+                k[0].copy_(kv[0].permute(1, 0, 2))
+                v[0].copy_(kv[1].permute(1, 0, 2))
+                cache.update(k, v, layer)
+        return cache
+
+
+def _cut_schedule(schedule: list[int], n: int) -> list[int]:
+    out, left = [], n
+    for c in schedule:
+        if left <= 0:
+            break
+        out.append(min(c, left))
+        left -= c
+    return out
+
+
+def _passes(sizes: list[int], max_rows: int) -> list[list[tuple[int, int, int]]]:
+    """The rows of chunks of ``sizes`` in input order, cut into passes of at most ``max_rows``:
+    per pass ``(chunk, start, end)`` pieces (a chunk appears at most once per pass)."""
+    passes: list[list[tuple[int, int, int]]] = [[]]
+    room = max_rows
+    for i, n in enumerate(sizes):
+        at = 0
+        while at < n:
+            if room == 0:
+                passes.append([])
+                room = max_rows
+            take = min(n - at, room)
+            passes[-1].append((i, at, at + take))
+            at += take
+            room -= take
+    return [p for p in passes if p]
+
+
+def _chunk_end_rows(pieces: list[tuple[int, int, int]], sizes: list[int]) -> list[int]:
+    """Rows of a pass (as :func:`_passes` cut it) holding the last token of their chunk."""
+    rows, r = [], 0
+    for i, start, end in pieces:
+        r += end - start
+        if end == sizes[i]:
+            rows.append(r - 1)
+    return rows
+
+
+def _shared_sizes(cp: Any, model: Any, sizes: dict[str, int]) -> dict[str, int]:
+    """:meth:`GpuEngine.for_model`'s sizes: the caller's, else the defaults, with as many slots as
+    the KV memory share of the current GPU holds."""
+    out = {k: int(v) for k, v in sizes.items()}
+    out.setdefault("max_len", GpuEngine.DEFAULT_MAX_LEN)
+    if "max_slots" not in out:
+        cfg = model.config
+        nh = int(cfg.num_attention_heads)
+        nkv = int(getattr(cfg, "num_key_value_heads", None) or nh)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // nh)
+        slot_bytes = int(cfg.num_hidden_layers) * 2 * nkv * head_dim * 4 * out["max_len"]
+        free = int(cp.cuda.runtime.memGetInfo()[0])
+        out["max_slots"] = max(1, min(GpuEngine.MAX_SHARED_SLOTS, int(free * GpuEngine.KV_MEMORY_SHARE) // slot_bytes))
+    return out
+
+
+_SHARED: "weakref.WeakKeyDictionary[Any, GpuEngine]" = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
 class GpuEngine:
     """The engine's forward pass on a CUDA GPU through CuPy (``seqkv/cuda/kernels/engine.cu``), with
     the CPU engine's per-element arithmetic: logits and KV are meant to be the same bits as
@@ -126,16 +320,18 @@ class GpuEngine:
     )
 
     def __init__(self, config: dict[str, Any], tensors: dict[str, Any], *, max_slots: int = 256,
-                 max_len: int = 512, max_rows: int | None = None):
-        try:
-            import cupy as cp
-        except ImportError as exc:  # pragma: no cover - needs the cuda extra
-            from ..errors import MissingExtraError
-
-            raise MissingExtraError("the GPU engine needs CuPy: pip install 'seqkv[cuda]'") from exc
+                 max_len: int = 512, max_rows: int | None = None, source_fingerprint: bytes | None = None,
+                 hf_config: Any = None):
+        cp = _require_cupy()
         from ..cuda.runtime import _allow_smem, kernel_dir
 
         self.cp = cp
+        self.device_id = int(cp.cuda.runtime.getDevice())
+        self.source_fingerprint = source_fingerprint
+        self.hf_config = hf_config
+        #: guards the shared pass buffers: a host-level pass (:meth:`forward`) holds it to its copy-out
+        self._lock = threading.RLock()
+        self._free_slots = list(range(int(max_slots) - 1, -1, -1))
         c = {k: config[k] for k in config}
         if any(k.endswith("_bias") for k in tensors):
             raise InvalidInputError("GpuEngine: biases are not supported")
@@ -174,6 +370,7 @@ class GpuEngine:
             "x": cp.zeros((R, self.H), f32), "xn": cp.zeros((R, self.H), f32), "qkv": cp.zeros((R, W), f32),
             "att": cp.zeros((R, self.nh * self.hd), f32),
             "act": cp.zeros((R, self.I), f32), "logits": cp.zeros((R, self.V), f32),
+            "head_x": cp.zeros((R, self.H), f32),  # the rows whose logits a pass keeps
             "tokens": cp.zeros(R, cp.uint32), "slot": cp.zeros(R, cp.int32), "pos": cp.zeros(R, cp.int32),
         }
         self.lens = [0] * self.max_slots
@@ -184,6 +381,11 @@ class GpuEngine:
         head = -(-(self.G * (self.hd + sl + ntiles * (self.hd + 1))) // 4) * 4
         self.att_smem = 4 * (head + 64 * (self.hd + 4))
         self.norm_smem = 8 * self.H  # eng_rmsnorm stages the row and the weights
+        limit = int(cp.cuda.runtime.getDeviceProperties(self.device_id)["sharedMemPerBlockOptin"])
+        if self.att_smem > limit:
+            raise InvalidInputError(
+                f"GpuEngine: max_len={self.max_len} needs {self.att_smem} bytes of shared memory per attention "
+                f"block (scores of every position are kept there), this GPU allows {limit}: use a smaller max_len")
         for name, nbytes in (("eng_attention", self.att_smem), ("eng_rmsnorm", self.norm_smem)):
             if nbytes > 48 * 1024:
                 _allow_smem(self.fn[name], nbytes)
@@ -271,7 +473,10 @@ class GpuEngine:
             out[which] = {"{}x{}x{}/{}x{}".format(*s): t for s, t in times.items()}
         return out
 
-    def _layers(self, R: int) -> None:
+    def _layers(self, R: int, head_rows: Any = None) -> int:
+        """One pass over the ``R`` rows staged in the buffers; logits of every row (``head_rows``
+        ``None``) or of the rows a device index array names, in its order, into ``logits[:n]``.
+        Returns the number of logits rows."""
         b, fn, i32 = self.buf, self.fn, np.int32
         W = (self.nh + 2 * self.nkv) * self.hd
         null = np.uint64(0)
@@ -289,32 +494,214 @@ class GpuEngine:
             self._gemm("gu", b["xn"], lw["gu"], b["act"], R, self.H, 2 * self.I, 2)
             self._gemm("down", b["act"], lw["down"], b["x"], R, self.I, self.H, 1)
         fn["eng_rmsnorm"]((R,), (128,), (b["x"], null, self.norm, self.eps, b["xn"], i32(self.H)), shared_mem=self.norm_smem)
-        self._gemm("lm_head", b["xn"], self.lm_head, b["logits"], R, self.H, self.V, 0)
+        if head_rows is None:
+            self._gemm("lm_head", b["xn"], self.lm_head, b["logits"], R, self.H, self.V, 0)
+            return R
+        n = int(head_rows.size)
+        if n:  # rows are independent: the logits of a subset are the same bits
+            self.cp.take(b["xn"][:R], head_rows, axis=0, out=b["head_x"][:n])
+            self._gemm("lm_head", b["head_x"], self.lm_head, b["logits"], n, self.H, self.V, 0)
+        return n
 
-    # -- host-driven passes ----------------------------------------------------------------------
+    # -- construction from a model, identity ------------------------------------------------------
 
-    def forward(self, slots: Seq[int], chunks: Seq[Any]) -> Any:
-        """Append ``chunks[i]`` to slot ``slots[i]``; returns the logits of every row (CuPy
-        float32 ``[rows, V]``, a view of an internal buffer)."""
+    #: positions per sequence of a shared engine (:meth:`for_model`)
+    DEFAULT_MAX_LEN = 5120
+    #: share of the GPU's free memory a shared engine's KV slots may take, and the most slots
+    KV_MEMORY_SHARE, MAX_SHARED_SLOTS = 0.125, 64
+
+    @classmethod
+    def from_hf(cls, model: Any, *, max_slots: int = 32, max_len: int = 4096, max_rows: int = 256) -> "GpuEngine":
+        """The engine of a loaded transformers model (bf16 weights, f32 KV: the numerics of
+        ``Engine.from_hf(model, "bf16")``), on the current CuPy device. ``max_slots`` sequences of
+        up to ``max_len`` positions; KV is allocated up front (SmolLM2-135M: 46 KB a position)."""
+        _require_cupy()
+        why = gpu_unsupported_reason(model)
+        if why is not None:
+            raise InvalidInputError(f"seqkv.engine.gpu cannot run this model: {why}")
+        from ..integrations.models import fingerprint as model_fingerprint
+
+        config, tensors = hf_tensors(model)
+        return cls(config, tensors, max_slots=max_slots, max_len=max_len, max_rows=max_rows,
+                   source_fingerprint=model_fingerprint(model), hf_config=model.config)
+
+    @classmethod
+    def for_model(cls, model: Any, **sizes: int) -> "GpuEngine":
+        """A shared engine of ``model`` (built once by :meth:`from_hf` on the model's GPU, reused while
+        the model lives and its fingerprint is unchanged; thread-safe). ``sizes``: :meth:`from_hf`'s
+        ``max_slots``, ``max_len``, ``max_rows``; a shared engine with other sizes is rebuilt. By
+        default sequences hold :attr:`DEFAULT_MAX_LEN` positions and the slots take at most
+        :attr:`KV_MEMORY_SHARE` of the GPU's free memory (at most :attr:`MAX_SHARED_SLOTS`)."""
+        from ..integrations.models import fingerprint as model_fingerprint
+
+        cp = _require_cupy()
+        param = next(iter(model.parameters()))
+        if param.device.type != "cuda":
+            raise InvalidInputError(f"GpuEngine.for_model: the model's parameters are on {param.device}, not a GPU")
+        fp = model_fingerprint(model)
+        with _SHARED_LOCK:
+            eng = _SHARED.get(model)
+            same = eng is not None and eng.source_fingerprint == fp and all(
+                getattr(eng, k) == int(v) for k, v in sizes.items())
+            if not same:
+                with cp.cuda.Device(param.device.index or 0):
+                    eng = cls.from_hf(model, **_shared_sizes(cp, model, sizes))
+                _SHARED[model] = eng
+        assert eng is not None
+        return eng
+
+    @property
+    def vocab_size(self) -> int:
+        return self.V
+
+    @property
+    def num_layers(self) -> int:
+        return self.L
+
+    #: weight and KV storage of the GPU port (the CPU engine's ``dtype="bf16"``, ``kv_dtype="f32"``)
+    dtype = "bf16"
+    kv_dtype = "f32"
+
+    def fingerprint(self) -> bytes:
+        """The same 32 bytes as the CPU engine's for the same model and dtypes
+        (:func:`seqkv.engine.cpu.engine_fingerprint`): one stream decodes on either device."""
+        return engine_fingerprint(self.source_fingerprint, self.dtype, self.kv_dtype)
+
+    def numerics_profile(self) -> dict[str, Any]:
+        """What determines the bits (kernel definition, dtypes: as on the CPU) and, for
+        information, the device that computed them."""
+        from .. import _native
+
+        props = self.cp.cuda.runtime.getDeviceProperties(self.device_id)
+        name = props["name"]
+        return {
+            "engine": "seqkv-engine",
+            "kernel_definition": KERNEL_DEFINITION,
+            "dtype": self.dtype,
+            "kv_dtype": self.kv_dtype,
+            "isa": "cuda",
+            "device": name.decode() if isinstance(name, bytes) else str(name),
+            "version": _native.__version__,
+        }
+
+    # -- sequences (slots) -----------------------------------------------------------------------
+
+    def new_sequence(self) -> GpuSequence:
+        """A new empty sequence in a free KV slot (:class:`CapacityError` when all are taken)."""
+        with self._lock:
+            if not self._free_slots:
+                raise CapacityError(f"GpuEngine: all {self.max_slots} KV slots hold sequences "
+                                    "(release some, or build the engine with more max_slots)")
+            slot = self._free_slots.pop()
+            self.lens[slot] = 0
+        return GpuSequence(self, slot)
+
+    def _release_slot(self, slot: int) -> None:
+        with self._lock:
+            self.lens[slot] = 0
+            self._free_slots.append(slot)
+
+    def _copy_positions(self, src: int, dst: int, n: int) -> None:
+        with self._lock, self.cp.cuda.Device(self.device_id):
+            self.kv[dst, :, :, :n] = self.kv[src, :, :, :n]
+            self.lens[dst] = n
+
+    # -- host-level passes: the CPU engine's API --------------------------------------------------
+
+    def forward(self, seqs: Seq[GpuSequence], chunks: Seq[Any], *, logits: str = "all") -> np.ndarray:
+        """Append ``chunks[i]`` to ``seqs[i]`` for every i, as :meth:`seqkv.engine.cpu.Engine.forward`:
+        ``logits`` ``"all"``, ``"last"`` (a row per non-empty chunk) or ``"none"``; float32
+        ``[rows, vocab]`` on the host. More rows than ``max_rows`` run as several passes (the rows
+        in order, cut every ``max_rows``): the same bits, since no row depends on its batch."""
+        if logits not in ("all", "last", "none"):
+            raise InvalidInputError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        seqs = list(seqs)
+        if len(seqs) != len(chunks):
+            raise InvalidInputError("forward: one chunk per sequence is required")
+        if len({id(s) for s in seqs}) != len(seqs):
+            raise InvalidInputError("forward: a sequence appears twice in one batch")
+        for s in seqs:
+            if not isinstance(s, GpuSequence) or s.engine is not self:
+                raise InvalidInputError("forward: seqs must be GpuSequences of this engine")
+        arrays = [_as_token_array(c, self.V) for c in chunks]
+        slots = [s._live_slot() for s in seqs]
+        for slot, a in zip(slots, arrays):
+            if self.lens[slot] + a.size > self.max_len:
+                raise CapacityError(f"GpuEngine: a sequence would hold {self.lens[slot] + a.size} positions, "
+                                    f"more than max_len={self.max_len}")
+        parts = []
+        with self._lock, self.cp.cuda.Device(self.device_id):
+            sizes = [int(a.size) for a in arrays]
+            for pieces in _passes(sizes, self.max_rows):
+                rows = None if logits == "all" else [] if logits == "none" else _chunk_end_rows(pieces, sizes)
+                out = self._pass([slots[i] for i, _, _ in pieces], [arrays[i][a:b] for i, a, b in pieces], rows)
+                parts.append(self.cp.asnumpy(out))
+        for s, a in zip(seqs, arrays):
+            if a.size:
+                s._tokens.extend(a.tolist())
+                s._schedule.append(int(a.size))
+        if not parts:
+            return np.zeros((0, self.V), np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def prefill(self, seq: GpuSequence, tokens: Any, *, logits: str = "all") -> np.ndarray:
+        """Append ``tokens`` to ``seq`` (as :meth:`seqkv.engine.cpu.Engine.prefill`)."""
+        return self.forward([seq], [tokens], logits=logits)
+
+    def step(self, seqs: Seq[GpuSequence], tokens: Seq[int]) -> np.ndarray:
+        """One decode step for each sequence: float32 ``[len(seqs), vocab]``."""
+        seqs = list(seqs)
+        if isinstance(tokens, (int, np.integer)):
+            tokens = [int(tokens)]
+        toks = _as_token_array(list(tokens), self.V)
+        if toks.size != len(seqs):
+            raise InvalidInputError("step: one token per sequence is required")
+        return self.forward(seqs, [toks[i : i + 1] for i in range(len(seqs))], logits="all")
+
+    # -- slot-level passes (benches, graphs): the caller owns the slots and the buffers ------------
+
+    def forward_slots(self, slots: Seq[int], chunks: Seq[Any], *, logits: str = "all") -> Any:
+        """Append ``chunks[i]`` to slot ``slots[i]`` in one pass (at most ``max_rows`` rows); returns
+        the logits (``"all"`` rows, ``"last"`` row of each non-empty chunk, or ``"none"``) as CuPy
+        float32 ``[rows, V]``, a view of an internal buffer that the next pass overwrites."""
+        if logits not in ("all", "last", "none"):
+            raise InvalidInputError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        arrays = [_as_token_array(ch, self.V) for ch in chunks]
+        ends = np.cumsum([a.size for a in arrays]) - 1
+        rows = None if logits == "all" else [] if logits == "none" else [
+            int(e) for e, a in zip(ends, arrays) if a.size]
+        return self._pass(list(slots), arrays, rows)
+
+    def _pass(self, slots: list[int], arrays: list[np.ndarray], keep: list[int] | None) -> Any:
+        """One pass: ``arrays[i]`` appended to slot ``slots[i]``; the logits of rows ``keep``
+        (``None``: all) as a CuPy view of the logits buffer."""
         cp = self.cp
         slot_l, pos_l, tok_l = [], [], []
-        for s, ch in zip(slots, chunks):
-            ch = _as_token_array(ch, self.V)
-            if self.lens[s] + ch.size > self.max_len:
-                raise InvalidInputError("GpuEngine: slot would exceed max_len")
+        lens = list(self.lens)
+        for s, ch in zip(slots, arrays):
+            if not 0 <= int(s) < self.max_slots:
+                raise InvalidInputError(f"GpuEngine: slot {s} out of range 0..{self.max_slots - 1}")
+            if lens[s] + ch.size > self.max_len:
+                raise CapacityError(f"GpuEngine: slot {s} would hold {lens[s] + ch.size} positions, "
+                                    f"more than max_len={self.max_len}")
             slot_l += [s] * ch.size
-            pos_l += list(range(self.lens[s], self.lens[s] + ch.size))
+            pos_l += list(range(lens[s], lens[s] + ch.size))
             tok_l += ch.tolist()
-            self.lens[s] += ch.size
+            lens[s] += ch.size
         R = len(tok_l)
         if R > self.max_rows:
-            raise InvalidInputError(f"GpuEngine: {R} rows exceed max_rows={self.max_rows}")
+            raise CapacityError(f"GpuEngine: {R} rows exceed max_rows={self.max_rows}")
+        if len(set(slots)) != len(slots):
+            raise InvalidInputError("GpuEngine: a slot appears twice in one pass")
+        self.lens = lens
+        if R == 0:
+            return self.buf["logits"][:0]
         b = self.buf
         b["slot"][:R] = cp.asarray(np.array(slot_l, np.int32))
         b["pos"][:R] = cp.asarray(np.array(pos_l, np.int32))
         b["tokens"][:R] = cp.asarray(np.array(tok_l, np.uint32))
-        self._layers(R)
-        return b["logits"][:R]
+        n = self._layers(R, None if keep is None else cp.asarray(np.array(keep, np.int64)))
+        return b["logits"][:n]
 
     def kv_layer(self, slot: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """(keys, values) of one slot and layer as float32 ``[kv_heads, len, head_dim]``."""

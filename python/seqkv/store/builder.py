@@ -21,24 +21,16 @@ RESIDUAL = "residual"
 
 def resolve_engine(model: Any, engine: EngineChoice) -> Any:
     """The engine that computes the store's KV for an :data:`~seqkv.codecs.sources.EngineChoice`,
-    or ``None`` for transformers: ``"auto"`` takes the engine for a Llama-family model on the CPU
-    (f32 weights for an f32 model: its KV then agrees with the model's to ~1e-4); ``True`` /
-    ``"seqkv"`` require it."""
-    if engine is False or engine == "transformers":
-        return None
-    if engine is True or engine in ("auto", "seqkv"):
-        import torch
+    or ``None`` for transformers (:func:`~seqkv.codecs.sources.choose_engine`): ``"auto"`` takes the
+    engine on the model's device — the CPU engine for a Llama-family model on the CPU (f32 weights
+    for an f32 model: its KV then agrees with the model's to ~1e-4), the GPU engine for one on CUDA,
+    whose KV goes straight into a cache on the model's GPU; ``True`` / ``"seqkv"`` require it."""
+    import torch
 
-        from ..engine.cpu import Engine, unsupported_reason
+    from ..codecs.sources import choose_engine
 
-        param = next(iter(model.parameters()))
-        why = unsupported_reason(model) or (None if param.device.type == "cpu" else "the model is not on the CPU")
-        if why is not None:
-            if engine == "auto":
-                return None
-            raise InvalidInputError(f"engine={engine!r}: seqkv.engine.cpu cannot compute this model's KV ({why})")
-        return Engine.for_model(model, dtype="f32" if param.dtype == torch.float32 else "bf16")
-    return engine
+    param = next(iter(model.parameters()))
+    return choose_engine(model, engine, cpu_dtype="f32" if param.dtype == torch.float32 else "bf16").engine
 
 
 class RecordedKV:
