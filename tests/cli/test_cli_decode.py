@@ -33,7 +33,7 @@ def _bomb(path, tokens_per_block: int = (1 << 32) - 1, blocks: int = 256) -> Non
     """A small raw .skv whose header and blocks claim ``blocks * tokens_per_block`` tokens."""
     h = container.unpack(codecs.get("raw", vocab_size=49152).encode_with_stats([1, 2, 3])[0]).header
     bs = [container.Block(tokens_per_block, b"", 0)] * blocks
-    path.write_bytes(container.pack(dataclasses.replace(h, token_count=tokens_per_block * blocks), bs))
+    path.write_bytes(container.pack(h.replace(token_count=tokens_per_block * blocks), bs))
 
 
 def test_decompression_bomb_is_refused_in_bounded_memory(tmp_path):

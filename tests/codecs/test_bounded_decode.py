@@ -46,7 +46,7 @@ def _model_codec(name: str, fn: CountingLogits, **options: object) -> LMCodec:
 def _recrafted(data: bytes, blocks: list[container.Block]) -> bytes:
     """``data``'s header (params, fingerprint, profile kept) over other blocks."""
     h = container.unpack(data).header
-    return container.pack(dataclasses.replace(h, token_count=sum(b.n_tokens for b in blocks)), blocks)
+    return container.pack(h.replace(token_count=sum(b.n_tokens for b in blocks)), blocks)
 
 
 def _legit(name: str) -> tuple[codecs.Codec, bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -95,7 +94,7 @@ def test_version_and_magic_errors():
 def test_quantizer_version_is_checked():
     header, blocks = sample()
     with pytest.raises(seqkv.FormatVersionError):
-        container.pack(dataclasses.replace(header, quantizer_version=2), blocks)
+        container.pack(header.replace(quantizer_version=2), blocks)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +114,7 @@ def test_quantizer_version_is_checked():
 def test_pack_validates_fields(change):
     header, blocks = sample()
     with pytest.raises(seqkv.InvalidInputError):
-        container.pack(dataclasses.replace(header, **change), blocks)
+        container.pack(header.replace(**change), blocks)
 
 
 def test_pack_validates_blocks():
@@ -130,5 +129,5 @@ def test_pack_validates_blocks():
 
 def test_header_is_frozen():
     header, _ = sample()
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):  # the Rust Header has no setters
         header.precision = 3  # type: ignore[misc]

@@ -375,7 +375,9 @@ fn int_in(obj: &Bound<'_, PyAny>, name: &str, lo: u64, hi: u64) -> NResult<u64> 
     if obj.is_instance_of::<pyo3::types::PyBool>() || !obj.hasattr("__index__")? {
         return Err(invalid(format!("{name} must be an int, got {}", crate::convert::type_name(obj))));
     }
-    let v: i128 = obj.call_method0("__index__")?.extract()?;
+    let not_an_int = || invalid(format!("{name} must be an int, got {}", crate::convert::type_name(obj)));
+    // `__index__` of a NumPy array of several elements raises TypeError: still a bad argument.
+    let v: i128 = obj.call_method0("__index__").map_err(|_| not_an_int())?.extract().map_err(|_| not_an_int())?;
     if v < lo as i128 || v > hi as i128 {
         return Err(invalid(format!("{name} = {v} outside {lo}..={hi}")));
     }
