@@ -129,6 +129,17 @@ def test_model_free_codecs_round_trip(name):
     np.testing.assert_array_equal(codec.decode(codec.encode(tokens)), tokens)
 
 
+def test_testing_helpers_work_and_name_their_extra():
+    import importlib.util
+
+    from seqkv import testing
+
+    testing.assert_roundtrip(seqkv.codecs.get("raw", vocab_size=64), [1, 2, 63, 0])
+    if importlib.util.find_spec("hypothesis") is None:  # the bare wheel venv of `make test-wheel`
+        with pytest.raises(seqkv.MissingExtraError, match=r"seqkv\[testing\]"):
+            testing.token_sequences(64)
+
+
 def test_lazy_extras_do_not_load_torch():
     import sys
 
