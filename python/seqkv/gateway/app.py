@@ -289,10 +289,10 @@ def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway", lifespan:
         lines = []
         for name, value in sorted(gateway.metrics.counters.items()):
             lines.append(f"seqkv_gateway_{name}_total {value}")
-        for name, value in sorted(gateway.metrics.seconds.items()):
-            lines.append(f"seqkv_gateway_{name}_seconds_total {value:.6f}")
-        for key, value in gateway.store.stats().items():
-            lines.append(f"seqkv_gateway_{key} {value}")
+        for name, seconds in sorted(gateway.metrics.seconds.items()):
+            lines.append(f"seqkv_gateway_{name}_seconds_total {seconds:.6f}")
+        for key, count in gateway.store.stats().items():
+            lines.append(f"seqkv_gateway_{key} {count}")
         for name, replica in gateway.replicas.items():
             label = f'{{replica="{name}"}}'
             lines.append(f"seqkv_gateway_replica_up{label} {int(gateway.router.healthy[name])}")

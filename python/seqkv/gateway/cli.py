@@ -79,9 +79,14 @@ def chunk_sizes(schedule: Schedule) -> tuple[int, ...]:
 
 
 def schedule_of_chunks(sizes: tuple[int, ...]) -> Schedule:
-    segs, at = [], 0
+    """The inverse of :func:`chunk_sizes` (runs of one-token chunks become one steps segment)."""
+    segs: list[Segment] = []
+    at = 0
     for size in sizes:
-        segs.append(Segment(PREFILL if size > 1 else STEPS, at, at + size))
+        if size == 1 and segs and segs[-1].kind == STEPS:
+            segs[-1] = Segment(STEPS, segs[-1].start, at + 1)
+        else:
+            segs.append(Segment(PREFILL if size > 1 else STEPS, at, at + size))
         at += size
     return Schedule(tuple(segs))
 
@@ -95,10 +100,15 @@ def import_slot(path: str, vocab_size: int, schedule: Schedule | None = None) ->
     sched = schedule or (Schedule((Segment(PREFILL, 0, int(slot.tokens.size)),)) if slot.tokens.size else Schedule())
     if sched.cached != slot.tokens.size:
         raise InvalidInputError(f"the schedule covers {sched.cached} tokens, the slot file holds {slot.tokens.size}")
-    data = codecs.get("plt", vocab_size=vocab_size).encode(slot.tokens)
+    data, _ = codecs.get("plt", vocab_size=vocab_size).encode_with_stats(slot.tokens)
     c = container.unpack(data)
     profile = json.dumps({_PROFILE_KEY: {"kv_sha256": slot.kv_sha256}}, sort_keys=True)
-    header = container.Header(**{**c.header.__dict__, "numerics_profile": profile, "schedule": chunk_sizes(sched)})
+    h = c.header
+    header = container.Header(
+        codec=h.codec, precision=h.precision, token_count=h.token_count, vocab_size=h.vocab_size,
+        model_fingerprint=h.model_fingerprint, numerics_profile=profile, schedule=chunk_sizes(sched),
+        params=h.params, quantizer_version=h.quantizer_version,
+    )
     return container.pack(header, c.blocks)
 
 

@@ -78,11 +78,11 @@ class TurnResult:
 @dataclass
 class Metrics:
     counters: Counter[str] = field(default_factory=Counter)
-    seconds: Counter[str] = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def observe(self, name: str, seconds: float) -> None:
         self.counters[name + "_count"] += 1
-        self.seconds[name] += seconds
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
 
 class Gateway:

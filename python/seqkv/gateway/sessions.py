@@ -152,7 +152,7 @@ class ConversationStore:
             kv_sha256=kv_sha256, lineage=lineage, created=time.time(),
         )
         with self._lock:
-            data = self.codec.encode(toks[prefix.size:], context=prefix)
+            data, _ = self.codec.encode_with_stats(toks[prefix.size:], context=prefix)
             if parent:
                 meta = self.backend.get_meta(NODE_PREFIX + parent)
                 self.backend.patch_meta(NODE_PREFIX + parent, {"children": int(meta.get("children", 0)) + 1})

@@ -107,7 +107,8 @@ def put_cache(store: Any, session_id: str, cache: Any, **options: Any) -> Any:
     the store's exact recompute)."""
     if not isinstance(cache, tracked_cache_type()):
         raise InvalidInputError(f"put_cache needs a TrackedCache, not {type(cache).__name__}")
-    return store.put(session_id, np.asarray(cache.token_ids, np.uint32), schedule=list(cache.schedule), kv=cache,
+    tracked: Any = cache
+    return store.put(session_id, np.asarray(tracked.token_ids, np.uint32), schedule=list(tracked.schedule), kv=cache,
                      **options)
 
 
@@ -118,6 +119,7 @@ def get_cache(store: Any, session_id: str, model: Any, schedule: Any = None) -> 
     tokens, kv = store.get(session_id, mode="exact")
     restored = TrackedCache(model, token_ids=tokens, schedule=schedule if schedule is not None else
                             ([int(tokens.size)] if tokens.size else []))
+    base: Any = super(tracked_cache_type(), restored)  # fill the layers without tracking
     for i, (k, v) in enumerate(cache_layers(kv)):
-        super(tracked_cache_type(), restored).update(k, v, i)
+        base.update(k, v, i)
     return restored
