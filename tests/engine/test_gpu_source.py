@@ -33,7 +33,7 @@ def engines():
 
     config, tensors = random_tensors(300, 64, 96, 2, 4, 2, 16, seed=21)
     cpu = Engine.from_tensors(config, tensors, "bf16")
-    gpu = GpuEngine(config, tensors, max_slots=4, max_len=96, max_rows=16)
+    gpu = GpuEngine(config, tensors, max_slots=10, max_len=96, max_rows=16)
     return cpu, gpu
 
 

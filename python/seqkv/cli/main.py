@@ -2,8 +2,8 @@
 
 ::
 
-    seqkv compress FILE -o OUT.skv [--codec lm|plt|raw] [--verify] [--model PATH] [--engine E]
-    seqkv decompress IN.skv -o FILE [--tokens] [--max-tokens N] [--model PATH] [--engine E]
+    seqkv compress FILE -o OUT.skv [--codec lm|plt|raw] [--verify] [--model PATH] [--engine E] [--device cuda]
+    seqkv decompress IN.skv -o FILE [--tokens] [--max-tokens N] [--model PATH] [--engine E] [--device cuda]
     seqkv inspect IN.skv [--json]
     seqkv store put  --db DB SESSION_ID FILE [--codec ...]   (FILE: a .skv stream or text)
     seqkv store get  --db DB SESSION_ID [-o OUT.skv | --text -o FILE] [--max-tokens N] [--model PATH]
@@ -85,7 +85,8 @@ def _parse_ids(text: str, path: str) -> np.ndarray:
 
 
 def _choice(args: argparse.Namespace) -> ModelChoice:
-    return ModelChoice(path=getattr(args, "model", None), engine=getattr(args, "engine", None))
+    return ModelChoice(path=getattr(args, "model", None), engine=getattr(args, "engine", None),
+                       device=getattr(args, "device", None) or "cpu")
 
 
 def tokenize(text: str, choice: ModelChoice = ModelChoice()) -> np.ndarray:
@@ -475,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--model", metavar="PATH", help="a transformers model folder to use instead of SmolLM2")
     models.add_argument(
         "--engine", choices=ENGINES, help="how lm logits are computed (default: what the stream records, else auto)"
+    )
+    models.add_argument(
+        "--device", metavar="DEV", help="where the model runs: cpu (default) or cuda[:N] (lm: the GPU engine, seqkv[cuda])"
     )
     limits = argparse.ArgumentParser(add_help=False)
     limits.add_argument(

@@ -86,10 +86,13 @@ def stream_engine(numerics_profile: str) -> EngineName | None:
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """``--model`` (``None``: SmolLM2) and ``--engine`` (``None``: what the stream says, else auto)."""
+    """``--model`` (``None``: SmolLM2), ``--engine`` (``None``: what the stream says, else auto) and
+    ``--device`` (where the model runs: ``"cuda"`` puts it on the GPU, whose lm logits then come
+    from the GPU engine, bit-identical to the CPU engine's)."""
 
     path: str | None = None
     engine: EngineName | None = None
+    device: str = "cpu"
 
     @property
     def name(self) -> str:
@@ -99,8 +102,8 @@ class ModelChoice:
         from ..integrations.models import load_model, load_smollm2
 
         if self.path is None:
-            return load_smollm2()
-        return load_model(self.path)
+            return load_smollm2(self.device)
+        return load_model(self.path, device=self.device)
 
     # -- text ---------------------------------------------------------------------------
 
