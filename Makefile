@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(HOME)/.cargo/bin:$(PATH)
 RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
 NATIVE := python/seqkv/_native.abi3.so
 
-.PHONY: redis-server demo test lint test-rust test-python test-wheel check-imports stubtest venv build wheel bench bench-quick report docs fuzz clean
+.PHONY: redis-server demo test lint test-rust test-python test-transformers-oldest test-wheel check-imports stubtest venv build wheel bench bench-quick report docs fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -29,7 +29,7 @@ build: $(NATIVE)
 demo: build
 	$(PY) -m seqkv demo
 
-test: build lint check-imports test-rust test-python stubtest test-wheel
+test: build lint check-imports test-rust test-python test-transformers-oldest stubtest test-wheel
 
 # Clippy over every crate (check only, no codegen); an `unsafe` block or impl without a
 # `// SAFETY:` comment fails it (the workspace lints deny it; -D keeps it denied here too).
@@ -48,6 +48,20 @@ check-imports: build
 
 test-python: build redis-server
 	$(PY) -m pytest -q tests
+
+# The oldest transformers the package claims (pyproject's seqkv[torch]), installed beside the
+# venv's packages with the same torch, for the tests of seqkv's calls into transformers.
+TRANSFORMERS_OLDEST := 4.56.2
+TRANSFORMERS_OLDEST_DIR := target/transformers-$(TRANSFORMERS_OLDEST)
+
+$(TRANSFORMERS_OLDEST_DIR)/.installed: $(VENV)/.installed
+	rm -rf $(TRANSFORMERS_OLDEST_DIR)
+	$(PIP) install -q --target $(TRANSFORMERS_OLDEST_DIR) "transformers==$(TRANSFORMERS_OLDEST)" 2>&1 | grep -v "dependency resolver\|requires" || true
+	$(PY) -c "import sys; sys.path.insert(0, '$(TRANSFORMERS_OLDEST_DIR)'); import transformers; assert transformers.__version__ == '$(TRANSFORMERS_OLDEST)'"
+	touch $@
+
+test-transformers-oldest: build $(TRANSFORMERS_OLDEST_DIR)/.installed
+	PYTHONPATH=$(TRANSFORMERS_OLDEST_DIR) $(PY) -m pytest -q -p no:cacheprovider tests/integrations/test_transformers_api.py tests/codecs/test_sources.py -m "not model and not slow"
 
 # seqkv._native is a stub package: stubtest checks its submodules (coder, trie, engine, ppm) too.
 stubtest: build

@@ -26,11 +26,6 @@ from pathlib import Path
 import pytest
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "python" / "seqkv"
-#: Lazy imports that close a cycle, each waiting for its fix (a stale entry fails the test):
-#: ``kv.quantizers`` dispatches a CUDA input to ``kv.gpu``, which imports the codes dataclasses
-#: back from ``kv.quantizers``; moving ``TurboCodes``/``KiviCodes`` into a module of their own
-#: (or the dispatch to the caller) removes it.
-KNOWN_LAZY_CYCLE_EDGES = {("seqkv.kv.quantizers", "seqkv.kv.gpu")}
 #: seqkv.__all__ plus every subpackage's __all__. The names a user can reach by the documented
 #: route, once each; it stays tens of names, not the ~200 public names of the flat layout.
 MAX_PUBLIC_NAMES = 100
@@ -150,18 +145,10 @@ def test_the_parser_sees_the_package():
     assert any(i.lazy for i in IMPORTS)
 
 
-def test_known_cycle_edges_are_still_there_and_lazy():
-    edges = {(i.importer, i.target): i for i in IMPORTS}
-    for edge in KNOWN_LAZY_CYCLE_EDGES:
-        assert edge in edges and edges[edge].lazy, f"{edge} is gone or no longer lazy: update KNOWN_LAZY_CYCLE_EDGES"
-
-
 def test_no_import_cycle_between_modules():
     graph: dict[str, set[str]] = {}
     edge_of = {}
     for imp in IMPORTS:
-        if (imp.importer, imp.target) in KNOWN_LAZY_CYCLE_EDGES:
-            continue
         graph.setdefault(imp.importer, set()).add(imp.target)
         edge_of.setdefault((imp.importer, imp.target), imp)
     cycle = find_cycle(graph)

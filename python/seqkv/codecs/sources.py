@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, Un
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..integrations.transformers import forward_with_cache
 
 __all__ = ["LogitsSource", "CallableSource", "TransformersSource", "EngineLogitsSource", "GpuEngineLogitsSource",
            "default_source", "choose_engine", "EngineChoice"]
@@ -196,16 +197,14 @@ class TransformersSource(LogitsSource):
         torch = self._torch
         with _fixed_torch_threads(torch, self.threads), torch.inference_mode():
             input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-            kwargs: dict[str, Any] = {"past_key_values": self.cache, "use_cache": True}
             if self._keep_arg:
                 try:
-                    out = self.model(input_ids=input_ids, logits_to_keep=keep, **kwargs)
+                    out, self.cache = forward_with_cache(self.model, self.cache, input_ids=input_ids, logits_to_keep=keep)
                 except TypeError:
                     self._keep_arg = False
-                    out = self.model(input_ids=input_ids, **kwargs)
+                    out, self.cache = forward_with_cache(self.model, self.cache, input_ids=input_ids)
             else:
-                out = self.model(input_ids=input_ids, **kwargs)
-            self.cache = out.past_key_values
+                out, self.cache = forward_with_cache(self.model, self.cache, input_ids=input_ids)
             rows = out.logits[0, -keep:, : self.vocab_size].to(device="cpu", dtype=torch.float32)
             rows = np.ascontiguousarray(rows.numpy())
             return rows[0] if keep == 1 else rows

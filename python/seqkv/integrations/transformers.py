@@ -13,6 +13,7 @@ or a legacy tuple of ``(k, v)`` pairs) for **batch size 1**; tensors are
 
 from __future__ import annotations
 
+import inspect
 import struct
 from typing import Any, Iterable, Sequence
 
@@ -30,6 +31,8 @@ __all__ = [
     "clone_cache",
     "cache_length",
     "compute_cache",
+    "cache_argument",
+    "forward_with_cache",
     "normalize_schedule",
     "layer_hashes",
     "max_abs_diff",
@@ -99,6 +102,24 @@ def normalize_schedule(schedule: Sequence[int] | None, n_tokens: int) -> tuple[i
     return out
 
 
+def cache_argument(model: Any) -> str:
+    """The keyword ``model``'s forward and ``generate`` take a KV cache by: ``"cache"`` since
+    transformers 5 (``past_key_values`` is deprecated there), ``"past_key_values"`` before."""
+    try:
+        params = inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def forward_with_cache(model: Any, cache: Any, **inputs: Any) -> tuple[Any, Any]:
+    """``model(**inputs)`` appending to ``cache``; returns ``(output, cache after)``, on any
+    transformers version the package supports."""
+    name = cache_argument(model)
+    out = model(**inputs, use_cache=True, **{name: cache})
+    return out, getattr(out, name)
+
+
 def compute_cache(model: Any, tokens: Any, schedule: Sequence[int] | None = None) -> tuple[Any, Any]:
     """Run ``tokens`` through ``model`` chunk by chunk; returns ``(cache, last_logits)``.
 
@@ -115,8 +136,7 @@ def compute_cache(model: Any, tokens: Any, schedule: Sequence[int] | None = None
     with torch.inference_mode():
         for size in sched:
             chunk = torch.tensor([ids[pos : pos + size]], dtype=torch.long, device=device)
-            out = model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+            out, cache = forward_with_cache(model, cache, input_ids=chunk, logits_to_keep=1)
             last = out.logits[0, -1].float()
             pos += size
     return cache, last
@@ -210,7 +230,7 @@ def greedy_continuation(model: Any, tokens: Any, cache: Any = None, max_new_toke
     kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "do_sample": False}
     if cache is not None:
         keep = min(cache_length(cache), ids.shape[1] - 1)
-        kwargs["past_key_values"] = cache_from_layers(
+        kwargs[cache_argument(model)] = cache_from_layers(
             model, [(k[..., :keep, :].clone(), v[..., :keep, :].clone()) for k, v in cache_layers(cache)]
         )
     pad = getattr(model.generation_config, "pad_token_id", None)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, MissingExtraError, SeqkvError
 from ..cuda.runtime import _CTYPE, _cupy, _device_view, _function, _on_stream_of
-from .quantizers import KiviCodes, TurboCodes
+from .codes import KiviCodes, TurboCodes
 from .residual import Packed
 
 __all__ = ["residual_pack", "residual_unpack", "turbo_quantize", "turbo_dequantize", "kivi_quantize", "kivi_dequantize"]

@@ -20,12 +20,12 @@ kernels in ``seqkv/cuda/kernels/quantizers.cu`` (used when the input is on a GPU
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
+from .codes import KiviCodes, TurboCodes
 
 __all__ = [
     "lloyd_max_gaussian",
@@ -103,20 +103,6 @@ def _is_gpu(x: Any) -> bool:
     return is_device_array(x)
 
 
-@dataclass
-class TurboCodes:
-    """``codes`` (uint8, ``[..., d]``, values < 2^bits) and ``norms`` (f32, ``[...]``); NumPy or CuPy."""
-
-    codes: Any
-    norms: Any
-    bits: int
-
-    @property
-    def nbytes(self) -> int:
-        """Storage size with the codes bit-packed."""
-        return (int(self.codes.size) * self.bits + 7) // 8 + int(self.norms.size) * 4
-
-
 class TurboQuant:
     """TurboQuant-like quantizer for vectors of ``dim`` (a power of two) coordinates at ``bits``."""
 
@@ -158,24 +144,6 @@ class TurboQuant:
             return gpu.turbo_dequantize(self, q)
         y = self.centroids[q.codes] * q.norms[..., None]
         return (fwht(y) * self.inv_d) * self.signs
-
-
-@dataclass
-class KiviCodes:
-    """KIVI codes of one tensor ``[..., T, d]``: ``codes`` uint8 (shape of the quantized part),
-    ``scales``/``mins`` f32 per group, ``tail`` the unquantized tokens (keys only; f32)."""
-
-    codes: Any
-    scales: Any
-    mins: Any
-    tail: Any
-    bits: int
-    axis: str  # "channel" (keys) or "token" (values)
-
-    @property
-    def nbytes(self) -> int:
-        tail = 0 if self.tail is None else int(self.tail.size) * 2  # kept as bf16/f16
-        return (int(self.codes.size) * self.bits + 7) // 8 + (int(self.scales.size) + int(self.mins.size)) * 4 + tail
 
 
 class KIVI:
