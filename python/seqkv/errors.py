@@ -61,5 +61,5 @@ class MissingExtraError(SeqkvError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
-class InternalError(SeqkvError):
+class InternalError(SeqkvError, RuntimeError):
     """A broken invariant inside seqkv: a bug, never the caller's input. Please report it."""

@@ -17,7 +17,8 @@ from seqkv import codecs
 from seqkv.codecs.base import as_tokens, describe_schedule
 from seqkv.codecs.lm import LMCodec, decode_params
 from seqkv.codecs.sources import CallableSource
-from seqkv.codecs.raw import RawCodec, bits_per_token, pack_bits, unpack_bits
+from seqkv.codecs.raw import RawCodec, bits_per_token
+from seqkv.coding.coder import pack_bits, unpack_bits
 from seqkv.codecs.robust import RobustBins, RobustLMCodec, default_unit
 from seqkv.errors import (
     CorruptStreamError,

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..coding.coder import pack_bits, unpack_bits
 from ..errors import CorruptStreamError, InvalidInputError
 from .base import (
     DEFAULT_MAX_TOKENS,
@@ -25,7 +26,7 @@ from .base import (
     unpack_stream,
 )
 
-__all__ = ["RawCodec", "bits_per_token", "pack_bits", "unpack_bits"]
+__all__ = ["RawCodec", "bits_per_token"]
 
 
 def bits_per_token(vocab_size: int) -> int:
@@ -33,24 +34,6 @@ def bits_per_token(vocab_size: int) -> int:
     if vocab_size < 1:
         raise InvalidInputError("vocab_size must be >= 1")
     return max(1, int(vocab_size - 1).bit_length())
-
-
-def pack_bits(tokens: np.ndarray, bits: int) -> bytes:
-    """Pack ids (each < 2**bits) MSB first into ``ceil(n*bits/8)`` bytes."""
-    t = np.asarray(tokens, dtype=np.uint32)
-    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint32)
-    matrix = ((t[:, None] >> shifts[None, :]) & 1).astype(np.uint8)
-    return np.packbits(matrix.reshape(-1)).tobytes()
-
-
-def unpack_bits(data: bytes, n: int, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits`."""
-    need = (n * bits + 7) // 8
-    if len(data) != need:
-        raise CorruptStreamError(f"raw block has {len(data)} bytes, expected {need}")
-    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n * bits)
-    weights = (np.uint32(1) << np.arange(bits - 1, -1, -1, dtype=np.uint32)).astype(np.uint32)
-    return (flat.reshape(n, bits).astype(np.uint32) * weights[None, :]).sum(axis=1, dtype=np.uint64).astype(TOKEN_DTYPE)
 
 
 class RawCodec:

@@ -30,12 +30,15 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import _native
+from .._native.coder import pack_bits, unpack_bits
 from ..errors import InvalidInputError
 
 __all__ = [
     "QUANTIZER_VERSION",
     "MAX_PRECISION",
     "quantize_logits",
+    "pack_bits",
+    "unpack_bits",
     "encode",
     "decode",
     "encode_logits",

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..coding.coder import pack_bits, unpack_bits
 from .codes import KiviCodes, TurboCodes
 
 __all__ = [
@@ -210,16 +211,13 @@ class KIVI:
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Bit-pack uint8 codes (< 2^bits), LSB first, to bytes."""
-    c = np.asarray(codes, np.uint8).ravel()
-    planes = ((c[:, None] >> np.arange(bits, dtype=np.uint8)) & 1).astype(np.uint8)
-    return np.packbits(planes.ravel(), bitorder="little")
+    """Bit-pack uint8 codes (< 2^bits), LSB first, to bytes (the one bit packer, in Rust)."""
+    return np.frombuffer(pack_bits(np.asarray(codes, np.uint8).ravel(), bits, order="lsb"), np.uint8)
 
 
 def unpack_codes(data: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_codes`."""
-    flat = np.unpackbits(np.asarray(data, np.uint8), bitorder="little")[: count * bits].reshape(count, bits)
-    return (flat << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
+    return unpack_bits(np.asarray(data, np.uint8).tobytes(), count, bits, order="lsb").astype(np.uint8)
 
 
 def mse(x: Any, x_hat: Any) -> dict[str, float]:
