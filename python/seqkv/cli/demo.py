@@ -93,8 +93,8 @@ def build_sessions(
 @contextlib.contextmanager
 def _one_torch_thread() -> Iterator[None]:
     """Run transformers on one thread: its two-thread OpenMP kernels stall whenever another
-    process holds a core (benches/results/engine.json: ~27 against ~271 tokens/s prefill,
-    ~4 against ~20 tokens/s steps), and a single step is memory-bound anyway."""
+    process holds a core (docs/engine.md gives the figures), and a single step is memory-bound
+    anyway."""
     import torch
 
     before = torch.get_num_threads()

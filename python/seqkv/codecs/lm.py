@@ -442,7 +442,7 @@ class LMCodec:
         the most tokens :meth:`decode` accepts from one stream (:class:`InvalidInputError`
         beyond, before any logits are computed).
     profile:
-        ``"full"`` records the numerics profile JSON in the header (~170 bytes);
+        ``"full"`` records the numerics profile JSON in the header;
         ``"digest"`` only its 8-byte BLAKE2b (:func:`profile_digest`), for stores of many
         short streams that keep the full profile once elsewhere.
 

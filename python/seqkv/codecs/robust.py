@@ -324,13 +324,13 @@ class RobustLMCodec(LMCodec):
     encoder's (max norm per row). Options beyond :class:`~seqkv.codecs.lm.LMCodec`'s:
 
     epsilon:
-        tolerated max |Δlogit| (default 1e-3, about 10× the differences measured between
-        transformers' prefill and single steps on SmolLM2).
+        tolerated max |Δlogit| (default 1e-3; docs/codecs.md compares it with the differences
+        between transformers' prefill and single steps).
     bin_unit, limit:
         the bin grid (see the module doc); ``bin_unit`` defaults to :func:`default_unit`.
     encode_chunk:
         with ``model=``, compute the encoder's logits in prefill chunks of this many tokens
-        (several times faster than single steps; the decoder still steps).
+        (faster than single steps, see docs/codecs.md; the decoder still steps).
     engine:
         as for ``lm``, but ``False`` (transformers) by default: robust mode is for logits that
         differ between the two ends (transformers on another device or kernel); the engine's

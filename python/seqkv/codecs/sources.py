@@ -148,9 +148,9 @@ class TransformersSource(LogitsSource):
     with a ``DynamicCache`` at batch size 1, under ``torch.inference_mode``.
 
     ``encode_chunk=k`` makes :meth:`iter_rows` (the encoder's path) compute the rows in
-    prefill chunks of ``k`` tokens instead of single steps: several times faster, but the
-    rows differ from the decoder's single steps in the last bits (measured max |Δlogit|
-    ~1e-4 on SmolLM2), so only ``lm-robust`` streams decode from them.
+    prefill chunks of ``k`` tokens instead of single steps: faster, but the rows differ from
+    the decoder's single steps in the last bits (docs/engine.md gives the measured |Δlogit|),
+    so only ``lm-robust`` streams decode from them.
 
     Every forward runs with torch's intra-op thread count set to ``threads`` (default 1),
     whatever the caller's setting, and the numerics profile records that count: a stream

@@ -125,8 +125,8 @@ def _raise_status(status: np.ndarray) -> None:
 
 _CLUSTER_NL = (1, 2, 3, 4, 6, 8, 12)
 #: most logits per thread held in registers by the cluster kernels (auto configuration): 48
-#: amortizes the per-thread reduction work best among the shapes measured on an H200
-#: (benches/results/gpu_kernels.json)
+#: amortizes the per-thread reduction work best among the shapes timed in
+#: benches/results/gpu_kernels.json
 CLUSTER_MAX_PER_THREAD = 48
 
 
