@@ -319,7 +319,7 @@ def test_store_keeps_given_kv_whose_bits_differ(tiny_llama, rng):
     b = hf.clone_cache(tiny_llama, a)
     b.layers[1].values.view(torch.int32)[0, 1, 6, 2] ^= 1
     store.put("a", toks, kv=a)
-    store.put("b", toks, kv=b)
+    store.put("b", toks, kv=b, residual=True)  # bits no recompute gives: exact needs the residual
     hot = store.tier_stats()["tiers"]["hot"]
     assert hot["pages_shared"] == 1 and hot["bytes"] == hot["logical_bytes"] - 4 * TOKEN_BYTES
     assert hf.caches_equal(store.get("a", mode="exact")[1], a)

@@ -60,16 +60,37 @@ def test_exact_mode_replays_the_schedule(tiny_llama, sessions):
     got, cache = store.get("a", mode="exact")
     ref, _ = hf.compute_cache(tiny_llama, toks, schedule)
     assert hf.caches_equal(cache, ref)
-    # a cache computed with another schedule is recorded: the replay cannot match it
+    # a cache computed with another schedule: the replay cannot match it, so put refuses it
+    # (issue 18.16: refused at put rather than by a later exact get)
     other, _ = hf.compute_cache(tiny_llama, toks, [1] * toks.size)
     if not hf.caches_equal(other, ref):
-        store.put("a2", toks, schedule=schedule, kv=other)
-        with pytest.raises(NumericsMismatchError, match="layers"):
-            store.get("a2", mode="exact")
+        with pytest.raises(InvalidInputError, match="schedule="):
+            store.put("a2", toks, schedule=schedule, kv=other)
+        store.put("a2", toks, schedule=[1] * toks.size, kv=other)
+        assert hf.caches_equal(store.get("a2", mode="exact")[1], other)
+    # a record whose recomputation no longer matches (another machine's numerics) is an error
+    reopened = _with_other_hashes(store, "a")
+    with pytest.raises(NumericsMismatchError, match="layers"):
+        reopened.get("a", mode="exact")
     with pytest.raises(InvalidInputError):
         store.put("bad", toks, schedule=[5, 5])
     with pytest.raises(InvalidInputError):
         store.get("a", mode="fast")
+
+
+def _with_other_hashes(store: SessionStore, sid: str) -> SessionStore:
+    """The store reopened after a record's KV hashes were rewritten as if put had computed other
+    bits (a record written on a machine whose numerics differ)."""
+    from dataclasses import replace
+
+    from seqkv.backends import SessionRecord
+    from seqkv.store.catalog import RecordMeta
+
+    record = store.backend.get(sid)
+    meta = RecordMeta.from_dict(record.meta, sid)
+    meta = replace(meta, hashes=tuple(bytes(len(h)) for h in meta.hashes))
+    store.backend.put(sid, SessionRecord(record.container, meta.to_dict(), record.attachments))
+    return SessionStore(store.model, backend=store.backend, engine=store.config.engine)
 
 
 def test_restored_cache_continues_generation(tiny_llama, sessions):

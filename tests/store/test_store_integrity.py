@@ -299,3 +299,31 @@ def test_options_are_checked_and_engine_choices_shared(tiny_llama):
         SessionStore(tiny_llama, codec="raw", engine="fast")
     assert SessionStore(tiny_llama, codec="raw", engine=True).kv_source == "seqkv-engine"
     assert SessionStore(tiny_llama, codec="raw", engine="transformers").kv_source == "transformers"
+
+
+def test_put_refuses_a_generate_cache_without_its_schedule(tiny_llama):
+    """Issue 18.16: a cache from ``model.generate`` was computed as the prompt then one token at a
+    time; stored under transformers without that schedule, an exact get could not reproduce it,
+    so put refuses it with the fix, and accepts it with the schedule, a residual, or no claim of
+    exactness."""
+    import torch
+
+    from seqkv.integrations import transformers as hf
+
+    prompt = version(3)
+    out = tiny_llama.generate(torch.tensor([prompt.tolist()]), max_new_tokens=8, do_sample=False,
+                              return_dict_in_generate=True, pad_token_id=0)
+    cache = out.past_key_values
+    toks = out.sequences[0].numpy()[: hf.cache_length(cache)]
+    schedule = [prompt.size] + [1] * (toks.size - prompt.size)
+    store = SessionStore(tiny_llama, codec="raw", engine=False, capacity_bytes=0)
+    with pytest.raises(InvalidInputError, match=r"schedule=.*residual=True"):
+        store.put("g", toks, kv=cache)
+    assert "g" not in store and len(store.trie) == 0
+    store.put("g", toks, kv=cache, schedule=schedule)
+    store.put("r", toks, kv=cache, residual=True)
+    for sid in ("g", "r"):  # served cold: recomputed and checked
+        assert hf.caches_equal(store.get(sid, mode="exact")[1], cache)
+    faithful_only = SessionStore(tiny_llama, codec="raw", engine=False, record_hashes=False)
+    faithful_only.put("g", toks, kv=cache)
+    assert np.array_equal(faithful_only.tokens("g"), toks)

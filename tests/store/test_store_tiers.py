@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from seqkv.integrations import transformers as hf
-from seqkv.errors import CorruptStreamError, InvalidInputError, NumericsMismatchError, SessionNotFoundError
+from seqkv.errors import CorruptStreamError, InvalidInputError, SessionNotFoundError
 from seqkv.store import SessionStore
 
 # KV bytes per token of the tiny Llama in f32: 2 layers x (K, V) x 2 heads x 16 dims x 4 bytes
@@ -140,10 +140,11 @@ def test_residual_fallback_is_bit_exact(tiny_llama, convo):
     _, cache = store.get("r", mode="exact")
     assert hf.caches_equal(cache, steps)
     assert store.stats()["residual_bytes"] == info["residual_bytes"]
-    # without a residual the same mismatch is an error
-    store.put("n", toks, kv=steps)
-    with pytest.raises(NumericsMismatchError, match="no residual"):
-        store.get("n", mode="exact")
+    # without a residual (or the schedule it was computed with) put refuses it (issue 18.16:
+    # a later exact get could not serve it)
+    with pytest.raises(InvalidInputError, match="residual=True"):
+        store.put("n", toks, kv=steps)
+    assert "n" not in store
     # same schedule: the residual is all zero (10 bytes: header and CRC)
     assert store.put("z", toks, kv=prefill, residual=True)["residual_bytes"] == 10
     assert hf.caches_equal(store.get("z", mode="exact")[1], prefill)

@@ -107,23 +107,33 @@ class KVBuilder:
             recomputed = self.compute(toks, schedule)
             pairs = [pair for layer in zip(hf.cache_layers(kv), hf.cache_layers(recomputed)) for pair in zip(*layer)]
             attachments[RESIDUAL] = residual_coding.encode(pairs)
-        elif kv is not None and layer_hashes and self.engine is not None:
-            self._refuse_unrestorable(toks, layer_hashes)
+        elif kv is not None and layer_hashes:
+            self._refuse_unrestorable(toks, schedule, layer_hashes)
         return RecordedKV(cache, layer_hashes, attachments)
 
-    def _refuse_unrestorable(self, toks: np.ndarray, hashes: tuple[bytes, ...]) -> None:
-        """Under the engine, a caller's cache of another computation (transformers, ``generate``)
-        is one the exact restore's recompute cannot reproduce, so ``get(mode="exact")`` would
-        refuse it: refuse it now, with the fix."""
+    def _refuse_unrestorable(self, toks: np.ndarray, schedule: tuple[int, ...], hashes: tuple[bytes, ...]) -> None:
+        """A caller's cache that the exact restore's recompute cannot reproduce (the engine's KV
+        is not transformers'; transformers' KV depends on the chunk schedule, and a cache from
+        ``generate`` was computed as the prompt then one token at a time) would make a later
+        ``get(mode="exact")`` fail: refuse it now, with the fix. Costs one recompute at put."""
         from ..integrations import transformers as hf
 
-        bad = _bad_layers(hf.layer_hashes(self.compute(toks, None), len(hashes[0])), list(hashes))
-        if bad:
+        bad = _bad_layers(hf.layer_hashes(self.compute(toks, schedule), len(hashes[0])), list(hashes))
+        if not bad:
+            return
+        if self.engine is not None:
             raise InvalidInputError(
                 f"kv layers {bad} differ from the KV this store recomputes with the seqkv engine, so an "
                 f"exact restore could not reproduce them: pass residual=True to keep the difference, leave "
                 f"kv out (the store computes it), or open the store with engine=False"
             )
+        raise InvalidInputError(
+            f"kv layers {bad} differ from the KV transformers computes for these tokens with the schedule "
+            f"{'given' if len(schedule) > 1 else 'of one prefill'} ({len(schedule)} chunk(s)), so an exact "
+            f"restore could not reproduce them: pass schedule= with the chunk sizes the cache was computed "
+            f"with (a cache from model.generate: [prompt length] + [1] * the positions after it), residual=True to "
+            f"keep the difference, or open the store with record_hashes=False when exact restores are not needed"
+        )
 
     def exact_restore(
         self, meta: Any, toks: np.ndarray, load_residual: Callable[[], bytes | None]
