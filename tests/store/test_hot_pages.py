@@ -313,7 +313,7 @@ def test_store_holds_a_shared_system_prompt_once(tiny_llama, rng):
 def test_store_keeps_given_kv_whose_bits_differ(tiny_llama, rng):
     """put(kv=...) of a cache whose prefix bits differ from a hot session's: nothing is shared
     from that page on, and exact gets serve each session its own bits."""
-    store = SessionStore(tiny_llama, codec="raw", capacity_bytes=10**6, page_tokens=4)
+    store = SessionStore(tiny_llama, codec="raw", capacity_bytes=10**6, page_tokens=4, engine=False)
     toks = rng.integers(0, V, 21)
     a, _ = hf.compute_cache(tiny_llama, toks)
     b = hf.clone_cache(tiny_llama, a)
@@ -336,7 +336,7 @@ class HotAccountingMachine(RuleBasedStateMachine):
     @initialize(capacity=st.sampled_from([40 * TOKEN_BYTES, 120 * TOKEN_BYTES, 10**6]),
                 tiers=st.sampled_from([("hot", "warm", "cold"), ("hot", "cold")]), page_tokens=st.sampled_from([2, 8]))
     def setup(self, capacity, tiers, page_tokens):
-        self.store = SessionStore(self.model, codec="raw", capacity_bytes=capacity, tiers=tiers, page_tokens=page_tokens)
+        self.store = SessionStore(self.model, codec="raw", capacity_bytes=capacity, tiers=tiers, page_tokens=page_tokens, engine=False)
         self.capacity = capacity
         self.expected: dict[str, np.ndarray] = {}
         self.system = np.arange(200, 220)
@@ -402,7 +402,7 @@ def test_store_threads_share_pages(tiny_llama, rng):
     """Threads put, get (exact and faithful) and get_prefix sessions sharing two system prompts
     under a budget that forces demotions; afterwards the accounting holds and every session
     restores exactly."""
-    store = SessionStore(tiny_llama, codec="raw", capacity_bytes=150 * TOKEN_BYTES, page_tokens=4)
+    store = SessionStore(tiny_llama, codec="raw", capacity_bytes=150 * TOKEN_BYTES, page_tokens=4, engine=False)
     systems = [rng.integers(0, V, 16) for _ in range(2)]
     seqs = {f"t{i}": np.concatenate([systems[i % 2], rng.integers(0, V, 4 + i % 6)]) for i in range(12)}
     refs = {sid: hf.compute_cache(tiny_llama, toks)[0] for sid, toks in seqs.items()}

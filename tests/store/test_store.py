@@ -23,7 +23,7 @@ def sessions(rng):
 
 
 def test_put_get_dedup(tiny_llama, sessions):
-    store = SessionStore(tiny_llama)
+    store = SessionStore(tiny_llama, engine=False)
     ra = store.put("a", sessions["a"])
     rb = store.put("b", sessions["b"])
     assert ra["prefix_tokens"] == 0 and ra["coded_tokens"] == 36
@@ -53,7 +53,7 @@ def test_whole_session_is_a_prefix(tiny_llama, sessions):
 
 
 def test_exact_mode_replays_the_schedule(tiny_llama, sessions):
-    store = SessionStore(tiny_llama)
+    store = SessionStore(tiny_llama, engine=False)
     toks = sessions["a"]
     schedule = [16, 8] + [1] * 12
     store.put("a", toks, schedule=schedule)

@@ -327,3 +327,16 @@ def test_put_refuses_a_generate_cache_without_its_schedule(tiny_llama):
     faithful_only = SessionStore(tiny_llama, codec="raw", engine=False, record_hashes=False)
     faithful_only.put("g", toks, kv=cache)
     assert np.array_equal(faithful_only.tokens("g"), toks)
+
+
+def test_engine_default_is_the_lm_codecs(tiny_llama):
+    """Issue 17: one engine choice with the same default in LMCodec and SessionStore ("auto": the
+    batch-invariant engine for a supported model on the CPU)."""
+    import inspect
+
+    from seqkv.codecs.lm import LMCodec
+    from seqkv.store.config import StoreConfig
+
+    assert StoreConfig().engine == inspect.signature(LMCodec).parameters["engine"].default == "auto"
+    assert SessionStore(tiny_llama, codec="raw").kv_source == "seqkv-engine"
+    assert SessionStore(tiny_llama, codec="raw", engine=False).kv_source == "transformers"

@@ -36,7 +36,7 @@ def convo(rng):
 
 
 def test_capacity_demotes_and_access_promotes(tiny_llama, convo):
-    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=90 * PER_TOKEN)
+    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=90 * PER_TOKEN, engine=False)
     for sid, toks in convo.items():
         assert store.put(sid, toks)["tier"] == "hot"  # the newest is always placed hot
     st_ = store.tier_stats()
@@ -107,7 +107,7 @@ def test_two_tiers_and_plt_policy(tiny_llama, convo):
 
 
 def test_get_prefix(tiny_llama, convo, rng):
-    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=400 * PER_TOKEN)
+    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=400 * PER_TOKEN, engine=False)
     store.put("s0", convo["s0"])
     request = np.concatenate([convo["s0"], rng.integers(0, 512, 5)])
     n, cache = store.get_prefix(request)
@@ -134,7 +134,7 @@ def test_residual_fallback_is_bit_exact(tiny_llama, convo):
     steps, _ = hf.compute_cache(tiny_llama, toks, [1] * toks.size)  # the caller's KV: single steps
     prefill, _ = hf.compute_cache(tiny_llama, toks)
     assert not hf.caches_equal(steps, prefill), "the schedules must differ for this test to mean anything"
-    store = SessionStore(tiny_llama, codec="plt")
+    store = SessionStore(tiny_llama, codec="plt", engine=False)
     info = store.put("r", toks, kv=steps, residual=True)  # recorded schedule: one prefill
     assert info["residual_bytes"] > 10
     _, cache = store.get("r", mode="exact")
@@ -250,7 +250,7 @@ def test_bad_input(tiny_llama, convo):
 
 
 def test_threads_put_get_while_demoting(tiny_llama, rng):
-    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=120 * PER_TOKEN)
+    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=120 * PER_TOKEN, engine=False)
     system = rng.integers(0, 512, 16)
     seqs = {f"t{i}": np.concatenate([system, rng.integers(0, 512, 10 + i % 5)]) for i in range(16)}
     refs = {sid: hf.compute_cache(tiny_llama, toks)[0] for sid, toks in seqs.items()}
@@ -293,7 +293,7 @@ class StoreMachine(RuleBasedStateMachine):
         tiers=st.sampled_from([("hot", "warm", "cold"), ("hot", "cold"), ("warm", "cold")]),
     )
     def setup(self, capacity, policy, tiers):
-        self.store = SessionStore(self.model, codec="plt", capacity_bytes=capacity, policy=policy, tiers=tiers)
+        self.store = SessionStore(self.model, codec="plt", capacity_bytes=capacity, policy=policy, tiers=tiers, engine=False)
         self.capacity = capacity
         self.expected: dict[str, np.ndarray] = {}
         self.refs: dict[str, object] = {}
@@ -393,7 +393,7 @@ def test_warm_slices_match_the_full_restore(tiny_llama, n, cut):
 
 
 def test_explicit_demotion(tiny_llama, convo):
-    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=10**6)
+    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=10**6, engine=False)
     store.put("a", convo["s0"])
     ref, _ = hf.compute_cache(tiny_llama, convo["s0"])
     assert store.tier_of("a") == "hot"
@@ -408,7 +408,7 @@ def test_explicit_demotion(tiny_llama, convo):
     assert store.demote("a", "cold") == "cold" and store.tier_stats()["used_bytes"] == 0
     assert store.demote("a", "warm") == "cold"  # demotion only: it stays cold
     with pytest.raises(InvalidInputError):
-        SessionStore(tiny_llama, codec="raw", tiers=("hot", "cold")).demote("a", "warm")
+        SessionStore(tiny_llama, codec="raw", tiers=("hot", "cold"), engine=False).demote("a", "warm")
     with pytest.raises(SessionNotFoundError):
         store.demote("nope")
     assert hf.caches_equal(store.get("a", mode="exact")[1], ref)
@@ -480,7 +480,7 @@ def test_warm_bits(tiny_llama, convo, bits):
 
 
 def test_concurrent_puts_of_one_id_leave_one_session(tiny_llama, rng):
-    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=50 * PER_TOKEN)
+    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=50 * PER_TOKEN, engine=False)
     versions = [rng.integers(0, 512, 12 + i) for i in range(4)]
 
     def work(k: int) -> None:

@@ -75,7 +75,10 @@ class StoreConfig:
     policy: Policy = "lru"
     tier_limits: Mapping[str, int] | None = None
     warm_bits: WarmBits = DEFAULT_WARM_BITS
-    engine: EngineChoice = False
+    #: What computes the KV the store builds (restores, hashes at put): the same default as
+    #: :class:`~seqkv.codecs.lm.LMCodec`'s — ``"auto"``, the batch-invariant engine on the model's
+    #: device when it supports the model (a Llama-family model on the CPU), else transformers.
+    engine: EngineChoice = "auto"
     page_tokens: int = DEFAULT_PAGE_TOKENS
     codec_options: Mapping[str, Any] = field(default_factory=dict)
 

@@ -125,8 +125,11 @@ class SessionStore:
     warm_bits:
         bits per component of the warm codes: 2, 3 (default) or 4.
     engine:
-        an :data:`~seqkv.codecs.sources.EngineChoice` for the KV the store computes:
-        ``False``/``"transformers"`` (default), ``"auto"``, ``True``/``"seqkv"``, or an Engine.
+        an :data:`~seqkv.codecs.sources.EngineChoice` for the KV the store computes: ``"auto"``
+        (default, as for ``LMCodec``: the batch-invariant engine when it supports the model on
+        its device, else transformers), ``False``/``"transformers"``, ``True``/``"seqkv"``, or an
+        Engine. Under the engine a caller's own transformers cache (``put(kv=...)``) needs
+        ``residual=True`` for exact restores; ``engine=False`` stores transformers' KV as it is.
     page_tokens:
         positions per page of the hot tier's KV pool (default 16).
     anything else:
