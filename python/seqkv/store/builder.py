@@ -23,7 +23,8 @@ def resolve_engine(model: Any, engine: EngineChoice) -> Any:
     """The engine that computes the store's KV for an :data:`~seqkv.codecs.sources.EngineChoice`,
     or ``None`` for transformers (:func:`~seqkv.codecs.sources.choose_engine`): ``"auto"`` takes the
     engine on the model's device — the CPU engine for a Llama-family model on the CPU (f32 weights
-    for an f32 model: its KV then agrees with the model's to ~1e-4), the GPU engine for one on CUDA,
+    for an f32 model; ``docs/engine.md``, "Agreement with transformers", has how closely its
+    numbers follow the model's), the GPU engine for one on CUDA,
     whose KV goes straight into a cache on the model's GPU; ``True`` / ``"seqkv"`` require it."""
     import torch
 
