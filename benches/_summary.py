@@ -414,6 +414,23 @@ class EngineProfile(TypedDict):
     version: str
 
 
+class EngineLoadRun(TypedDict):
+    import_torch_transformers_s: float
+    load_smollm2_s: float
+    engine_build_s: float
+    process_to_first_logits_s: float
+
+
+class EngineLoad(TypedDict):
+    """``benches/engine.py --load``: SmolLM2 from an empty model cache, then from the filled one."""
+    cold: EngineLoadRun
+    warm_best: EngineLoadRun
+    warm_runs: int
+    warm_logits_equal_cold: bool
+    note: str
+    machine: Machine
+
+
 class Engine(TypedDict):
     quick: bool
     model: str
@@ -454,6 +471,7 @@ class Engine(TypedDict):
     note: NotRequired[str]  # with random weights: which figures mean nothing then
     engine: EngineProfile
     seconds: float
+    load: NotRequired[EngineLoad]  # merged in by engine.py --load (its own run and machine)
 
 
 # --- engine.py --gpu ------------------------------------------------------------------------------

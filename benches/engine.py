@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -335,6 +336,25 @@ def gpu_main(args) -> None:
     print(json.dumps(res, indent=2))
 
 
+def load_main(args) -> None:
+    """Measures the load section and merges it into the existing engine.json (the other sections
+    keep the figures of their own run; the load section records its own machine and load)."""
+    from _engine_load import measure_load
+    from _summary import check
+
+    out = Path(args.out)
+    res = json.loads(out.read_text()) if out.exists() else {}
+    host = machine()
+    section = measure_load(ROOT)
+    host["loadavg_end"] = list(os.getloadavg())
+    section["machine"] = host
+    res["load"] = section
+    text = json.dumps(res, indent=2) + "\n"
+    check(json.loads(text), EngineSummary, out)  # not write_summary: the full run's machine record stays
+    out.write_text(text)
+    print(json.dumps(section, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
@@ -342,12 +362,17 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--random-weights", action="store_true",
                     help="SmolLM2's shapes with random weights (the default when SmolLM2 is not installed)")
+    ap.add_argument("--load", action="store_true",
+                    help="only the load section: SmolLM2 cold (empty model cache) and warm, merged into engine.json")
     args = ap.parse_args()
     if args.gpu:
         args.out = args.out or str(ROOT / "benches" / "results" / "engine_gpu.json")
         gpu_main(args)
         return
     args.out = args.out or str(ROOT / "benches" / "results" / "engine.json")
+    if args.load:
+        load_main(args)
+        return
     q = args.quick
     N = 128 if q else 256  # prefill length
     R = 2 if q else 5  # repeats (best of: the machine may be shared)

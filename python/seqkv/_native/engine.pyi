@@ -8,6 +8,8 @@ import numpy.typing as npt
 #: Token ids / symbols in: any 1-D integer input (NumPy array of any integer dtype, sequence of ints).
 _Ints = npt.ArrayLike | Sequence[int]
 
+PACKED_STATE_VERSION: int
+
 @_final
 class EngineCore:
     def __new__(
@@ -18,6 +20,15 @@ class EngineCore:
         kv_dtype: str = "f32",
         page_tokens: int = 64,
     ) -> EngineCore: ...
+    @staticmethod
+    def from_packed_state(
+        config: dict[str, Any],
+        arrays: dict[str, npt.NDArray[np.float32] | npt.NDArray[np.uint16]],
+        dtype: str = "bf16",
+        kv_dtype: str = "f32",
+        page_tokens: int = 64,
+    ) -> EngineCore: ...
+    def packed_state(self) -> dict[str, npt.NDArray[np.float32] | npt.NDArray[np.uint16]]: ...
     def with_isa(self, name: str) -> EngineCore: ...
     def rope_table(self, positions: list[int]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
     def new_sequence(self) -> SequenceCore: ...

@@ -57,8 +57,11 @@ __all__ = [
 KERNEL_DEFINITION = 1
 
 #: transformers ``model_type`` values whose forward pass the engine reproduces.
-SUPPORTED_MODEL_TYPES = frozenset({"llama"})
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text"})
 _STATIC_ROPE_TYPES = frozenset({"default", "linear", "llama3", "yarn"})
+#: the MLP activation of each family (transformers' name) and the engine's name for it
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
+_GEMMA = frozenset({"gemma3_text"})
 
 
 def read_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
@@ -90,27 +93,43 @@ def engine_fingerprint(source_fingerprint: bytes | None, dtype: str, kv_dtype: s
     return h.digest()
 
 
+def _activation(cfg: Any) -> str:
+    return str(getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu"))
+
+
+def _rope_types(rotary: Any) -> list[str]:
+    kind = getattr(rotary, "rope_type", "default")
+    return sorted(set(kind.values())) if isinstance(kind, dict) else [str(kind)]
+
+
 def unsupported_reason(model: Any) -> str | None:
     """Why the engine cannot run ``model`` (a transformers causal LM), or ``None`` if it can:
-    ``model_type`` in :data:`SUPPORTED_MODEL_TYPES`, SiLU MLP, no tensor-parallel split,
-    a static RoPE table, the usual ``model.model.{embed_tokens, layers, norm, rotary_emb}``."""
+    ``model_type`` in :data:`SUPPORTED_MODEL_TYPES` (Llama 2/3.x, Mistral, Qwen2, Qwen3, Gemma 3
+    text), its family's MLP activation, no tensor-parallel split, static RoPE tables, no
+    attention-score soft-capping or bidirectional attention, the usual
+    ``model.model.{embed_tokens, layers, norm, rotary_emb}``."""
     cfg = getattr(model, "config", None)
     if cfg is None:
         return "not a transformers model (no .config)"
     model_type = getattr(cfg, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"model type {model_type!r} (supported: {sorted(SUPPORTED_MODEL_TYPES)})"
-    act = getattr(cfg, "hidden_act", "silu")
-    if act != "silu":
-        return f"hidden_act {act!r} (needs 'silu')"
+    act = _activation(cfg)
+    want = "gelu_pytorch_tanh" if model_type in _GEMMA else "silu"
+    if act != want:
+        return f"activation {act!r} (the engine computes {want!r} for {model_type})"
     if getattr(cfg, "pretraining_tp", 1) not in (None, 1):
         return "pretraining_tp > 1"
+    if getattr(cfg, "attn_logit_softcapping", None) is not None:
+        return "attention-score soft-capping (attn_logit_softcapping)"
+    if getattr(cfg, "use_bidirectional_attention", False):
+        return "bidirectional attention"
     inner = getattr(model, "model", None)
     if inner is None or not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
         return "unexpected module layout (needs model.model.embed_tokens/layers/norm/rotary_emb)"
-    rope_type = getattr(inner.rotary_emb, "rope_type", "default")
-    if rope_type not in _STATIC_ROPE_TYPES:
-        return f"RoPE type {rope_type!r} (length-dependent)"
+    for rope_type in _rope_types(inner.rotary_emb):
+        if rope_type not in _STATIC_ROPE_TYPES:
+            return f"RoPE type {rope_type!r} (length-dependent)"
     return None
 
 
@@ -119,21 +138,68 @@ def supports(model: Any) -> bool:
     return unsupported_reason(model) is None
 
 
-def hf_config(model: Any) -> dict[str, Any]:
-    """The engine's config dict of a transformers Llama-family causal LM (what
-    :class:`Engine` needs besides the tensors of :func:`hf_tensors`)."""
-    from ..integrations.models import require_torch
+def _f32_list(t: Any) -> list[float]:
+    return [float(x) for x in np.asarray(t.detach().to("cpu").float().numpy(), dtype=np.float32)]
 
-    torch, _ = require_torch()
+
+def _rope_tables(model: Any) -> tuple[list[tuple[list[float], float]], list[int]]:
+    """The model's RoPE tables (inverse frequencies, attention scaling) and each layer's table:
+    one table, or one per layer type (Gemma 3: full and sliding attention)."""
+    inner = model.model
+    rotary = inner.rotary_emb
+    layer_types = getattr(model.config, "layer_types", None)
+    if not isinstance(getattr(rotary, "rope_type", None), dict):
+        return [(_f32_list(rotary.inv_freq), float(getattr(rotary, "attention_scaling", 1.0)))], []
+    kinds = sorted(set(layer_types), key=lambda k: (k != "full_attention", k))
+    tables = [(_f32_list(getattr(rotary, f"{k}_inv_freq")), float(getattr(rotary, f"{k}_attention_scaling")))
+              for k in kinds]
+    return tables, [kinds.index(k) for k in layer_types]
+
+
+def _layer_windows(model: Any) -> list[int]:
+    """Per layer, how many positions a query reads back (0 = all): the attention module's
+    ``sliding_window`` (Qwen2/3, Gemma 3 set it per layer), Mistral's config-wide one."""
+    cfg = model.config
+    out = []
+    for layer in model.model.layers:
+        attn = layer.self_attn
+        if hasattr(attn, "sliding_window"):
+            window = attn.sliding_window
+        elif cfg.model_type == "mistral":
+            window = getattr(cfg, "sliding_window", None)
+        else:
+            window = None
+        out.append(int(window or 0))
+    return out
+
+
+def _norm_eps(module: Any) -> float:
+    eps = getattr(module, "variance_epsilon", None)
+    return float(eps if eps is not None else module.eps)
+
+
+def _native_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config dict as the native core takes it (each extra RoPE table a tuple)."""
+    out = dict(config)
+    if "extra_rope" in out:
+        out["extra_rope"] = [(list(inv), float(scaling)) for inv, scaling in out["extra_rope"]]
+    return out
+
+
+def hf_config(model: Any) -> dict[str, Any]:
+    """The engine's config dict of a supported transformers causal LM (what :class:`Engine`
+    needs besides the tensors of :func:`hf_tensors`). Keys beyond Llama's appear only when the
+    model needs them: ``hidden_act``, ``embed_scale``, ``norm_weight_offset``, ``layer_windows``,
+    ``extra_rope`` / ``layer_rope``, ``final_logit_softcap``."""
     why = unsupported_reason(model)
     if why is not None:
         raise InvalidInputError(f"seqkv.engine.cpu cannot run this model: {why}")
     cfg = model.config
     inner = model.model
-    rotary = inner.rotary_emb
     attn0 = inner.layers[0].self_attn
     head_dim = int(getattr(attn0, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    return {
+    tables, layer_rope = _rope_tables(model)
+    config: dict[str, Any] = {
         "vocab_size": int(inner.embed_tokens.weight.shape[0]),
         "hidden_size": int(cfg.hidden_size),
         "intermediate_size": int(cfg.intermediate_size),
@@ -141,24 +207,44 @@ def hf_config(model: Any) -> dict[str, Any]:
         "num_heads": int(cfg.num_attention_heads),
         "num_kv_heads": int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
         "head_dim": head_dim,
-        "rms_norm_eps": float(inner.norm.variance_epsilon),
-        "rope_inv_freq": rotary.inv_freq.detach().to(device="cpu", dtype=torch.float32).numpy().tolist(),
-        "rope_attention_scaling": float(getattr(rotary, "attention_scaling", 1.0)),
+        "rms_norm_eps": _norm_eps(inner.norm),
+        "rope_inv_freq": tables[0][0],
+        "rope_attention_scaling": tables[0][1],
         "attention_scale": float(getattr(attn0, "scaling", head_dim**-0.5)),
     }
+    if len(tables) > 1:
+        config["extra_rope"] = [list(t) for t in tables[1:]]
+        config["layer_rope"] = layer_rope
+    windows = _layer_windows(model)
+    if any(windows):
+        config["layer_windows"] = windows
+    act = _ACTIVATIONS[_activation(cfg)]
+    if act != "silu":
+        config["hidden_act"] = act
+    if cfg.model_type in _GEMMA:
+        config["embed_scale"] = float(inner.embed_tokens.embed_scale.float())
+        config["norm_weight_offset"] = 1.0
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    if softcap is not None:
+        config["final_logit_softcap"] = float(softcap)
+    return config
 
 
 def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(config, tensors)`` of a transformers Llama-family causal LM, in the engine's naming:
+    """``(config, tensors)`` of a supported transformers causal LM, in the engine's naming:
     ``config`` is :func:`hf_config`; ``embed`` ``[V, H]``, ``lm_head`` (only when untied),
-    ``norm``, and per layer ``layers.{i}.`` + ``input_norm``, ``post_norm``, ``q``, ``k``, ``v``,
-    ``o``, ``gate``, ``up``, ``down`` (``torch.nn.Linear`` layout ``[out, in]``) and ``*_bias``
-    where present. Arrays are float32 copies."""
+    ``norm``, and per layer ``layers.{i}.`` + ``input_norm``, ``post_norm`` (the norm before the
+    MLP), ``q``, ``k``, ``v``, ``o``, ``gate``, ``up``, ``down`` (``torch.nn.Linear`` layout
+    ``[out, in]``), ``*_bias`` where present, and where the model has them ``q_norm``,
+    ``k_norm`` (per head, ``[head_dim]``), ``attn_out_norm`` and ``mlp_out_norm`` (Gemma's norms
+    of the attention and MLP outputs). Norm weights are as stored (Gemma's ``w``, used as
+    ``1 + w``). Arrays are float32 copies."""
     from ..integrations.models import require_torch
 
     torch, _ = require_torch()
     config = hf_config(model)
     inner = model.model
+    gemma = model.config.model_type in _GEMMA
 
     def arr(t: Any) -> np.ndarray:
         return np.ascontiguousarray(t.detach().to(device="cpu", dtype=torch.float32).numpy())
@@ -173,7 +259,15 @@ def hf_tensors(model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         a, m = layer.self_attn, layer.mlp
         p = f"layers.{i}."
         tensors[p + "input_norm"] = arr(layer.input_layernorm.weight)
-        tensors[p + "post_norm"] = arr(layer.post_attention_layernorm.weight)
+        if gemma:
+            tensors[p + "attn_out_norm"] = arr(layer.post_attention_layernorm.weight)
+            tensors[p + "post_norm"] = arr(layer.pre_feedforward_layernorm.weight)
+            tensors[p + "mlp_out_norm"] = arr(layer.post_feedforward_layernorm.weight)
+        else:
+            tensors[p + "post_norm"] = arr(layer.post_attention_layernorm.weight)
+        for name in ("q_norm", "k_norm"):
+            if getattr(a, name, None) is not None:
+                tensors[p + name] = arr(getattr(a, name).weight)
         for name, lin in (("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj), ("o", a.o_proj),
                           ("gate", m.gate_proj), ("up", m.up_proj), ("down", m.down_proj)):
             tensors[p + name] = arr(lin.weight)
@@ -383,7 +477,7 @@ class Engine:
         cached = load_engine_state(model, dtype_name, source_fp)
         if cached is None or cached[0] != config:
             return None
-        core = _native.EngineCore.from_packed_state(config, cached[1], dtype=dtype, kv_dtype=kv_dtype,
+        core = _native.EngineCore.from_packed_state(_native_config(config), cached[1], dtype=dtype, kv_dtype=kv_dtype,
                                                     page_tokens=int(page_tokens))
         return cls(core, info=dict(config))
 
@@ -420,7 +514,7 @@ class Engine:
         """Build from a config dict and named float32 arrays (see :func:`hf_tensors` for the
         names and shapes); no torch needed."""
         tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-        core = _native.EngineCore(dict(config), tensors, dtype=dtype, kv_dtype=kv_dtype, page_tokens=int(page_tokens))
+        core = _native.EngineCore(_native_config(config), tensors, dtype=dtype, kv_dtype=kv_dtype, page_tokens=int(page_tokens))
         return cls(core, info=dict(config))
 
     def with_isa(self, isa: str) -> "Engine":

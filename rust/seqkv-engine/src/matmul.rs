@@ -75,6 +75,32 @@ enum Buf {
     Bf16(Vec<u16>),
 }
 
+/// Stored values as they lie in memory: what [`PackedMatrix::packed`] lends and
+/// [`PackedMatrix::from_packed`] takes back (also used for the model's vectors and tables).
+#[derive(Clone, Copy, Debug)]
+pub enum Stored<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+}
+
+impl Stored<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Stored::F32(v) => v.len(),
+            Stored::Bf16(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn dtype(&self) -> WeightDtype {
+        match self {
+            Stored::F32(_) => WeightDtype::F32,
+            Stored::Bf16(_) => WeightDtype::Bf16,
+        }
+    }
+}
+
 /// A `[K, N]` weight matrix packed into column panels.
 #[derive(Clone)]
 pub struct PackedMatrix {
@@ -160,6 +186,31 @@ impl PackedMatrix {
             }
         };
         PackedMatrix { k, n, panels, buf }
+    }
+
+    /// The packed panels as stored: `[panel][k][NR]`, bf16 columns in [`bf16_slot`] order.
+    pub fn packed(&self) -> Stored<'_> {
+        match &self.buf {
+            Buf::F32(v) => Stored::F32(v),
+            Buf::Bf16(v) => Stored::Bf16(v),
+        }
+    }
+
+    /// Rebuilds a `[K, N]` matrix from the storage [`PackedMatrix::packed`] returned for it.
+    pub fn from_packed(k: usize, n: usize, data: Stored<'_>) -> Result<Self, String> {
+        let panels = n.div_ceil(NR);
+        if k == 0 || n == 0 || data.len() != panels * k * NR {
+            return Err(format!(
+                "packed {k}x{n} matrix needs {} values, got {}",
+                panels * k * NR,
+                data.len()
+            ));
+        }
+        let buf = match data {
+            Stored::F32(v) => Buf::F32(v.to_vec()),
+            Stored::Bf16(v) => Buf::Bf16(v.to_vec()),
+        };
+        Ok(PackedMatrix { k, n, panels, buf })
     }
 
     /// Concatenates matrices with the same K along N (fused projections).
@@ -691,6 +742,10 @@ mod tests {
         let pb = PackedMatrix::from_nk(&b, 20, 5, WeightDtype::Bf16);
         let pc = PackedMatrix::concat_n(&[&pa, &pb]);
         assert_eq!(pc.n(), 27);
+        let back = PackedMatrix::from_packed(5, 27, pc.packed()).unwrap();
+        assert_eq!(back.get(3, 26), pc.get(3, 26));
+        assert!(PackedMatrix::from_packed(5, 28, pc.packed()).is_ok());
+        assert!(PackedMatrix::from_packed(5, 33, pc.packed()).is_err());
         for kk in 0..5 {
             for c in 0..7 {
                 assert_eq!(pc.get(kk, c), pa.get(kk, c));

@@ -9,8 +9,8 @@
 use crate::bf16::{bf16_to_f32, f32_to_bf16};
 use crate::isa::Isa;
 use crate::kv::{KvDtype, KvLayout, Sequence};
-use crate::math::sincos;
-use crate::matmul::{matmul, PackedMatrix, WeightDtype};
+use crate::math::{self, sincos};
+use crate::matmul::{matmul, PackedMatrix, Stored, WeightDtype};
 use crate::ops::{self, KvView};
 use crate::EngineError;
 use rayon::prelude::*;
@@ -33,6 +33,91 @@ pub struct Config {
     pub rope_attention_scaling: f32,
     /// Scale of attention scores (`head_dim ** -0.5` for Llama).
     pub attention_scale: f32,
+    /// What gates the MLP's up projection.
+    pub hidden_act: Activation,
+    /// Factor on every embedding value (Gemma: `f32(sqrt(hidden_size))`); `None` for none.
+    pub embed_scale: Option<f32>,
+    /// Added to every stored norm weight (Gemma stores `w` and scales by `1 + w`; 0 = none).
+    pub norm_weight_offset: f32,
+    /// Per layer, its attention window: a query at position `p` reads keys
+    /// `p + 1 - w ..= p` (0 = every key). Empty: every layer reads every key.
+    pub layer_windows: Vec<usize>,
+    /// RoPE tables after the first (`rope_inv_freq`, `rope_attention_scaling`).
+    pub extra_rope: Vec<RopeTable>,
+    /// Per layer, the index of its RoPE table (0 = the first). Empty: every layer uses 0.
+    pub layer_rope: Vec<usize>,
+    /// `logit = tanh(logit / c) * c` on the final logits when set (Gemma's soft-capping).
+    pub final_logit_softcap: Option<f32>,
+}
+
+/// The activation of the MLP's gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `g / (1 + exp(-g))` (Llama, Qwen, Mistral).
+    Silu,
+    /// [`crate::math::gelu_tanh`] (Gemma).
+    GeluTanh,
+}
+
+impl Activation {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "silu" => Some(Activation::Silu),
+            "gelu_tanh" => Some(Activation::GeluTanh),
+            _ => None,
+        }
+    }
+}
+
+/// One RoPE table: inverse frequencies (`head_dim / 2`) and the factor on cos and sin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeTable {
+    pub inv_freq: Vec<f32>,
+    pub attention_scaling: f32,
+}
+
+impl Config {
+    /// A Llama config (SiLU, no scaling, one RoPE table, every key attended, no soft-capping).
+    pub fn llama(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_layers: usize,
+        (num_heads, num_kv_heads, head_dim): (usize, usize, usize),
+        rms_norm_eps: f32,
+        rope_inv_freq: Vec<f32>,
+    ) -> Config {
+        Config {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps,
+            rope_inv_freq,
+            rope_attention_scaling: 1.0,
+            attention_scale: 1.0 / (head_dim as f32).sqrt(),
+            hidden_act: Activation::Silu,
+            embed_scale: None,
+            norm_weight_offset: 0.0,
+            layer_windows: Vec::new(),
+            extra_rope: Vec::new(),
+            layer_rope: Vec::new(),
+            final_logit_softcap: None,
+        }
+    }
+
+    /// The attention window of layer `l` (0 = every key).
+    pub fn window(&self, l: usize) -> usize {
+        self.layer_windows.get(l).copied().unwrap_or(0)
+    }
+
+    /// The RoPE table of layer `l`.
+    pub fn rope_index(&self, l: usize) -> usize {
+        self.layer_rope.get(l).copied().unwrap_or(0)
+    }
 }
 
 impl Config {
@@ -52,8 +137,35 @@ impl Config {
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             return bad("config: head_dim must be even");
         }
-        if self.rope_inv_freq.len() != self.head_dim / 2 {
-            return bad("config: rope_inv_freq must have head_dim / 2 values");
+        if self.rope_inv_freq.len() != self.head_dim / 2
+            || self
+                .extra_rope
+                .iter()
+                .any(|t| t.inv_freq.len() != self.head_dim / 2)
+        {
+            return bad("config: every RoPE table must have head_dim / 2 values");
+        }
+        for (what, len) in [
+            ("layer_windows", self.layer_windows.len()),
+            ("layer_rope", self.layer_rope.len()),
+        ] {
+            if len != 0 && len != self.num_layers {
+                return Err(EngineError::InvalidInput(format!(
+                    "config: {what} must be empty or have one value per layer"
+                )));
+            }
+        }
+        if self.layer_rope.iter().any(|&t| t > self.extra_rope.len()) {
+            return bad("config: layer_rope names a RoPE table that does not exist");
+        }
+        if self
+            .final_logit_softcap
+            .is_some_and(|c| !(c > 0.0 && c.is_finite()))
+        {
+            return bad("config: final_logit_softcap must be positive and finite");
+        }
+        if self.embed_scale.is_some_and(|c| !c.is_finite()) {
+            return bad("config: embed_scale must be finite");
         }
         Ok(())
     }
@@ -63,9 +175,16 @@ struct Layer {
     input_norm: Vec<f32>,
     wqkv: PackedMatrix,
     bqkv: Option<Vec<f32>>,
+    /// RMSNorm of every query / key head before RoPE (Qwen3, Gemma 3), `[head_dim]` each.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: PackedMatrix,
     bo: Option<Vec<f32>>,
+    /// RMSNorm of the attention output before the residual add (Gemma).
+    attn_out_norm: Option<Vec<f32>>,
     post_norm: Vec<f32>,
+    /// RMSNorm of the MLP output before the residual add (Gemma).
+    mlp_out_norm: Option<Vec<f32>>,
     /// gate and up fused: columns `[0, I)` gate, `[I, 2I)` up.
     wgu: PackedMatrix,
     bgu: Option<Vec<f32>>,
@@ -77,6 +196,19 @@ enum Table {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
 }
+
+impl Table {
+    fn stored(&self) -> Stored<'_> {
+        match self {
+            Table::F32(v) => Stored::F32(v),
+            Table::Bf16(v) => Stored::Bf16(v),
+        }
+    }
+}
+
+/// The arrays of a built model as [`Model::packed_state`] lists them, and the matching
+/// [`Model::from_packed_state`]. Bump when the names, the packing or what is rounded change.
+pub const PACKED_STATE_VERSION: u32 = 2;
 
 /// Which rows' logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +300,17 @@ impl Model {
                 Some(_) => vector(name, len).map(Some),
             }
         };
+        // Norm weights: rounded like every weight, then the offset added in f32 (`1 + w` for
+        // Gemma, as its RMSNorm computes it; no addition at all for offset 0).
+        let offset = cfg.norm_weight_offset;
+        let with_offset = |mut v: Vec<f32>| {
+            if offset != 0.0 {
+                v.iter_mut().for_each(|x| *x += offset);
+            }
+            v
+        };
+        let norm = |name: &str, len: usize| vector(name, len).map(with_offset);
+        let opt_norm = |name: &str, len: usize| opt_vector(name, len).map(|o| o.map(with_offset));
         let mat = |name: &str, n: usize, k: usize| -> Result<PackedMatrix, EngineError> {
             Ok(PackedMatrix::from_nk(fetch(name, n * k)?, n, k, dtype))
         };
@@ -213,12 +356,16 @@ impl Model {
                 &[i_sz, i_sz],
             );
             layers.push(Layer {
-                input_norm: vector(&p("input_norm"), h)?,
+                input_norm: norm(&p("input_norm"), h)?,
                 wqkv,
                 bqkv,
+                q_norm: opt_norm(&p("q_norm"), hd)?,
+                k_norm: opt_norm(&p("k_norm"), hd)?,
                 wo: mat(&p("o"), h, nq)?,
                 bo: opt_vector(&p("o_bias"), h)?,
-                post_norm: vector(&p("post_norm"), h)?,
+                attn_out_norm: opt_norm(&p("attn_out_norm"), h)?,
+                post_norm: norm(&p("post_norm"), h)?,
+                mlp_out_norm: opt_norm(&p("mlp_out_norm"), h)?,
                 wgu,
                 bgu,
                 wdown: mat(&p("down"), h, i_sz)?,
@@ -243,13 +390,158 @@ impl Model {
         };
         Ok(Model {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            final_norm: vector("norm", h)?,
+            final_norm: norm("norm", h)?,
             cfg,
             dtype,
             kv,
             embed,
             layers,
             lm_head,
+            max_rows: 512,
+        })
+    }
+
+    /// Every array of the built model as stored (weights packed and rounded to the model's
+    /// dtype; norms and biases f32), by name: `embed`, `lm_head`, `norm` and per layer
+    /// `layers.{i}.` + `input_norm`, `wqkv`, `bqkv`, `q_norm`, `k_norm`, `wo`, `bo`,
+    /// `attn_out_norm`, `post_norm`, `wgu`, `bgu`, `wdown`, `bdown`, `mlp_out_norm` (optional
+    /// ones only where present; norms with their offset added). [`Model::from_packed_state`] rebuilds the
+    /// same model from them without rounding or packing again.
+    pub fn packed_state(&self) -> Vec<(String, Stored<'_>)> {
+        let mut out = vec![
+            ("embed".to_string(), self.embed.stored()),
+            ("lm_head".to_string(), self.lm_head.packed()),
+            ("norm".to_string(), Stored::F32(&self.final_norm)),
+        ];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = |s: &str| format!("layers.{i}.{s}");
+            out.push((p("input_norm"), Stored::F32(&l.input_norm)));
+            out.push((p("post_norm"), Stored::F32(&l.post_norm)));
+            for (name, m) in [
+                ("wqkv", &l.wqkv),
+                ("wo", &l.wo),
+                ("wgu", &l.wgu),
+                ("wdown", &l.wdown),
+            ] {
+                out.push((p(name), m.packed()));
+            }
+            for (name, b) in [
+                ("bqkv", &l.bqkv),
+                ("bo", &l.bo),
+                ("bgu", &l.bgu),
+                ("bdown", &l.bdown),
+                ("q_norm", &l.q_norm),
+                ("k_norm", &l.k_norm),
+                ("attn_out_norm", &l.attn_out_norm),
+                ("mlp_out_norm", &l.mlp_out_norm),
+            ] {
+                if let Some(b) = b {
+                    out.push((p(name), Stored::F32(b)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Rebuilds a model from the arrays [`Model::packed_state`] listed for the same config and
+    /// dtype (every length and storage type is checked).
+    pub fn from_packed_state<'a>(
+        cfg: Config,
+        get: &dyn Fn(&str) -> Option<Stored<'a>>,
+        dtype: WeightDtype,
+        kv_dtype: KvDtype,
+        page_tokens: usize,
+    ) -> Result<Model, EngineError> {
+        cfg.validate()?;
+        if page_tokens == 0 {
+            return Err(EngineError::InvalidInput(
+                "page_tokens must be positive".into(),
+            ));
+        }
+        let bad = |m: String| EngineError::InvalidInput(format!("packed state: {m}"));
+        let fetch = |name: &str| get(name).ok_or_else(|| bad(format!("missing {name}")));
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>, EngineError> {
+            match fetch(name)? {
+                Stored::F32(v) if v.len() == len => Ok(v.to_vec()),
+                other => Err(bad(format!(
+                    "{name} must be {len} f32 values, got {} {}",
+                    other.len(),
+                    other.dtype().name()
+                ))),
+            }
+        };
+        let opt_vector = |name: &str, len: usize| -> Result<Option<Vec<f32>>, EngineError> {
+            match get(name) {
+                None => Ok(None),
+                Some(_) => vector(name, len).map(Some),
+            }
+        };
+        let mat = |name: &str, k: usize, n: usize| -> Result<PackedMatrix, EngineError> {
+            let data = fetch(name)?;
+            if data.dtype() != dtype {
+                return Err(bad(format!(
+                    "{name} is {}, the model is {}",
+                    data.dtype().name(),
+                    dtype.name()
+                )));
+            }
+            PackedMatrix::from_packed(k, n, data).map_err(|e| bad(format!("{name}: {e}")))
+        };
+        let (h, isz, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = |s: &str| format!("layers.{l}.{s}");
+            layers.push(Layer {
+                input_norm: vector(&p("input_norm"), h)?,
+                wqkv: mat(&p("wqkv"), h, nq + 2 * nkv)?,
+                bqkv: opt_vector(&p("bqkv"), nq + 2 * nkv)?,
+                q_norm: opt_vector(&p("q_norm"), hd)?,
+                k_norm: opt_vector(&p("k_norm"), hd)?,
+                wo: mat(&p("wo"), nq, h)?,
+                bo: opt_vector(&p("bo"), h)?,
+                attn_out_norm: opt_vector(&p("attn_out_norm"), h)?,
+                post_norm: vector(&p("post_norm"), h)?,
+                mlp_out_norm: opt_vector(&p("mlp_out_norm"), h)?,
+                wgu: mat(&p("wgu"), h, 2 * isz)?,
+                bgu: opt_vector(&p("bgu"), 2 * isz)?,
+                wdown: mat(&p("wdown"), isz, h)?,
+                bdown: opt_vector(&p("bdown"), h)?,
+            });
+        }
+        let embed = match fetch("embed")? {
+            Stored::F32(v) if dtype == WeightDtype::F32 && v.len() == cfg.vocab_size * h => {
+                Table::F32(v.to_vec())
+            }
+            Stored::Bf16(v) if dtype == WeightDtype::Bf16 && v.len() == cfg.vocab_size * h => {
+                Table::Bf16(v.to_vec())
+            }
+            other => {
+                return Err(bad(format!(
+                    "embed must be {} {} values, got {} {}",
+                    cfg.vocab_size * h,
+                    dtype.name(),
+                    other.len(),
+                    other.dtype().name()
+                )))
+            }
+        };
+        let kv = KvLayout {
+            layers: cfg.num_layers,
+            kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+            page_tokens,
+            dtype: kv_dtype,
+        };
+        Ok(Model {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            final_norm: vector("norm", h)?,
+            lm_head: mat("lm_head", h, cfg.vocab_size)?,
+            cfg,
+            dtype,
+            kv,
+            embed,
+            layers,
             max_rows: 512,
         })
     }
@@ -303,6 +595,12 @@ impl Model {
             if let Some(b) = &l.bdown {
                 f32s(b, &mut sink);
             }
+            for v in [&l.q_norm, &l.k_norm, &l.attn_out_norm, &l.mlp_out_norm]
+                .into_iter()
+                .flatten()
+            {
+                f32s(v, &mut sink);
+            }
         }
         f32s(&self.final_norm, &mut sink);
         self.lm_head.canonical_bytes(&mut sink);
@@ -312,12 +610,24 @@ impl Model {
     /// `f32(pos * inv_freq[i])`, cos/sin in f64 ([`sincos`]) rounded to f32, times the
     /// attention scaling.
     pub fn rope_row(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        self.rope_row_of(0, pos, cos, sin)
+    }
+
+    /// [`Model::rope_row`] of RoPE table `table` (0 = the first, then `extra_rope`).
+    pub fn rope_row_of(&self, table: usize, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        let (inv_freq, scaling) = match table {
+            0 => (&self.cfg.rope_inv_freq, self.cfg.rope_attention_scaling),
+            t => (
+                &self.cfg.extra_rope[t - 1].inv_freq,
+                self.cfg.extra_rope[t - 1].attention_scaling,
+            ),
+        };
         let p = pos as f32;
-        for (i, &f) in self.cfg.rope_inv_freq.iter().enumerate() {
+        for (i, &f) in inv_freq.iter().enumerate() {
             let angle = p * f;
             let (s, c) = sincos(angle as f64);
-            cos[i] = (c as f32) * self.cfg.rope_attention_scaling;
-            sin[i] = (s as f32) * self.cfg.rope_attention_scaling;
+            cos[i] = (c as f32) * scaling;
+            sin[i] = (s as f32) * scaling;
         }
     }
 
@@ -425,21 +735,34 @@ impl Model {
                     }
                 }
             }
+            if let Some(scale) = cfg.embed_scale {
+                dst.iter_mut().for_each(|d| *d *= scale);
+            }
         }
-        let mut cos = vec![0f32; rows * half];
-        let mut sin = vec![0f32; rows * half];
-        for r in 0..rows {
-            self.rope_row(
-                row_pos[r],
-                &mut cos[r * half..(r + 1) * half],
-                &mut sin[r * half..(r + 1) * half],
-            );
-        }
+        // Per RoPE table, cos and sin of every row's position.
+        let tables: Vec<(Vec<f32>, Vec<f32>)> = (0..=cfg.extra_rope.len())
+            .map(|t| {
+                let mut cos = vec![0f32; rows * half];
+                let mut sin = vec![0f32; rows * half];
+                if t == 0 || cfg.layer_rope.contains(&t) {
+                    for r in 0..rows {
+                        self.rope_row_of(
+                            t,
+                            row_pos[r],
+                            &mut cos[r * half..(r + 1) * half],
+                            &mut sin[r * half..(r + 1) * half],
+                        );
+                    }
+                }
+                (cos, sin)
+            })
+            .collect();
 
         let mut xn = vec![0f32; rows * h];
         let mut qkv = vec![0f32; rows * qkv_w];
         let mut attn = vec![0f32; rows * nq];
         let mut proj = vec![0f32; rows * h];
+        let mut projn = vec![0f32; rows * h];
         let mut gu = vec![0f32; rows * 2 * isz];
         let mut act = vec![0f32; rows * isz];
         let tasks: Vec<(usize, usize)> = (0..rows)
@@ -459,8 +782,21 @@ impl Model {
             );
             matmul(isa, &xn, rows, &layer.wqkv, &mut qkv);
             add_bias(&mut qkv, layer.bqkv.as_deref(), qkv_w);
-            // RoPE on q and k heads.
+            // Per-head q/k RMSNorm where the model has it, then RoPE on q and k heads.
+            let (cos, sin) = &tables[cfg.rope_index(li)];
+            let (q_norm, k_norm) = (layer.q_norm.as_deref(), layer.k_norm.as_deref());
             let rope_row = |(r, row): (usize, &mut [f32])| {
+                if q_norm.is_some() || k_norm.is_some() {
+                    let mut head_in = vec![0f32; hd];
+                    for head in 0..nh + nkv {
+                        let w = if head < nh { q_norm } else { k_norm };
+                        if let Some(w) = w {
+                            let x = &mut row[head * hd..(head + 1) * hd];
+                            head_in.copy_from_slice(x);
+                            ops::rmsnorm(isa, &head_in, w, cfg.rms_norm_eps, x);
+                        }
+                    }
+                }
                 let (c, s) = (
                     &cos[r * half..(r + 1) * half],
                     &sin[r * half..(r + 1) * half],
@@ -509,6 +845,7 @@ impl Model {
             let attn_ptr = SyncPtr(attn.as_mut_ptr());
             let bf = self.kv.dtype == KvDtype::Bf16;
             let kv = &self.kv;
+            let window = cfg.window(li);
             let (qkv_ref, row_seq_ref, row_pos_ref, ptrs_ref) = (&qkv, &row_seq, &row_pos, &ptrs);
             let run = move |scratch: &mut Vec<f32>, &(r, hh): &(usize, usize)| {
                 let g = hh / group;
@@ -524,11 +861,17 @@ impl Model {
                 let out = unsafe {
                     std::slice::from_raw_parts_mut(attn_ptr.get().add(r * nq + hh * hd), hd)
                 };
+                let n_keys = row_pos_ref[r] + 1;
                 ops::attend(
                     isa,
                     q,
                     &view,
-                    row_pos_ref[r] + 1,
+                    if window == 0 {
+                        0
+                    } else {
+                        n_keys.saturating_sub(window)
+                    },
+                    n_keys,
                     cfg.attention_scale,
                     scratch,
                     out,
@@ -542,25 +885,45 @@ impl Model {
             }
             matmul(isa, &attn, rows, &layer.wo, &mut proj);
             add_bias(&mut proj, layer.bo.as_deref(), h);
-            add_rows(&mut x, &proj);
+            add_normed_rows(
+                isa,
+                &mut x,
+                &proj,
+                layer.attn_out_norm.as_deref(),
+                cfg.rms_norm_eps,
+                &mut projn,
+                h,
+                par,
+            );
             // MLP.
             norm_rows(isa, &x, &layer.post_norm, cfg.rms_norm_eps, &mut xn, h, par);
             matmul(isa, &xn, rows, &layer.wgu, &mut gu);
             add_bias(&mut gu, layer.bgu.as_deref(), 2 * isz);
-            let silu_row =
-                |(a, g): (&mut [f32], &[f32])| ops::silu_mul(isa, &g[..isz], &g[isz..], a);
+            let act_row = |(a, g): (&mut [f32], &[f32])| match cfg.hidden_act {
+                Activation::Silu => ops::silu_mul(isa, &g[..isz], &g[isz..], a),
+                Activation::GeluTanh => ops::gelu_tanh_mul(&g[..isz], &g[isz..], a),
+            };
             if par {
                 act.par_chunks_mut(isz)
                     .zip(gu.par_chunks(2 * isz))
-                    .for_each(silu_row);
+                    .for_each(act_row);
             } else {
                 act.chunks_mut(isz)
                     .zip(gu.chunks(2 * isz))
-                    .for_each(silu_row);
+                    .for_each(act_row);
             }
             matmul(isa, &act, rows, &layer.wdown, &mut proj);
             add_bias(&mut proj, layer.bdown.as_deref(), h);
-            add_rows(&mut x, &proj);
+            add_normed_rows(
+                isa,
+                &mut x,
+                &proj,
+                layer.mlp_out_norm.as_deref(),
+                cfg.rms_norm_eps,
+                &mut projn,
+                h,
+                par,
+            );
         }
         for (s, t) in seqs.iter_mut().zip(tokens) {
             s.len += t.len();
@@ -604,7 +967,30 @@ impl Model {
         );
         let mut out = vec![0f32; sel.len() * cfg.vocab_size];
         matmul(isa, &xsn, sel.len(), &self.lm_head, &mut out);
+        if let Some(cap) = cfg.final_logit_softcap {
+            out.iter_mut().for_each(|v| *v = math::tanh(*v / cap) * cap);
+        }
         out
+    }
+}
+
+/// `x += y` row by row, through RMSNorm (weights `w`) first when the model has that norm.
+fn add_normed_rows(
+    isa: Isa,
+    x: &mut [f32],
+    y: &[f32],
+    w: Option<&[f32]>,
+    eps: f32,
+    tmp: &mut [f32],
+    h: usize,
+    par: bool,
+) {
+    match w {
+        None => add_rows(x, y),
+        Some(w) => {
+            norm_rows(isa, y, w, eps, tmp, h, par);
+            add_rows(x, tmp);
+        }
     }
 }
 

@@ -60,7 +60,10 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// `out[i] = silu(g[i]) * u[i]` with `silu(g) = g / (1 + exp(-g))`.
 pub fn silu_mul(isa: Isa, g: &[f32], u: &[f32], out: &mut [f32]) {
     let n = g.len();
-    assert!(u.len() >= n && out.len() >= n, "silu_mul: u and out must be as long as g");
+    assert!(
+        u.len() >= n && out.len() >= n,
+        "silu_mul: u and out must be as long as g"
+    );
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2Fma && Isa::Avx2Fma.available() {
@@ -73,6 +76,13 @@ pub fn silu_mul(isa: Isa, g: &[f32], u: &[f32], out: &mut [f32]) {
     while i < n {
         out[i] = math::silu(g[i]) * u[i];
         i += 1;
+    }
+}
+
+/// `out[i] = gelu_tanh(g[i]) * u[i]` ([`math::gelu_tanh`]; one code path for every ISA).
+pub fn gelu_tanh_mul(g: &[f32], u: &[f32], out: &mut [f32]) {
+    for ((o, &gv), &uv) in out.iter_mut().zip(g).zip(u) {
+        *o = math::gelu_tanh(gv) * uv;
     }
 }
 
@@ -118,44 +128,51 @@ impl KvView<'_> {
     }
 }
 
-/// Causal attention of one query row over keys `0..n_keys`:
+/// Causal attention of one query row over keys `first..n_keys` (`first > 0` for a sliding
+/// window), `j` running over those keys:
 ///
 /// 1. `s[j] = dot(q, k[j]) * scale` ([`dot_scalar`]);
 /// 2. `m = max_j s[j]`;
 /// 3. `e[j] = exp(s[j] - m)` ([`math::exp`]);
-/// 4. per tile `t` of [`KEY_TILE`] positions from 0: `l_t = sum e[j]` and
+/// 4. per tile `t` of [`KEY_TILE`] positions counted from position 0 (the first tile of a
+///    window is the part of its tile from `first` on): `l_t = sum e[j]` and
 ///    `o_t[d] = fma(e[j], v[j][d], o_t[d])` in increasing `j`;
 ///    then `l = sum_t l_t`, `o[d] = sum_t o_t[d]` in increasing `t`;
 /// 5. `out[d] = o[d] / l`.
 ///
-/// `scratch` is resized to `n_keys`.
+/// `scratch` is resized to `n_keys - first`.
 pub fn attend(
     isa: Isa,
     q: &[f32],
     kv: &KvView<'_>,
+    first: usize,
     n_keys: usize,
     scale: f32,
     scratch: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let hd = kv.head_dim;
+    assert!(first < n_keys, "attend: no keys");
     scratch.clear();
-    scratch.resize(n_keys, 0.0);
+    scratch.resize(n_keys - first, 0.0);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2Fma && hd % 8 == 0 && hd <= 256 && Isa::Avx2Fma.available() {
-        assert!(q.len() >= hd && out.len() >= hd, "attend: q and out must hold head_dim values");
+        assert!(
+            q.len() >= hd && out.len() >= hd,
+            "attend: q and out must hold head_dim values"
+        );
         // SAFETY: AVX2/FMA and the head_dim bounds are checked above, `q`/`out` hold `hd` values
         // (asserted), `scratch` was resized to `n_keys`, and `kv` covers keys `0..n_keys`.
-        unsafe { avx2::attend(q, kv, n_keys, scale, scratch, out) };
+        unsafe { avx2::attend(q, kv, first, n_keys, scale, scratch, out) };
         return;
     }
     let _ = isa;
     let mut kbuf = vec![0f32; hd];
-    for j in 0..n_keys {
+    for j in first..n_keys {
         for (d, slot) in kbuf.iter_mut().enumerate() {
             *slot = kv.key(j, d);
         }
-        scratch[j] = dot_scalar(q, &kbuf) * scale;
+        scratch[j - first] = dot_scalar(q, &kbuf) * scale;
     }
     let mut m = f32::NEG_INFINITY;
     for &s in scratch.iter() {
@@ -166,13 +183,13 @@ pub fn attend(
     let mut l = 0f32;
     let mut o = vec![0f32; hd];
     let mut ot = vec![0f32; hd];
-    let mut t0 = 0;
+    let mut t0 = first;
     while t0 < n_keys {
-        let t1 = (t0 + KEY_TILE).min(n_keys);
+        let t1 = ((t0 / KEY_TILE + 1) * KEY_TILE).min(n_keys);
         let mut lt = 0f32;
         ot.fill(0.0);
         for j in t0..t1 {
-            let e = math::exp(scratch[j] - m);
+            let e = math::exp(scratch[j - first] - m);
             lt += e;
             for d in 0..hd {
                 ot[d] = e.mul_add(kv.value(j, d), ot[d]);
@@ -271,18 +288,20 @@ mod avx2 {
         }
     }
 
-    /// [`super::attend`] for `head_dim % 8 == 0`, `head_dim <= 256`.
+    /// [`super::attend`] for `head_dim % 8 == 0`, `head_dim <= 256`; `s` holds the scores of
+    /// keys `first..n_keys` (`s[j - first]`).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn attend(
         q: &[f32],
         kv: &KvView<'_>,
+        first: usize,
         n_keys: usize,
         scale: f32,
         s: &mut [f32],
         out: &mut [f32],
     ) {
         // SAFETY: AVX2 and FMA are available (caller); `head_dim % 8 == 0` and `<= 256` (32 vectors), `q`
-        // and `out` hold `head_dim` f32, `s` holds `n_keys`, and every key/value position `j < n_keys`
+        // and `out` hold `head_dim` f32, `s` holds `n_keys - first`, and every key/value position `j < n_keys`
         // lies in `kv.pages` (each page holds `page_tokens` rows of `stride` elements, `KvView`'s invariant).
         unsafe {
             let hd = kv.head_dim;
@@ -294,7 +313,7 @@ mod avx2 {
             }
             // Scores, four keys at a time (independent chains; each key's arithmetic is the
             // same as alone).
-            let mut j = 0;
+            let mut j = first;
             while j + 4 <= n_keys {
                 let mut ptrs = [(std::ptr::null::<u8>(), 0usize); 4];
                 for (i, slot) in ptrs.iter_mut().enumerate() {
@@ -309,7 +328,7 @@ mod avx2 {
                     }
                 }
                 for i in 0..4 {
-                    s[j + i] = hsum_tree(acc[i]) * scale;
+                    s[j + i - first] = hsum_tree(acc[i]) * scale;
                 }
                 j += 4;
             }
@@ -320,9 +339,10 @@ mod avx2 {
                 for c in 0..nv {
                     acc = _mm256_fmadd_ps(qv[c], load8(base, off + c * 8, bf), acc);
                 }
-                s[j] = hsum_tree(acc) * scale;
+                s[j - first] = hsum_tree(acc) * scale;
                 j += 1;
             }
+            let n_s = n_keys - first;
             let mut m = f32::NEG_INFINITY;
             for &x in s.iter() {
                 if x > m {
@@ -331,24 +351,24 @@ mod avx2 {
             }
             let mv = _mm256_set1_ps(m);
             let mut j = 0;
-            while j + 8 <= n_keys {
+            while j + 8 <= n_s {
                 let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s.as_ptr().add(j)), mv));
                 _mm256_storeu_ps(s.as_mut_ptr().add(j), e);
                 j += 8;
             }
-            while j < n_keys {
+            while j < n_s {
                 s[j] = math::exp(s[j] - m);
                 j += 1;
             }
             let mut l = 0f32;
             let mut o = [_mm256_setzero_ps(); 32];
-            let mut t0 = 0;
+            let mut t0 = first;
             while t0 < n_keys {
-                let t1 = (t0 + KEY_TILE).min(n_keys);
+                let t1 = ((t0 / KEY_TILE + 1) * KEY_TILE).min(n_keys);
                 let mut lt = 0f32;
                 let mut ot = [_mm256_setzero_ps(); 32];
                 for j in t0..t1 {
-                    let e = s[j];
+                    let e = s[j - first];
                     lt += e;
                     let eb = _mm256_set1_ps(e);
                     let (p, off) = kv.offset(j);

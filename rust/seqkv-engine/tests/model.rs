@@ -2,6 +2,7 @@
 //! composition and every ISA gives the same logits and KV bits.
 
 use proptest::prelude::*;
+use seqkv_engine::model::{Activation, RopeTable};
 use seqkv_engine::{Config, Isa, KvDtype, Logits, Model, Sequence, WeightDtype};
 use std::collections::HashMap;
 
@@ -18,23 +19,33 @@ fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 }
 
 fn tiny(dtype: WeightDtype, kv: KvDtype, page_tokens: usize) -> Model {
+    tiny_with(dtype, kv, page_tokens, false)
+}
+
+/// The tiny model; `gemma_like` adds every feature beyond Llama: q/k norms, norms of the
+/// attention and MLP outputs, `1 + w` norm weights, scaled embeddings, GELU-tanh, a sliding
+/// window of 5 positions on layer 0 with its own RoPE table, logit soft-capping.
+fn tiny_with(dtype: WeightDtype, kv: KvDtype, page_tokens: usize, gemma_like: bool) -> Model {
     let (v, h, i, layers, nh, nkv, hd) =
         (97usize, 48usize, 80usize, 2usize, 4usize, 2usize, 16usize);
-    let cfg = Config {
-        vocab_size: v,
-        hidden_size: h,
-        intermediate_size: i,
-        num_layers: layers,
-        num_heads: nh,
-        num_kv_heads: nkv,
-        head_dim: hd,
-        rms_norm_eps: 1e-5,
-        rope_inv_freq: (0..hd / 2)
-            .map(|j| 1.0 / 10000f32.powf(2.0 * j as f32 / hd as f32))
-            .collect(),
-        rope_attention_scaling: 1.0,
-        attention_scale: 1.0 / (hd as f32).sqrt(),
+    let inv_freq = |theta: f32| -> Vec<f32> {
+        (0..hd / 2)
+            .map(|j| 1.0 / theta.powf(2.0 * j as f32 / hd as f32))
+            .collect()
     };
+    let mut cfg = Config::llama(v, h, i, layers, (nh, nkv, hd), 1e-5, inv_freq(10000.0));
+    if gemma_like {
+        cfg.hidden_act = Activation::GeluTanh;
+        cfg.embed_scale = Some((h as f32).sqrt());
+        cfg.norm_weight_offset = 1.0;
+        cfg.layer_windows = vec![5, 0];
+        cfg.extra_rope = vec![RopeTable {
+            inv_freq: inv_freq(500.0),
+            attention_scaling: 1.0,
+        }];
+        cfg.layer_rope = vec![1, 0];
+        cfg.final_logit_softcap = Some(3.0);
+    }
     let mut t: HashMap<String, Vec<f32>> = HashMap::new();
     let mut seed = 1u64;
     let mut add = |name: String, n: usize, scale: f32, offset: f32| {
@@ -60,6 +71,12 @@ fn tiny(dtype: WeightDtype, kv: KvDtype, page_tokens: usize) -> Model {
         add(format!("layers.{l}.gate"), i * h, 0.2, 0.0);
         add(format!("layers.{l}.up"), i * h, 0.2, 0.0);
         add(format!("layers.{l}.down"), h * i, 0.2, 0.0);
+        if gemma_like {
+            add(format!("layers.{l}.q_norm"), hd, 0.1, 0.0);
+            add(format!("layers.{l}.k_norm"), hd, 0.1, 0.0);
+            add(format!("layers.{l}.attn_out_norm"), h, 0.1, 0.0);
+            add(format!("layers.{l}.mlp_out_norm"), h, 0.1, 0.0);
+        }
     }
     let get = |name: &str| t.get(name).map(|v| v.as_slice());
     Model::new(cfg, &get, dtype, kv, page_tokens).unwrap()
@@ -104,7 +121,7 @@ fn run_chunks(m: &Model, isa: Isa, tokens: &[u32], chunks: &[usize]) -> (Vec<f32
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(12))]
+    #![proptest_config(ProptestConfig::with_cases(16))]
 
     #[test]
     fn schedules_batches_and_isas_agree(
@@ -114,10 +131,11 @@ proptest! {
         bf in any::<bool>(),
         kvbf in any::<bool>(),
         page in 1usize..40,
+        gemma_like in any::<bool>(),
     ) {
         let dtype = if bf { WeightDtype::Bf16 } else { WeightDtype::F32 };
         let kvd = if kvbf { KvDtype::Bf16 } else { KvDtype::F32 };
-        let m = tiny(dtype, kvd, page);
+        let m = tiny_with(dtype, kvd, page, gemma_like);
         let isa = Isa::detect();
         let n = tokens.len();
         let v = m.config().vocab_size;
@@ -200,4 +218,99 @@ fn rejects_bad_input() {
     assert!(m
         .forward(Isa::detect(), &mut [&mut s2], &[&[1]], Logits::All)
         .is_err());
+}
+
+#[test]
+fn packed_state_rebuilds_the_same_model() {
+    for (dtype, gemma_like) in [
+        (WeightDtype::Bf16, false),
+        (WeightDtype::F32, false),
+        (WeightDtype::Bf16, true),
+    ] {
+        let m = tiny_with(dtype, KvDtype::F32, 8, gemma_like);
+        let state: HashMap<String, seqkv_engine::Stored<'_>> =
+            m.packed_state().into_iter().collect();
+        let get = |name: &str| state.get(name).copied();
+        let back =
+            Model::from_packed_state(m.config().clone(), &get, dtype, KvDtype::F32, 8).unwrap();
+        let toks: Vec<u32> = (0..40).map(|i| (i * 11 % 97) as u32).collect();
+        let (a, sa) = run_chunks(&m, Isa::detect(), &toks, &[40]);
+        let (b, sb) = run_chunks(&back, Isa::detect(), &toks, &[40]);
+        assert_eq!(bits(&a), bits(&b));
+        assert_eq!(kv_bits(&m, &sa), kv_bits(&back, &sb));
+        // A missing array, a wrong length or the other dtype is refused.
+        let st = &state;
+        let without = |skip: &'static str| {
+            move |name: &str| {
+                if name == skip {
+                    None
+                } else {
+                    st.get(name).copied()
+                }
+            }
+        };
+        assert!(Model::from_packed_state(
+            m.config().clone(),
+            &without("layers.1.wgu"),
+            dtype,
+            KvDtype::F32,
+            8
+        )
+        .is_err());
+        let other = if dtype == WeightDtype::Bf16 {
+            WeightDtype::F32
+        } else {
+            WeightDtype::Bf16
+        };
+        assert!(
+            Model::from_packed_state(m.config().clone(), &get, other, KvDtype::F32, 8).is_err()
+        );
+        let short = |name: &str| match (name, state.get(name).copied()) {
+            ("norm", Some(seqkv_engine::Stored::F32(v))) => {
+                Some(seqkv_engine::Stored::F32(&v[1..]))
+            }
+            (_, s) => s,
+        };
+        assert!(
+            Model::from_packed_state(m.config().clone(), &short, dtype, KvDtype::F32, 8).is_err()
+        );
+    }
+}
+
+#[test]
+fn sliding_window_and_features_change_results() {
+    // Each feature is live: the gemma-like model differs from the plain one, and a window
+    // only matters once a sequence is longer than it.
+    let plain = tiny(WeightDtype::F32, KvDtype::F32, 8);
+    let gem = tiny_with(WeightDtype::F32, KvDtype::F32, 8, true);
+    let toks: Vec<u32> = (0..12).map(|i| (i * 5 % 97) as u32).collect();
+    let (a, _) = run_chunks(&plain, Isa::detect(), &toks, &[12]);
+    let (b, _) = run_chunks(&gem, Isa::detect(), &toks, &[12]);
+    assert_ne!(bits(&a), bits(&b));
+    assert!(
+        b.iter().all(|x| x.abs() <= 3.0),
+        "soft-capped logits stay within the cap"
+    );
+    let mut wide = gem.config().clone();
+    wide.layer_windows = vec![100, 0];
+    let with_cfg = |cfg: Config| {
+        // Same weights under another config: rebuilt from the packed state.
+        let state: HashMap<String, seqkv_engine::Stored<'_>> =
+            gem.packed_state().into_iter().collect();
+        let get = |name: &str| state.get(name).copied();
+        let g = Model::from_packed_state(cfg, &get, WeightDtype::F32, KvDtype::F32, 8).unwrap();
+        run_chunks(&g, Isa::detect(), &toks, &[12]).0
+    };
+    let c = with_cfg(wide);
+    let v = gem.config().vocab_size;
+    assert_eq!(
+        bits(&b[..5 * v]),
+        bits(&c[..5 * v]),
+        "positions inside the window agree"
+    );
+    assert_ne!(
+        bits(&b[5 * v..]),
+        bits(&c[5 * v..]),
+        "later positions see fewer keys"
+    );
 }

@@ -9,8 +9,9 @@ use numpy::{
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use seqkv_engine::model::{Activation, RopeTable};
 use seqkv_engine::{
-    Config, Isa, KvDtype, KvLayout, Logits, Model, Sequence, WeightDtype,
+    Config, Isa, KvDtype, KvLayout, Logits, Model, Sequence, Stored, WeightDtype,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +43,62 @@ fn cfg_get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) ->
     }
 }
 
+fn parse_dtype(dtype: &str) -> NResult<WeightDtype> {
+    WeightDtype::parse(dtype)
+        .ok_or_else(|| invalid(format!("dtype must be 'bf16' or 'f32', not {dtype:?}")))
+}
+
+fn parse_kv_dtype(kv_dtype: &str) -> NResult<KvDtype> {
+    KvDtype::parse(kv_dtype)
+        .ok_or_else(|| invalid(format!("kv_dtype must be 'bf16' or 'f32', not {kv_dtype:?}")))
+}
+
+fn cfg_opt<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> NResult<Option<T>> {
+    match d.get_item(key)? {
+        Some(v) if !v.is_none() => v
+            .extract::<T>()
+            .map(Some)
+            .map_err(|e| invalid(format!("config[{key:?}]: {}", Into::<PyErr>::into(e)))),
+        _ => Ok(None),
+    }
+}
+
+/// The engine config from its dict: the Llama keys (required) and the optional ones of other
+/// architectures (`hidden_act`, `embed_scale`, `norm_weight_offset`, `layer_windows`,
+/// `extra_rope` as a list of `(inv_freq, attention_scaling)`, `layer_rope`, `final_logit_softcap`).
+fn read_config(config: &Bound<'_, PyDict>) -> NResult<Config> {
+    let act: Option<String> = cfg_opt(config, "hidden_act")?;
+    let hidden_act = match act.as_deref() {
+        None => Activation::Silu,
+        Some(a) => Activation::parse(a)
+            .ok_or_else(|| invalid(format!("config['hidden_act'] must be 'silu' or 'gelu_tanh', not {a:?}")))?,
+    };
+    let extra: Vec<(Vec<f32>, f32)> = cfg_opt(config, "extra_rope")?.unwrap_or_default();
+    Ok(Config {
+        vocab_size: cfg_get(config, "vocab_size")?,
+        hidden_size: cfg_get(config, "hidden_size")?,
+        intermediate_size: cfg_get(config, "intermediate_size")?,
+        num_layers: cfg_get(config, "num_layers")?,
+        num_heads: cfg_get(config, "num_heads")?,
+        num_kv_heads: cfg_get(config, "num_kv_heads")?,
+        head_dim: cfg_get(config, "head_dim")?,
+        rms_norm_eps: cfg_get(config, "rms_norm_eps")?,
+        rope_inv_freq: cfg_get(config, "rope_inv_freq")?,
+        rope_attention_scaling: cfg_get(config, "rope_attention_scaling")?,
+        attention_scale: cfg_get(config, "attention_scale")?,
+        hidden_act,
+        embed_scale: cfg_opt(config, "embed_scale")?,
+        norm_weight_offset: cfg_opt(config, "norm_weight_offset")?.unwrap_or(0.0),
+        layer_windows: cfg_opt(config, "layer_windows")?.unwrap_or_default(),
+        extra_rope: extra
+            .into_iter()
+            .map(|(inv_freq, attention_scaling)| RopeTable { inv_freq, attention_scaling })
+            .collect(),
+        layer_rope: cfg_opt(config, "layer_rope")?.unwrap_or_default(),
+        final_logit_softcap: cfg_opt(config, "final_logit_softcap")?,
+    })
+}
+
 #[pymethods]
 impl PyEngine {
     #[new]
@@ -54,26 +111,8 @@ impl PyEngine {
         kv_dtype: &str,
         page_tokens: usize,
     ) -> NResult<Self> {
-        let dtype = WeightDtype::parse(dtype)
-            .ok_or_else(|| invalid(format!("dtype must be 'bf16' or 'f32', not {dtype:?}")))?;
-        let kv_dtype = KvDtype::parse(kv_dtype).ok_or_else(|| {
-            invalid(format!(
-                "kv_dtype must be 'bf16' or 'f32', not {kv_dtype:?}"
-            ))
-        })?;
-        let cfg = Config {
-            vocab_size: cfg_get(config, "vocab_size")?,
-            hidden_size: cfg_get(config, "hidden_size")?,
-            intermediate_size: cfg_get(config, "intermediate_size")?,
-            num_layers: cfg_get(config, "num_layers")?,
-            num_heads: cfg_get(config, "num_heads")?,
-            num_kv_heads: cfg_get(config, "num_kv_heads")?,
-            head_dim: cfg_get(config, "head_dim")?,
-            rms_norm_eps: cfg_get(config, "rms_norm_eps")?,
-            rope_inv_freq: cfg_get(config, "rope_inv_freq")?,
-            rope_attention_scaling: cfg_get(config, "rope_attention_scaling")?,
-            attention_scale: cfg_get(config, "attention_scale")?,
-        };
+        let (dtype, kv_dtype) = (parse_dtype(dtype)?, parse_kv_dtype(kv_dtype)?);
+        let cfg = read_config(config)?;
         let mut arrays: Vec<(String, PyReadonlyArrayDyn<'_, f32>)> = Vec::new();
         for (k, v) in tensors.iter() {
             let name: String = k.extract()?;
@@ -100,6 +139,73 @@ impl PyEngine {
             model: Arc::new(model),
             isa: Isa::detect(),
         })
+    }
+
+    /// Rebuilds an engine from the arrays `packed_state()` returned (float32 or uint16 numpy
+    /// arrays, C-contiguous) for the same config and dtype, without rounding or packing again.
+    #[staticmethod]
+    #[pyo3(signature = (config, arrays, dtype = "bf16", kv_dtype = "f32", page_tokens = 64))]
+    fn from_packed_state(
+        py: Python<'_>,
+        config: &Bound<'_, PyDict>,
+        arrays: &Bound<'_, PyDict>,
+        dtype: &str,
+        kv_dtype: &str,
+        page_tokens: usize,
+    ) -> NResult<Self> {
+        let (dtype, kv_dtype) = (parse_dtype(dtype)?, parse_kv_dtype(kv_dtype)?);
+        let cfg = read_config(config)?;
+        let mut f32s: Vec<(String, PyReadonlyArrayDyn<'_, f32>)> = Vec::new();
+        let mut u16s: Vec<(String, PyReadonlyArrayDyn<'_, u16>)> = Vec::new();
+        for (k, v) in arrays.iter() {
+            let name: String = k.extract()?;
+            let contiguous = |c: bool| {
+                if c {
+                    Ok(())
+                } else {
+                    Err(invalid(format!("array {name:?} must be C-contiguous")))
+                }
+            };
+            if let Ok(a) = v.cast::<PyArrayDyn<f32>>() {
+                let a = a.readonly();
+                contiguous(a.is_c_contiguous())?;
+                f32s.push((name, a));
+            } else if let Ok(a) = v.cast::<PyArrayDyn<u16>>() {
+                let a = a.readonly();
+                contiguous(a.is_c_contiguous())?;
+                u16s.push((name, a));
+            } else {
+                return Err(invalid(format!("array {name:?} must be a float32 or uint16 numpy array")));
+            }
+        }
+        let mut map: HashMap<&str, Stored<'_>> = HashMap::new();
+        for (n, a) in &f32s {
+            map.insert(n.as_str(), Stored::F32(a.as_slice().expect("contiguous")));
+        }
+        for (n, a) in &u16s {
+            map.insert(n.as_str(), Stored::Bf16(a.as_slice().expect("contiguous")));
+        }
+        let model = py.detach(|| {
+            let get = |name: &str| map.get(name).copied();
+            Model::from_packed_state(cfg, &get, dtype, kv_dtype, page_tokens)
+        })?;
+        Ok(PyEngine {
+            model: Arc::new(model),
+            isa: Isa::detect(),
+        })
+    }
+
+    /// Every array of the built engine as stored (packed weights as float32 or uint16 — bf16
+    /// bits — 1-D arrays; norms and biases float32), for `from_packed_state`.
+    fn packed_state<'py>(&self, py: Python<'py>) -> NResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (name, data) in self.model.packed_state() {
+            match data {
+                Stored::F32(v) => out.set_item(name, PyArray1::from_slice(py, v))?,
+                Stored::Bf16(v) => out.set_item(name, PyArray1::from_slice(py, v))?,
+            }
+        }
+        Ok(out)
     }
 
     /// The same weights, computing with another instruction set ("scalar" or "avx2-fma").
@@ -325,5 +431,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(engine_fma_peak, m)?)?;
     m.add_function(wrap_pyfunction!(engine_isa, m)?)?;
     m.add_function(wrap_pyfunction!(engine_threads, m)?)?;
+    Ok(())
+}
+
+/// Names added after the split into submodules: only in `seqkv._native.engine`.
+pub fn register_new(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("PACKED_STATE_VERSION", seqkv_engine::PACKED_STATE_VERSION)?;
     Ok(())
 }

@@ -25,7 +25,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let parts: [(&str, Register, Option<Register>); 4] = [
         ("coder", coder::register, Some(coder::register_new)),
         ("trie", trie::register, None),
-        ("engine", engine::register, None),
+        ("engine", engine::register, Some(engine::register_new)),
         ("ppm", ppm::register, None),
     ];
     for (name, register, register_new) in parts {
