@@ -340,3 +340,73 @@ def test_engine_default_is_the_lm_codecs(tiny_llama):
     assert StoreConfig().engine == inspect.signature(LMCodec).parameters["engine"].default == "auto"
     assert SessionStore(tiny_llama, codec="raw").kv_source == "seqkv-engine"
     assert SessionStore(tiny_llama, codec="raw", engine=False).kv_source == "transformers"
+
+
+def _count_decodes(store: SessionStore, monkeypatch, during=None) -> list[int]:
+    """Wrap the store's codec's decode: returns the list the calls are counted in; ``during()``
+    runs inside the first decode."""
+    calls: list[int] = []
+    decode = store.codec.decode
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if during is not None and len(calls) == 1:
+            during()
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(store.codec, "decode", counted)
+    return calls
+
+
+def test_trie_compaction_decodes_nothing_the_trie_holds(tiny_llama, monkeypatch):
+    """Issue 18.8: the compaction a delete triggers reads the stored sessions' tokens back from the
+    trie (and parents), not by decoding every live record under the bookkeeping lock."""
+    rng = np.random.default_rng(5)
+    store = SessionStore(tiny_llama, codec="plt", record_hashes=False, capacity_bytes=0, engine=False)
+    system = rng.integers(0, 512, 40)
+    seqs = {f"s{i}": np.concatenate([system, rng.integers(0, 512, 60 + i)]) for i in range(40)}
+    for sid, toks in seqs.items():
+        store.put(sid, toks)
+    store.put("head", system[:30])  # a whole prefix of s0: owns no trie node
+    store.drop_caches()  # nothing in the token LRU
+    calls = _count_decodes(store, monkeypatch)
+    before = len(store.trie)
+    for i in range(25):
+        store.delete(f"s{i}")
+    assert len(store.trie) < before - 20 * 60  # compacted
+    assert calls == []
+    for i in range(25, 40):
+        assert np.array_equal(store.tokens(f"s{i}"), seqs[f"s{i}"])
+    assert np.array_equal(store.tokens("head"), system[:30])
+    assert store.put("again", seqs["s30"][:70])["prefix_tokens"] == 70
+
+
+def test_trie_compaction_decodes_outside_the_lock(tiny_llama, monkeypatch):
+    """A session the trie cannot give back (it owns no node: its tokens' nodes belonged to a
+    deleted session) is decoded during the compaction with the bookkeeping lock free: another
+    thread's store calls go on meanwhile."""
+    store = raw_store(tiny_llama)
+    store.put("big", np.arange(200, 400))
+    x = np.arange(10, 20)
+    store.put("a", x)
+    store.delete("a")
+    store.put("c", x[:7])  # a's nodes, whose owner is gone: c owns none
+    store.put("d", np.arange(30, 40))
+    store.drop_caches()
+    store.tokens("d")  # d in the token LRU: reading it needs the bookkeeping lock only
+    waited: list[float] = []
+
+    def other_thread_call() -> None:
+        t = threading.Thread(target=lambda: store.tokens("d"))
+        t0 = time.perf_counter()
+        t.start()
+        t.join(timeout=5)
+        waited.append(time.perf_counter() - t0 if not t.is_alive() else float("inf"))
+
+    calls = _count_decodes(store, monkeypatch, during=other_thread_call)
+    store.delete("big")
+    assert waited and max(waited) < 1.0, waited  # a get of another session during the rebuild
+    assert len(calls) >= 1 and len(store.trie) == 17
+    monkeypatch.undo()
+    assert np.array_equal(store.tokens("c"), x[:7])
+    assert store.put("e", np.concatenate([x[:7], [1]]))["prefix_tokens"] == 7

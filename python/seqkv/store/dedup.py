@@ -11,7 +11,7 @@ Not locked itself: the store calls it under its bookkeeping lock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,19 @@ class PrefixIndex:
         if toks.size:
             values = (np.uint64(number) << np.uint64(POS_BITS)) | np.arange(toks.size, dtype=np.uint64)
             self.trie.insert(toks, values=values, logprobs=logprobs, namespace=self.namespace)
+
+    def sessions_held(self, lengths: Mapping[int, int]) -> dict[int, np.ndarray]:
+        """The tokens of the sessions ``lengths`` names (number -> token count) read back from the
+        trie itself, without decoding a record: a session owns the node of its last token unless
+        that node already existed when it was inserted (then it is missing from the result)."""
+        found: dict[int, np.ndarray] = {}
+        for _, toks, values in self.trie._dump():
+            owners = np.asarray(values, dtype=np.uint64) >> np.uint64(POS_BITS)
+            for owner in np.unique(owners).tolist():
+                n = lengths.get(int(owner))
+                if n is not None and owner not in found and n <= owners.size and int(owners[n - 1]) == owner:
+                    found[int(owner)] = np.asarray(toks[:n], dtype=np.uint32).copy()
+        return found
 
     def pin(self, prefix: np.ndarray) -> Any:
         """Pin the node ending ``prefix`` (a reference keeps its parent's prefix in the trie)."""

@@ -197,6 +197,7 @@ class SessionStore:
         self._index = PrefixIndex(trie, self.namespace)
         self._quarantined: list[str] = []
         self._dead_tokens = 0  # tokens in the trie whose sessions are gone
+        self._compacting = threading.Lock()  # one trie compaction at a time
         self._numbered_before = 0  # the largest session number read at open
         self._load()
 
@@ -268,6 +269,7 @@ class SessionStore:
         self._load_trie()
         for entry in [e for e in self._catalog.by_number.values() if e.hidden and e.refs == 0]:
             self._drop(entry)  # hidden and no longer referenced: a leftover of an interrupted delete
+        self._compact_trie()
 
     def _load_trie(self) -> None:
         if not self._owns_trie:
@@ -284,18 +286,16 @@ class SessionStore:
         self._dead_tokens = 0
 
     def _rebuild_trie(self) -> None:
-        """A trie of exactly the stored sessions' tokens (decoded from their records). Pins of
-        references into the old trie are dropped with it (they only guard against eviction)."""
-        for entry in self._catalog.by_number.values():
-            entry.pin = None
-        sessions = []
+        """At open, with no trie snapshot: a trie of the stored sessions' tokens, decoded from
+        their records."""
+        sessions: dict[int, np.ndarray] = {}
         for number in sorted(self._catalog.by_number):
             entry = self._catalog.by_number[number]
             try:
-                sessions.append((number, self._resolver.tokens(entry)))
+                sessions[number] = self._resolver.tokens(entry)
             except (CorruptStreamError, StoreError) as exc:
                 self._quarantined.append(f"{entry.key}: not indexed ({exc})")
-        self._index = PrefixIndex.rebuilt(self.namespace, sessions)
+        self._replace_index(sessions)
 
     # -- the mapping interface ----------------------------------------------------------
 
@@ -447,6 +447,7 @@ class SessionStore:
             if handle is not None:
                 self._residency.release(handle)
             raise
+        self._compact_trie()
         return PutResult(
             session_id=sid,
             number=number,
@@ -613,7 +614,8 @@ class SessionStore:
                 self._catalog.hide(entry)
             else:
                 self._drop(entry)
-            return True
+        self._compact_trie()
+        return True
 
     def _drop(self, entry: Entry, *, delete_record: bool = True) -> None:
         """Forget a record (and its record, unless a replacement already overwrote it), then the
@@ -627,17 +629,85 @@ class SessionStore:
         self._dead_tokens += entry.meta.n_tokens
         for orphan in self._catalog.remove(entry):
             self._drop(orphan)
-        self._compact_trie()
+
+    def _compaction_due(self) -> bool:
+        live = sum(e.meta.n_tokens for e in self._catalog.by_number.values())
+        return self._owns_trie and self._dead_tokens > 0 and self._dead_tokens >= live
 
     def _compact_trie(self) -> None:
         """Once the trie holds at least as many tokens of gone sessions as of stored ones, rebuild
         it from the stored sessions: dead paths go, and prefixes a gone session owned point at a
         live session again (so later sessions dedup against them). A trie the caller shares is
-        left alone."""
-        live = sum(e.meta.n_tokens for e in self._catalog.by_number.values())
-        if self._owns_trie and self._dead_tokens and self._dead_tokens >= live:
-            self._rebuild_trie()
-            self._dead_tokens = 0
+        left alone. Called with the bookkeeping lock free.
+
+        The stored sessions' tokens are read back from the trie itself, their parents or the
+        token LRU (:meth:`_known_tokens`); only a session found in none of them is decoded, outside
+        the bookkeeping lock, so other sessions' gets and puts go on meanwhile. The new trie is
+        built and swapped in under the lock; if a session appeared that cannot be placed, the
+        compaction waits for a later delete."""
+        if not self._compacting.acquire(blocking=False):
+            return  # another thread is compacting
+        try:
+            with self._lock:
+                if not self._compaction_due():
+                    return
+                missing = [e for n, e in self._catalog.by_number.items() if n not in self._known_tokens()]
+            decoded: dict[int, np.ndarray] = {}
+            unreadable: set[int] = set()  # left out of the new trie
+            for entry in missing:
+                try:
+                    decoded[entry.number] = self._resolver.tokens(entry)
+                except RetiredEntryError:
+                    continue
+                except (CorruptStreamError, StoreError) as exc:
+                    unreadable.add(entry.number)
+                    with self._lock:
+                        self._quarantined.append(f"{entry.key}: not indexed ({exc})")
+            with self._lock:
+                known = self._known_tokens(decoded)
+                if any(n not in known and n not in unreadable for n in self._catalog.by_number):
+                    return
+                self._replace_index(known)
+        finally:
+            self._compacting.release()
+
+    def _known_tokens(self, decoded: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
+        """Tokens of the stored sessions known without decoding (under the bookkeeping lock): read
+        back from the trie, taken from a parent the session is a whole prefix of, or from the
+        token LRU (or ``decoded``); each is checked against the session's recorded checksum."""
+        from .catalog import check_tokens
+
+        entries = self._catalog.by_number
+        held = self._index.sessions_held({n: e.meta.n_tokens for n, e in entries.items()})
+        known: dict[int, np.ndarray] = {}
+        for number in sorted(entries):  # parents before their children
+            meta = entries[number].meta
+            parent = known.get(meta.parent) if meta.parent is not None else None
+            candidates = (
+                held.get(number),
+                (decoded or {}).get(number),
+                self._resolver.cached(number),
+                parent[: meta.prefix] if parent is not None and meta.prefix == meta.n_tokens else None,
+                np.empty(0, dtype=np.uint32) if meta.n_tokens == 0 else None,
+            )
+            for toks in candidates:
+                if toks is None:
+                    continue
+                try:
+                    check_tokens(meta, toks)
+                except CorruptStreamError:
+                    continue
+                known[number] = toks
+                break
+        return known
+
+    def _replace_index(self, known: dict[int, np.ndarray]) -> None:
+        """Swap in a trie of exactly ``known`` (under the bookkeeping lock). Pins of references
+        into the old trie go with it (they only guard against eviction)."""
+        for entry in self._catalog.by_number.values():
+            entry.pin = None
+        self._index = PrefixIndex.rebuilt(self.namespace, sorted(known.items()))
+        self._dead_tokens = 0
 
     def _release_reservation(self, parent: Entry) -> None:
         parent.refs -= 1
