@@ -150,6 +150,8 @@ def _rope_tables(model: Any) -> tuple[list[tuple[list[float], float]], list[int]
     layer_types = getattr(model.config, "layer_types", None)
     if not isinstance(getattr(rotary, "rope_type", None), dict):
         return [(_f32_list(rotary.inv_freq), float(getattr(rotary, "attention_scaling", 1.0)))], []
+    if not layer_types:
+        raise InvalidInputError("per-layer-type RoPE tables without config.layer_types")
     kinds = sorted(set(layer_types), key=lambda k: (k != "full_attention", k))
     tables = [(_f32_list(getattr(rotary, f"{k}_inv_freq")), float(getattr(rotary, f"{k}_attention_scaling")))
               for k in kinds]
