@@ -4,6 +4,7 @@ against them."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,10 +14,18 @@ import numpy as np
 from ..codecs.sources import EngineChoice
 from ..errors import InvalidInputError, NumericsMismatchError, StoreError
 
-__all__ = ["KVBuilder", "RecordedKV", "resolve_engine", "RESIDUAL"]
+__all__ = ["KVBuilder", "RecordedKV", "resolve_engine", "RESIDUAL", "ENGINE_SOURCE", "TRANSFORMERS_SOURCE"]
 
 #: The record attachment holding an exact-mode residual.
 RESIDUAL = "residual"
+#: The kinds of KV source a record names (``"<kind>:<first 4 bytes of its digest, hex>"``): the
+#: batch-invariant engine (digest: its fingerprint) or transformers (digest: of the numerics profile).
+ENGINE_SOURCE = "seqkv-engine"
+TRANSFORMERS_SOURCE = "transformers"
+
+
+def _source_id(kind: str, digest: bytes) -> str:
+    return f"{kind}:{digest[:4].hex()}"
 
 
 def resolve_engine(model: Any, engine: EngineChoice) -> Any:
@@ -52,23 +61,61 @@ class KVBuilder:
         self.model = model
         self.engine = engine
         self._model_lock = model_lock
+        self._record_engine: Any = None  # an engine built for records the engine wrote, when ``engine`` is None
+        self._engine_lock = threading.Lock()
+        if engine is not None:
+            try:
+                fingerprint = bytes(engine.fingerprint())
+            except InvalidInputError:  # an engine built with fingerprint=False: named by its kind only
+                fingerprint = b""
+            self.source_id = _source_id(ENGINE_SOURCE, fingerprint)
+        else:
+            from ..integrations.models import numerics_profile_json
+
+            profile = hashlib.blake2b(numerics_profile_json(model).encode(), digest_size=4).digest()
+            self.source_id = _source_id(TRANSFORMERS_SOURCE, profile)
 
     @property
     def kv_source(self) -> str:
         """What computes the KV this store rebuilds: ``"seqkv-engine"`` or ``"transformers"``."""
-        return "seqkv-engine" if self.engine is not None else "transformers"
+        return ENGINE_SOURCE if self.engine is not None else TRANSFORMERS_SOURCE
 
     def compute(self, toks: np.ndarray, schedule: Any) -> Any:
         """The KV of ``toks``: through the engine (one prefill: its bits do not depend on the
         schedule), else through the model chunk by chunk as ``schedule`` says (``None``: one
         prefill)."""
+        return self._compute(toks, schedule, self.engine)
+
+    def _engine_for(self, source: str) -> Any:
+        """The engine (or ``None``: transformers) that recomputes KV recorded from ``source``;
+        :class:`NumericsMismatchError` naming the source when this machine cannot run it. A
+        record of the layout before sources were named (``"given"``) takes the store's own."""
+        kind = source.split(":", 1)[0]
+        if kind == TRANSFORMERS_SOURCE:
+            return None
+        if kind != ENGINE_SOURCE or self.engine is not None:
+            return self.engine
+        with self._engine_lock:
+            if self._record_engine is None:
+                from ..errors import SeqkvError
+
+                try:
+                    self._record_engine = resolve_engine(self.model, True)
+                except SeqkvError as exc:
+                    raise NumericsMismatchError(
+                        f"this record's KV was computed by {source} (the batch-invariant engine), which "
+                        f"cannot run here: {exc}"
+                    ) from exc
+            return self._record_engine
+
+    def _compute(self, toks: np.ndarray, schedule: Any, engine: Any) -> Any:
         from ..integrations import transformers as hf
 
         if not toks.size:
             return hf.new_cache(self.model)
-        if self.engine is not None:
-            seq = self.engine.new_sequence()
-            self.engine.prefill(seq, toks, logits="none")
+        if engine is not None:
+            seq = engine.new_sequence()
+            engine.prefill(seq, toks, logits="none")
             param = next(iter(self.model.parameters()))
             return seq.kv_cache(dtype=param.dtype, device=param.device, config=self.model.config)
         with self._model_lock:
@@ -139,11 +186,13 @@ class KVBuilder:
     def exact_restore(
         self, meta: Any, toks: np.ndarray, load_residual: Callable[[], bytes | None]
     ) -> Any:
-        """The recorded KV bit for bit: the recompute replaying the recorded schedule, checked
-        against the recorded hashes and corrected by the residual when they differ."""
+        """The recorded KV bit for bit: the recompute by the source the record names (the
+        engine, or transformers replaying the recorded schedule), checked against the recorded
+        hashes and corrected by the residual when they differ."""
         from ..integrations import transformers as hf
 
-        cache = self.compute(toks, meta.schedule)
+        engine = self._engine_for(meta.kv_source)
+        cache = self._compute(toks, meta.schedule, engine)
         digest = len(meta.hashes[0])
         bad = _bad_layers(hf.layer_hashes(cache, digest), list(meta.hashes))
         if not bad:
@@ -152,7 +201,7 @@ class KVBuilder:
 
         how = (
             "recomputed by the seqkv engine"
-            if self.engine is not None
+            if engine is not None
             else f"replayed schedule of {len(meta.schedule)} chunks on {numerics_profile_json(self.model)}"
         )
         if not meta.residual_bytes:

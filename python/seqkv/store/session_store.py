@@ -416,7 +416,7 @@ class SessionStore:
                 payload_bits=int(stats.payload_bits),
                 container_bytes=len(data),
                 residual_bytes=len(recorded.attachments.get(RESIDUAL, b"")),
-                kv_source="given" if kv is not None else self.kv_source,
+                kv_source=self.kv_builder.source_id,
                 tokens_crc32c=tokens_checksum(toks),
             )
             record = SessionRecord(container=data, meta=meta.to_dict(), attachments=recorded.attachments)
