@@ -427,6 +427,7 @@ class EngineLoad(TypedDict):
     warm_best: EngineLoadRun
     warm_runs: int
     warm_logits_equal_cold: bool
+    warm_engine_without_torch_s: float
     note: str
     machine: Machine
 

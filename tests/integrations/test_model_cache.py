@@ -4,7 +4,11 @@ beside the model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +151,25 @@ def test_engine_weights_are_cached_beside_the_model(tiny_llama, cache_dir, gguf,
     assert calls == [1]
     c = rebuilt.new_sequence()
     assert rebuilt.prefill(c, toks).tobytes() == built.prefill(built.new_sequence(), toks).tobytes()
+
+
+def test_cached_engine_needs_no_torch_and_matches(tiny_llama, cache_dir, gguf):
+    assert model_cache.cached_engine(gguf) is None  # nothing cached yet
+    model, _ = model_cache.load_or_convert(gguf, Converter(tiny_llama))
+    assert model_cache.cached_engine(gguf) is None  # the model, but no engine weights yet
+    built = Engine.from_hf(model, "bf16")
+    fast = model_cache.cached_engine(gguf, "bf16")
+    assert fast.fingerprint() == built.fingerprint()
+    toks = [7, 3, 300, 2, 2, 9]
+    assert fast.prefill(fast.new_sequence(), toks).tobytes() == built.prefill(built.new_sequence(), toks).tobytes()
+    code = ("import hashlib, sys; from seqkv.integrations.model_cache import cached_engine; "
+            f"e = cached_engine({str(gguf)!r}); "
+            "print(e is not None, hashlib.sha256(e.prefill(e.new_sequence(), [7, 3, 300]).tobytes()).hexdigest(), "
+            "'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, SEQKV_CACHE_DIR=str(cache_dir))).stdout.split()
+    assert out[0] == "True" and out[2] == "False"
+    assert out[1] == hashlib.sha256(built.prefill(built.new_sequence(), [7, 3, 300]).tobytes()).hexdigest()
 
 
 def test_models_not_from_the_cache_write_no_engine_entry(tiny_llama, cache_dir):

@@ -49,6 +49,7 @@ __all__ = [
     "load_or_convert",
     "load_engine_state",
     "store_engine_state",
+    "cached_engine",
 ]
 
 #: Layout of a cache entry (bump when the files or their meaning change).
@@ -98,12 +99,16 @@ def _file_records(folder: Path) -> dict[str, dict[str, int]]:
 
 
 def _versions() -> dict[str, str]:
-    import safetensors
-    import torch
-    import transformers
+    """The versions an entry depends on, from package metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "safetensors": safetensors.__version__, "seqkv": _native.__version__}
+    out = {"seqkv": _native.__version__}
+    for name in ("torch", "transformers", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def _read_verified_manifest(folder: Path) -> dict[str, Any]:
@@ -363,3 +368,33 @@ def store_engine_state(model: Any, dtype: str, source_fingerprint: bytes, config
             _write_manifest(tmp, {"dtype": dtype, "source_fingerprint": source_fingerprint.hex(), "config": config})
     except OSError as exc:
         print(f"seqkv: not caching the engine weights: {exc}", file=sys.stderr)
+
+
+def cached_engine(gguf_path: str | os.PathLike[str], dtype: str = "bf16", *, kv_dtype: str = "f32",
+                  page_tokens: int = 64) -> Any:
+    """The :class:`seqkv.engine.cpu.Engine` of a GGUF straight from the cache — no torch, no
+    transformers — when an earlier ``Engine.from_hf`` of the cached model stored its ``dtype``
+    weights; else ``None``. Its fingerprint is the one ``Engine.for_model(load_model(...))``
+    has (the model's, recorded in both manifests), so streams of either decode with the other.
+    The engine entry's files are checked (size and CRC-32C) before use; a bad one is deleted."""
+    from ..engine.cpu import Engine, _native_config
+
+    folder = _models_dir() / gguf_sha256(gguf_path)
+    engine_dir = folder / f"engine-{dtype}-p{_native.engine.PACKED_STATE_VERSION}"
+    if not engine_dir.exists():
+        return None
+    from safetensors.numpy import load_file
+
+    try:
+        manifest = _read_verified_manifest(engine_dir)
+        model_manifest = json.loads((folder / _MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("dtype") != dtype or manifest.get("source_fingerprint") != model_manifest.get("fingerprint"):
+            raise CacheEntryError(f"{engine_dir}: not the engine of the cached model")
+        config = manifest["config"]
+        core = _native.EngineCore.from_packed_state(_native_config(config), load_file(str(engine_dir / "weights.safetensors")),
+                                                    dtype=dtype, kv_dtype=kv_dtype, page_tokens=int(page_tokens))
+    except (SeqkvError, OSError, ValueError, KeyError) as exc:
+        print(f"seqkv: not using the engine cache: {exc}", file=sys.stderr)
+        _remove(engine_dir)
+        return None
+    return Engine(core, source_fingerprint=bytes.fromhex(manifest["source_fingerprint"]), info=dict(config))

@@ -32,6 +32,7 @@ __all__ = [
     "SMOLLM2_GGUF",
     "load_model",
     "load_smollm2",
+    "smollm2_engine",
     "fingerprint",
     "tokenizer_fingerprint",
     "numerics_profile",
@@ -142,6 +143,15 @@ def load_smollm2(device: str = "cpu") -> tuple[Any, Any]:
             pair = load_model(smollm2_folder(), gguf_file=SMOLLM2_GGUF, device=device, dtype=torch.float32)
             _smollm2_cache[device] = pair
         return pair
+
+
+def smollm2_engine(dtype: str = "bf16") -> Any:
+    """SmolLM2's :class:`seqkv.engine.cpu.Engine` from the model cache without importing torch
+    (:func:`seqkv.integrations.model_cache.cached_engine`), or ``None`` until a run has built it
+    (``Engine.for_model(load_smollm2()[0], dtype)`` stores it)."""
+    from .model_cache import cached_engine
+
+    return cached_engine(os.path.join(smollm2_folder(), SMOLLM2_GGUF), dtype)
 
 
 def vocab_size(model: Any) -> int:
