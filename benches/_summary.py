@@ -498,21 +498,120 @@ class EngineGPUChecks(TypedDict):
     prefill_and_steps_logits_vs_cpu: bool
     kv_vs_cpu: bool
     graph_greedy_decode_256_streams_vs_cpu_prefill: bool
+    lm_rows_cross_device: bool  # lm streams: GPU-encoded decoded by the CPU engine and the other way
+
+
+class EngineGPUDecodeBatch(TypedDict):
+    streams: int
+    tokens_each: int
+    decode_tokens_per_s: float
+    roundtrip: bool
+
+
+class EngineGPULM(TypedDict):
+    tokens: int
+    encode_tokens_per_s: float
+    decode_tokens_per_s: float
+    bits_per_token: float
+    gpu_roundtrip: bool
+    gpu_stream_decoded_on_cpu: bool
+    cpu_decode_tokens_per_s: float
+    cpu_stream_decoded_on_gpu: bool
+    decode_batch: EngineGPUDecodeBatch
+
+
+class PeerVariant(TypedDict):
+    decode_tokens_per_s: dict[str, float]  # keyed by the number of streams
+    prefill_tokens_per_s: NotRequired[float]
+    errors: NotRequired[list[str]]
+
+
+class EngineGPUPeer(TypedDict):
+    dtype: str
+    transformers: str
+    eager_dynamic_cache: PeerVariant
+    static_cache_compile: PeerVariant
+    seconds: float
+
+
+EngineGPUTargets = TypedDict("EngineGPUTargets", {
+    "single_stream_ge_2000_tokens_per_s": bool,
+    "prefill_ge_150000_tokens_per_s": bool,
+    "256_streams_ge_51700_tokens_per_s": bool,
+})
+
+
+class CrossMachineDecode(TypedDict):
+    ok: bool
+    tokens: int
+    stream_bytes: int
+    decoder: str
+    fingerprint_override: bool  # decoded under the stream's fingerprint (another transformers version)
+    seconds: float
 
 
 class EngineGPU(TypedDict):
     what: str
+    model: str
+    real_weights: bool
+    random_weights: bool
     setup_s: float
     device: str
-    machine: NotRequired[Machine]  # the committed run predates it
+    machine: Machine
     gemm_us_per_shape_256_rows: GemmByOp
     gemm_shapes: GemmShapes
-    gpu_prefill_tokens_per_s: float
-    gpu_batched_decode_tokens_per_s: dict[str, float]  # keyed by the number of streams
+    single_stream_tokens_per_s: float  # CUDA-graph greedy steps
+    single_stream_host_api_tokens_per_s: float  # GpuEngine.step with the row copied to the host
+    prefill_tokens: int
+    prefill_tokens_per_s: float  # logits for every token
+    prefill_kv_only_tokens_per_s: float
+    batched_decode_tokens_per_s: dict[str, float]  # keyed by the number of streams
     gpu_step_breakdown_256_streams_us: dict[str, float]  # keyed by the kernel
+    gpu_step_breakdown_1_stream_us: dict[str, float]
+    lm_codec: EngineGPULM
     checks: EngineGPUChecks
     bit_identical_to_cpu: bool
-    target_256_streams_ge_50000_tokens_per_s: bool
+    cross_device_roundtrip: bool
+    cross_machine_decode: NotRequired[CrossMachineDecode]  # added by engine.py --check-stream on another machine
+    peer: NotRequired[EngineGPUPeer]  # left out with --no-peer
+    seqkv_over_peer: NotRequired[dict[str, float]]
+    targets: EngineGPUTargets
+    note: NotRequired[str]  # random weights
+    seconds: float
+
+
+# --- gpu_store.py ---------------------------------------------------------------------------------
+
+
+class GpuStoreCell(TypedDict):
+    seconds: NotRequired[float]  # best of a few GPU-synchronised wall times
+    error: NotRequired[str]  # what the path raised instead
+
+
+class GpuStoreRow(TypedDict):
+    lm_put_seconds: NotRequired[float]
+    lm_put_error: NotRequired[str]
+    cold_lm: GpuStoreCell
+    cold_plt: GpuStoreCell
+    warm: GpuStoreCell
+    hot: GpuStoreCell
+    reprefill_transformers: GpuStoreCell
+    pinned_host_copy: GpuStoreCell
+    bf16_kv_bytes: int
+
+
+class GpuStore(TypedDict):
+    what: str
+    model: str
+    real_weights: bool
+    random_weights: bool
+    model_dtype: str
+    device: str
+    machine: Machine
+    kv_source: str
+    kv_engine: str
+    restore: dict[str, GpuStoreRow]  # keyed by the session's token count
+    note: NotRequired[str]
     seconds: float
 
 
@@ -920,6 +1019,15 @@ class StressRow(TypedDict):
     put: NotRequired[int]
     get: NotRequired[int]
     delete: NotRequired[int]
+    # SQLite store rates (stress.store_rates) and the SIGKILLed writer (kill_reputters)
+    puts: NotRequired[int]
+    puts_per_s: NotRequired[float]
+    gets: NotRequired[int]
+    gets_per_s: NotRequired[float]
+    restores_verified: NotRequired[int]
+    kills: NotRequired[int]
+    acknowledged_puts: NotRequired[int]
+    sessions_lost: NotRequired[int]
 
 
 class Stress(TypedDict):
@@ -1056,6 +1164,7 @@ SCHEMAS: dict[str, Any] = {
     "engine": Engine,
     "engine_gpu": EngineGPU,
     "gpu_kernels": GPUKernels,
+    "gpu_store": GpuStore,
     "plt": PLT,
     "residual": Residual,
     "serve": Serve,
