@@ -5,8 +5,6 @@ reason, MissingExtraError naming seqkv[cuda], InvalidInputError), and how a forw
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -51,14 +49,50 @@ def test_requiring_the_engine_on_a_cuda_model_without_cupy_names_the_extra(tiny_
         choose_engine(tiny_llama, choice)
 
 
-def test_an_unsupported_cuda_model_falls_back_or_is_refused(tiny_llama, on_cuda):
-    biased = copy.deepcopy(tiny_llama)
-    biased.config.attention_bias = True
+def test_an_unsupported_cuda_model_falls_back_or_is_refused(on_cuda):
+    biased = _tiny("llama-bias")
     assert "bias" in gpu_unsupported_reason(biased)
     decision = choose_engine(biased, "auto")
     assert decision.engine is None and "bias" in decision.fallback_reason
     with pytest.raises(InvalidInputError, match="bias"):
         choose_engine(biased, True)
+
+
+def _tiny(kind: str):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    if kind == "qwen3":  # q/k norms
+        return transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**shape)).eval()
+    if kind == "llama-bias":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(attention_bias=True, **shape)).eval()
+    return transformers.MistralForCausalLM(transformers.MistralConfig(sliding_window=8, **shape)).eval()
+
+
+@pytest.mark.parametrize("kind,why", [("qwen3", "q_norm"), ("mistral", "layer_windows")])
+def test_models_the_cpu_engine_runs_beyond_the_gpu_kernels_are_refused(kind, why, on_cuda):
+    """The CPU engine runs these (q/k norms, sliding windows); the GPU kernels implement only the
+    Llama core, so the GPU engine must refuse them rather than compute other numbers."""
+    from seqkv.engine.cpu import hf_tensors, unsupported_reason
+    from seqkv.engine.gpu import gpu_unsupported_config
+
+    model = _tiny(kind)
+    assert unsupported_reason(model) is None
+    assert why in gpu_unsupported_reason(model)
+    assert why in gpu_unsupported_config(*hf_tensors(model))
+    decision = choose_engine(model, "auto")
+    assert decision.engine is None and why in decision.fallback_reason
+
+
+def test_the_llama_core_is_accepted(tiny_llama):
+    from seqkv.engine.cpu import hf_tensors
+    from seqkv.engine.gpu import gpu_unsupported_config
+
+    assert gpu_unsupported_reason(tiny_llama) is None
+    assert gpu_unsupported_config(*hf_tensors(tiny_llama)) is None
 
 
 def test_a_cpu_model_keeps_the_cpu_engine(tiny_llama):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import CapacityError, InvalidInputError, MissingExtraError
 from ..kv.hashing import layer_hashes
-from .cpu import KERNEL_DEFINITION, _as_token_array, engine_fingerprint, hf_tensors, unsupported_reason
+from .cpu import KERNEL_DEFINITION, _as_token_array, engine_fingerprint, hf_config, hf_tensors, unsupported_reason
 
 __all__ = ["GpuEngine", "GpuSequence", "gpu_unsupported_reason", "gpu_weight_arrays", "rope_table", "bf16_round_bits"]
 
@@ -107,26 +107,51 @@ def gpu_weight_arrays(config: dict[str, Any], tensors: dict[str, Any], max_len: 
 
 
 
+#: config keys of the Llama core the GPU port implements (``engine.cu``); the CPU engine's others
+#: (per-layer RoPE tables, sliding windows, other activations, Gemma's scales, logit soft-capping)
+#: are not implemented there
+GPU_CONFIG_KEYS = frozenset({
+    "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+    "rms_norm_eps", "rope_inv_freq", "rope_attention_scaling", "attention_scale",
+})
+#: per-layer tensors of the Llama core (no biases, no q/k norms, no Gemma output norms)
+GPU_LAYER_TENSORS = frozenset({"input_norm", "post_norm", "q", "k", "v", "o", "gate", "up", "down"})
+
+
+def gpu_unsupported_config(config: dict[str, Any], tensor_names: Any) -> str | None:
+    """Why the GPU port cannot compute a model given as :func:`seqkv.engine.cpu.hf_tensors` gives it
+    (``config`` and the tensors' names), or ``None``: only the Llama core runs there."""
+    extra = sorted(set(config) - GPU_CONFIG_KEYS)
+    if extra:
+        return f"features the GPU kernels do not implement ({', '.join(extra)})"
+    names = {n.split(".", 2)[2] for n in tensor_names if n.startswith("layers.")}
+    extra = sorted(names - GPU_LAYER_TENSORS)
+    if extra:
+        return f"layer tensors the GPU kernels do not implement ({', '.join(extra)})"
+    if int(config["intermediate_size"]) % 2:
+        return f"odd intermediate_size {config['intermediate_size']}"
+    nh, nkv, hd = int(config["num_heads"]), int(config["num_kv_heads"]), int(config["head_dim"])
+    if nh % nkv or hd % 8:
+        return f"num_heads {nh} / num_kv_heads {nkv} / head_dim {hd} (needs whole groups and head_dim % 8 == 0)"
+    return None
+
+
 def gpu_unsupported_reason(model: Any) -> str | None:
     """Why :class:`GpuEngine` cannot run ``model``, or ``None`` if it can: what the CPU engine
-    needs (:func:`seqkv.engine.cpu.unsupported_reason`), and no biases, an even intermediate size,
+    needs (:func:`seqkv.engine.cpu.unsupported_reason`), and only the Llama core (no biases, q/k
+    norms, sliding windows, per-layer RoPE, other activations), an even intermediate size,
     ``head_dim % 8 == 0`` and whole query-head groups. Says nothing about CuPy or a GPU being there."""
     why = unsupported_reason(model)
     if why is not None:
         return why
-    cfg = model.config
-    if getattr(cfg, "model_type", None) != "llama":  # the CPU engine's other families are not ported
-        return f"model type {cfg.model_type!r} (the GPU port computes 'llama')"
-    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
-        return "biases (attention_bias / mlp_bias)"
-    if int(cfg.intermediate_size) % 2:
-        return f"odd intermediate_size {cfg.intermediate_size}"
-    nh = int(cfg.num_attention_heads)
-    nkv = int(getattr(cfg, "num_key_value_heads", None) or nh)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // nh)
-    if nh % nkv or head_dim % 8:
-        return f"num_heads {nh} / num_kv_heads {nkv} / head_dim {head_dim} (needs whole groups and head_dim % 8 == 0)"
-    return None
+    names = []
+    for i, layer in enumerate(model.model.layers):
+        a, m = layer.self_attn, layer.mlp
+        names += [f"layers.{i}.{n}_bias" for n, lin in (("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj),
+                  ("o", a.o_proj), ("gate", m.gate_proj), ("up", m.up_proj), ("down", m.down_proj))
+                  if lin.bias is not None]
+        names += [f"layers.{i}.{n}" for n in ("q_norm", "k_norm") if getattr(a, n, None) is not None]
+    return gpu_unsupported_config(hf_config(model), names)
 
 
 def _require_cupy() -> Any:
@@ -335,12 +360,11 @@ class GpuEngine:
         self._lock = threading.RLock()
         self._free_slots = list(range(int(max_slots) - 1, -1, -1))
         c = {k: config[k] for k in config}
-        if any(k.endswith("_bias") for k in tensors):
-            raise InvalidInputError("GpuEngine: biases are not supported")
+        why = gpu_unsupported_config(c, tensors)
+        if why is not None:
+            raise InvalidInputError(f"GpuEngine: {why}")
         self.V, self.H, self.I = int(c["vocab_size"]), int(c["hidden_size"]), int(c["intermediate_size"])
         self.L, self.nh, self.nkv, self.hd = int(c["num_layers"]), int(c["num_heads"]), int(c["num_kv_heads"]), int(c["head_dim"])
-        if self.nh % self.nkv or self.hd % 8:
-            raise InvalidInputError("GpuEngine: needs num_heads % num_kv_heads == 0 and head_dim % 8 == 0")
         self.G = self.nh // self.nkv
         self.eps = np.float32(c["rms_norm_eps"])
         self.scale = np.float32(c["attention_scale"])
