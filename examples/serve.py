@@ -129,8 +129,8 @@ class ChatServer:
 
         x = torch.tensor([ids.tolist()], dtype=torch.long)
         with torch.inference_mode():
-            out = self.model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.past_key_values, int(torch.argmax(out.logits[0, -1]))
+            out, cache = hf.forward_with_cache(self.model, cache, input_ids=x, logits_to_keep=1)
+        return cache, int(torch.argmax(out.logits[0, -1]))
 
     def _track(self, cache: Any) -> None:
         nbytes = sum(int(k.numel()) * k.element_size() * 2 for k, _ in hf.cache_layers(cache)) if cache else 0
@@ -231,7 +231,11 @@ def main() -> None:
     torch.set_num_threads(1)  # one core per request thread; the pool provides the parallelism
     model, tokenizer = load_smollm2()
     conversations = chat_workload(tokenizer, args.conversations, args.turns)
-    store = SessionStore(model, codec="plt", capacity_bytes=int(args.capacity_mib * (1 << 20)))
+    # The model serves with transformers, so the store keeps transformers KV (engine=False); the
+    # caches it is given come from a mix of stored prefixes, prefills and steps, so it records no
+    # hashes for exact restores (record_hashes=False): a cold session is rebuilt faithfully.
+    store = SessionStore(model, codec="plt", engine=False, record_hashes=False,
+                         capacity_bytes=int(args.capacity_mib * (1 << 20)))
     server = ChatServer(model, store, max_new_tokens=args.max_new_tokens)
     result = run(server, conversations, args.threads)
     for r in sorted(result.replies, key=lambda r: (r.cid, r.turn))[: 2 * args.turns]:

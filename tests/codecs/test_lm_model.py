@@ -63,7 +63,7 @@ def test_schedule_mismatch_detected_and_robust_tolerates_it(smollm2, text_ids):
 
 def test_store_exact_and_generation(smollm2, text_ids):
     model, tok = smollm2
-    store = SessionStore(model, tokenizer=tok)
+    store = SessionStore(model, tokenizer=tok, engine=False)  # the transformers path: exact = compute_cache
     a = text_ids[:48]
     store.put("a", a, schedule=[32] + [1] * 16)
     got, cache = store.get("a", mode="exact")

@@ -37,7 +37,7 @@ def test_serving_reuses_prefixes(serve, tiny_llama, rng, threads):
 
     convs = workload(serve, rng)
     per_token = 2 * 2 * 2 * 16 * 4
-    store = SessionStore(tiny_llama, codec="plt", capacity_bytes=200 * per_token)
+    store = SessionStore(tiny_llama, codec="plt", engine=False, record_hashes=False, capacity_bytes=200 * per_token)
     with_store = serve.run(serve.ChatServer(tiny_llama, store, max_new_tokens=4), convs, threads)
     baseline = serve.run(serve.ChatServer(tiny_llama, None, max_new_tokens=4), convs, threads)
     assert len(with_store.replies) == len(baseline.replies) == 18
@@ -67,7 +67,7 @@ def test_first_request_matches_the_baseline(serve, tiny_llama, rng):
     from seqkv.store import SessionStore
 
     conv = workload(serve, rng, n=1, turns=1)
-    store = SessionStore(tiny_llama, codec="raw")
+    store = SessionStore(tiny_llama, codec="raw", engine=False, record_hashes=False)
     r = serve.run(serve.ChatServer(tiny_llama, store, max_new_tokens=5), conv, 1).replies[0]
     prompt = np.concatenate([conv[0].system, conv[0].users[0]])
     assert r.reused_tokens == 0

@@ -104,7 +104,9 @@ def tracked_cache_type() -> type:
 
 def put_cache(store: Any, session_id: str, cache: Any, **options: Any) -> Any:
     """``store.put`` a tracked cache: its tokens, its schedule and the KV itself (checked against
-    the store's exact recompute)."""
+    the store's exact recompute). The cache holds transformers KV, so the store must compute KV
+    with transformers too (``SessionStore(model, engine=False)``); a store on the batch-invariant
+    engine refuses it at ``put`` (:class:`~seqkv.errors.InvalidInputError`)."""
     if not isinstance(cache, tracked_cache_type()):
         raise InvalidInputError(f"put_cache needs a TrackedCache, not {type(cache).__name__}")
     tracked: Any = cache
