@@ -2,7 +2,9 @@
 knows, by id and by number, with the references between them.
 
 A record's metadata is written by :meth:`RecordMeta.to_dict` and read back by
-:meth:`RecordMeta.from_dict` only; ``docs/durability.md`` lists its keys. A record is bound to
+:meth:`RecordMeta.from_dict` only; ``docs/durability.md`` describes it. Layout 2 packs it as
+varints under one key, with the KV source as an index into the store's shared table
+(:mod:`seqkv.store.layout`); layout 1 (a JSON key per field) is still read. A record is bound to
 its session: a row whose metadata names another session id or number, or whose decoded tokens
 fail ``tokens_crc32c``, is corrupt (:class:`~seqkv.errors.CorruptStreamError`).
 
@@ -15,17 +17,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import base64
+import zlib
+
 import numpy as np
 
 from ..codecs.base import run_lengths
+from ..coding.container import CODECS
 from ..errors import CorruptStreamError, SessionNotFoundError, StoreError
+from .layout import Reader, SharedTable, Writer
 
 __all__ = ["RecordMeta", "Entry", "Catalog", "RECORD_VERSION", "HIDDEN_PREFIX", "hidden_key", "check_tokens", "allocate_number"]
 
-#: Layout version of a record's metadata.
-RECORD_VERSION = 1
+#: Layout version of the records a store writes (1: JSON keys, full container; 2: packed).
+RECORD_VERSION = 2
+_CODEC_NAMES = {number: name for name, number in CODECS.items()}
+# Layout 2's flag bits.
+_HIDDEN, _PARENT, _SCHEDULE = 1, 2, 4
 #: Backend ids of deleted sessions kept because others reference them start with this.
 HIDDEN_PREFIX = "__seqkv_hidden__/"
+
+
+def _id_checksum(session_id: str) -> int:
+    return zlib.crc32(session_id.encode("utf-8", "surrogatepass"))
 
 
 def hidden_key(number: int) -> str:
@@ -63,10 +77,70 @@ class RecordMeta:
     kv_source: str
     tokens_crc32c: int
     hidden: bool = False
+    layout: int = RECORD_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, table: SharedTable) -> dict[str, Any]:
+        """The metadata to store, in this record's layout (``table``: the store's shared table)."""
+        if self.layout == 1:
+            return self._to_dict_v1()
+        flags = (_HIDDEN if self.hidden else 0) | (_PARENT if self.parent is not None else 0)
+        one_prefill = self.schedule == ((self.n_tokens,) if self.n_tokens else ())
+        flags |= 0 if one_prefill else _SCHEDULE
+        out = Writer().raw(bytes([RECORD_VERSION, flags, CODECS[self.codec]]))
+        out.uint(self.number).uint(self.n_tokens).uint(self.prefix)
+        if self.parent is not None:
+            out.uint(self.parent).raw((self.parent_crc32c or 0).to_bytes(4, "little"))
+        if not one_prefill:
+            runs = run_lengths(self.schedule)
+            out.uint(len(runs))
+            for size, repeat in runs:
+                out.uint(size).uint(repeat)
+        out.uint(len(self.hashes))
+        if self.hashes:
+            out.uint(len(self.hashes[0])).raw(b"".join(self.hashes))
+        out.uint(self.payload_bits).uint(self.container_bytes).uint(self.residual_bytes)
+        out.uint(table.index("sources", self.kv_source)).raw(self.tokens_crc32c.to_bytes(4, "little"))
+        if self.hidden:
+            out.raw(self.sid.encode("utf-8", "surrogatepass"))
+        else:  # the id itself is the backend's key: a checksum of it binds the record to it
+            out.raw(_id_checksum(self.sid).to_bytes(4, "little"))
+        return {"m": base64.b85encode(out.bytes()).decode("ascii")}
+
+    @classmethod
+    def _from_packed(cls, packed: str, key: str, table: SharedTable) -> RecordMeta:
+        r = Reader(base64.b85decode(packed), f"record {key!r}")
+        version, flags, codec = r.raw(3)
+        if version != 2:
+            raise ValueError(f"packed layout {version}")
+        number, n_tokens, prefix = r.uint(), r.uint(), r.uint()
+        parent = parent_crc = None
+        if flags & _PARENT:
+            parent, parent_crc = r.uint(), int.from_bytes(r.raw(4), "little")
+        if flags & _SCHEDULE:
+            schedule = _unrle([[r.uint(), r.uint()] for _ in range(r.uint())])
+        else:
+            schedule = (n_tokens,) if n_tokens else ()
+        count = r.uint()
+        digest = r.uint() if count else 0
+        hashes = tuple(r.raw(digest) for _ in range(count))
+        payload_bits, container_bytes, residual_bytes = r.uint(), r.uint(), r.uint()
+        kv_source = table.value("sources", r.uint())
+        tokens_crc = int.from_bytes(r.raw(4), "little")
+        hidden = bool(flags & _HIDDEN)
+        sid = r.rest().decode("utf-8", "surrogatepass") if hidden else key
+        if not hidden:
+            bound = int.from_bytes(r.raw(4), "little")
+            r.end()
+            if bound != _id_checksum(key):
+                sid = f"<another session: id checksum {bound:#010x}>"  # refused below as a swapped row
+        return cls(sid=sid, number=number, n_tokens=n_tokens, prefix=prefix, parent=parent,
+                   parent_crc32c=parent_crc, codec=_CODEC_NAMES[codec], schedule=schedule, hashes=hashes,
+                   payload_bits=payload_bits, container_bytes=container_bytes, residual_bytes=residual_bytes,
+                   kv_source=kv_source, tokens_crc32c=tokens_crc, hidden=hidden, layout=2)
+
+    def _to_dict_v1(self) -> dict[str, Any]:
         return {
-            "v": RECORD_VERSION,
+            "v": 1,
             "sid": self.sid,
             "number": self.number,
             "tokens": self.n_tokens,
@@ -85,31 +159,15 @@ class RecordMeta:
         }
 
     @classmethod
-    def from_dict(cls, meta: Any, key: str) -> RecordMeta:
-        """The metadata stored under backend id ``key``; :class:`CorruptStreamError` when it is not
-        a record of this layout or is not bound to ``key``."""
+    def from_dict(cls, meta: Any, key: str, table: SharedTable) -> RecordMeta:
+        """The metadata stored under backend id ``key`` (either layout); :class:`CorruptStreamError`
+        when it is not a session record or is not bound to ``key``."""
         try:
-            if not isinstance(meta, dict) or meta.get("v") != RECORD_VERSION:
-                raise ValueError("not a session record of this layout")
-            parent = meta["parent"]
-            out = cls(
-                sid=str(meta["sid"]),
-                number=int(meta["number"]),
-                n_tokens=int(meta["tokens"]),
-                prefix=int(meta["prefix"]),
-                parent=None if parent is None else int(parent),
-                parent_crc32c=None if meta.get("parent_crc32c") is None else int(meta["parent_crc32c"]),
-                codec=str(meta["codec"]),
-                schedule=_unrle(meta["schedule"]),
-                hashes=tuple(bytes.fromhex(h) for h in meta["hashes"]),
-                payload_bits=int(meta["payload_bits"]),
-                container_bytes=int(meta["container_bytes"]),
-                residual_bytes=int(meta["residual_bytes"]),
-                kv_source=str(meta["kv_source"]),
-                tokens_crc32c=int(meta["tokens_crc32c"]),
-                hidden=bool(meta.get("hidden", False)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(meta, dict) and set(meta) == {"m"} and isinstance(meta["m"], str):
+                out = cls._from_packed(meta["m"], key, table)
+            else:
+                out = cls._from_v1(meta)
+        except (KeyError, TypeError, ValueError, IndexError, CorruptStreamError) as exc:
             raise CorruptStreamError(f"record {key!r}: unreadable session metadata ({exc})") from None
         if out.number < 1 or out.n_tokens < 0 or not 0 <= out.prefix <= out.n_tokens or (out.prefix > 0) != (out.parent is not None):
             raise CorruptStreamError(f"record {key!r}: inconsistent session metadata")
@@ -118,6 +176,30 @@ class RecordMeta:
                 f"record {key!r} holds the metadata of session {out.sid!r} (number {out.number}): a swapped row"
             )
         return out
+
+    @classmethod
+    def _from_v1(cls, meta: Any) -> RecordMeta:
+        if not isinstance(meta, dict) or meta.get("v") != 1:
+            raise ValueError("not a session record of a known layout")
+        parent = meta["parent"]
+        return cls(
+            sid=str(meta["sid"]),
+            number=int(meta["number"]),
+            n_tokens=int(meta["tokens"]),
+            prefix=int(meta["prefix"]),
+            parent=None if parent is None else int(parent),
+            parent_crc32c=None if meta.get("parent_crc32c") is None else int(meta["parent_crc32c"]),
+            codec=str(meta["codec"]),
+            schedule=_unrle(meta["schedule"]),
+            hashes=tuple(bytes.fromhex(h) for h in meta["hashes"]),
+            payload_bits=int(meta["payload_bits"]),
+            container_bytes=int(meta["container_bytes"]),
+            residual_bytes=int(meta["residual_bytes"]),
+            kv_source=str(meta["kv_source"]),
+            tokens_crc32c=int(meta["tokens_crc32c"]),
+            hidden=bool(meta.get("hidden", False)),
+            layout=1,
+        )
 
     def hide(self) -> RecordMeta:
         return replace(self, hidden=True)

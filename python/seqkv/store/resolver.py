@@ -13,6 +13,7 @@ import numpy as np
 from ..codecs.base import TOKEN_DTYPE
 from ..errors import CorruptStreamError, SessionNotFoundError
 from .catalog import Catalog, Entry, RecordMeta, check_tokens
+from .layout import SharedTable, expand
 
 __all__ = ["TokenResolver", "RetiredEntryError"]
 
@@ -23,7 +24,8 @@ class RetiredEntryError(Exception):
 
 class TokenResolver:
     """Decodes sessions' tokens. ``lock`` is the store's bookkeeping lock (guarding ``catalog``),
-    ``codec_for(name)`` the codec of a record, ``model_lock`` held while a codec runs."""
+    ``codec_for(name)`` the codec of a record, ``model_lock`` held while a codec runs, ``table``
+    the store's shared table (what layout-2 records leave out)."""
 
     def __init__(
         self,
@@ -33,8 +35,10 @@ class TokenResolver:
         codec_for: Callable[[str], Any],
         model_lock: threading.RLock,
         capacity: int,
+        table: SharedTable,
     ):
         self._backend = backend
+        self._table = table
         self._catalog = catalog
         self._lock = lock
         self._codec_for = codec_for
@@ -75,7 +79,7 @@ class TokenResolver:
             except SessionNotFoundError:
                 record = None
             if record is not None:
-                meta = RecordMeta.from_dict(record.meta, key)
+                meta = RecordMeta.from_dict(record.meta, key, self._table)
                 if meta.number == entry.number:
                     if meta.tokens_crc32c != entry.meta.tokens_crc32c:
                         raise CorruptStreamError(f"record {key!r} changed under session number {entry.number}")
@@ -88,6 +92,13 @@ class TokenResolver:
             if record is None:
                 raise CorruptStreamError(f"the record of session {entry.meta.sid!r} is missing from the backend")
             raise CorruptStreamError(f"record {key!r} holds session number {meta.number}, not {entry.number}")
+
+    def container(self, entry: Entry, record: Any) -> bytes:
+        """The full ``SQKV`` container of the entry's record (layout 2 stores it stripped)."""
+        if entry.meta.layout == 1:
+            return bytes(record.container)
+        meta = entry.meta
+        return expand(record.container, self._table, meta.n_tokens - meta.prefix, meta.tokens_crc32c, f"record {entry.key!r}")
 
     def tokens(self, entry: Entry, progress: Any = None) -> np.ndarray:
         """The entry's tokens (the LRU's array: callers copy before handing it out)."""
@@ -107,8 +118,9 @@ class TokenResolver:
             prefix = toks[: e.meta.prefix]
             if prefix.size != e.meta.prefix:
                 raise CorruptStreamError(f"session {e.meta.sid!r} references {e.meta.prefix} tokens its parent lacks")
+            container = self.container(e, record)
             with self._model_lock:
-                tail = self._codec_for(e.meta.codec).decode(record.container, context=prefix, progress=progress)
+                tail = self._codec_for(e.meta.codec).decode(container, context=prefix, progress=progress)
             toks = np.concatenate([prefix, np.asarray(tail)]).astype(TOKEN_DTYPE)
             check_tokens(e.meta, toks)
             self.remember(e.number, toks)

@@ -70,6 +70,7 @@ from .builder import RESIDUAL, KVBuilder, resolve_engine
 from .catalog import HIDDEN_PREFIX, Catalog, Entry, RecordMeta, allocate_number, hidden_key
 from .config import TIER_NAMES, StoreConfig
 from .dedup import PrefixIndex
+from .layout import SharedTable, strip
 from .residency import Built, KVLayout, Residency
 from .resolver import RetiredEntryError, TokenResolver
 from .results import PutResult, StoreStats
@@ -190,8 +191,9 @@ class SessionStore:
         self.capacity_bytes = config.capacity_bytes
         self.page_tokens = config.page_tokens
         self._catalog = Catalog()
+        self._table = SharedTable(self.backend)
         self._resolver = TokenResolver(
-            self.backend, self._catalog, self._lock, self._codec_for, self._model_lock, config.token_cache
+            self.backend, self._catalog, self._lock, self._codec_for, self._model_lock, config.token_cache, self._table
         )
         self.namespace = self._open_namespace(config.namespace)
         self._index = PrefixIndex(trie, self.namespace)
@@ -247,7 +249,7 @@ class SessionStore:
         metas: dict[int, tuple[str, RecordMeta]] = {}
         for key, raw in sorted(scan.meta.items()):
             try:
-                meta = RecordMeta.from_dict(raw, key)
+                meta = RecordMeta.from_dict(raw, key, self._table)
             except CorruptStreamError as exc:
                 self._quarantine(key, str(exc))
                 continue
@@ -403,6 +405,8 @@ class SessionStore:
             kept = recorded.cache if keep else None
             if kept is not None and toks.size and self._residency.keeps_hot:
                 handle = self._residency.insert_hot(toks, kept, number)
+            crc = tokens_checksum(toks)
+            stored = strip(data, self._table, crc)
             meta = RecordMeta(
                 sid=sid,
                 number=number,
@@ -414,12 +418,12 @@ class SessionStore:
                 schedule=sched,
                 hashes=recorded.hashes,
                 payload_bits=int(stats.payload_bits),
-                container_bytes=len(data),
+                container_bytes=len(stored),
                 residual_bytes=len(recorded.attachments.get(RESIDUAL, b"")),
                 kv_source=self.kv_builder.source_id,
-                tokens_crc32c=tokens_checksum(toks),
+                tokens_crc32c=crc,
             )
-            record = SessionRecord(container=data, meta=meta.to_dict(), attachments=recorded.attachments)
+            record = SessionRecord(container=stored, meta=meta.to_dict(self._table), attachments=recorded.attachments)
             entry = Entry(meta, sid, record.nbytes)
             with self._lock:
                 self._store_record(entry, record)
@@ -475,7 +479,7 @@ class SessionStore:
             stored = self._resolver.read_record(old)
             self.backend.put(
                 hidden_key(old.number),
-                SessionRecord(container=stored.container, meta=old.meta.hide().to_dict(), attachments=stored.attachments),
+                SessionRecord(container=stored.container, meta=old.meta.hide().to_dict(self._table), attachments=stored.attachments),
             )
         self.backend.put(sid, record)
         if old is None:
@@ -508,6 +512,12 @@ class SessionStore:
     def tokens(self, session_id: str) -> np.ndarray:
         """The session's tokens (decoded and checked against their recorded checksum; no KV rebuilt)."""
         return self._read(session_id, lambda e: self._resolver.tokens(e).copy())
+
+    def container(self, session_id: str) -> bytes:
+        """The session's record as a full ``SQKV`` container (records store it stripped of what
+        the store's records share): the coded tail, which decodes with the session's first
+        ``prefix`` tokens as context when it continues another session."""
+        return self._read(session_id, lambda e: self._resolver.container(e, self._resolver.read_record(e)))
 
     def tier_of(self, session_id: str) -> str:
         """The hottest tier holding the session (``"hot"``, ``"warm"`` or ``"cold"``)."""
@@ -607,7 +617,7 @@ class SessionStore:
                 stored = self._resolver.read_record(entry)
                 self.backend.put(
                     hidden_key(entry.number),
-                    SessionRecord(container=stored.container, meta=entry.meta.hide().to_dict(),
+                    SessionRecord(container=stored.container, meta=entry.meta.hide().to_dict(self._table),
                                   attachments=stored.attachments),
                 )
                 self.backend.delete(entry.key)
