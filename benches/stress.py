@@ -1,6 +1,9 @@
 """Stress bench: the 16-thread Trie and SessionStore workloads of tests/test_stress.py at a
-larger size (10x the CI test's operations per thread, 5x its sessions), and the memory bound of
-tests/test_memory_bounds.py over 10^6 inserted tokens.
+larger size (10x the CI test's operations per thread, 5x its sessions), the memory bound of
+tests/test_memory_bounds.py over 10^6 inserted tokens, a SQLite SessionStore's puts and cold
+exact gets per second (every restore verified: tokens and the KV hashes recorded at put), and
+sessions lost when a writer process is SIGKILLed mid re-put (the child of
+tests/store/test_store_integrity.py's SIGKILL test; zero expected).
 
 Every workload checks itself against its reference model (nothing lost, nothing wrong) and runs
 under a deadline (DEADLINE_S) that fails it on a deadlock. Prints a table and writes
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,10 +24,40 @@ sys.path[:0] = [str(ROOT / "tests" / "store"), str(ROOT / "tests" / "trie")]
 import seqkv  # noqa: E402
 from _summary import Stress, machine, write_summary  # noqa: E402
 import test_memory_bounds as mb  # noqa: E402
+import test_store_integrity as integrity  # noqa: E402
 import test_stress as ts  # noqa: E402
 
 
 DEADLINE_S = 900.0  # per workload: a bound that fails the run on a hang, not a performance figure
+KILL_DELAYS_S = (0.0, 0.05, 0.11, 0.17, 0.23, 0.29)  # how long the writer goes on before each SIGKILL
+
+
+def store_rates(model, sessions: int, path: str) -> dict:
+    """Puts, then cold exact gets, of ``sessions`` chat-like sessions sharing a system prompt, on
+    a SQLite SessionStore; each get checked against the tokens put (the exact restore checks the
+    KV against the hashes recorded at put itself)."""
+    import numpy as np
+
+    store = seqkv.SessionStore(model, codec="plt", backend=path, capacity_bytes=None)
+    system = np.random.default_rng(7).integers(0, 512, 64)
+    tokens = {f"chat-{i}": np.concatenate([system, np.random.default_rng(i).integers(0, 512, 200)])
+              for i in range(sessions)}
+    t0 = time.perf_counter()
+    for sid, toks in tokens.items():
+        store.put(sid, toks)
+    put_s = time.perf_counter() - t0
+    store.drop_caches()
+    verified = 0
+    t0 = time.perf_counter()
+    for sid, toks in tokens.items():
+        got, _ = store.get(sid, mode="exact", promote=False)
+        verified += bool(np.array_equal(got, toks))
+    get_s = time.perf_counter() - t0
+    store.close()
+    if verified != sessions:
+        raise SystemExit(f"{sessions - verified} of {sessions} restores differ from the tokens put")
+    return {"puts": sessions, "puts_per_s": sessions / put_s, "gets": sessions, "gets_per_s": sessions / get_s,
+            "restores_verified": verified}
 
 
 def main() -> None:
@@ -64,6 +98,15 @@ def main() -> None:
         t0 = time.perf_counter()
         r = ts.store_workload(store, sessions=12 if q else 60, vocab=512, seed=7, deadline_s=DEADLINE_S)
         rows.append({"workload": "SessionStore(plt) 16 threads", "seconds": time.perf_counter() - t0, **r})
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            r = store_rates(model, 40 if q else 400, f"{tmp}/rates.sqlite")
+            rows.append({"workload": "SessionStore(plt, SQLite) puts, cold exact gets", "seconds": time.perf_counter() - t0, **r})
+            t0 = time.perf_counter()
+            r = integrity.kill_reputters(model, f"{tmp}/kills.sqlite", KILL_DELAYS_S[:2] if q else KILL_DELAYS_S * 4)
+            rows.append({"workload": "SIGKILLed re-putting writer (SQLite)", "seconds": time.perf_counter() - t0, **r})
+            if r["sessions_lost"]:
+                raise SystemExit(f"sessions lost under SIGKILL: {r}")
     for row in rows:
         print(f"{row['workload']:<45} {row['seconds']:8.2f} s  " +
               " ".join(f"{k}={v}" for k, v in row.items() if k not in ("workload", "seconds")))
