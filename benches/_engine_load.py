@@ -39,7 +39,7 @@ json.dump({"import_torch_transformers_s": t_torch - t_seqkv, "load_smollm2_s": t
 _CHILD_NO_TORCH = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from seqkv.integrations.models import smollm2_engine
+from seqkv.engine.cpu import smollm2_engine
 eng = smollm2_engine()
 row = eng.prefill(eng.new_sequence(), [1, 2, 3], logits="last")[0]
 json.dump({"process_to_first_logits_s": time.perf_counter() - t0, "torch_imported": "torch" in sys.modules}, sys.stdout)

@@ -154,16 +154,16 @@ def test_engine_weights_are_cached_beside_the_model(tiny_llama, cache_dir, gguf,
 
 
 def test_cached_engine_needs_no_torch_and_matches(tiny_llama, cache_dir, gguf):
-    assert model_cache.cached_engine(gguf) is None  # nothing cached yet
+    assert engine_cpu.Engine.from_cached_gguf(gguf) is None  # nothing cached yet
     model, _ = model_cache.load_or_convert(gguf, Converter(tiny_llama))
-    assert model_cache.cached_engine(gguf) is None  # the model, but no engine weights yet
+    assert engine_cpu.Engine.from_cached_gguf(gguf) is None  # the model, but no engine weights yet
     built = Engine.from_hf(model, "bf16")
-    fast = model_cache.cached_engine(gguf, "bf16")
+    fast = engine_cpu.Engine.from_cached_gguf(gguf, "bf16")
     assert fast.fingerprint() == built.fingerprint()
     toks = [7, 3, 300, 2, 2, 9]
     assert fast.prefill(fast.new_sequence(), toks).tobytes() == built.prefill(built.new_sequence(), toks).tobytes()
-    code = ("import hashlib, sys; from seqkv.integrations.model_cache import cached_engine; "
-            f"e = cached_engine({str(gguf)!r}); "
+    code = ("import hashlib, sys; from seqkv.engine.cpu import Engine; "
+            f"e = Engine.from_cached_gguf({str(gguf)!r}); "
             "print(e is not None, hashlib.sha256(e.prefill(e.new_sequence(), [7, 3, 300]).tobytes()).hexdigest(), "
             "'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

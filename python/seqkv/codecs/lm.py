@@ -59,7 +59,7 @@ from .base import (
     describe_schedule,
     split_blocks,
 )
-from .sources import LogitsSource, TransformersSource, default_source
+from .sources import LogitsSource, default_source
 
 __all__ = [
     "LMCodec",

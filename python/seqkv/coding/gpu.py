@@ -12,18 +12,24 @@ The coding loop of the ``lm`` codec on a GPU model (streams identical to
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-from collections.abc import Iterator
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, MissingExtraError, SeqkvError
-from ..cuda.runtime import _CTYPE, _allow_smem, _cc_major, _cupy, _device_view, _function, _max_dyn_smem, _on_stream_of
+from ..errors import InvalidInputError, SeqkvError
+from ..cuda.runtime import (
+    _CTYPE,
+    _allow_smem,
+    _cc_major,
+    _cupy,
+    _device_view,
+    _function,
+    _is_torch,
+    _max_dyn_smem,
+    _on_stream_of,
+    is_device_array,
+)
 
 __all__ = ["quantize_logits_gpu", "gather_cdf", "search_cdf", "encode_tokens", "decode_token", "QUANTIZE_BLOCK", "cluster_config"]
 

@@ -9,11 +9,9 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ..errors import InvalidInputError, MissingExtraError, SeqkvError
 

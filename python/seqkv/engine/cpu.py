@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import weakref
-from typing import Any, Iterable, Iterator, Sequence as Seq
+from typing import Any, Sequence as Seq
 
 import numpy as np
 
@@ -51,6 +51,7 @@ __all__ = [
     "read_bandwidth",
     "hf_tensors",
     "engine_fingerprint",
+    "smollm2_engine",
 ]
 
 #: Version of the arithmetic the kernels define (bump when any result bit can change).
@@ -466,6 +467,23 @@ class Engine:
         return eng
 
     @classmethod
+    def from_cached_gguf(cls, gguf_path: Any, dtype: str = "bf16", *, kv_dtype: str = "f32",
+                         page_tokens: int = 64) -> "Engine | None":
+        """The engine of a GGUF straight from the model cache — no torch, no transformers — when
+        an earlier :meth:`from_hf` of the cached model stored its ``dtype`` weights, else ``None``
+        (:func:`seqkv.integrations.model_cache.cached_engine_state`). Its fingerprint is the one
+        ``Engine.for_model(load_model(...))`` has, so streams of either decode with the other."""
+        from ..integrations.model_cache import cached_engine_state
+
+        cached = cached_engine_state(gguf_path, dtype)
+        if cached is None:
+            return None
+        config, arrays, source_fp = cached
+        core = _native.EngineCore.from_packed_state(_native_config(config), arrays, dtype=dtype, kv_dtype=kv_dtype,
+                                                    page_tokens=int(page_tokens))
+        return cls(core, source_fingerprint=source_fp, info=config)
+
+    @classmethod
     def _from_cache(cls, model: Any, dtype: str, source_fp: bytes | None, *, kv_dtype: str,
                     page_tokens: int) -> "Engine | None":
         """The engine of a model loaded from the model cache, rebuilt from its cached packed
@@ -638,3 +656,13 @@ class Engine:
             out.append(t)
             row = self.step([seq], [t])[0]
         return out
+
+
+def smollm2_engine(dtype: str = "bf16") -> Engine | None:
+    """SmolLM2's engine from the model cache without importing torch (:meth:`Engine.from_cached_gguf`),
+    or ``None`` until a run has built it (``Engine.for_model(load_smollm2()[0], dtype)`` stores it)."""
+    import os
+
+    from ..integrations.models import SMOLLM2_GGUF, smollm2_folder
+
+    return Engine.from_cached_gguf(os.path.join(smollm2_folder(), SMOLLM2_GGUF), dtype)

@@ -49,7 +49,7 @@ __all__ = [
     "load_or_convert",
     "load_engine_state",
     "store_engine_state",
-    "cached_engine",
+    "cached_engine_state",
 ]
 
 #: Layout of a cache entry (bump when the files or their meaning change).
@@ -218,7 +218,7 @@ def _build_from_entry(folder: Path, manifest: dict[str, Any]) -> tuple[Any, Any]
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
-    from .models import _TOKENIZER_ATTR, _config_json
+    from .fingerprints import TOKENIZER_ATTR, config_json
 
     config_dict = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config = AutoConfig.for_model(**config_dict)
@@ -233,12 +233,12 @@ def _build_from_entry(folder: Path, manifest: dict[str, Any]) -> tuple[Any, Any]
         owner, _, attr = name.rpartition(".")
         setattr(model.get_submodule(owner), attr, model.get_parameter(source))
     model.eval()
-    if _config_json(model) != manifest.get("config_json"):
+    if config_json(model) != manifest.get("config_json"):
         raise CacheEntryError(f"{folder}: the config does not rebuild to the recorded one")
     tokenizer = None
     if (folder / "tokenizer").is_dir():
         tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
-        setattr(model, _TOKENIZER_ATTR, tokenizer)
+        setattr(model, TOKENIZER_ATTR, tokenizer)
     return model, tokenizer
 
 
@@ -254,7 +254,7 @@ def _write_entry(tmp: Path, gguf: Path, sha: str, model: Any, tokenizer: Any) ->
     from safetensors import safe_open
     from safetensors.torch import save_model
 
-    from .models import _config_json, _weights_digest, fingerprint
+    from .fingerprints import config_json, fingerprint, weights_digest
 
     (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), default=str, indent=1), encoding="utf-8")
     save_model(model, str(tmp / "model.safetensors"))
@@ -269,20 +269,20 @@ def _write_entry(tmp: Path, gguf: Path, sha: str, model: Any, tokenizer: Any) ->
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
     _write_manifest(tmp, {
         "gguf": {"name": gguf.name, "sha256": sha, "size": gguf.stat().st_size},
-        "config_json": _config_json(model),
-        "weights_digest": _weights_digest(model).hex(),
+        "config_json": config_json(model),
+        "weights_digest": weights_digest(model).hex(),
         "fingerprint": fingerprint(model, tokenizer).hex(),
         "tied": tied,
     })
 
 
 def _check_round_trip(tmp: Path, model: Any, tokenizer: Any) -> None:
-    from .models import _weights_digest, fingerprint
+    from .fingerprints import fingerprint, weights_digest
 
     manifest = _read_verified_manifest(tmp)
     back, back_tokenizer = _build_from_entry(tmp, manifest)
     if (fingerprint(back, back_tokenizer) != fingerprint(model, tokenizer)
-            or _weights_digest(back).hex() != manifest["weights_digest"]):
+            or weights_digest(back).hex() != manifest["weights_digest"]):
         raise CacheEntryError("the cached model does not reproduce the GGUF model's fingerprint")
 
 
@@ -370,15 +370,11 @@ def store_engine_state(model: Any, dtype: str, source_fingerprint: bytes, config
         print(f"seqkv: not caching the engine weights: {exc}", file=sys.stderr)
 
 
-def cached_engine(gguf_path: str | os.PathLike[str], dtype: str = "bf16", *, kv_dtype: str = "f32",
-                  page_tokens: int = 64) -> Any:
-    """The :class:`seqkv.engine.cpu.Engine` of a GGUF straight from the cache — no torch, no
-    transformers — when an earlier ``Engine.from_hf`` of the cached model stored its ``dtype``
-    weights; else ``None``. Its fingerprint is the one ``Engine.for_model(load_model(...))``
-    has (the model's, recorded in both manifests), so streams of either decode with the other.
-    The engine entry's files are checked (size and CRC-32C) before use; a bad one is deleted."""
-    from ..engine.cpu import Engine, _native_config
-
+def cached_engine_state(gguf_path: str | os.PathLike[str], dtype: str = "bf16") -> tuple[dict[str, Any], dict[str, Any], bytes] | None:
+    """``(config, packed arrays, source fingerprint)`` of the engine weights an earlier
+    ``Engine.from_hf`` of a cached GGUF stored (:meth:`seqkv.engine.cpu.Engine.from_cached_gguf`
+    builds the engine from them without torch), else ``None``. The entry's files are checked
+    (size and CRC-32C) first; a bad entry is deleted."""
     folder = _models_dir() / gguf_sha256(gguf_path)
     engine_dir = folder / f"engine-{dtype}-p{_native.engine.PACKED_STATE_VERSION}"
     if not engine_dir.exists():
@@ -390,11 +386,8 @@ def cached_engine(gguf_path: str | os.PathLike[str], dtype: str = "bf16", *, kv_
         model_manifest = json.loads((folder / _MANIFEST).read_text(encoding="utf-8"))
         if manifest.get("dtype") != dtype or manifest.get("source_fingerprint") != model_manifest.get("fingerprint"):
             raise CacheEntryError(f"{engine_dir}: not the engine of the cached model")
-        config = manifest["config"]
-        core = _native.EngineCore.from_packed_state(_native_config(config), load_file(str(engine_dir / "weights.safetensors")),
-                                                    dtype=dtype, kv_dtype=kv_dtype, page_tokens=int(page_tokens))
+        return dict(manifest["config"]), load_file(str(engine_dir / "weights.safetensors")), bytes.fromhex(manifest["source_fingerprint"])
     except (SeqkvError, OSError, ValueError, KeyError) as exc:
         print(f"seqkv: not using the engine cache: {exc}", file=sys.stderr)
         _remove(engine_dir)
         return None
-    return Engine(core, source_fingerprint=bytes.fromhex(manifest["source_fingerprint"]), info=dict(config))

@@ -17,7 +17,6 @@ torch and transformers are the ``seqkv[torch]`` extra; they are imported here la
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -27,12 +26,12 @@ import threading
 from typing import Any
 
 from ..errors import InvalidInputError, MissingExtraError, SeqkvError
+from .fingerprints import TOKENIZER_ATTR, fingerprint, require_torch, tokenizer_fingerprint
 
 __all__ = [
     "SMOLLM2_GGUF",
     "load_model",
     "load_smollm2",
-    "smollm2_engine",
     "fingerprint",
     "tokenizer_fingerprint",
     "numerics_profile",
@@ -43,24 +42,9 @@ __all__ = [
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-_FP_ATTR = "_seqkv_fingerprint"
-_TOKENIZER_ATTR = "_seqkv_tokenizer"
 
 _lock = threading.Lock()
 _smollm2_cache: dict[str, tuple[Any, Any]] = {}
-
-
-def require_torch() -> tuple[Any, Any]:
-    """Import and return ``(torch, transformers)``, or raise :class:`MissingExtraError`."""
-    try:
-        torch = importlib.import_module("torch")
-        transformers = importlib.import_module("transformers")
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise MissingExtraError(
-            f"this needs torch and transformers ({exc.name or exc} is missing): "
-            "pip install 'seqkv[torch]'"
-        ) from exc
-    return torch, transformers
 
 
 def load_model(
@@ -103,7 +87,7 @@ def load_model(
         raise SeqkvError(f"could not move the model to device {device!r}: {exc}") from exc
     model.eval()
     if tokenizer is not None:
-        setattr(model, _TOKENIZER_ATTR, tokenizer)
+        setattr(model, TOKENIZER_ATTR, tokenizer)
     return model, tokenizer
 
 
@@ -145,15 +129,6 @@ def load_smollm2(device: str = "cpu") -> tuple[Any, Any]:
         return pair
 
 
-def smollm2_engine(dtype: str = "bf16") -> Any:
-    """SmolLM2's :class:`seqkv.engine.cpu.Engine` from the model cache without importing torch
-    (:func:`seqkv.integrations.model_cache.cached_engine`), or ``None`` until a run has built it
-    (``Engine.for_model(load_smollm2()[0], dtype)`` stores it)."""
-    from .model_cache import cached_engine
-
-    return cached_engine(os.path.join(smollm2_folder(), SMOLLM2_GGUF), dtype)
-
-
 def vocab_size(model: Any) -> int:
     """The number of logits the model produces per position (its config's vocab size)."""
     config = getattr(model, "config", None)
@@ -163,75 +138,6 @@ def vocab_size(model: Any) -> int:
     if not isinstance(size, int) or size < 1:
         raise InvalidInputError("the model's config has no vocab_size")
     return size
-
-
-def _config_json(model: Any) -> str:
-    config = getattr(model, "config", None)
-    if config is None:
-        return "{}"
-    data = config.to_dict()
-    for key in ("_name_or_path", "transformers_version", "_commit_hash", "name_or_path"):
-        data.pop(key, None)
-    return json.dumps(data, sort_keys=True, default=str)
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> bytes:
-    """32-byte BLAKE2b of a tokenizer's vocabulary (token → id) and special tokens; cached."""
-    cached = getattr(tokenizer, _FP_ATTR, None)
-    if isinstance(cached, bytes):
-        return cached
-    h = hashlib.blake2b(digest_size=32, person=b"seqkv-tokenizer")
-    vocab = tokenizer.get_vocab()
-    h.update(json.dumps(sorted(vocab.items(), key=lambda kv: (kv[1], kv[0])), ensure_ascii=False).encode())
-    special = getattr(tokenizer, "all_special_tokens", [])
-    h.update(json.dumps(sorted(str(t) for t in special)).encode())
-    digest = h.digest()
-    try:
-        setattr(tokenizer, _FP_ATTR, digest)
-    except AttributeError:  # pragma: no cover - slotted tokenizer classes
-        pass
-    return digest
-
-
-def _weights_digest(model: Any) -> bytes:
-    torch, _ = require_torch()
-    cached = getattr(model, _FP_ATTR, None)
-    if isinstance(cached, bytes):
-        return cached
-    h = hashlib.blake2b(digest_size=32, person=b"seqkv-model")
-    h.update(type(model).__name__.encode())
-    h.update(_config_json(model).encode())
-    with torch.inference_mode():
-        named = list(model.named_parameters()) + list(model.named_buffers())
-        for name, tensor in named:
-            t = tensor.detach()
-            h.update(f"\x00{name}:{tuple(t.shape)}:{t.dtype}\x00".encode())
-            if t.numel():
-                flat = t.to("cpu").contiguous().reshape(-1).view(torch.uint8)
-                h.update(memoryview(flat.numpy()))
-    digest = h.digest()
-    setattr(model, _FP_ATTR, digest)
-    return digest
-
-
-def fingerprint(model: Any, tokenizer: Any = None) -> bytes:
-    """32-byte BLAKE2b of the model: config JSON, each parameter/buffer's name, shape, dtype
-    and bytes, and the tokenizer's vocabulary.
-
-    ``tokenizer`` defaults to the one :func:`load_model` attached to the model (if any), so
-    ``fingerprint(model)`` is the same value at both ends of a stream. The weight digest
-    reads every parameter's bytes, so it is cached on the model object; mutate the weights and
-    you must ``del model._seqkv_fingerprint``.
-    """
-    if tokenizer is None:
-        tokenizer = getattr(model, _TOKENIZER_ATTR, None)
-    weights = _weights_digest(model)
-    if tokenizer is None:
-        return weights
-    h = hashlib.blake2b(digest_size=32, person=b"seqkv-fp")
-    h.update(weights)
-    h.update(tokenizer_fingerprint(tokenizer))
-    return h.digest()
 
 
 def cpu_name() -> str:

@@ -4,17 +4,12 @@ reference."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
-from collections.abc import Iterator
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError, MissingExtraError, SeqkvError
+from ..errors import InvalidInputError
 from ..cuda.runtime import _CTYPE, _cupy, _device_view, _function, _on_stream_of
 from .codes import KiviCodes, TurboCodes
 from .residual import Packed
