@@ -63,3 +63,15 @@ def test_records_of_the_previous_layout_stay_readable(tiny_llama):
     reopened.get("b", mode="exact")
     reopened.delete("a")  # referenced by b: kept hidden, in its own layout
     assert np.array_equal(reopened.tokens("b"), _chat_turn())
+
+
+def test_an_unreadable_shared_table_stops_the_open_instead_of_quarantining_every_record(tiny_llama):
+    from seqkv.errors import StoreError
+    from seqkv.store.layout import SHARED_BLOB
+
+    store = SessionStore(tiny_llama, codec="raw", capacity_bytes=None, record_hashes=False)
+    store.put("a", _chat_turn())
+    store.backend.put_blob(SHARED_BLOB, b"{not json")
+    with pytest.raises(StoreError, match=SHARED_BLOB):
+        SessionStore(tiny_llama, codec="raw", backend=store.backend, capacity_bytes=None, record_hashes=False)
+    assert store.backend.ids() == ["a"]  # nothing quarantined

@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 from ..coding.container import Block, Header, pack, unpack
-from ..errors import CorruptStreamError
+from ..errors import CorruptStreamError, StoreError
 
 __all__ = ["SharedTable", "Writer", "Reader", "strip", "expand", "SHARED_BLOB"]
 
@@ -102,6 +102,16 @@ class SharedTable:
             return {kind: [str(x) for x in table.get(kind, [])] for kind in _KINDS}
         except (ValueError, TypeError, AttributeError) as exc:
             raise CorruptStreamError(f"the store's {SHARED_BLOB!r} blob is unreadable: {exc}") from None
+
+    def refresh(self) -> None:
+        """Read the table from the backend (at open). An unreadable table is a
+        :class:`~seqkv.errors.StoreError`, not a reason to quarantine every record that uses it."""
+        try:
+            entries = self._load(self._backend.get_blob(SHARED_BLOB))
+        except CorruptStreamError as exc:
+            raise StoreError(f"{exc}: the store's records cannot be read without it") from None
+        with self._lock:
+            self._entries = entries
 
     def index(self, kind: str, value: str) -> int:
         """The index of ``value`` in the ``kind`` list, appended (in the backend) if new."""

@@ -243,6 +243,7 @@ class SessionStore:
     def _load(self) -> None:
         """Pick up the records of an existing backend (cold), quarantining unreadable ones, and
         the trie snapshot, or rebuild the trie from the records."""
+        self._table.refresh()
         scan = self.backend.scan_meta()
         for key, why in sorted(scan.corrupt.items()):
             self._quarantine(key, why)
