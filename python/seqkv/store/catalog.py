@@ -104,7 +104,7 @@ class RecordMeta:
             out.raw(self.sid.encode("utf-8", "surrogatepass"))
         else:  # the id itself is the backend's key: a checksum of it binds the record to it
             out.raw(_id_checksum(self.sid).to_bytes(4, "little"))
-        return {"m": base64.b85encode(out.bytes()).decode("ascii")}
+        return {"m": base64.b85encode(out.getvalue()).decode("ascii")}
 
     @classmethod
     def _from_packed(cls, packed: str, key: str, table: SharedTable) -> RecordMeta:

@@ -48,7 +48,7 @@ class Writer:
         self.out += data
         return self
 
-    def bytes(self) -> bytes:
+    def getvalue(self) -> bytes:
         return bytes(self.out)
 
 
@@ -161,12 +161,12 @@ def strip(container: bytes, table: SharedTable, whole_crc32c: int) -> bytes:
         out.uint(1 if implied else 2)
         if not implied:
             out.raw(blocks[0].tokens_crc32c.to_bytes(4, "little"))
-        return out.raw(bytes(blocks[0].payload)).bytes()
+        return out.raw(bytes(blocks[0].payload)).getvalue()
     out.uint(len(blocks) + 3)  # 3 + block count: any other number of blocks, none included
     for block in blocks:
         out.uint(block.n_tokens).uint(len(block.payload)).raw(bytes(block.payload))
         out.raw(block.tokens_crc32c.to_bytes(4, "little"))
-    return out.bytes()
+    return out.getvalue()
 
 
 def expand(stored: bytes, table: SharedTable, coded_tokens: int, whole_crc32c: int, what: str) -> bytes:
