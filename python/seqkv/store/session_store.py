@@ -65,9 +65,10 @@ from typing import Any
 import numpy as np
 
 from ..codecs.base import as_tokens
+from ..coding.container import CODECS
 from ..errors import CorruptStreamError, InvalidInputError, StoreError
 from .builder import RESIDUAL, KVBuilder, resolve_engine
-from .catalog import HIDDEN_PREFIX, Catalog, Entry, RecordMeta, allocate_number, hidden_key
+from .catalog import HIDDEN_PREFIX, RECORD_VERSION, Catalog, Entry, RecordMeta, allocate_number, hidden_key
 from .config import TIER_NAMES, StoreConfig
 from .dedup import PrefixIndex
 from .layout import SharedTable, strip
@@ -407,7 +408,9 @@ class SessionStore:
             if kept is not None and toks.size and self._residency.keeps_hot:
                 handle = self._residency.insert_hot(toks, kept, number)
             crc = tokens_checksum(toks)
-            stored = strip(data, self._table, crc)
+            # a third-party codec's stream need not be an SQKV container: kept whole, in layout 1
+            layout = RECORD_VERSION if self.codec.name in CODECS else 1
+            stored = strip(data, self._table, crc) if layout == RECORD_VERSION else data
             meta = RecordMeta(
                 sid=sid,
                 number=number,
@@ -423,6 +426,7 @@ class SessionStore:
                 residual_bytes=len(recorded.attachments.get(RESIDUAL, b"")),
                 kv_source=self.kv_builder.source_id,
                 tokens_crc32c=crc,
+                layout=layout,
             )
             record = SessionRecord(container=stored, meta=meta.to_dict(self._table), attachments=recorded.attachments)
             entry = Entry(meta, sid, record.nbytes)
