@@ -175,7 +175,7 @@ def encode(symbols: npt.ArrayLike, freqs: npt.ArrayLike, precision: int = 24) ->
 
 def decode(data: bytes, freqs: npt.ArrayLike, n: int | None = None, precision: int = 24) -> np.ndarray:
     """Decodes what :func:`encode` wrote. With a 1-D table ``n`` (the symbol count) is required;
-    with a 2-D table it is ``freqs.shape[0]`` (``n``, if given, must agree). Returns int64 symbols."""
+    with a 2-D table it is ``freqs.shape[0]`` (``n``, if given, must agree). Returns uint32 symbols (the token convention of the native API)."""
     precision = _check_precision(precision)
     f = _asarray(freqs, "frequencies")
     data = _as_bytes(data)

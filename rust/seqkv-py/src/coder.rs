@@ -16,7 +16,7 @@ use seqkv_coder::range;
 use seqkv_coder::table::{self, row_range, TableRow};
 use seqkv_coder::{crc32c as crc, Error};
 
-use crate::convert::{read_symbols, read_tokens, slice1, slice2, symbols_array, tokens_array};
+use crate::convert::{read_symbols, read_tokens, slice1, slice2, tokens_array};
 use crate::errors::{invalid, NResult};
 
 /// A single symbol checked to be in `0..v`.
@@ -78,10 +78,10 @@ fn encode_static<'py>(py: Python<'py>, symbols: &Bound<'py, PyAny>, freqs: PyRea
 }
 
 #[pyfunction]
-fn decode_static<'py>(py: Python<'py>, data: &[u8], freqs: PyReadonlyArray1<'py, u32>, n: usize, precision: u32) -> NResult<Bound<'py, PyArray1<i64>>> {
+fn decode_static<'py>(py: Python<'py>, data: &[u8], freqs: PyReadonlyArray1<'py, u32>, n: usize, precision: u32) -> NResult<Bound<'py, PyArray1<u32>>> {
     let f = slice1(&freqs, "freqs")?;
     let out = py.detach(|| table::decode_static(data, f, n, precision))?;
-    Ok(symbols_array(py, out))
+    Ok(tokens_array(py, out))
 }
 
 #[pyfunction]
@@ -93,10 +93,10 @@ fn encode_tables<'py>(py: Python<'py>, symbols: &Bound<'py, PyAny>, freqs: PyRea
 }
 
 #[pyfunction]
-fn decode_tables<'py>(py: Python<'py>, data: &[u8], freqs: PyReadonlyArray2<'py, u32>, precision: u32) -> NResult<Bound<'py, PyArray1<i64>>> {
+fn decode_tables<'py>(py: Python<'py>, data: &[u8], freqs: PyReadonlyArray2<'py, u32>, precision: u32) -> NResult<Bound<'py, PyArray1<u32>>> {
     let (f, _, v) = slice2(&freqs, "freqs")?;
     let out = py.detach(|| table::decode_rows(data, f, v, precision))?;
-    Ok(symbols_array(py, out))
+    Ok(tokens_array(py, out))
 }
 
 #[pyfunction]
@@ -108,10 +108,10 @@ fn encode_logits<'py>(py: Python<'py>, symbols: &Bound<'py, PyAny>, logits: PyRe
 }
 
 #[pyfunction]
-fn decode_logits<'py>(py: Python<'py>, data: &[u8], logits: PyReadonlyArray2<'py, f32>, precision: u32) -> NResult<Bound<'py, PyArray1<i64>>> {
+fn decode_logits<'py>(py: Python<'py>, data: &[u8], logits: PyReadonlyArray2<'py, f32>, precision: u32) -> NResult<Bound<'py, PyArray1<u32>>> {
     let (x, _, v) = slice2(&logits, "logits")?;
     let out = py.detach(|| quantize::decode_logits(data, x, v, precision))?;
-    Ok(symbols_array(py, out))
+    Ok(tokens_array(py, out))
 }
 
 #[pyfunction]
@@ -122,9 +122,9 @@ fn encode_adaptive<'py>(py: Python<'py>, symbols: &Bound<'py, PyAny>, n_symbols:
 }
 
 #[pyfunction]
-fn decode_adaptive<'py>(py: Python<'py>, data: &[u8], n_symbols: usize, n: usize, increment: u32, limit: u32) -> NResult<Bound<'py, PyArray1<i64>>> {
+fn decode_adaptive<'py>(py: Python<'py>, data: &[u8], n_symbols: usize, n: usize, increment: u32, limit: u32) -> NResult<Bound<'py, PyArray1<u32>>> {
     let out = py.detach(|| adaptive::decode_symbols(data, n_symbols, n, increment, limit))?;
-    Ok(symbols_array(py, out))
+    Ok(tokens_array(py, out))
 }
 
 #[pyfunction]

@@ -278,11 +278,6 @@ pub fn tokens_array(py: Python<'_>, tokens: Vec<u32>) -> Bound<'_, PyArray1<u32>
     PyArray1::from_vec(py, tokens)
 }
 
-/// Coder symbols out, as the coder's Python API has always returned them: `int64`.
-pub fn symbols_array(py: Python<'_>, symbols: Vec<u32>) -> Bound<'_, PyArray1<i64>> {
-    PyArray1::from_vec(py, symbols.into_iter().map(i64::from).collect())
-}
-
 /// Bytes from `bytes`, `bytearray` or anything with `tobytes()` (a NumPy array, a memoryview).
 pub fn read_bytes(data: &Bound<'_, PyAny>, what: &str) -> NResult<Vec<u8>> {
     Ok(if let Ok(b) = data.cast::<PyBytes>() {
