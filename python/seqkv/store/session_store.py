@@ -752,8 +752,8 @@ class SessionStore:
 
         ``tokens``: token positions of the visible sessions; ``coded_tokens``: tokens actually
         coded in all stored records (hidden ones included); ``dedup_ratio``: tokens /
-        coded_tokens; ``bits_per_token``: container bits / tokens (headers included,
-        amortized over every position); ``payload_bits_per_token``: coded payload only;
+        coded_tokens; ``bits_per_token``: stored container bits / tokens (what
+        each record keeps of its container, amortized over every position); ``payload_bits_per_token``: coded payload only;
         ``payload_bytes`` / ``overhead_bytes``: the records' bytes split into coded payload and
         everything else; ``ratio_vs_bf16``: bf16 KV bits of the same positions / container
         bits; ``residual_bytes``: exact-mode residuals kept; ``quarantined``: see
