@@ -152,7 +152,7 @@ pub fn trie_ops(data: &[u8]) {
     let ps = 1 + (cfg % 3) as usize;
     let max_tokens = if cap == 0 { None } else { Some(cap as u64 % 64 + ps as u64) };
     let policy = if cfg & 0x10 != 0 { EvictPolicy::Plt } else { EvictPolicy::Lru };
-    let trie = Trie::new(TrieConfig { page_size: ps, max_tokens, policy }).unwrap();
+    let trie = Trie::new(TrieConfig { page_size: ps, max_tokens, policy, ..Default::default() }).unwrap();
     let mut model: TrieModel = vec![BTreeMap::new(); NAMESPACES.len()];
     let mut pinned: Vec<(usize, Vec<u32>, NodeRef)> = Vec::new();
     let mut next_value = 1u64;

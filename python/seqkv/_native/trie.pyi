@@ -47,7 +47,9 @@ class Pin:
 @_final
 class Trie:
     """Concurrent radix trie over token ids (lock-free reads, per-node writer locks)."""
-    def __new__(cls, page_size: int | None = None, max_tokens: int | None = None, policy: str = "lru") -> Trie: ...
+    def __new__(
+        cls, page_size: int | None = None, max_tokens: int | None = None, policy: str = "lru", evicted_queue: int | None = None
+    ) -> Trie: ...
     def insert(
         self,
         tokens: Any,

@@ -179,8 +179,13 @@ impl PyTrie {
 #[pymethods]
 impl PyTrie {
     #[new]
-    #[pyo3(signature = (page_size = None, max_tokens = None, policy = "lru"))]
-    fn new(page_size: Option<&Bound<'_, PyAny>>, max_tokens: Option<&Bound<'_, PyAny>>, policy: &str) -> NResult<Self> {
+    #[pyo3(signature = (page_size = None, max_tokens = None, policy = "lru", evicted_queue = None))]
+    fn new(
+        page_size: Option<&Bound<'_, PyAny>>,
+        max_tokens: Option<&Bound<'_, PyAny>>,
+        policy: &str,
+        evicted_queue: Option<&Bound<'_, PyAny>>,
+    ) -> NResult<Self> {
         let ps: i64 = match page_size {
             None => 1,
             Some(p) => {
@@ -204,7 +209,17 @@ impl PyTrie {
                 Some(v as u64)
             }
         };
-        let cfg = TrieConfig { page_size: ps as usize, max_tokens: max, policy: policy_of(policy)? };
+        let evicted_queue_limit = match evicted_queue {
+            None => seqkv_trie::DEFAULT_EVICTED_QUEUE_LIMIT,
+            Some(q) => {
+                let v: i64 = if q.is_instance_of::<PyBool>() { -1 } else { q.extract().unwrap_or(-1) };
+                if !(0..=(1i64 << 40)).contains(&v) {
+                    return Err(invalid("evicted_queue must be an int in 0..=2**40"));
+                }
+                v as usize
+            }
+        };
+        let cfg = TrieConfig { page_size: ps as usize, max_tokens: max, policy: policy_of(policy)?, evicted_queue_limit };
         Ok(PyTrie { inner: Arc::new(Trie::new(cfg)?) })
     }
 

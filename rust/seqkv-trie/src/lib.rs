@@ -27,7 +27,7 @@ mod tokens;
 mod trie;
 mod values;
 
-pub use trie::{DumpEntry, Match, NodeRef, Stats, Trie, TrieConfig};
+pub use trie::{DumpEntry, Match, NodeRef, Stats, Trie, TrieConfig, DEFAULT_EVICTED_QUEUE_LIMIT};
 
 /// Pins the epoch for the caller's thread until the returned guard is dropped; trie reads
 /// made meanwhile skip their own (nested pins are nearly free). For benchmarks that

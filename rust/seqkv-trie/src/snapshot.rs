@@ -166,6 +166,7 @@ impl Trie {
             page_size,
             max_tokens: if max == u64::MAX { None } else { Some(max) },
             policy,
+            ..TrieConfig::default()
         })
         .map_err(|e| corrupt(e.to_string()))?;
         trie.next_value.store(next_value, Relaxed);

@@ -253,3 +253,26 @@ fn foreign_node_refused() {
     assert!(b.pin(&r.node).is_err());
     assert!(Trie::new(TrieConfig { page_size: 0, ..Default::default() }).is_err());
 }
+
+#[test]
+fn evicted_values_wait_in_a_bounded_queue() {
+    let t = Trie::new(TrieConfig { max_tokens: Some(4), evicted_queue_limit: 4, ..Default::default() }).unwrap();
+    for k in 0..4u32 {
+        t.insert(&[10 * k, 10 * k + 1], None, None, None).unwrap();
+    }
+    // two evictions of two tokens each filled the queue: the next insert that must evict fails,
+    // evicting nothing, until the caller drains it
+    assert_eq!(t.stats().pending_evicted, 4);
+    let before = t.dump();
+    assert!(matches!(t.insert(&[90, 91], None, None, None), Err(TrieError::Capacity(m)) if m.contains("take_evicted")));
+    assert_eq!(t.dump(), before);
+    assert_eq!(t.take_evicted().len(), 4);
+    assert_eq!(t.insert(&[90, 91], None, None, None).unwrap(), 2);
+    // a trie told not to keep them never queues and never refuses for it
+    let t = Trie::new(TrieConfig { max_tokens: Some(4), evicted_queue_limit: 0, ..Default::default() }).unwrap();
+    for k in 0..100u32 {
+        t.insert(&[2 * k, 2 * k + 1], None, None, None).unwrap();
+    }
+    assert!(t.take_evicted().is_empty());
+    assert_eq!(t.stats().pending_evicted, 0);
+}

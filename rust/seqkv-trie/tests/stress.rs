@@ -248,5 +248,5 @@ fn stress_bounded_lru() {
 
 #[test]
 fn stress_bounded_plt_pages() {
-    run(TrieConfig { page_size: 2, max_tokens: Some(400), policy: EvictPolicy::Plt }, 4000, 3);
+    run(TrieConfig { page_size: 2, max_tokens: Some(400), policy: EvictPolicy::Plt, ..Default::default() }, 4000, 3);
 }

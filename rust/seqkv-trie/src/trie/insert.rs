@@ -117,13 +117,22 @@ impl Trie {
                 continue;
             }
             let deficit = u + need - max;
+            let limit = self.evicted_queue_limit;
+            if limit > 0 && self.evicted_queue.lock().unwrap_or_else(|e| e.into_inner()).len() >= limit {
+                return Err(capacity_err(format!(
+                    "max_tokens={max} reached and {limit} evicted values wait undrained: call take_evicted() \
+                     (or build the trie with evicted_queue=0 to not keep them)"
+                )));
+            }
             let freed = self.evict_inner(deficit, self.policy, true, guard)?;
             if freed.is_empty() {
                 return Err(capacity_err(format!(
                     "max_tokens={max} reached and nothing can be evicted (all pinned)"
                 )));
             }
-            self.evicted_queue.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&freed);
+            if limit > 0 {
+                self.evicted_queue.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&freed);
+            }
         }
     }
 

@@ -104,11 +104,18 @@ pub struct TrieConfig {
     pub max_tokens: Option<u64>,
     /// Policy used by inserts that must evict.
     pub policy: EvictPolicy,
+    /// Most values of insert-triggered evictions kept for [`Trie::take_evicted`]: once that
+    /// many wait undrained, an insert that must evict fails with `Capacity` (nothing evicted,
+    /// nothing lost) until the caller drains them. 0: evicted values are not kept at all.
+    pub evicted_queue_limit: usize,
 }
+
+/// Default [`TrieConfig::evicted_queue_limit`]: 2^20 values (8 MiB).
+pub const DEFAULT_EVICTED_QUEUE_LIMIT: usize = 1 << 20;
 
 impl Default for TrieConfig {
     fn default() -> Self {
-        TrieConfig { page_size: 1, max_tokens: None, policy: EvictPolicy::Lru }
+        TrieConfig { page_size: 1, max_tokens: None, policy: EvictPolicy::Lru, evicted_queue_limit: DEFAULT_EVICTED_QUEUE_LIMIT }
     }
 }
 
@@ -129,6 +136,7 @@ pub struct Trie {
     pub(crate) next_value: AtomicU64,
     pub(crate) next_node_id: AtomicU64,
     evicted_queue: Mutex<Vec<u64>>,
+    pub(crate) evicted_queue_limit: usize,
     inserts: AtomicU64,
     evictions: AtomicU64,
     evicted_tokens: AtomicU64,
@@ -166,6 +174,7 @@ impl Trie {
             next_value: AtomicU64::new(0),
             next_node_id: AtomicU64::new(1),
             evicted_queue: Mutex::new(Vec::new()),
+            evicted_queue_limit: config.evicted_queue_limit,
             inserts: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             evicted_tokens: AtomicU64::new(0),
