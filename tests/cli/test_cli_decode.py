@@ -9,6 +9,8 @@ import io
 import subprocess
 import sys
 
+import json
+
 import numpy as np
 import pytest
 
@@ -174,3 +176,27 @@ def test_store_get_text_writes_the_shared_prefix_too(capsys, tmp_path, smollm2):
     rc, _, err = run(capsys, "store", "get", "--db", db, "c", "--text", "-o", str(out))
     assert rc == 0, err
     assert out.read_text() == texts["b"] + "Thanks"
+
+
+def test_store_ls_and_get_show_session_records_as_the_store_holds_them(capsys, tmp_path, tiny_llama):
+    """Records of a SessionStore keep what they share once per store and pack their metadata:
+    `store ls` still counts every session's tokens and `store get` writes a whole container."""
+    from seqkv.coding import container
+    from seqkv.store import SessionStore
+
+    db = str(tmp_path / "s.sqlite")
+    store = SessionStore(tiny_llama, codec="plt", backend=db, engine=False)
+    base = np.arange(1, 41, dtype=np.uint32)
+    store.put("a", base)
+    assert store.put("b", np.concatenate([base, [7, 8, 9]]))["prefix_tokens"] == 40
+    whole_b = store.container("b")
+    store.close()
+    rc, out, err = run(capsys, "store", "ls", "--db", db, "--json")
+    assert rc == 0, err
+    rows = {r["id"]: r for r in json.loads(out)}
+    assert rows["a"]["tokens"] == 40 and rows["b"]["tokens"] == 43 and rows["b"]["codec"] == "plt"
+    got = tmp_path / "b.skv"
+    rc, _, err = run(capsys, "store", "get", "--db", db, "b", "-o", str(got))
+    assert rc == 0, err
+    assert got.read_bytes() == whole_b
+    assert container.unpack(got.read_bytes()).header.token_count == 3

@@ -322,27 +322,31 @@ def cmd_store_put(args: argparse.Namespace) -> int:
 
 
 def cmd_store_get(args: argparse.Namespace) -> int:
+    from ..store.catalog import read_record
+
     with _open_db(args) as store:
         record = store.get(args.session_id)
+        stream = record.meta.get("kind") == "stream"  # put by `seqkv store put`: one self-contained stream
+        session = None if stream else read_record(store, args.session_id)
     if not args.text:
         if args.output == "-" and sys.stdout.isatty():
             raise InvalidInputError("refusing to write a binary stream to a terminal: pass -o FILE (or --text)")
-        write_bytes(args.output, record.container)
+        write_bytes(args.output, record.container if session is None else session[1])
         return 0
-    if record.meta.get("kind") == "stream":  # put by `seqkv store put`: one self-contained stream
+    if session is None:
         tokens = _decode(record.container, args, text=True)
     else:
-        tokens = _session_tokens(args, record.meta)
+        tokens = _session_tokens(args, session[0].n_tokens)
     _write_tokens(args, tokens, ids=False)
     return 0
 
 
-def _session_tokens(args: argparse.Namespace, meta: dict[str, Any]) -> np.ndarray:
+def _session_tokens(args: argparse.Namespace, n_tokens: int) -> np.ndarray:
     """All tokens of a SessionStore session, its shared prefix included (the store resolves the
     chain of records it continues)."""
     from ..store import SessionStore
 
-    _check_claim(int(meta.get("tokens") or 0), args)
+    _check_claim(n_tokens, args)
     choice = _choice(args)
     with _status(f"loading {choice.name} to open the store"):
         model, tokenizer = choice.load()
@@ -373,12 +377,18 @@ def _visible_ids(store: Any) -> list[str]:
 
 
 def cmd_store_ls(args: argparse.Namespace) -> int:
+    from ..store.catalog import read_record
+
     rows = []
     with _open_db(args) as store:
         for sid in _visible_ids(store):
             meta = store.get_meta(sid)
-            rows.append({"id": sid, "bytes": store.size(sid), "tokens": meta.get("tokens"),
-                         "codec": meta.get("codec"), "tier": meta.get("tier")})
+            if meta.get("kind") == "stream":
+                tokens, codec = meta.get("tokens"), meta.get("codec")
+            else:
+                session, _ = read_record(store, sid)
+                tokens, codec = session.n_tokens, session.codec
+            rows.append({"id": sid, "bytes": store.size(sid), "tokens": tokens, "codec": codec, "tier": meta.get("tier")})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..codecs.base import run_lengths
 from ..coding.container import CODECS
-from ..errors import CorruptStreamError, SessionNotFoundError, StoreError
+from ..errors import CorruptStreamError, SessionNotFoundError
 from .layout import Reader, SharedTable, Writer
 
 __all__ = ["RecordMeta", "Entry", "Catalog", "RECORD_VERSION", "HIDDEN_PREFIX", "hidden_key", "check_tokens", "allocate_number"]
@@ -304,3 +304,18 @@ def allocate_number(backend: Any, after: int) -> int:
     ``"session"`` counter, in one backend transaction), and above ``after`` (the largest number of
     the records read at open: stores written before the counter existed)."""
     return int(backend.allocate_number("session", after=after))
+
+
+def read_record(backend: Any, session_id: str) -> tuple[RecordMeta, bytes]:
+    """A stored session's metadata and full ``SQKV`` container straight from ``backend``,
+    without a model (what ``seqkv store ls``/``get`` show): records written stripped of what a
+    store's records share get it back from the store's shared table."""
+    from .layout import expand
+
+    record = backend.get(session_id)
+    table = SharedTable(backend)
+    meta = RecordMeta.from_dict(record.meta, session_id, table)
+    if meta.layout == 1:
+        return meta, bytes(record.container)
+    coded = meta.n_tokens - meta.prefix
+    return meta, expand(record.container, table, coded, meta.tokens_crc32c, f"record {session_id!r}")
