@@ -456,13 +456,13 @@ def test_smollm2_residual_and_engine_exact(smollm2):
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_warm_bits(tiny_llama, convo, bits):
-    """Codes pack 8 to `bits` bytes and round-trip; more bits, smaller error, more bytes."""
-    from seqkv.store.warm import WarmCodec as _WarmCodec
+    """Warm codes pack to `bits` bits each (the one bit packer) and round-trip; more bits,
+    smaller error, more bytes."""
+    from seqkv.kv.quantizers import pack_codes, unpack_codes
 
-    codec = _WarmCodec(16, bits)
     codes = np.random.default_rng(bits).integers(0, 1 << bits, 1003).astype(np.uint8)
-    packed = codec._pack(codes)
-    assert packed.size == (1003 + 7) // 8 * bits and np.array_equal(codec._unpack(packed, 1003), codes)
+    packed = pack_codes(codes, bits)
+    assert packed.size == (1003 * bits + 7) // 8 and np.array_equal(unpack_codes(packed, bits, 1003), codes)
     store = SessionStore(tiny_llama, codec="raw", capacity_bytes=10**6, tiers=("warm", "cold"), warm_bits=bits)
     store.put("a", convo["s0"])
     n = convo["s0"].size

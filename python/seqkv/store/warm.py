@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..kv.quantizers import pack_codes, unpack_codes
+
 __all__ = ["WarmCodec", "WarmKV", "QTensor", "DEFAULT_WARM_BITS"]
 
 #: Bits per component of the warm codes unless the store says otherwise.
@@ -75,36 +77,10 @@ class WarmCodec:
         per-channel mean vectors (one per head for keys, none for values)."""
         return (n_vectors * dim + 7) // 8 * self.bits + 4 * n_vectors + 4 * dim * means
 
-    def _pack(self, codes: np.ndarray) -> np.ndarray:
-        """Codes (< 2^bits) packed 8 to ``bits`` bytes (little-endian groups)."""
-        b = self.bits
-        c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1)
-        pad = (-c.size) % 8
-        if pad:
-            c = np.concatenate([c, np.zeros(pad, np.uint8)])
-        g = c.reshape(-1, 8).astype(np.uint32)
-        v = np.zeros(g.shape[0], np.uint32)
-        for j in range(8):
-            v |= g[:, j] << np.uint32(b * j)
-        return np.ascontiguousarray(v.astype("<u4").view(np.uint8).reshape(-1, 4)[:, :b]).reshape(-1)
-
-    def _unpack(self, packed: np.ndarray, count: int) -> np.ndarray:
-        b = self.bits
-        rows = packed.reshape(-1, b).astype(np.uint32)
-        v = np.zeros(rows.shape[0], np.uint32)
-        for i in range(b):
-            v |= rows[:, i] << np.uint32(8 * i)
-        out = np.empty((v.size, 8), np.uint8)
-        mask = np.uint32((1 << b) - 1)
-        for j in range(8):
-            out[:, j] = (v >> np.uint32(b * j)) & mask
-        return out.reshape(-1)[:count]
-
     def _quantize(self, t: Any, center: bool = False) -> QTensor:
         import torch
 
         from ..cuda import runtime as cuda_runtime
-        from ..kv import gpu as kvgpu
 
         mean = None
         if center:
@@ -121,7 +97,7 @@ class WarmCodec:
                 u = torch.where(r[..., None] > 0, y / r[..., None], torch.zeros((), dtype=y.dtype))
                 codes = torch.bucketize(u, self.boundaries).to(torch.uint8).numpy()
                 norms = r.numpy()
-        return QTensor(self._pack(codes), np.ascontiguousarray(norms, dtype=np.float32), tuple(t.shape), mean)
+        return QTensor(pack_codes(codes, self.bits), np.ascontiguousarray(norms, dtype=np.float32), tuple(t.shape), mean)
 
     def quantize(self, cache: Any) -> WarmKV:
         from ..integrations import transformers as hf
@@ -139,7 +115,7 @@ class WarmCodec:
         import torch
 
         count = int(np.prod(q.shape))
-        codes = torch.from_numpy(self._unpack(q.packed, count).reshape(q.shape)[..., :n, :].astype(np.int64))
+        codes = torch.from_numpy(unpack_codes(q.packed, self.bits, count).reshape(q.shape)[..., :n, :].astype(np.int64))
         norms = torch.from_numpy(q.norms[..., :n])
         with torch.inference_mode():
             y = self.centroids[codes] * norms[..., None]
