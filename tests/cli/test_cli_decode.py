@@ -9,6 +9,7 @@ import io
 import subprocess
 import sys
 
+import copy
 import json
 
 import numpy as np
@@ -119,7 +120,7 @@ def test_model_folder_and_the_engine_the_stream_records(capsys, tmp_path, tiny_l
     from seqkv.integrations.models import load_model
 
     folder = tmp_path / "tiny"
-    tiny_llama.save_pretrained(folder)
+    copy.deepcopy(tiny_llama).save_pretrained(folder)  # save_pretrained edits the config of the shared fixture
     model, _ = load_model(folder)
     toks = [5, 6, 7, 300, 2]
     skv = tmp_path / "tiny.skv"
