@@ -258,6 +258,21 @@ unsafe impl Send for PagePtrs {}
 // SAFETY: as for `Send`: the tasks only read through the pointers.
 unsafe impl Sync for PagePtrs {}
 
+/// The checks both [`Model`] constructors start with, and the KV layout they give the model.
+fn checked_kv_layout(cfg: &Config, kv_dtype: KvDtype, page_tokens: usize) -> Result<KvLayout, EngineError> {
+    cfg.validate()?;
+    if page_tokens == 0 {
+        return Err(EngineError::InvalidInput("page_tokens must be positive".into()));
+    }
+    Ok(KvLayout {
+        layers: cfg.num_layers,
+        kv_heads: cfg.num_kv_heads,
+        head_dim: cfg.head_dim,
+        page_tokens,
+        dtype: kv_dtype,
+    })
+}
+
 impl Model {
     /// Builds a model from named f32 tensors (row-major), rounding them to `dtype`.
     ///
@@ -272,12 +287,7 @@ impl Model {
         kv_dtype: KvDtype,
         page_tokens: usize,
     ) -> Result<Model, EngineError> {
-        cfg.validate()?;
-        if page_tokens == 0 {
-            return Err(EngineError::InvalidInput(
-                "page_tokens must be positive".into(),
-            ));
-        }
+        let kv = checked_kv_layout(&cfg, kv_dtype, page_tokens)?;
         let (h, i_sz, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let fetch = |name: &str, len: usize| -> Result<&'a [f32], EngineError> {
@@ -381,24 +391,8 @@ impl Model {
             Some(_) => mat("lm_head", cfg.vocab_size, h)?,
             None => PackedMatrix::from_nk(embed_f, cfg.vocab_size, h, dtype),
         };
-        let kv = KvLayout {
-            layers: cfg.num_layers,
-            kv_heads: cfg.num_kv_heads,
-            head_dim: hd,
-            page_tokens,
-            dtype: kv_dtype,
-        };
-        Ok(Model {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            final_norm: norm("norm", h)?,
-            cfg,
-            dtype,
-            kv,
-            embed,
-            layers,
-            lm_head,
-            max_rows: 512,
-        })
+        let final_norm = norm("norm", h)?;
+        Ok(Model::assemble(cfg, dtype, kv, embed, layers, final_norm, lm_head))
     }
 
     /// Every array of the built model as stored (weights packed and rounded to the model's
@@ -452,12 +446,7 @@ impl Model {
         kv_dtype: KvDtype,
         page_tokens: usize,
     ) -> Result<Model, EngineError> {
-        cfg.validate()?;
-        if page_tokens == 0 {
-            return Err(EngineError::InvalidInput(
-                "page_tokens must be positive".into(),
-            ));
-        }
+        let kv = checked_kv_layout(&cfg, kv_dtype, page_tokens)?;
         let bad = |m: String| EngineError::InvalidInput(format!("packed state: {m}"));
         let fetch = |name: &str| get(name).ok_or_else(|| bad(format!("missing {name}")));
         let vector = |name: &str, len: usize| -> Result<Vec<f32>, EngineError> {
@@ -526,24 +515,32 @@ impl Model {
                 )))
             }
         };
-        let kv = KvLayout {
-            layers: cfg.num_layers,
-            kv_heads: cfg.num_kv_heads,
-            head_dim: hd,
-            page_tokens,
-            dtype: kv_dtype,
-        };
-        Ok(Model {
+        let (final_norm, lm_head) = (vector("norm", h)?, mat("lm_head", h, cfg.vocab_size)?);
+        Ok(Model::assemble(cfg, dtype, kv, embed, layers, final_norm, lm_head))
+    }
+
+    /// The model both constructors end with: a fresh id and the default row cap.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        cfg: Config,
+        dtype: WeightDtype,
+        kv: KvLayout,
+        embed: Table,
+        layers: Vec<Layer>,
+        final_norm: Vec<f32>,
+        lm_head: PackedMatrix,
+    ) -> Model {
+        Model {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            final_norm: vector("norm", h)?,
-            lm_head: mat("lm_head", h, cfg.vocab_size)?,
             cfg,
             dtype,
             kv,
             embed,
             layers,
+            final_norm,
+            lm_head,
             max_rows: 512,
-        })
+        }
     }
 
     pub fn config(&self) -> &Config {
