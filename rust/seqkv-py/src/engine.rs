@@ -99,6 +99,16 @@ fn read_config(config: &Bound<'_, PyDict>) -> NResult<Config> {
     })
 }
 
+/// A read-only view of a C-contiguous array the engine reads as a flat slice; `what` and
+/// `name` say which argument it was in the error.
+fn contiguous<'py, T: numpy::Element>(a: &Bound<'py, PyArrayDyn<T>>, what: &str, name: &str) -> NResult<PyReadonlyArrayDyn<'py, T>> {
+    let a = a.readonly();
+    if !a.is_c_contiguous() {
+        return Err(invalid(format!("{what} {name:?} must be C-contiguous")));
+    }
+    Ok(a)
+}
+
 #[pymethods]
 impl PyEngine {
     #[new]
@@ -118,11 +128,8 @@ impl PyEngine {
             let name: String = k.extract()?;
             let arr = v
                 .cast::<PyArrayDyn<f32>>()
-                .map_err(|_| invalid(format!("tensor {name:?} must be a float32 numpy array")))?
-                .readonly();
-            if !arr.is_c_contiguous() {
-                return Err(invalid(format!("tensor {name:?} must be C-contiguous")));
-            }
+                .map_err(|_| invalid(format!("tensor {name:?} must be a float32 numpy array")))?;
+            let arr = contiguous(arr, "tensor", &name)?;
             arrays.push((name, arr));
         }
         let map: HashMap<&str, &[f32]> = arrays
@@ -159,21 +166,10 @@ impl PyEngine {
         let mut u16s: Vec<(String, PyReadonlyArrayDyn<'_, u16>)> = Vec::new();
         for (k, v) in arrays.iter() {
             let name: String = k.extract()?;
-            let contiguous = |c: bool| {
-                if c {
-                    Ok(())
-                } else {
-                    Err(invalid(format!("array {name:?} must be C-contiguous")))
-                }
-            };
             if let Ok(a) = v.cast::<PyArrayDyn<f32>>() {
-                let a = a.readonly();
-                contiguous(a.is_c_contiguous())?;
-                f32s.push((name, a));
+                f32s.push((name.clone(), contiguous(a, "array", &name)?));
             } else if let Ok(a) = v.cast::<PyArrayDyn<u16>>() {
-                let a = a.readonly();
-                contiguous(a.is_c_contiguous())?;
-                u16s.push((name, a));
+                u16s.push((name.clone(), contiguous(a, "array", &name)?));
             } else {
                 return Err(invalid(format!("array {name:?} must be a float32 or uint16 numpy array")));
             }
