@@ -13,6 +13,7 @@ or a legacy tuple of ``(k, v)`` pairs) for **batch size 1**; tensors are
 
 from __future__ import annotations
 
+import functools
 import inspect
 import struct
 from typing import Any, Iterable, Sequence
@@ -105,8 +106,14 @@ def normalize_schedule(schedule: Sequence[int] | None, n_tokens: int) -> tuple[i
 def cache_argument(model: Any) -> str:
     """The keyword ``model``'s forward and ``generate`` take a KV cache by: ``"cache"`` since
     transformers 5 (``past_key_values`` is deprecated there), ``"past_key_values"`` before."""
+    return _cache_argument_of(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument_of(model_class: type) -> str:
+    # read once per model class: every forward of a logits source asks
     try:
-        params = inspect.signature(type(model).forward).parameters
+        params = inspect.signature(model_class.forward).parameters
     except (TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in params else "past_key_values"
