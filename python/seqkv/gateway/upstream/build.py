@@ -1,10 +1,11 @@
 """Build ``llama-server`` once from the llama.cpp tree vendored in the llama-cpp-python sdist.
 
 ``python -m seqkv.gateway.upstream.build`` (``make llama-server``): downloads the sdist from
-PyPI (its SHA-256 checked against the index), unpacks it under ``$SEQKV_CACHE_DIR`` (default
-``~/.cache/seqkv``) and builds only the ``llama-server`` target with Debian's cmake and the C/C++
-compiler, CPU only, no curl, no OpenSSL, no web UI download. A later run finds the binary and
-does nothing.
+PyPI (its SHA-256 checked against the index), unpacks it under ``<cache>/src`` and builds only
+the ``llama-server`` target into ``<cache>/llama.cpp-VERSION/build`` with Debian's cmake and the
+C/C++ compiler, CPU only, no curl, no OpenSSL, no web UI download (``<cache>``: the model
+cache's root, ``$SEQKV_CACHE_DIR``, else ``$XDG_CACHE_HOME/seqkv``, else ``~/.cache/seqkv``).
+A later run finds the binary and does nothing; an interrupted build resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .process import LLAMA_CPP_VERSION, default_build_dir
+from .process import LLAMA_CPP_VERSION, default_build_dir, default_source_dir
 
 __all__ = ["build_llama_server"]
 
@@ -54,12 +55,12 @@ def build_llama_server(jobs: int = 2) -> Path:
     binary = build / "bin" / "llama-server"
     if binary.is_file():
         return binary
-    root = build.parent
-    source = root / "src" / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp"
+    src = default_source_dir()
+    source = src / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp"
     if not (source / "CMakeLists.txt").is_file():
-        sdist = _download_sdist(root / "src")
+        sdist = _download_sdist(src)
         with tarfile.open(sdist) as tar:
-            tar.extractall(root / "src", filter="data")
+            tar.extractall(src, filter="data")
     t0 = time.monotonic()
     subprocess.run(["cmake", "-S", str(source), "-B", str(build), *_CMAKE_FLAGS], check=True)
     subprocess.run(["cmake", "--build", str(build), "-j", str(jobs), "--target", "llama-server"], check=True)

@@ -13,18 +13,25 @@ from pathlib import Path
 
 import httpx
 
+from ...integrations.model_cache import cache_root
 from ..errors import UpstreamUnavailableError
 from ...errors import InvalidInputError
 
-__all__ = ["LLAMA_CPP_VERSION", "ServerOptions", "LlamaServerProcess", "find_llama_server", "default_build_dir"]
+__all__ = ["LLAMA_CPP_VERSION", "ServerOptions", "LlamaServerProcess", "find_llama_server", "default_build_dir",
+           "default_source_dir"]
 
 #: The llama-cpp-python sdist whose vendored llama.cpp tree ``make llama-server`` builds.
 LLAMA_CPP_VERSION = "0.3.36"
 
 
 def default_build_dir() -> Path:
-    cache = Path(os.environ.get("SEQKV_CACHE_DIR", Path.home() / ".cache" / "seqkv"))
-    return cache / f"llama.cpp-{LLAMA_CPP_VERSION}" / "build"
+    """``<cache>/llama.cpp-VERSION/build`` (``<cache>``: the model cache's root, ``$SEQKV_CACHE_DIR``)."""
+    return cache_root() / f"llama.cpp-{LLAMA_CPP_VERSION}" / "build"
+
+
+def default_source_dir() -> Path:
+    """``<cache>/src``: where the sdist is downloaded and unpacked."""
+    return cache_root() / "src"
 
 
 def find_llama_server() -> Path | None:
