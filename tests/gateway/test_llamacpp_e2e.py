@@ -1,5 +1,7 @@
 """End to end against a real llama-server: schedules recorded and replayed, KV hashes checked,
-servers killed mid-conversation, two slots in parallel, a replica removed."""
+servers killed mid-conversation, a replay whose hash differs served as faithful, two slots in
+parallel, a replica removed. Small contexts, short outputs and one thread per server (two
+spinning threads on a busy two-core machine are several times slower): well under a minute."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ class Bed:
 
     def __init__(self, tmp: Path, gguf: Path, replicas: int = 1, parallel: int = 1):
         self.procs = [
-            LlamaServerProcess(ServerOptions(model=gguf, slot_dir=tmp / f"r{i}", n_parallel=parallel, n_ctx_slot=4096))
+            LlamaServerProcess(ServerOptions(model=gguf, slot_dir=tmp / f"r{i}", n_parallel=parallel, n_ctx_slot=1024,
+                                            threads=1))
             for i in range(replicas)
         ]
         for p in self.procs:
@@ -141,8 +144,12 @@ def test_http_chat_and_responses_with_streaming_404_and_503(bed):
             assert r.status_code == 404 and "error" in r.json()
             assert (await c.post("/v1/chat/completions", json={"session_id": "nope", "messages": [
                 {"role": "user", "content": "x"}]})).status_code == 404
+            chat_nodes = [n.id for n in b.store.chain(info["head"])]
+            slot_dir = b.procs[0].options.slot_dir
+            assert all((slot_dir / f"{n}.ggsq").is_file() for n in chat_nodes)
             assert (await c.delete(f"/v1/chat/completions/{sid}")).status_code == 200
             assert (await c.get(f"/v1/chat/completions/{sid}")).status_code == 404
+            assert not any((slot_dir / f"{n}.ggsq").exists() for n in chat_nodes)  # nothing can resume them
 
             nodes = b.store.stats()["nodes"]
             b.procs[0].kill()
@@ -152,9 +159,34 @@ def test_http_chat_and_responses_with_streaming_404_and_503(bed):
             b.procs[0].start()
             r = await c.post("/v1/responses", json={"input": "Hello?", "previous_response_id": a["id"],
                                                     "max_output_tokens": 8})
-            assert r.status_code == 200 and r.json()["seqkv"]["resume"]["exactness"] == "exact"
+            assert r.status_code == 200, r.text
+            assert r.json()["seqkv"]["resume"]["exactness"] == "exact"
             metrics = (await c.get("/metrics")).text
             assert "seqkv_gateway_turns_total" in metrics and "seqkv_gateway_upstream_unavailable_total 1" in metrics
+    asyncio.run(run())
+
+
+def test_a_replay_whose_hash_differs_is_served_as_faithful_and_says_so(bed):
+    async def run() -> None:
+        b = bed()
+        async with b.client() as c:
+            r = await c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}],
+                                                           "max_tokens": 8})
+            sid, node = r.json()["session_id"], r.json()["seqkv"]["node"]
+            assert r.json()["seqkv"]["exactness"] == "exact"
+            # the KV a replay computes no longer matches the one recorded (as after an engine change)
+            b.store.set_lineage(node, "exact", kv_sha256="0" * 64)
+            b.procs[0].kill()
+            b.procs[0].start()  # the slot is gone; its file's hash does not match the record either
+            r = await c.post("/v1/chat/completions", json={"session_id": sid, "max_tokens": 8,
+                                                           "messages": [{"role": "user", "content": "Again"}]})
+            assert r.status_code == 200, r.text
+            info = r.json()["seqkv"]
+            assert info["resume"]["how"] == "replay"
+            assert info["resume"]["exactness"] == "faithful" and info["exactness"] == "faithful"
+            assert info["resume"]["kv_sha256"] != "0" * 64
+            assert (await c.get(f"/v1/chat/completions/{sid}")).json()["exactness"] == "faithful"
+            assert "seqkv_gateway_replay_faithful_total 1" in (await c.get("/metrics")).text
     asyncio.run(run())
 
 

@@ -3,7 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from seqkv.errors import CorruptStreamError, FormatVersionError
+from seqkv.errors import CorruptStreamError, FormatVersionError, InvalidInputError
 from seqkv.gateway.slots import SLOT_MAGIC, SlotFile, kv_sha256, parse_slot_bytes, read_slot_file, write_slot_file
 
 
@@ -46,3 +46,30 @@ def test_bad_files_are_refused():
 def test_slot_file_to_bytes_round_trip():
     slot = SlotFile(np.array([9, 8], np.uint32), b"kv")
     assert parse_slot_bytes(slot.to_bytes()) == slot
+
+
+def _state_file(tokens, kv=b"kv", n_media=0, version=1, extra=()):
+    words = [-1, version, len(tokens), *tokens, n_media, *extra]
+    return struct.pack("<III", SLOT_MAGIC, 3, len(words)) + np.asarray(words, "<i4").tobytes() + kv
+
+
+def test_llama_server_token_state_is_read_and_written_back_unchanged():
+    # the vendored llama-server (llama-cpp-python 0.3.36) writes server_tokens::serialize():
+    # [-1, 1, n, tokens..., n_media]; read as a plain list it would be a negative token id
+    data = _state_file([60, 9690, 198])
+    slot = parse_slot_bytes(data)
+    assert slot.server_state and slot.tokens.tolist() == [60, 9690, 198] and slot.kv == b"kv"
+    assert slot.to_bytes() == data
+    assert slot != SlotFile(slot.tokens, slot.kv)  # the same tokens in the other layout are another file
+    assert parse_slot_bytes(_state_file([])).tokens.size == 0
+
+
+def test_bad_token_states_are_refused():
+    with pytest.raises(InvalidInputError):
+        parse_slot_bytes(_state_file([1, 2], n_media=1))  # media chunks
+    with pytest.raises(FormatVersionError):
+        parse_slot_bytes(_state_file([1, 2], version=2))
+    with pytest.raises(CorruptStreamError):
+        parse_slot_bytes(_state_file([1, 2], extra=(5,)))  # words after the state
+    with pytest.raises(CorruptStreamError):
+        parse_slot_bytes(struct.pack("<III", SLOT_MAGIC, 3, 4) + np.asarray([-1, 1, 9, 0], "<i4").tobytes())

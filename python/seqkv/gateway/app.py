@@ -107,6 +107,7 @@ def _seqkv_info(result: TurnResult, gateway: Gateway) -> dict[str, Any]:
         "node": node.id, "tokens": node.n_tokens, "kv_sha256": node.kv_sha256, "exactness": node.lineage,
         "resume": {"how": result.resume.how, "exactness": result.resume.exactness,
                    "seconds": round(result.resume.seconds, 6), "requests": result.resume.requests,
+                   "kv_sha256": result.resume.kv_sha256,
                    "engine_mismatches": list(result.resume.mismatches)},
         "replica": result.replica, "cached_prompt_tokens": result.completion.n_past,
         "retokenized": result.retokenized, "stored_bytes": gateway.store.coded_bytes(node.id),
@@ -211,7 +212,7 @@ def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway", lifespan:
             head = gateway.store.chat_head(session_id)
             if request.method == "DELETE":
                 async with gateway.session_lock("chat:" + session_id):
-                    gateway.store.delete_chat(session_id)
+                    gateway.delete_chat(session_id)
                 return JSONResponse({"id": session_id, "object": "chat.session.deleted", "deleted": True})
             node = gateway.store.node(head) if head else None
             return JSONResponse({
@@ -277,7 +278,7 @@ def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway", lifespan:
         try:
             node = gateway.store.node(node_id)
             if request.method == "DELETE":
-                gateway.store.delete(node_id)
+                gateway.delete_response(node_id)
                 return JSONResponse({"id": node_id, "object": "response", "deleted": True})
             return JSONResponse(response_object(node_id, node.parent))
         except SeqkvError as exc:

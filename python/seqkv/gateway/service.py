@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InternalError, InvalidInputError
+from ..errors import InternalError, InvalidInputError, SessionNotFoundError
 from .errors import UpstreamError, UpstreamUnavailableError
 from .residency import SlotFiles, SlotPool, SlotState
 from .routing import Router
@@ -95,8 +95,7 @@ class Gateway:
         self.replicas = {r.name: r for r in replicas}
         self.router = Router(list(self.replicas), self._cached_tokens)
         for r in replicas:
-            for node in r.files.nodes():
-                self.router.add(r.name, node)
+            self._adopt_files(r)
         self.metrics = Metrics()
         self._session_locks: dict[str, asyncio.Lock] = {}
 
@@ -106,6 +105,41 @@ class Gateway:
 
     def session_lock(self, key: str) -> asyncio.Lock:
         return self._session_locks.setdefault(key, asyncio.Lock())
+
+    def _live(self, node_id: str) -> bool:
+        try:
+            self.store.node(node_id)
+        except SessionNotFoundError:
+            return False
+        return True
+
+    def _adopt_files(self, replica: Replica) -> None:
+        """Route by the slot files on a replica's disk whose nodes are live in the store (a file
+        of a node deleted elsewhere is left to the files' budget)."""
+        for node in replica.files.nodes():
+            if self._live(node):
+                self.router.add(replica.name, node)
+
+    # -- deleting: the store's nodes, then the slot files nothing can resume any more --------
+
+    def delete_response(self, node_id: str) -> None:
+        chain = [n.id for n in self.store.chain(node_id)]
+        self.store.delete(node_id)
+        self._drop_files(chain)
+
+    def delete_chat(self, session_id: str) -> None:
+        head = self.store.chat_head(session_id)
+        chain = [n.id for n in self.store.chain(head)] if head else []
+        self.store.delete_chat(session_id)
+        self._drop_files(chain)
+
+    def _drop_files(self, nodes: Sequence[str]) -> None:
+        for node in nodes:
+            if self._live(node):
+                continue
+            for r in self.replicas.values():
+                r.files.remove(node)
+                self.router.discard(r.name, node)
 
     # -- prompts: the only tokenization of text ----------------------------------------------
 
@@ -202,8 +236,7 @@ class Gateway:
         for name, ok in list(self.router.healthy.items()):
             if not ok and await self.replicas[name].upstream.healthy():
                 self.router.mark_up(name)
-                for node in self.replicas[name].files.nodes():
-                    self.router.add(name, node)
+                self._adopt_files(self.replicas[name])
 
     def _choose(self, parent: str | None) -> Replica:
         tokens = self._cached_tokens(parent) if parent else np.zeros(0, np.uint32)
