@@ -100,6 +100,22 @@ class BackendContract:
         backend.put("t", SessionRecord(b"x", {"pair": (1, 2), "nested": {"k": [1.5, None, True]}}))
         assert backend.get("t").meta == {"pair": [1, 2], "nested": {"k": [1.5, None, True]}}
 
+    @given(meta=st.binary(min_size=1, max_size=64))
+    @settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    def test_binary_meta_roundtrips_as_bytes(self, backend, meta):
+        backend.put("bin", SessionRecord(b"payload", meta, {"r": b"x"}))
+        assert backend.get("bin").meta == meta and backend.get_meta("bin") == meta
+        assert backend.scan_meta().meta["bin"] == meta
+        assert backend.size("bin") == len(b"payload") + 1 + len(meta) + len(SessionRecord(b"", {}, {"r": b"x"}).attachments_bytes())
+        with pytest.raises(InvalidInputError, match="binary session metadata cannot be patched"):
+            backend.patch_meta("bin", {"a": 1})
+        assert backend.get_meta("bin") == meta
+
+    def test_empty_binary_meta_is_refused(self, backend):
+        with pytest.raises(InvalidInputError, match="empty"):
+            backend.put("e", SessionRecord(b"x", b""))
+        assert "e" not in backend
+
     def test_missing_session(self, backend):
         with pytest.raises(SessionNotFoundError, match="'nope'"):
             backend.get("nope")

@@ -3,7 +3,6 @@ of another model (--model, --engine), internal rows; and output written in chunk
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import io
 import subprocess
@@ -196,6 +195,8 @@ def test_store_ls_and_get_show_session_records_as_the_store_holds_them(capsys, t
     assert rc == 0, err
     rows = {r["id"]: r for r in json.loads(out)}
     assert rows["a"]["tokens"] == 40 and rows["b"]["tokens"] == 43 and rows["b"]["codec"] == "plt"
+    stats = json.loads(run(capsys, "store", "stats", "--db", db, "--json")[1])
+    assert stats["tokens"] == 83 and stats["by_codec"]["plt"]["tokens"] == 83
     got = tmp_path / "b.skv"
     rc, _, err = run(capsys, "store", "get", "--db", db, "b", "-o", str(got))
     assert rc == 0, err

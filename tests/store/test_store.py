@@ -87,9 +87,9 @@ def _with_other_hashes(store: SessionStore, sid: str) -> SessionStore:
     from seqkv.store.catalog import RecordMeta
 
     record = store.backend.get(sid)
-    meta = RecordMeta.from_dict(record.meta, sid, store._table)
+    meta = RecordMeta.from_stored(record.meta, sid, store._table)
     meta = replace(meta, hashes=tuple(bytes(len(h)) for h in meta.hashes))
-    store.backend.put(sid, SessionRecord(record.container, meta.to_dict(store._table), record.attachments))
+    store.backend.put(sid, SessionRecord(record.container, meta.to_stored(store._table, binds_ids=store.backend.binds_ids), record.attachments))
     return SessionStore(store.model, backend=store.backend, engine=store.config.engine)
 
 

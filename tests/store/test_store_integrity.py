@@ -209,9 +209,9 @@ def test_a_reference_to_another_parent_is_detected(tiny_llama):
     store.put("a", version(1))
     store.put("b", version(2))  # references a's first 24 tokens
     record = store.backend.get("b")
-    meta = RecordMeta.from_dict(record.meta, "b", store._table)
+    meta = RecordMeta.from_stored(record.meta, "b", store._table)
     meta = replace(meta, parent_crc32c=(meta.parent_crc32c + 1) % (1 << 32))
-    store.backend.put("b", SessionRecord(record.container, meta.to_dict(store._table), record.attachments))
+    store.backend.put("b", SessionRecord(record.container, meta.to_stored(store._table, binds_ids=store.backend.binds_ids), record.attachments))
     reopened = raw_store(tiny_llama, backend=store.backend)
     with pytest.raises(CorruptStreamError, match="references"):
         reopened.tokens("b")

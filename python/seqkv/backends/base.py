@@ -22,10 +22,11 @@ was stored under another session id. A call that fails changes nothing: each wri
 one transaction.
 
 Metadata keys are the caller's business; the keys :class:`~seqkv.SessionStore`
-writes are listed in ``docs/durability.md``. Metadata must be JSON-serialisable
-(strings, numbers, booleans, ``None``, lists, dicts with string keys); it comes
-back as the JSON round trip of what was stored (tuples become lists), identically
-on every backend.
+writes are listed in ``docs/durability.md``. Metadata is a JSON-serialisable dict
+(strings, numbers, booleans, ``None``, lists, dicts with string keys), which comes
+back as the JSON round trip of what was stored (tuples become lists), or binary
+metadata (non-empty ``bytes``, stored and returned as they are), identically on every
+backend.
 """
 
 from __future__ import annotations
@@ -70,13 +71,14 @@ class SessionRecord:
     """What a backend stores for one session.
 
     ``container`` is the session's seqkv stream; ``meta`` a JSON-serialisable dict
-    (token count, prefix reference, schedule, layer hashes, tier info, sizes ...);
+    (token count, prefix reference, schedule, layer hashes, tier info, sizes ...) or
+    non-empty ``bytes``, binary metadata the backend stores as it is;
     ``attachments`` named extra byte strings stored and deleted with the session
     (names: letters, digits and ``_ . : -``, at most 128 characters).
     """
 
     container: bytes
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] | bytes = field(default_factory=dict)
     attachments: Mapping[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,8 +87,10 @@ class SessionRecord:
                 f"SessionRecord.container must be bytes, not {type(self.container).__name__}"
             )
         object.__setattr__(self, "container", bytes(self.container))
-        if not isinstance(self.meta, Mapping):
-            raise InvalidInputError(f"SessionRecord.meta must be a dict, not {type(self.meta).__name__}")
+        if isinstance(self.meta, (bytes, bytearray)):
+            object.__setattr__(self, "meta", bytes(self.meta))
+        elif not isinstance(self.meta, Mapping):
+            raise InvalidInputError(f"SessionRecord.meta must be a dict or bytes, not {type(self.meta).__name__}")
         if not isinstance(self.attachments, Mapping):
             raise InvalidInputError(
                 f"SessionRecord.attachments must be a dict, not {type(self.attachments).__name__}"
@@ -165,7 +169,7 @@ class MetaScan:
     """The outcome of :meth:`Backend.scan_meta`: the metadata of every live session whose
     metadata passes its checksum, and the ids (with the reason) of those that do not."""
 
-    meta: dict[str, dict[str, Any]]
+    meta: dict[str, dict[str, Any] | bytes]
     corrupt: dict[str, str]
 
 
@@ -174,6 +178,9 @@ class Backend(ABC):
 
     #: A short URL-like description of where the data lives (no credentials).
     location: str = ""
+    #: Whether a record read under an id is always one that was put under that id (rows
+    #: checksummed with their id, or kept in this process), so records need not carry their id.
+    binds_ids: bool = False
 
     # -- sessions ----------------------------------------------------------------------
 
@@ -250,9 +257,10 @@ class Backend(ABC):
                 scan.corrupt[session_id] = str(exc)
         return scan
 
-    def get_meta(self, session_id: str) -> dict[str, Any]:
+    def get_meta(self, session_id: str) -> dict[str, Any] | bytes:
         """The session's metadata alone (checksummed), without reading its container."""
-        return dict(self.get(session_id).meta)
+        meta = self.get(session_id).meta
+        return meta if isinstance(meta, bytes) else dict(meta)
 
     def size(self, session_id: str) -> int:
         """Bytes the session's record occupies (container + metadata + attachments)."""
@@ -336,7 +344,9 @@ class Backend(ABC):
         return f"<{type(self).__name__} {self.location}>"
 
 
-def merge_meta(meta: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+def merge_meta(meta: Mapping[str, Any] | bytes, changes: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(meta, Mapping):
+        raise InvalidInputError("binary session metadata cannot be patched: put the record again")
     out = dict(meta)
     for key, value in changes.items():
         if value is None:

@@ -42,6 +42,8 @@ class MemoryBackend(Backend):
     """Records kept as their encoded parts, so a record comes back as the JSON round trip
     of what was stored, exactly as from the persistent backends."""
 
+    binds_ids = True
+
     def __init__(self) -> None:
         self.location = "memory://"
         self._lock = threading.Lock()

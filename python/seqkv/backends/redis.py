@@ -142,6 +142,8 @@ class RedisBackend(Backend):
     is contacted at once, so an unreachable one raises :class:`StoreError` here.
     """
 
+    binds_ids = True
+
     def __init__(self, url: str, *, namespace: str | None = None, timeout: float | None = None):
         redis = _import_redis()
         self._redis = redis
@@ -328,7 +330,7 @@ class RedisBackend(Backend):
         check_meta(session_id, meta, sums)  # type: ignore[arg-type]
         return meta, sums  # type: ignore[return-value]
 
-    def get_meta(self, session_id: str) -> dict[str, Any]:
+    def get_meta(self, session_id: str) -> dict[str, Any] | bytes:
         check_session_id(session_id)
         _, values = self._read(session_id, _META_FIELDS, f"get_meta({session_id!r})")
         meta, _ = self._checked_meta(session_id, values)

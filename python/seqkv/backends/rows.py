@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CorruptStreamError, StoreError
+from .validation import BINARY_META_TAG
 
 __all__ = [
     "CorruptRecordError",
@@ -97,7 +98,13 @@ def decode_attachments(data: bytes, where: str) -> dict[str, bytes]:
     return out
 
 
-def decode_meta(data: bytes | str, where: str) -> dict[str, Any]:
+def decode_meta(data: bytes | str, where: str) -> dict[str, Any] | bytes:
+    """Metadata as :func:`~seqkv.backends.validation.encode_meta` stored it: a dict, or the
+    binary metadata's bytes."""
+    if isinstance(data, (bytes, bytearray)) and data[:1] == BINARY_META_TAG:
+        if len(data) == 1:
+            raise CorruptRecordError(f"{where}: stored binary metadata is empty")
+        return bytes(data[1:])
     try:
         meta = json.loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

@@ -143,6 +143,8 @@ class SQLiteBackend(Backend):
     for another process's write lock before raising :class:`StoreError`.
     """
 
+    binds_ids = True
+
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "full", busy_timeout_s: float = 30.0):
         mode = _SYNC_MODES.get(synchronous.lower()) if isinstance(synchronous, str) else None
         if mode is None:
@@ -308,7 +310,7 @@ class SQLiteBackend(Backend):
         check_meta(session_id, meta_json, sums)
         return meta_json, sums
 
-    def get_meta(self, session_id: str) -> dict[str, Any]:
+    def get_meta(self, session_id: str) -> dict[str, Any] | bytes:
         check_session_id(session_id)
         with self._translate(f"get_meta({session_id!r})"), self._conn() as con:
             row = con.execute(f"SELECT {_META_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()

@@ -162,10 +162,20 @@ def _check_json(value: object, depth: int) -> None:
     raise InvalidInputError(f"session metadata is not JSON-serialisable: {type(value).__name__} {value!r:.80}")
 
 
+#: The first byte of stored binary metadata (never the start of JSON text).
+BINARY_META_TAG = b"\x00"
+
+
 def encode_meta(meta: object) -> bytes:
-    """The canonical JSON encoding of a metadata dict (sorted keys, compact, UTF-8)."""
+    """The stored encoding of metadata: for a dict its canonical JSON (sorted keys, compact,
+    UTF-8); for non-empty ``bytes`` (binary metadata, opaque to the backend) the bytes after
+    :data:`BINARY_META_TAG`."""
+    if isinstance(meta, (bytes, bytearray)):
+        if not meta:
+            raise InvalidInputError("binary session metadata must not be empty")
+        return BINARY_META_TAG + bytes(meta)
     if not isinstance(meta, Mapping):
-        raise InvalidInputError(f"session metadata must be a dict, not {type(meta).__name__}")
+        raise InvalidInputError(f"session metadata must be a dict or bytes, not {type(meta).__name__}")
     _check_json(meta, 0)
     try:
         text = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)

@@ -326,7 +326,8 @@ def cmd_store_get(args: argparse.Namespace) -> int:
 
     with _open_db(args) as store:
         record = store.get(args.session_id)
-        stream = record.meta.get("kind") == "stream"  # put by `seqkv store put`: one self-contained stream
+        # put by `seqkv store put`: one self-contained stream
+        stream = isinstance(record.meta, dict) and record.meta.get("kind") == "stream"
         session = None if stream else read_record(store, args.session_id)
     if not args.text:
         if args.output == "-" and sys.stdout.isatty():
@@ -376,19 +377,22 @@ def _visible_ids(store: Any) -> list[str]:
     return [sid for sid in store.ids() if not sid.startswith(HIDDEN_PREFIX)]
 
 
-def cmd_store_ls(args: argparse.Namespace) -> int:
-    from ..store.catalog import read_record
+def _describe(store: Any, session_id: str) -> dict[str, Any]:
+    """What ``store ls``/``stats`` show of a row: a ``seqkv store put`` stream's metadata, or a
+    SessionStore record's."""
+    from ..store.catalog import read_meta
 
-    rows = []
+    meta = store.get_meta(session_id)
+    row = {"id": session_id, "bytes": store.size(session_id), "tier": None}
+    if isinstance(meta, dict) and meta.get("kind") == "stream":
+        return row | {"tokens": meta.get("tokens"), "codec": meta.get("codec"), "tier": meta.get("tier")}
+    session = read_meta(store, session_id)
+    return row | {"tokens": session.n_tokens, "codec": session.codec}
+
+
+def cmd_store_ls(args: argparse.Namespace) -> int:
     with _open_db(args) as store:
-        for sid in _visible_ids(store):
-            meta = store.get_meta(sid)
-            if meta.get("kind") == "stream":
-                tokens, codec = meta.get("tokens"), meta.get("codec")
-            else:
-                session, _ = read_record(store, sid)
-                tokens, codec = session.n_tokens, session.codec
-            rows.append({"id": sid, "bytes": store.size(sid), "tokens": tokens, "codec": codec, "tier": meta.get("tier")})
+        rows = [_describe(store, sid) for sid in _visible_ids(store)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -423,14 +427,13 @@ def cmd_store_stats(args: argparse.Namespace) -> int:
         tokens = 0
         by_codec: dict[str, dict[str, int]] = {}
         for sid in store.ids():
-            meta = store.get_meta(sid)
-            n = int(meta.get("tokens") or 0)
-            size = store.size(sid)
+            row = _describe(store, sid)
+            n = int(row["tokens"] or 0)
             tokens += n
-            entry = by_codec.setdefault(str(meta.get("codec") or "?"), {"sessions": 0, "tokens": 0, "bytes": 0})
+            entry = by_codec.setdefault(str(row["codec"] or "?"), {"sessions": 0, "tokens": 0, "bytes": 0})
             entry["sessions"] += 1
             entry["tokens"] += n
-            entry["bytes"] += size
+            entry["bytes"] += row["bytes"]
     stats["tokens"] = tokens
     stats["bits_per_token"] = 8 * stats.get("bytes", 0) / tokens if tokens else None
     stats["by_codec"] = by_codec

@@ -6,6 +6,10 @@ over the layer's shape as four little-endian int64 ``[batch, kv_heads, seq, head
 dtype name (``torch.float32``, ``torch.bfloat16``, ``torch.float16``), then the keys' bytes and
 the values' bytes in C order. NumPy arrays ``[kv_heads, seq, head_dim]`` (the engine's layout)
 hash as the batch-1 tensor they become.
+
+A cache's **combined** digest (:func:`combined_hash`, what a store records by default) is
+BLAKE2b-64 (personalisation ``seqkv-kv-all``) over the layer count as a little-endian int64 then
+the layers' 8-byte digests in layer order: one 8-byte value that changes when any layer does.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["HASH_BYTES", "layer_hashes"]
+__all__ = ["HASH_BYTES", "layer_hashes", "combined_hash"]
 
 HASH_BYTES = 8
 _PERSON = b"seqkv-kv"
+_COMBINED_PERSON = b"seqkv-kv-all"
 _NUMPY_DTYPE_NAMES = {np.dtype(np.float32): "torch.float32", np.dtype(np.float16): "torch.float16"}
 
 
@@ -61,3 +66,15 @@ def layer_hashes(layers: Iterable[tuple[Any, Any]], digest_size: int = HASH_BYTE
         h.update(_bytes_of(v))
         out.append(h.digest())
     return out
+
+
+def combined_hash(layer_digests: Iterable[bytes]) -> bytes:
+    """One digest for a whole cache from its :data:`HASH_BYTES`-byte layer digests (see the module)."""
+    digests = list(layer_digests)
+    if any(len(d) != HASH_BYTES for d in digests):
+        raise InvalidInputError(f"combined_hash takes {HASH_BYTES}-byte layer digests")
+    h = hashlib.blake2b(digest_size=HASH_BYTES, person=_COMBINED_PERSON)
+    h.update(struct.pack("<q", len(digests)))
+    for d in digests:
+        h.update(d)
+    return h.digest()

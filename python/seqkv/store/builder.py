@@ -13,6 +13,7 @@ import numpy as np
 
 from ..codecs.sources import EngineChoice
 from ..errors import InvalidInputError, NumericsMismatchError, StoreError
+from ..kv.hashing import combined_hash
 
 __all__ = ["KVBuilder", "RecordedKV", "resolve_engine", "RESIDUAL", "ENGINE_SOURCE", "TRANSFORMERS_SOURCE"]
 
@@ -193,9 +194,8 @@ class KVBuilder:
 
         engine = self._engine_for(meta.kv_source)
         cache = self._compute(toks, meta.schedule, engine)
-        digest = len(meta.hashes[0])
-        bad = _bad_layers(hf.layer_hashes(cache, digest), list(meta.hashes))
-        if not bad:
+        bad = _mismatch(cache, meta)
+        if bad is None:
             return cache
         from ..integrations.models import numerics_profile_json
 
@@ -206,7 +206,7 @@ class KVBuilder:
         )
         if not meta.residual_bytes:
             raise NumericsMismatchError(
-                f"exact restore of {meta.sid!r}: layers {bad} differ from the hashes recorded at put "
+                f"exact restore of {meta.sid!r}: {bad} differ from the hashes recorded at put "
                 f"({how}; KV recorded from {meta.kv_source or 'an unknown source'}) and no residual was kept "
                 f"(put(..., kv=cache, residual=True) keeps one)"
             )
@@ -218,13 +218,25 @@ class KVBuilder:
         flat = [t for pair in hf.cache_layers(cache) for t in pair]
         fixed = residual_coding.decode(data, flat)
         cache = hf.cache_from_layers(self.model, list(zip(fixed[0::2], fixed[1::2])))
-        bad = _bad_layers(hf.layer_hashes(cache, digest), list(meta.hashes))
-        if bad:
+        bad = _mismatch(cache, meta)
+        if bad is not None:
             raise NumericsMismatchError(
-                f"exact restore of {meta.sid!r}: the stored residual does not reproduce layers {bad} "
+                f"exact restore of {meta.sid!r}: the stored residual does not reproduce {bad} "
                 f"(the recompute differs from the one at put: {how})"
             )
         return cache
+
+
+def _mismatch(cache: Any, meta: Any) -> str | None:
+    """What of ``cache`` differs from the hashes ``meta`` records (``None``: nothing): the layers,
+    or the whole KV when the record keeps one combined hash."""
+    from ..integrations import transformers as hf
+
+    if meta.hashes_combined:
+        got = combined_hash(hf.layer_hashes(cache))
+        return None if (got,) == meta.hashes else "the KV's layers (one combined hash recorded, so not which)"
+    bad = _bad_layers(hf.layer_hashes(cache, len(meta.hashes[0])), list(meta.hashes))
+    return f"layers {bad}" if bad else None
 
 
 def _bad_layers(got: list[bytes], want: list[bytes]) -> list[int]:

@@ -1,10 +1,11 @@
 """The session catalog: the one record schema (:class:`RecordMeta`) and the sessions a store
 knows, by id and by number, with the references between them.
 
-A record's metadata is written by :meth:`RecordMeta.to_dict` and read back by
-:meth:`RecordMeta.from_dict` only; ``docs/durability.md`` describes it. Layout 2 packs it as
-varints under one key, with the KV source as an index into the store's shared table
-(:mod:`seqkv.store.layout`); layout 1 (a JSON key per field) is still read. A record is bound to
+A record's metadata is written by :meth:`RecordMeta.to_stored` and read back by
+:meth:`RecordMeta.from_stored` only; ``docs/durability.md`` describes it. Layout 3 packs it as
+varints in binary metadata, with the codec and KV source as an index into the store's shared
+table (:mod:`seqkv.store.layout`); layouts 1 (a JSON key per field) and 2 (the varints in base85
+under one JSON key) are still read. A record is bound to
 its session: a row whose metadata names another session id or number, or whose decoded tokens
 fail ``tokens_crc32c``, is corrupt (:class:`~seqkv.errors.CorruptStreamError`).
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import base64
+import json
 import zlib
 
 import numpy as np
@@ -25,15 +27,22 @@ import numpy as np
 from ..codecs.base import run_lengths
 from ..coding.container import CODECS
 from ..errors import CorruptStreamError, SessionNotFoundError
+from ..kv.hashing import HASH_BYTES
 from .layout import Reader, SharedTable, Writer
 
-__all__ = ["RecordMeta", "Entry", "Catalog", "RECORD_VERSION", "HIDDEN_PREFIX", "hidden_key", "check_tokens", "allocate_number"]
+__all__ = [
+    "RecordMeta", "Entry", "Catalog", "RECORD_VERSION", "HIDDEN_PREFIX", "hidden_key", "check_tokens",
+    "allocate_number", "read_meta", "read_record",
+]
 
-#: Layout version of the records a store writes (1: JSON keys, full container; 2: packed).
-RECORD_VERSION = 2
+#: Layout version of the records a store writes (1: JSON keys, full container; 2: packed
+#: varints in base85 under one JSON key; 3: the packed varints as binary metadata).
+RECORD_VERSION = 3
 _CODEC_NAMES = {number: name for name, number in CODECS.items()}
-# Layout 2's flag bits.
-_HIDDEN, _PARENT, _SCHEDULE = 1, 2, 4
+# Flag bits (layout 2: a byte of their own; layout 3: the low five bits of the first byte, whose
+# top three bits are the layout).
+_HIDDEN, _PARENT, _SCHEDULE, _LAYER_HASHES, _COMBINED_HASH = 1, 2, 4, 8, 16
+_FLAG_BITS = 5
 #: Backend ids of deleted sessions kept because others reference them start with this.
 HIDDEN_PREFIX = "__seqkv_hidden__/"
 
@@ -78,33 +87,66 @@ class RecordMeta:
     tokens_crc32c: int
     hidden: bool = False
     layout: int = RECORD_VERSION
+    #: ``hashes`` is one :func:`~seqkv.kv.hashing.combined_hash` of the whole cache, not one per layer.
+    hashes_combined: bool = False
 
-    def to_dict(self, table: SharedTable) -> dict[str, Any]:
-        """The metadata to store, in this record's layout (``table``: the store's shared table)."""
+    def to_stored(self, table: SharedTable, *, binds_ids: bool) -> dict[str, Any] | bytes:
+        """The metadata to store, in this record's layout (``table``: the store's shared table;
+        ``binds_ids``: the backend's :attr:`~seqkv.backends.Backend.binds_ids`, else the record
+        carries a checksum of its id). A layout-2 record is written in layout 3 (same container)."""
         if self.layout == 1:
             return self._to_dict_v1()
-        flags = (_HIDDEN if self.hidden else 0) | (_PARENT if self.parent is not None else 0)
+        hashes_flag = (_COMBINED_HASH if self.hashes_combined else _LAYER_HASHES) if self.hashes else 0
+        flags = (_HIDDEN if self.hidden else 0) | (_PARENT if self.parent is not None else 0) | hashes_flag
         one_prefill = self.schedule == ((self.n_tokens,) if self.n_tokens else ())
         flags |= 0 if one_prefill else _SCHEDULE
-        out = Writer().raw(bytes([RECORD_VERSION, flags, CODECS[self.codec]]))
-        out.uint(self.number).uint(self.n_tokens).uint(self.prefix)
+        out = Writer().raw(bytes([RECORD_VERSION << _FLAG_BITS | flags]))
+        out.uint(table.index("profiles", _profile(self.codec, self.kv_source)))
+        out.uint(self.number).uint(self.n_tokens)
         if self.parent is not None:
-            out.uint(self.parent).raw((self.parent_crc32c or 0).to_bytes(4, "little"))
+            out.uint(self.prefix).uint(self.parent).raw((self.parent_crc32c or 0).to_bytes(4, "little"))
         if not one_prefill:
-            runs = run_lengths(self.schedule)
-            out.uint(len(runs))
-            for size, repeat in runs:
-                out.uint(size).uint(repeat)
-        out.uint(len(self.hashes))
-        if self.hashes:
-            out.uint(len(self.hashes[0])).raw(b"".join(self.hashes))
+            _write_schedule(out, self.schedule)
+        if self.hashes_combined and self.hashes:
+            out.raw(self.hashes[0])
+        elif self.hashes:
+            out.uint(len(self.hashes)).uint(len(self.hashes[0])).raw(b"".join(self.hashes))
         out.uint(self.payload_bits).uint(self.container_bytes).uint(self.residual_bytes)
-        out.uint(table.index("sources", self.kv_source)).raw(self.tokens_crc32c.to_bytes(4, "little"))
+        out.raw(self.tokens_crc32c.to_bytes(4, "little"))
         if self.hidden:
             out.raw(self.sid.encode("utf-8", "surrogatepass"))
-        else:  # the id itself is the backend's key: a checksum of it binds the record to it
+        elif not binds_ids:
             out.raw(_id_checksum(self.sid).to_bytes(4, "little"))
-        return {"m": base64.b85encode(out.getvalue()).decode("ascii")}
+        return out.getvalue()
+
+    @classmethod
+    def _from_binary(cls, packed: bytes, key: str, table: SharedTable) -> RecordMeta:
+        r = Reader(packed, f"record {key!r}")
+        (first,) = r.raw(1)
+        version, flags = first >> _FLAG_BITS, first & ((1 << _FLAG_BITS) - 1)
+        if version != 3:
+            raise ValueError(f"binary layout {version}")
+        codec, kv_source = _unprofile(table.value("profiles", r.uint()))
+        number, n_tokens = r.uint(), r.uint()
+        prefix, parent, parent_crc = 0, None, None
+        if flags & _PARENT:
+            prefix, parent, parent_crc = r.uint(), r.uint(), int.from_bytes(r.raw(4), "little")
+        schedule = _read_schedule(r) if flags & _SCHEDULE else ((n_tokens,) if n_tokens else ())
+        hashes: tuple[bytes, ...] = ()
+        if flags & _COMBINED_HASH:
+            hashes = (r.raw(HASH_BYTES),)
+        elif flags & _LAYER_HASHES:
+            count, digest = r.uint(), r.uint()
+            hashes = tuple(r.raw(digest) for _ in range(count))
+        payload_bits, container_bytes, residual_bytes = r.uint(), r.uint(), r.uint()
+        tokens_crc = int.from_bytes(r.raw(4), "little")
+        hidden = bool(flags & _HIDDEN)
+        sid = r.rest().decode("utf-8", "surrogatepass") if hidden else _bound_id(r, key)
+        return cls(sid=sid, number=number, n_tokens=n_tokens, prefix=prefix, parent=parent,
+                   parent_crc32c=parent_crc, codec=codec, schedule=schedule, hashes=hashes,
+                   payload_bits=payload_bits, container_bytes=container_bytes, residual_bytes=residual_bytes,
+                   kv_source=kv_source, tokens_crc32c=tokens_crc, hidden=hidden, layout=3,
+                   hashes_combined=bool(flags & _COMBINED_HASH))
 
     @classmethod
     def _from_packed(cls, packed: str, key: str, table: SharedTable) -> RecordMeta:
@@ -116,10 +158,7 @@ class RecordMeta:
         parent = parent_crc = None
         if flags & _PARENT:
             parent, parent_crc = r.uint(), int.from_bytes(r.raw(4), "little")
-        if flags & _SCHEDULE:
-            schedule = _unrle([[r.uint(), r.uint()] for _ in range(r.uint())])
-        else:
-            schedule = (n_tokens,) if n_tokens else ()
+        schedule = _read_schedule(r) if flags & _SCHEDULE else ((n_tokens,) if n_tokens else ())
         count = r.uint()
         digest = r.uint() if count else 0
         hashes = tuple(r.raw(digest) for _ in range(count))
@@ -127,19 +166,15 @@ class RecordMeta:
         kv_source = table.value("sources", r.uint())
         tokens_crc = int.from_bytes(r.raw(4), "little")
         hidden = bool(flags & _HIDDEN)
-        sid = r.rest().decode("utf-8", "surrogatepass") if hidden else key
-        if not hidden:
-            bound = int.from_bytes(r.raw(4), "little")
-            r.end()
-            if bound != _id_checksum(key):
-                sid = f"<another session: id checksum {bound:#010x}>"  # refused below as a swapped row
+        sid = r.rest().decode("utf-8", "surrogatepass") if hidden else _bound_id(r, key)
         return cls(sid=sid, number=number, n_tokens=n_tokens, prefix=prefix, parent=parent,
                    parent_crc32c=parent_crc, codec=_CODEC_NAMES[codec], schedule=schedule, hashes=hashes,
                    payload_bits=payload_bits, container_bytes=container_bytes, residual_bytes=residual_bytes,
                    kv_source=kv_source, tokens_crc32c=tokens_crc, hidden=hidden, layout=2)
 
     def _to_dict_v1(self) -> dict[str, Any]:
-        return {
+        combined = {"hashes_combined": True} if self.hashes_combined else {}
+        return combined | {
             "v": 1,
             "sid": self.sid,
             "number": self.number,
@@ -159,11 +194,13 @@ class RecordMeta:
         }
 
     @classmethod
-    def from_dict(cls, meta: Any, key: str, table: SharedTable) -> RecordMeta:
-        """The metadata stored under backend id ``key`` (either layout); :class:`CorruptStreamError`
+    def from_stored(cls, meta: Any, key: str, table: SharedTable) -> RecordMeta:
+        """The metadata stored under backend id ``key`` (any layout); :class:`CorruptStreamError`
         when it is not a session record or is not bound to ``key``."""
         try:
-            if isinstance(meta, dict) and set(meta) == {"m"} and isinstance(meta["m"], str):
+            if isinstance(meta, bytes):
+                out = cls._from_binary(meta, key, table)
+            elif isinstance(meta, dict) and set(meta) == {"m"} and isinstance(meta["m"], str):
                 out = cls._from_packed(meta["m"], key, table)
             else:
                 out = cls._from_v1(meta)
@@ -199,10 +236,43 @@ class RecordMeta:
             tokens_crc32c=int(meta["tokens_crc32c"]),
             hidden=bool(meta.get("hidden", False)),
             layout=1,
+            hashes_combined=meta.get("hashes_combined") is True,
         )
 
     def hide(self) -> RecordMeta:
-        return replace(self, hidden=True)
+        return replace(self, hidden=True, layout=1 if self.layout == 1 else RECORD_VERSION)
+
+
+def _profile(codec: str, kv_source: str) -> str:
+    return json.dumps([codec, kv_source], separators=(",", ":"))
+
+
+def _unprofile(entry: str) -> tuple[str, str]:
+    codec, kv_source = json.loads(entry)
+    if codec not in CODECS or not isinstance(kv_source, str):
+        raise ValueError(f"bad profile entry {entry!r}")
+    return codec, kv_source
+
+
+def _write_schedule(out: Writer, schedule: tuple[int, ...]) -> None:
+    runs = run_lengths(schedule)
+    out.uint(len(runs))
+    for size, repeat in runs:
+        out.uint(size).uint(repeat)
+
+
+def _read_schedule(r: Reader) -> tuple[int, ...]:
+    return _unrle([[r.uint(), r.uint()] for _ in range(r.uint())])
+
+
+def _bound_id(r: Reader, key: str) -> str:
+    """The session id of a visible record read under ``key``: ``key`` itself, unless the record
+    carries a checksum of its id that another id has (a swapped row, refused by the caller)."""
+    if not r.rest_len():
+        return key
+    bound = int.from_bytes(r.raw(4), "little")
+    r.end()
+    return key if bound == _id_checksum(key) else f"<another session: id checksum {bound:#010x}>"
 
 
 @dataclass(eq=False)
@@ -306,6 +376,11 @@ def allocate_number(backend: Any, after: int) -> int:
     return int(backend.allocate_number("session", after=after))
 
 
+def read_meta(backend: Any, session_id: str) -> RecordMeta:
+    """A stored session's metadata straight from ``backend``, without a model or its container."""
+    return RecordMeta.from_stored(backend.get_meta(session_id), session_id, SharedTable(backend))
+
+
 def read_record(backend: Any, session_id: str) -> tuple[RecordMeta, bytes]:
     """A stored session's metadata and full ``SQKV`` container straight from ``backend``,
     without a model (what ``seqkv store ls``/``get`` show): records written stripped of what a
@@ -314,7 +389,7 @@ def read_record(backend: Any, session_id: str) -> tuple[RecordMeta, bytes]:
 
     record = backend.get(session_id)
     table = SharedTable(backend)
-    meta = RecordMeta.from_dict(record.meta, session_id, table)
+    meta = RecordMeta.from_stored(record.meta, session_id, table)
     if meta.layout == 1:
         return meta, bytes(record.container)
     coded = meta.n_tokens - meta.prefix

@@ -68,7 +68,7 @@ class StoreConfig:
     codec: CodecName | Any = "lm"
     namespace: str | None = None
     keep_kv: bool | None = None
-    record_hashes: bool = True
+    record_hashes: bool | Literal["layers"] = True
     token_cache: int = 64
     capacity_bytes: int | None = DEFAULT_CAPACITY_BYTES
     tiers: tuple[TierName, ...] | None = None
@@ -96,8 +96,8 @@ class StoreConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise InvalidInputError(f"{name} must be True, False or None, not {value!r}")
-        if not isinstance(self.record_hashes, bool):
-            raise InvalidInputError(f"record_hashes must be True or False, not {self.record_hashes!r}")
+        if not isinstance(self.record_hashes, bool) and self.record_hashes != "layers":
+            raise InvalidInputError(f"record_hashes must be True, False or 'layers', not {self.record_hashes!r}")
         if not _is_int(self.token_cache) or self.token_cache < 0:
             raise InvalidInputError(f"token_cache must be an int >= 0, not {self.token_cache!r}")
         if self.capacity_bytes is not None and (not _is_int(self.capacity_bytes) or self.capacity_bytes < 0):

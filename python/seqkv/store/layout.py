@@ -26,7 +26,7 @@ from ..errors import CorruptStreamError, StoreError
 __all__ = ["SharedTable", "Writer", "Reader", "strip", "expand", "SHARED_BLOB"]
 
 SHARED_BLOB = "record-shared"
-_KINDS = ("headers", "sources")
+_KINDS = ("headers", "sources", "profiles")
 
 
 class Writer:
@@ -76,6 +76,9 @@ class Reader:
         out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
+
+    def rest_len(self) -> int:
+        return len(self.data) - self.pos
 
     def rest(self) -> bytes:
         return self.raw(len(self.data) - self.pos)

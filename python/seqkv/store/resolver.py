@@ -79,7 +79,7 @@ class TokenResolver:
             except SessionNotFoundError:
                 record = None
             if record is not None:
-                meta = RecordMeta.from_dict(record.meta, key, self._table)
+                meta = RecordMeta.from_stored(record.meta, key, self._table)
                 if meta.number == entry.number:
                     if meta.tokens_crc32c != entry.meta.tokens_crc32c:
                         raise CorruptStreamError(f"record {key!r} changed under session number {entry.number}")
@@ -91,7 +91,7 @@ class TokenResolver:
                     continue  # moved to its hidden id
             if record is None:
                 raise CorruptStreamError(f"the record of session {entry.meta.sid!r} is missing from the backend")
-            raise CorruptStreamError(f"record {key!r} holds session number {meta.number}, not {entry.number}")
+            raise CorruptStreamError(f"record {key!r} holds session number {meta.number}, not {entry.number}: a swapped row")
 
     def container(self, entry: Entry, record: Any) -> bytes:
         """The full ``SQKV`` container of the entry's record (layout 2 stores it stripped)."""

@@ -67,6 +67,7 @@ import numpy as np
 from ..codecs.base import as_tokens
 from ..coding.container import CODECS
 from ..errors import CorruptStreamError, InvalidInputError, StoreError
+from ..kv.hashing import combined_hash
 from .builder import RESIDUAL, KVBuilder, resolve_engine
 from .catalog import HIDDEN_PREFIX, RECORD_VERSION, Catalog, Entry, RecordMeta, allocate_number, hidden_key
 from .config import TIER_NAMES, StoreConfig
@@ -111,7 +112,9 @@ class SessionStore:
         put each session's KV into memory (the first tier) at ``put``; default: on when the
         caller passes ``capacity_bytes``. ``put(keep_kv=...)`` overrides per session.
     record_hashes:
-        record per-layer KV hashes at ``put`` for ``mode="exact"``.
+        record a hash of the session's KV at ``put`` for ``mode="exact"``: ``True`` (default) one
+        8-byte hash of the whole cache, ``"layers"`` one per layer (a failed exact restore then
+        names the layers that differ), ``False`` none.
     token_cache:
         decoded sessions kept in memory (prefix references are resolved through it).
     capacity_bytes:
@@ -251,7 +254,7 @@ class SessionStore:
         metas: dict[int, tuple[str, RecordMeta]] = {}
         for key, raw in sorted(scan.meta.items()):
             try:
-                meta = RecordMeta.from_dict(raw, key, self._table)
+                meta = RecordMeta.from_stored(raw, key, self._table)
             except CorruptStreamError as exc:
                 self._quarantine(key, str(exc))
                 continue
@@ -420,7 +423,9 @@ class SessionStore:
                 parent_crc32c=parent_entry.meta.tokens_crc32c if parent_entry is not None else None,
                 codec=self.codec.name,
                 schedule=sched,
-                hashes=recorded.hashes,
+                hashes=recorded.hashes if self.record_hashes == "layers" or not recorded.hashes
+                else (combined_hash(recorded.hashes),),
+                hashes_combined=self.record_hashes != "layers" and bool(recorded.hashes),
                 payload_bits=int(stats.payload_bits),
                 container_bytes=len(stored),
                 residual_bytes=len(recorded.attachments.get(RESIDUAL, b"")),
@@ -428,7 +433,7 @@ class SessionStore:
                 tokens_crc32c=crc,
                 layout=layout,
             )
-            record = SessionRecord(container=stored, meta=meta.to_dict(self._table), attachments=recorded.attachments)
+            record = SessionRecord(container=stored, meta=meta.to_stored(self._table, binds_ids=self.backend.binds_ids), attachments=recorded.attachments)
             entry = Entry(meta, sid, record.nbytes)
             with self._lock:
                 self._store_record(entry, record)
@@ -484,7 +489,7 @@ class SessionStore:
             stored = self._resolver.read_record(old)
             self.backend.put(
                 hidden_key(old.number),
-                SessionRecord(container=stored.container, meta=old.meta.hide().to_dict(self._table), attachments=stored.attachments),
+                SessionRecord(container=stored.container, meta=old.meta.hide().to_stored(self._table, binds_ids=self.backend.binds_ids), attachments=stored.attachments),
             )
         self.backend.put(sid, record)
         if old is None:
@@ -622,7 +627,7 @@ class SessionStore:
                 stored = self._resolver.read_record(entry)
                 self.backend.put(
                     hidden_key(entry.number),
-                    SessionRecord(container=stored.container, meta=entry.meta.hide().to_dict(self._table),
+                    SessionRecord(container=stored.container, meta=entry.meta.hide().to_stored(self._table, binds_ids=self.backend.binds_ids),
                                   attachments=stored.attachments),
                 )
                 self.backend.delete(entry.key)
