@@ -12,9 +12,12 @@ import httpx
 import pytest
 
 from seqkv.gateway.app import create_app
+from seqkv.gateway.cli import export_slot, import_slot
 from seqkv.gateway.residency import SlotFiles, SlotPool
-from seqkv.gateway.service import Gateway, Replica, TurnResult
+from seqkv.gateway.schedule import Schedule
+from seqkv.gateway.service import GREEDY, Gateway, Replica, TurnResult
 from seqkv.gateway.sessions import ConversationStore
+from seqkv.gateway.slots import read_slot_file
 from seqkv.gateway.upstream.llamacpp import LlamaCppUpstream
 from seqkv.gateway.upstream.process import LlamaServerProcess, ServerOptions
 
@@ -204,4 +207,22 @@ def test_two_slots_in_parallel_and_a_replica_removed(bed):
         # the replay's KV is reported exact or faithful, never silently assumed
         assert moved.resume.exactness in ("exact", "faithful")
         assert moved.resume.kv_sha256 is not None
+    asyncio.run(run())
+
+
+def test_slots_import_then_export_by_replay_is_exact(tmp_path, gguf):
+    async def run() -> None:
+        # a slot file written by llama-server: one prefill, then 5 sampled tokens (4 steps)
+        opts = ServerOptions(model=gguf, slot_dir=tmp_path / "src", n_ctx_slot=2048)  # export's settings
+        with LlamaServerProcess(opts) as proc:
+            up = LlamaCppUpstream(proc.url, opts)
+            prompt = await up.tokenize(await up.apply_template([{"role": "user", "content": QUESTIONS[0]}]))
+            c = await up.complete(prompt, 0, 5, GREEDY)
+            saved = await up.save_slot(0, "a.ggsq")
+            await up.aclose()
+        schedule = Schedule().after_request(c.n_past, len(prompt), len(c.tokens))
+        (tmp_path / "a.skv").write_bytes(import_slot(str(up.slot_path("a.ggsq")), 49152, schedule))
+        exactness, digest = await export_slot((tmp_path / "a.skv").read_bytes(), gguf, tmp_path / "b.ggsq")
+        assert (exactness, digest) == ("exact", saved.kv_sha256)
+        assert read_slot_file(tmp_path / "b.ggsq") == saved
     asyncio.run(run())
