@@ -86,7 +86,7 @@ def _parse_ids(text: str, path: str) -> np.ndarray:
 
 def _choice(args: argparse.Namespace) -> ModelChoice:
     return ModelChoice(path=getattr(args, "model", None), engine=getattr(args, "engine", None),
-                       device=getattr(args, "device", None) or "cpu")
+                       device=getattr(args, "device", None) or "cpu", say=_say)
 
 
 def tokenize(text: str, choice: ModelChoice = ModelChoice()) -> np.ndarray:
@@ -102,8 +102,7 @@ def _codec(name: str, choice: ModelChoice, verify: bool = False) -> Any:
     from .. import codecs
 
     if name in ("lm", "lm-robust"):
-        with _status(f"loading {choice.name} for the {name} codec"):
-            return choice.lm_codec(name, verify=verify)
+        return choice.lm_codec(name, verify=verify)
     return codecs.get(name, vocab_size=choice.text_vocab_size())
 
 
@@ -112,10 +111,19 @@ def _codec(name: str, choice: ModelChoice, verify: bool = False) -> Any:
 _QUIET = False
 
 
+def _say(message: str, *, note: bool = False) -> None:
+    """What the command is doing, on stderr: on a terminal only, unless it is a ``note``."""
+    if _QUIET:
+        return
+    if note:
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    elif sys.stderr.isatty():
+        print(f"{message} ...", file=sys.stderr, flush=True)
+
+
 @contextmanager
 def _status(message: str) -> Iterator[None]:
-    if not _QUIET and sys.stderr.isatty():
-        print(f"{message} ...", file=sys.stderr, flush=True)
+    _say(message)
     yield
 
 

@@ -4,6 +4,11 @@ SmolLM2 is the default (its tokenizer is cached as ``tokenizer.json`` so that ra
 no transformers); ``--model PATH`` picks another transformers model folder. A stream names the
 model it needs by its header's vocabulary size and fingerprint: :func:`codec_for_stream`
 refuses a stream of another model with a message naming it, instead of decoding garbage.
+
+SmolLM2's ``lm`` codecs on the CPU under the seqkv engine are built from the model cache
+(:func:`seqkv.engine.cpu.smollm2_engine`: no torch, no transformers) once a run has stored the
+engine there; they write the same bytes as the codec built from the loaded model, whose
+fingerprint the cached engine carries. Until then the model is loaded, which fills the cache.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,11 +93,17 @@ def stream_engine(numerics_profile: str) -> EngineName | None:
 class ModelChoice:
     """``--model`` (``None``: SmolLM2), ``--engine`` (``None``: what the stream says, else auto) and
     ``--device`` (where the model runs: ``"cuda"`` puts it on the GPU, whose lm logits then come
-    from the GPU engine, bit-identical to the CPU engine's)."""
+    from the GPU engine, bit-identical to the CPU engine's). ``say(message, note=False)`` is told
+    what loading is under way (a ``note`` is worth showing even when no one is watching)."""
 
     path: str | None = None
     engine: EngineName | None = None
     device: str = "cpu"
+    say: Callable[..., None] | None = field(default=None, compare=False, repr=False)
+
+    def _say(self, message: str, *, note: bool = False) -> None:
+        if self.say is not None:
+            self.say(message, note=note)
 
     @property
     def name(self) -> str:
@@ -145,9 +156,39 @@ class ModelChoice:
     def lm_codec(self, name: str, *, engine: EngineName | None = None, **options: Any) -> Any:
         from .. import codecs
 
-        model, tokenizer = self.load()
         chosen = engine or self.engine or "auto"
+        cached = self._cached_source(chosen)
+        if cached is not None:
+            source, start_token = cached
+            return codecs.get(name, source=source, start_token=start_token, **options)
+        self._say(f"loading {self.name} through transformers")
+        model, tokenizer = self.load()
         return codecs.get(name, model=model, tokenizer=tokenizer, engine=_CODEC_ENGINE[chosen], **options)
+
+    def _cached_source(self, engine: EngineName) -> tuple[Any, int] | None:
+        """``(EngineLogitsSource, start token)`` of SmolLM2's engine from the model cache — what
+        ``LMCodec(model, tokenizer=..., engine=engine)`` of ``load_smollm2()`` codes under — or
+        ``None`` where that codec would not use the CPU engine or the cache lacks it."""
+        if self.path is not None or self.device != "cpu" or engine not in ("auto", "seqkv"):
+            return None
+        # the <|endoftext|> that default_start_token finds in the transformers tokenizer
+        start_token = smollm2_tokenizer().token_to_id("<|endoftext|>")
+        if start_token is None:
+            return None
+        from ..codecs.sources import EngineLogitsSource, choose_engine
+        from ..engine.cpu import smollm2_engine
+
+        self._say(f"loading {self.name}'s engine from the model cache")
+        # the weights dtype LMCodec's engine takes for a model on the CPU: the same bits
+        eng = smollm2_engine(choose_engine.__kwdefaults__["cpu_dtype"])
+        if eng is None:
+            self._say(
+                f"the model cache has no seqkv engine of {self.name} yet: loading the model through "
+                "transformers (slow, this once; it fills the cache for the next run)",
+                note=True,
+            )
+            return None
+        return EngineLogitsSource(eng), int(start_token)
 
 
 def codec_for_stream(header: Any, choice: ModelChoice, *, max_tokens: int) -> Any:
