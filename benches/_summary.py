@@ -1132,6 +1132,62 @@ class Trie(TypedDict):
     workload: TrieWorkload
 
 
+# --- gateway.py -----------------------------------------------------------------------------------
+
+
+class GatewayUpstream(TypedDict):
+    llama_server_build: str  # /props build_info
+    model: str
+    model_bytes: int
+    threads: int
+    n_batch: int
+    n_ubatch: int
+    cache_type: str
+
+
+class GatewaySession(TypedDict):
+    target_tokens: int
+    tokens: int
+    cached_tokens: int  # held in the slot (the last sampled token is never evaluated)
+    turns: int
+    transcript_bytes: int
+    seqkv_record_bytes: int  # container + metadata of every node on the session's chain
+    seqkv_tokens_bytes: int  # the plt containers alone
+    seqkv_metadata_bytes: int
+    slot_file_bytes: int
+    zstd_transcript_bytes: int
+    resume_slot_file_s: float
+    resume_replay_s: float
+    resume_prefill_s: float
+    replay_requests: int
+    reps: int
+    prefill_reproduces_kv: bool
+
+
+class GatewayLoadRow(TypedDict):
+    mode: Literal["direct", "gateway"]
+    clients: int
+    requests: int
+    seconds: float
+    requests_per_s: float
+    p50_s: float
+    p99_s: float
+
+
+class GatewayBench(TypedDict):
+    machine: Machine
+    quick: bool
+    upstream: GatewayUpstream
+    max_tokens: int
+    sessions: list[GatewaySession]
+    replays: int
+    exact_replays: int
+    exact_restore_rate: float
+    load_turns_per_client: int
+    load_n_parallel: int
+    load: list[GatewayLoadRow]
+
+
 # --- report.py's record of a `make report` run -----------------------------------------------------
 
 
@@ -1163,6 +1219,7 @@ SCHEMAS: dict[str, Any] = {
     "dedup": Dedup,
     "engine": Engine,
     "engine_gpu": EngineGPU,
+    "gateway": GatewayBench,
     "gpu_kernels": GPUKernels,
     "gpu_store": GpuStore,
     "plt": PLT,

@@ -275,6 +275,7 @@ class Report:
         self.competitors = src.load("competitors")
         self.dedup = src.load("dedup")
         self.stress = src.load("stress")
+        self.gateway = src.load("gateway")
 
     def f(self, name: str) -> str:
         """The file a bench's figures come from, as inline code."""
@@ -1129,11 +1130,47 @@ class Report:
                    "`fuzz/tests/replay.rs` (stable Rust, the first step of `make fuzz`):", "")
             self.table(["target", "corpus (minimized)", "crashes kept as regressions"], rows)
 
+    def gateway_section(self) -> None:
+        self.w("## 8. Gateway over llama-server", "")
+        d = self.gateway
+        if d is None:
+            self.w(f"Gateway bench: {NM} (no gateway.json; `benches/gateway.py` needs `make llama-server`).", "")
+            return
+        up = d["upstream"]
+        self.w(f"`benches/gateway.py` ({self.f('gateway')}, {'quick' if d['quick'] else 'full'} run): llama-server "
+               f"{up['llama_server_build']}, {up['model']}, threads {up['threads']}, {up['cache_type']} KV, "
+               f"{d['max_tokens']} greedy tokens per answer. Bytes per stored session and resume latency from an "
+               "emptied slot (median):", "")
+        rows = []
+        for r in d["sessions"]:
+            rows.append([fmt(r["tokens"], ","), fmt(r["turns"], "d"), fmt(r["seqkv_record_bytes"], ","),
+                         fmt(r["seqkv_tokens_bytes"], ","), fmt(r["slot_file_bytes"], ","),
+                         fmt(r["zstd_transcript_bytes"], ","), fmt(r["resume_slot_file_s"], ".3f"),
+                         fmt(r["resume_replay_s"], ".3f") + f" ({r['replay_requests']} requests)",
+                         fmt(r["resume_prefill_s"], ".3f") + ("" if r["prefill_reproduces_kv"] else ", other KV")])
+        self.table(["tokens", "turns", "seqkv record B", "of which tokens B", "slot file B", "zstd -19 transcript B",
+                    "slot restore s", "schedule replay s", "plain re-prefill s"], rows)
+        self.w(f"Schedule replays reproducing the recorded KV SHA-256: {d['exact_replays']} of {d['replays']} "
+               f"({d['exact_restore_rate']:.0%}).", "")
+        rows = []
+        by = {(r["mode"], r["clients"]): r for r in d["load"]}
+        for n in sorted({r["clients"] for r in d["load"]}):
+            cells = [str(n)]
+            for mode in ("direct", "gateway"):
+                r = by.get((mode, n))
+                cells += [fmt(get(r, "requests_per_s"), ".2f"), fmt(get(r, "p50_s"), ".3f"), fmt(get(r, "p99_s"), ".3f")]
+            rows.append(cells)
+        self.w(f"Load: each client a {d['load_turns_per_client']}-turn chat, {d['load_n_parallel']} server slots; "
+               "direct = llama-server's /v1/chat/completions with the whole history, gateway = `seqkv gateway` "
+               "with a session id:", "")
+        self.table(["clients", "direct req/s", "direct p50 s", "direct p99 s", "gateway req/s", "gateway p50 s",
+                    "gateway p99 s"], rows)
+
     def sources(self) -> None:
         self.w("## Where each figure comes from", "")
         rows = []
         for name in ("coder", "trie", "trie_16core", "trie_32core", "plt", "compression", "residual", "store", "engine", "engine_gpu",
-                     "gpu_kernels", "serve", "competitors", "dedup", "stress"):
+                     "gpu_kernels", "serve", "competitors", "dedup", "stress", "gateway"):
             d = self.src.data.get(name)
             if d is None:
                 rows.append([name, NM, "", "", ""])
@@ -1194,6 +1231,7 @@ class Report:
         self.claims()
         self.competitors_section()
         self.hardening()
+        self.gateway_section()
         self.runs_section()
         self.sources()
         return "\n".join(self.lines).rstrip() + "\n"
