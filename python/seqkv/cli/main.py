@@ -15,7 +15,8 @@
 ``FILE`` may be ``-`` for standard input or output. Text is tokenised with the SmolLM2
 tokenizer (its ``tokenizer.json`` is cached under ``$SEQKV_CACHE_DIR``, default
 ``~/.cache/seqkv``, after the first use), or another transformers model folder's with
-``--model PATH``; ``--codec lm`` also loads the model. A stream of another model is refused
+``--model PATH``; ``--codec lm`` also needs the model (SmolLM2's engine from the model cache,
+once a run has stored it: ``docs/engine.md``). A stream of another model is refused
 with the model it needs (``seqkv.cli.models``); ``--engine`` picks how lm logits are computed
 (default: what the stream records). Decoding refuses a stream of more than ``--max-tokens``
 tokens (default 16,777,216) and writes its output in chunks.
