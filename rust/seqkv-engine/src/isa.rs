@@ -2,7 +2,7 @@
 //!
 //! Every kernel has a scalar form (the *definition*: plain IEEE f32 operations
 //! and `f32::mul_add`, which is a correctly rounded fused multiply-add on every
-//! platform) and, on x86-64, an AVX2+FMA form that performs the very same
+//! platform) and, on x86-64, an AVX2+FMA form (with F16C, for block scales) that performs the very same
 //! operations per output element, eight or sixteen outputs at a time. The two
 //! forms give identical bits (tested), so the choice only affects speed. The
 //! choice is made once per process from CPUID and can be forced with the
@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable scalar code (the reference definition).
     Scalar,
-    /// x86-64 AVX2 with FMA3.
+    /// x86-64 AVX2 with FMA3 (and F16C).
     Avx2Fma,
 }
 
@@ -68,7 +68,9 @@ impl Isa {
 
 #[cfg(target_arch = "x86_64")]
 fn avx2_fma_available() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
 }
 
 #[cfg(not(target_arch = "x86_64"))]

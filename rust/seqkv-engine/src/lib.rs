@@ -9,7 +9,8 @@
 //! and AVX2 code paths implement the same operation sequence, so the bits do not
 //! depend on the instruction set either (tested).
 //!
-//! Weights are stored in bf16 (or f32) and accumulated in f32.
+//! Weights are stored in bf16, f32 or the GGUF's own blocks (Q4_0, Q4_1, Q8_0: [`quant`],
+//! de-quantized exactly in registers) and accumulated in f32.
 
 // Kernels index several arrays with one loop variable and spell constants as their reference
 // implementations do; these lints would make them harder to compare with the definitions.
@@ -29,11 +30,13 @@ pub mod matmul;
 pub mod model;
 pub mod ops;
 pub mod probe;
+pub mod quant;
 
 pub use isa::Isa;
 pub use kv::{KvDtype, KvLayout, Page, Sequence};
 pub use matmul::{matmul, PackedMatrix, Stored, WeightDtype};
 pub use model::{Config, Logits, Model, PACKED_STATE_VERSION};
+pub use quant::BlockType;
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]

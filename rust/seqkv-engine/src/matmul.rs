@@ -17,6 +17,7 @@
 
 use crate::bf16::{bf16_to_f32, f32_to_bf16};
 use crate::isa::Isa;
+use crate::quant::{self, BlockType, QBlock, QK};
 use rayon::prelude::*;
 
 /// Columns per packed panel.
@@ -33,11 +34,12 @@ pub(crate) fn bf16_slot(j: usize) -> usize {
     }
 }
 
-/// Storage type of packed weights.
+/// Storage type of packed weights: f32, bf16 (rounded), or GGUF blocks ([`crate::quant`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightDtype {
     F32,
     Bf16,
+    Blocks(BlockType),
 }
 
 impl WeightDtype {
@@ -45,26 +47,35 @@ impl WeightDtype {
         match self {
             WeightDtype::F32 => "f32",
             WeightDtype::Bf16 => "bf16",
+            WeightDtype::Blocks(b) => b.name(),
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
             "f32" | "float32" | "fp32" => Some(WeightDtype::F32),
             "bf16" | "bfloat16" => Some(WeightDtype::Bf16),
-            _ => None,
+            other => BlockType::parse(other).map(WeightDtype::Blocks),
         }
     }
-    /// Rounds a value to what this dtype stores (identity for f32).
+    /// How values given as f32 are stored: bf16 for a bf16 model, else exactly (f32).
+    pub fn float_storage(self) -> WeightDtype {
+        match self {
+            WeightDtype::Bf16 => WeightDtype::Bf16,
+            _ => WeightDtype::F32,
+        }
+    }
+    /// Rounds a value given as f32 to what this dtype stores it as (identity but for bf16).
     pub fn round(self, x: f32) -> f32 {
         match self {
-            WeightDtype::F32 => x,
             WeightDtype::Bf16 => crate::bf16::round_to_bf16(x),
+            _ => x,
         }
     }
+    /// Bytes per value of a float storage (a block model stores float tables in f32).
     pub fn bytes(self) -> usize {
         match self {
-            WeightDtype::F32 => 4,
             WeightDtype::Bf16 => 2,
+            _ => 4,
         }
     }
 }
@@ -73,6 +84,8 @@ impl WeightDtype {
 enum Buf {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
+    /// Tiles of 16 columns x 32 k, `[panel][k / 32]` ([`crate::quant`]).
+    Blocks(BlockType, Vec<u8>),
 }
 
 /// Stored values as they lie in memory: what [`PackedMatrix::packed`] lends and
@@ -81,6 +94,9 @@ enum Buf {
 pub enum Stored<'a> {
     F32(&'a [f32]),
     Bf16(&'a [u16]),
+    /// Block bytes (re-blocked tiles of a matrix, raw GGUF rows of a table); the block type
+    /// follows from the length, which differs between types for a given shape.
+    Blocks(&'a [u8]),
 }
 
 impl Stored<'_> {
@@ -88,15 +104,18 @@ impl Stored<'_> {
         match self {
             Stored::F32(v) => v.len(),
             Stored::Bf16(v) => v.len(),
+            Stored::Blocks(v) => v.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    pub fn dtype(&self) -> WeightDtype {
+    /// The storage's name for messages: `f32`, `bf16` or `blocks`.
+    pub fn kind(&self) -> &'static str {
         match self {
-            Stored::F32(_) => WeightDtype::F32,
-            Stored::Bf16(_) => WeightDtype::Bf16,
+            Stored::F32(_) => "f32",
+            Stored::Bf16(_) => "bf16",
+            Stored::Blocks(_) => "blocks",
         }
     }
 }
@@ -184,21 +203,103 @@ impl PackedMatrix {
                 });
                 Buf::Bf16(v)
             }
+            WeightDtype::Blocks(_) => unreachable!("pack takes float dtypes"),
         };
         PackedMatrix { k, n, panels, buf }
     }
 
-    /// The packed panels as stored: `[panel][k][NR]`, bf16 columns in [`bf16_slot`] order.
+    /// Re-blocks GGUF blocks given as `[N][K / 32]` raw blocks (a `[N, K]` GGUF tensor,
+    /// `torch.nn.Linear` layout).
+    pub fn from_blocks(bt: BlockType, raw: &[u8], n: usize, k: usize) -> Result<Self, String> {
+        if n == 0 || k == 0 || k % QK != 0 {
+            return Err(format!(
+                "a {} matrix needs K a multiple of {QK}, got {n}x{k}",
+                bt.name()
+            ));
+        }
+        let row = (k / QK) * bt.raw_bytes();
+        if raw.len() != n * row {
+            return Err(format!(
+                "{n}x{k} {} blocks take {} bytes, got {}",
+                bt.name(),
+                n * row,
+                raw.len()
+            ));
+        }
+        Ok(Self::pack_blocks(bt, n, k, |col, b| {
+            QBlock::from_raw(bt, &raw[col * row + b * bt.raw_bytes()..][..bt.raw_bytes()])
+        }))
+    }
+
+    fn pack_blocks(
+        bt: BlockType,
+        n: usize,
+        k: usize,
+        get: impl Fn(usize, usize) -> QBlock + Sync,
+    ) -> Self {
+        let panels = n.div_ceil(NR);
+        let kb = k / QK;
+        let tb = bt.tile_bytes();
+        let mut v = vec![0u8; panels * kb * tb];
+        v.par_chunks_mut(kb * tb)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for (b, tile) in panel.chunks_mut(tb).enumerate() {
+                    for j in 0..NR {
+                        let col = p * NR + j;
+                        let blk = if col < n { get(col, b) } else { QBlock::ZERO };
+                        quant::put_tile_column(bt, tile, j, &blk);
+                    }
+                }
+            });
+        PackedMatrix {
+            k,
+            n,
+            panels,
+            buf: Buf::Blocks(bt, v),
+        }
+    }
+
+    /// Column `col`'s block `b` (block matrices only).
+    fn block(&self, col: usize, b: usize) -> QBlock {
+        match &self.buf {
+            Buf::Blocks(bt, v) => {
+                let tb = bt.tile_bytes();
+                let kb = self.k / QK;
+                let tile = &v[((col / NR) * kb + b) * tb..][..tb];
+                quant::tile_column(*bt, tile, col % NR)
+            }
+            _ => unreachable!("block of a float matrix"),
+        }
+    }
+
+    /// The packed panels as stored: `[panel][k][NR]`, bf16 columns in [`bf16_slot`] order;
+    /// block matrices as their tiles.
     pub fn packed(&self) -> Stored<'_> {
         match &self.buf {
             Buf::F32(v) => Stored::F32(v),
             Buf::Bf16(v) => Stored::Bf16(v),
+            Buf::Blocks(_, v) => Stored::Blocks(v),
         }
     }
 
     /// Rebuilds a `[K, N]` matrix from the storage [`PackedMatrix::packed`] returned for it.
     pub fn from_packed(k: usize, n: usize, data: Stored<'_>) -> Result<Self, String> {
         let panels = n.div_ceil(NR);
+        if let Stored::Blocks(v) = data {
+            let bt = BlockType::from_packed_len(k, n, v.len()).ok_or_else(|| {
+                format!(
+                    "{} bytes are the tiles of no block type for a {k}x{n} matrix",
+                    v.len()
+                )
+            })?;
+            return Ok(PackedMatrix {
+                k,
+                n,
+                panels,
+                buf: Buf::Blocks(bt, v.to_vec()),
+            });
+        }
         if k == 0 || n == 0 || data.len() != panels * k * NR {
             return Err(format!(
                 "packed {k}x{n} matrix needs {} values, got {}",
@@ -209,20 +310,24 @@ impl PackedMatrix {
         let buf = match data {
             Stored::F32(v) => Buf::F32(v.to_vec()),
             Stored::Bf16(v) => Buf::Bf16(v.to_vec()),
+            Stored::Blocks(_) => unreachable!(),
         };
         Ok(PackedMatrix { k, n, panels, buf })
     }
 
-    /// Concatenates matrices with the same K along N (fused projections).
+    /// Concatenates matrices with the same K along N (fused projections). Parts of different
+    /// storage are concatenated as f32 (their exact values).
     pub fn concat_n(parts: &[&PackedMatrix]) -> Self {
         let k = parts[0].k;
-        let dtype = parts[0].dtype();
+        let mut dtype = parts[0].dtype();
+        if parts.iter().any(|p| p.dtype() != dtype) {
+            dtype = WeightDtype::F32;
+        }
         let n: usize = parts.iter().map(|p| p.n).sum();
         let mut offsets = Vec::new();
         let mut acc = 0;
         for p in parts {
             assert_eq!(p.k, k, "concat_n: different K");
-            assert_eq!(p.dtype(), dtype, "concat_n: different dtypes");
             offsets.push(acc);
             acc += p.n;
         }
@@ -230,10 +335,16 @@ impl PackedMatrix {
             let i = offsets.partition_point(|&o| o <= col) - 1;
             (i, col - offsets[i])
         };
-        Self::pack(n, k, dtype, |col, kk| {
-            let (i, c) = locate(col);
-            parts[i].get(kk, c)
-        })
+        match dtype {
+            WeightDtype::Blocks(bt) => Self::pack_blocks(bt, n, k, |col, b| {
+                let (i, c) = locate(col);
+                parts[i].block(c, b)
+            }),
+            _ => Self::pack(n, k, dtype, |col, kk| {
+                let (i, c) = locate(col);
+                parts[i].get(kk, c)
+            }),
+        }
     }
 
     pub fn k(&self) -> usize {
@@ -246,30 +357,42 @@ impl PackedMatrix {
         match self.buf {
             Buf::F32(_) => WeightDtype::F32,
             Buf::Bf16(_) => WeightDtype::Bf16,
+            Buf::Blocks(bt, _) => WeightDtype::Blocks(bt),
         }
     }
     /// Bytes of packed storage (what one pass over the matrix reads).
     pub fn nbytes(&self) -> usize {
-        self.panels * self.k * NR * self.dtype().bytes()
+        match &self.buf {
+            Buf::F32(v) => v.len() * 4,
+            Buf::Bf16(v) => v.len() * 2,
+            Buf::Blocks(_, v) => v.len(),
+        }
     }
 
-    /// The stored value of `w[kk, col]` as f32.
+    /// The stored value of `w[kk, col]` as f32 (a block weight de-quantized by its definition).
     pub fn get(&self, kk: usize, col: usize) -> f32 {
         let row = ((col / NR) * self.k + kk) * NR;
         match &self.buf {
             Buf::F32(v) => v[row + col % NR],
             Buf::Bf16(v) => bf16_to_f32(v[row + bf16_slot(col % NR)]),
+            Buf::Blocks(bt, _) => {
+                let b = self.block(col, kk / QK);
+                bt.value(quant::f16_to_f32(b.d), quant::f16_to_f32(b.m), b.q[kk % QK])
+            }
         }
     }
 
-    /// Bytes of the stored matrix in canonical `[K][N]` order, for fingerprints.
+    /// Bytes of the stored matrix in canonical `[K][N]` order, for fingerprints (block
+    /// weights as their f32 values).
     pub fn canonical_bytes(&self, mut sink: impl FnMut(&[u8])) {
         let mut row = Vec::with_capacity(self.n * 4);
         for kk in 0..self.k {
             row.clear();
             for col in 0..self.n {
                 match &self.buf {
-                    Buf::F32(_) => row.extend_from_slice(&self.get(kk, col).to_le_bytes()),
+                    Buf::F32(_) | Buf::Blocks(..) => {
+                        row.extend_from_slice(&self.get(kk, col).to_le_bytes())
+                    }
                     Buf::Bf16(v) => {
                         let idx = ((col / NR) * self.k + kk) * NR + bf16_slot(col % NR);
                         row.extend_from_slice(&v[idx].to_le_bytes())
@@ -325,6 +448,20 @@ fn scalar_matmul(x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
                             for j in 0..NR {
                                 acc[j] =
                                     xv.mul_add(bf16_to_f32(panel[kk * NR + bf16_slot(j)]), acc[j]);
+                            }
+                        }
+                    }
+                    Buf::Blocks(bt, v) => {
+                        let (bt, tb, kb) = (*bt, bt.tile_bytes(), k / QK);
+                        for (b, tile) in v[p * kb * tb..(p + 1) * kb * tb].chunks(tb).enumerate() {
+                            let (d, m) = quant::tile_scales(bt, tile);
+                            let qs = &tile[bt.quant_offset()..];
+                            for kk in 0..QK {
+                                let xv = xr[b * QK + kk];
+                                for j in 0..NR {
+                                    let w = bt.value(d[j], m[j], quant::tile_quant(bt, qs, kk, j));
+                                    acc[j] = xv.mul_add(w, acc[j]);
+                                }
                             }
                         }
                     }
@@ -406,6 +543,199 @@ mod avx2 {
                     _mm256_loadu_ps(tmp.as_ptr()),
                     _mm256_loadu_ps(tmp.as_ptr().add(8)),
                 )
+            }
+        }
+    }
+
+    /// Storage of the weights an AVX2 kernel is instantiated for.
+    const F32: u8 = 0;
+    const BF16: u8 = 1;
+    const Q4_0: u8 = 2;
+    const Q4_1: u8 = 3;
+    const Q8_0: u8 = 4;
+
+    fn block_type(f: u8) -> BlockType {
+        match f {
+            Q4_0 => BlockType::Q4_0,
+            Q4_1 => BlockType::Q4_1,
+            _ => BlockType::Q8_0,
+        }
+    }
+
+    /// `d` and `m` (zero unless Q4_1) of a tile's 16 columns, as two f32 vectors each.
+    #[inline(always)]
+    unsafe fn tile_scales<const F: u8>(t: *const u8) -> [__m256; 4] {
+        // SAFETY: AVX2 and F16C are enabled in every caller; `t` is a tile of `block_type(F)`,
+        // whose first 32 bytes are `d` (16 f16) and, for Q4_1, the next 32 `m`.
+        unsafe {
+            let half = |at: usize| _mm256_cvtph_ps(_mm_loadu_si128(t.add(at) as *const __m128i));
+            let (d0, d1) = (half(0), half(16));
+            if F == Q4_1 {
+                [d0, d1, half(32), half(48)]
+            } else {
+                [d0, d1, _mm256_setzero_ps(), _mm256_setzero_ps()]
+            }
+        }
+    }
+
+    /// Q4_x weights of 8 columns from their nibbles `q` (in the low 4 bits of each lane).
+    #[inline(always)]
+    unsafe fn nibbles<const F: u8>(q: __m256i, d: __m256, m: __m256) -> __m256 {
+        // SAFETY: AVX2 and FMA are enabled in every caller; register operations only.
+        unsafe {
+            if F == Q4_1 {
+                _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q), m)
+            } else {
+                _mm256_mul_ps(
+                    d,
+                    _mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(8))),
+                )
+            }
+        }
+    }
+
+    /// Q8_0 weights of a tile's 16 columns at one k (`row`: 16 `i8`).
+    #[inline(always)]
+    unsafe fn bytes16(row: *const u8, d0: __m256, d1: __m256) -> (__m256, __m256) {
+        // SAFETY: AVX2 is enabled in every caller; `row` has 16 readable bytes.
+        unsafe {
+            let lo = _mm256_cvtepi8_epi32(_mm_loadl_epi64(row as *const __m128i));
+            let hi = _mm256_cvtepi8_epi32(_mm_loadl_epi64(row.add(8) as *const __m128i));
+            (
+                _mm256_mul_ps(d0, _mm256_cvtepi32_ps(lo)),
+                _mm256_mul_ps(d1, _mm256_cvtepi32_ps(hi)),
+            )
+        }
+    }
+
+    /// Few-row tile of a block matrix (decode): `MR` rows x one panel, full K, each weight
+    /// de-quantized in registers once for all `MR` rows. `w` is the panel's first tile.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_direct_q<const F: u8, const MR: usize>(
+        k: usize,
+        x: *const f32,
+        ldx: usize,
+        w: *const u8,
+        out: *mut f32,
+        ldo: usize,
+        ncols: usize,
+    ) {
+        // SAFETY: AVX2, FMA and F16C are available (caller); `x` holds `MR` rows of `k` f32 at stride
+        // `ldx`, `w` the `k / 32` tiles of one panel, and `out` `MR` rows of `min(ncols, 16)` writable
+        // f32 at stride `ldo` (`block_direct_q`'s tile).
+        unsafe {
+            let bt = block_type(F);
+            let (tb, qo) = (bt.tile_bytes(), bt.quant_offset());
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let mask = _mm256_set1_epi32(0xf);
+            for b in 0..k / QK {
+                let t = w.add(b * tb);
+                let [d0, d1, m0, m1] = tile_scales::<F>(t);
+                let qs = t.add(qo);
+                let xb0 = x.add(b * QK);
+                if F == Q8_0 {
+                    for kk in 0..QK {
+                        let (w0, w1) = bytes16(qs.add(kk * NR), d0, d1);
+                        for r in 0..MR {
+                            let xb = _mm256_broadcast_ss(&*xb0.add(r * ldx + kk));
+                            acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+                            acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+                        }
+                    }
+                } else {
+                    for g in 0..QK / 8 {
+                        let mut v0 = _mm256_loadu_si256(qs.add(g * 64) as *const __m256i);
+                        let mut v1 = _mm256_loadu_si256(qs.add(g * 64 + 32) as *const __m256i);
+                        for j in 0..8 {
+                            let w0 = nibbles::<F>(_mm256_and_si256(v0, mask), d0, m0);
+                            let w1 = nibbles::<F>(_mm256_and_si256(v1, mask), d1, m1);
+                            v0 = _mm256_srli_epi32::<4>(v0);
+                            v1 = _mm256_srli_epi32::<4>(v1);
+                            for r in 0..MR {
+                                let xb = _mm256_broadcast_ss(&*xb0.add(r * ldx + g * 8 + j));
+                                acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+                                acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+                            }
+                        }
+                    }
+                }
+            }
+            for r in 0..MR {
+                store16(out.add(r * ldo), acc[r][0], acc[r][1], ncols);
+            }
+        }
+    }
+
+    /// Rows `[r0, r1)` (at most 4) x panels `[p0, p1)` of a block matrix, straight from memory.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_direct_q<const F: u8>(
+        ptr: Ptrs,
+        k: usize,
+        n: usize,
+        rows: (usize, usize),
+        panels: (usize, usize),
+    ) {
+        // SAFETY: AVX2, FMA and F16C are available (`matmul`'s caller checked); `ptr.x` holds
+        // `rows * k` f32, `ptr.w` the tiles of `panels` panels (`k / 32` each) and `ptr.out`
+        // `rows * n` f32; `rows` and `panels` lie inside them.
+        unsafe {
+            let (r0, r1) = rows;
+            let x = ptr.x.add(r0 * k);
+            let panel_bytes = (k / QK) * block_type(F).tile_bytes();
+            for p in panels.0..panels.1 {
+                let w = ptr.w.add(p * panel_bytes);
+                let out = ptr.out.add(r0 * n + p * NR);
+                let ncols = n - p * NR;
+                match r1 - r0 {
+                    1 => tile_direct_q::<F, 1>(k, x, k, w, out, n, ncols),
+                    2 => tile_direct_q::<F, 2>(k, x, k, w, out, n, ncols),
+                    3 => tile_direct_q::<F, 3>(k, x, k, w, out, n, ncols),
+                    _ => tile_direct_q::<F, 4>(k, x, k, w, out, n, ncols),
+                }
+            }
+        }
+    }
+
+    /// Rows `[k0, k0 + kc)` of panel `p` of a block matrix de-quantized into `wf` (`[kc][16]` f32).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen_q<const F: u8>(
+        w: *const u8,
+        k: usize,
+        p: usize,
+        k0: usize,
+        kc: usize,
+        wf: *mut f32,
+    ) {
+        // SAFETY: AVX2, FMA and F16C are available (caller); `w` holds the tiles of panel `p`
+        // (`k / 32` of them), `k0 + kc <= k`, and `wf` has `kc * 16` writable f32.
+        unsafe {
+            let bt = block_type(F);
+            let tb = bt.tile_bytes();
+            let panel = w.add(p * (k / QK) * tb);
+            let mask = _mm256_set1_epi32(0xf);
+            for i in 0..kc {
+                let kk = k0 + i;
+                let t = panel.add((kk / QK) * tb);
+                let [d0, d1, m0, m1] = tile_scales::<F>(t);
+                let qs = t.add(bt.quant_offset());
+                let r = kk % QK;
+                let (w0, w1) = if F == Q8_0 {
+                    bytes16(qs.add(r * NR), d0, d1)
+                } else {
+                    let shift = _mm_cvtsi32_si128(4 * (r % 8) as i32);
+                    let g = qs.add((r / 8) * 64);
+                    let v0 = _mm256_srl_epi32(_mm256_loadu_si256(g as *const __m256i), shift);
+                    let v1 =
+                        _mm256_srl_epi32(_mm256_loadu_si256(g.add(32) as *const __m256i), shift);
+                    (
+                        nibbles::<F>(_mm256_and_si256(v0, mask), d0, m0),
+                        nibbles::<F>(_mm256_and_si256(v1, mask), d1, m1),
+                    )
+                };
+                _mm256_storeu_ps(wf.add(i * NR), w0);
+                _mm256_storeu_ps(wf.add(i * NR + 8), w1);
             }
         }
     }
@@ -584,17 +914,18 @@ mod avx2 {
     }
 
     /// Rows `[r0, r1)` x panels `[p0, p1)` for many rows: x packed by [`pack_x`] (`ptr.x`),
-    /// each panel's K block widened to f32 once and reused by every row tile.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_packed<const BF: bool>(
+    /// each panel's K block widened (or de-quantized) to f32 once and reused by every row tile.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_packed<const F: u8>(
         ptr: Ptrs,
         k: usize,
         n: usize,
         rows: (usize, usize),
         panels: (usize, usize),
     ) {
-        // SAFETY: AVX2 and FMA are available (`matmul`'s caller checked); `ptr.x` is x packed by `pack_x`
-        // (`rows * k` f32), `ptr.w` the packed weights (`panels * k * 16` elements) and `ptr.out` the
+        // SAFETY: AVX2, FMA and F16C are available (`matmul`'s caller checked); `ptr.x` is x packed by
+        // `pack_x` (`rows * k` f32), `ptr.w` the packed weights (`panels * k * 16` elements, or the
+        // tiles of `panels` panels) and `ptr.out` the
         // `rows * n` outputs, and `rows`/`panels` lie inside them, so each tile reads and writes in bounds;
         // `wf` is a local `KC * 16` array and `kc <= kcb <= KC`.
         unsafe {
@@ -612,15 +943,20 @@ mod avx2 {
                     let k0 = kb * kcb;
                     let kc = (k - k0).min(kcb);
                     let src = p * k * NR + k0 * NR;
-                    let wblock: *const f32 = if BF {
-                        for kk in 0..kc {
-                            let (a, b) = load16::<true>(ptr.w, src + kk * NR);
-                            _mm256_storeu_ps(wf.as_mut_ptr().add(kk * NR), a);
-                            _mm256_storeu_ps(wf.as_mut_ptr().add(kk * NR + 8), b);
+                    let wblock: *const f32 = match F {
+                        F32 => (ptr.w as *const f32).add(src),
+                        BF16 => {
+                            for kk in 0..kc {
+                                let (a, b) = load16::<true>(ptr.w, src + kk * NR);
+                                _mm256_storeu_ps(wf.as_mut_ptr().add(kk * NR), a);
+                                _mm256_storeu_ps(wf.as_mut_ptr().add(kk * NR + 8), b);
+                            }
+                            wf.as_ptr()
                         }
-                        wf.as_ptr()
-                    } else {
-                        (ptr.w as *const f32).add(src)
+                        _ => {
+                            widen_q::<F>(ptr.w, k, p, k0, kc, wf.as_mut_ptr());
+                            wf.as_ptr()
+                        }
                     };
                     let ncols = n - p * NR;
                     for &(t0, mr) in &tiles {
@@ -643,9 +979,12 @@ mod avx2 {
 
     pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedMatrix, out: &mut [f32]) {
         let (k, n, panels) = (w.k, w.n, w.panels);
-        let (wp, bf) = match &w.buf {
-            Buf::F32(v) => (v.as_ptr() as *const u8, false),
-            Buf::Bf16(v) => (v.as_ptr() as *const u8, true),
+        let (wp, fmt) = match &w.buf {
+            Buf::F32(v) => (v.as_ptr() as *const u8, F32),
+            Buf::Bf16(v) => (v.as_ptr() as *const u8, BF16),
+            Buf::Blocks(BlockType::Q4_0, v) => (v.as_ptr(), Q4_0),
+            Buf::Blocks(BlockType::Q4_1, v) => (v.as_ptr(), Q4_1),
+            Buf::Blocks(BlockType::Q8_0, v) => (v.as_ptr(), Q8_0),
         };
         // Task plan: row blocks whose x fits in L2 (as equal as possible), panel chunks so
         // that there are several tasks per thread. The plan never changes any output's
@@ -680,14 +1019,20 @@ mod avx2 {
             let (bi, ci) = (t / n_pc, t % n_pc);
             let rows = (bi * rb, ((bi + 1) * rb).min(rows));
             let pans = (ci * pc, ((ci + 1) * pc).min(panels));
-            // SAFETY: tasks write disjoint (row, column) blocks of `out`; AVX2+FMA
+            // SAFETY: tasks write disjoint (row, column) blocks of `out`; AVX2+FMA+F16C
             // availability was checked by the caller.
             unsafe {
-                match (direct, bf) {
-                    (true, true) => block_direct::<true>(ptr, k, n, rows, pans),
-                    (true, false) => block_direct::<false>(ptr, k, n, rows, pans),
-                    (false, true) => block_packed::<true>(ptr, k, n, rows, pans),
-                    (false, false) => block_packed::<false>(ptr, k, n, rows, pans),
+                match (direct, fmt) {
+                    (true, F32) => block_direct::<false>(ptr, k, n, rows, pans),
+                    (true, BF16) => block_direct::<true>(ptr, k, n, rows, pans),
+                    (true, Q4_0) => block_direct_q::<Q4_0>(ptr, k, n, rows, pans),
+                    (true, Q4_1) => block_direct_q::<Q4_1>(ptr, k, n, rows, pans),
+                    (true, _) => block_direct_q::<Q8_0>(ptr, k, n, rows, pans),
+                    (false, F32) => block_packed::<F32>(ptr, k, n, rows, pans),
+                    (false, BF16) => block_packed::<BF16>(ptr, k, n, rows, pans),
+                    (false, Q4_0) => block_packed::<Q4_0>(ptr, k, n, rows, pans),
+                    (false, Q4_1) => block_packed::<Q4_1>(ptr, k, n, rows, pans),
+                    (false, _) => block_packed::<Q8_0>(ptr, k, n, rows, pans),
                 }
             }
         };

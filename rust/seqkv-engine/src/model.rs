@@ -12,6 +12,7 @@ use crate::kv::{KvDtype, KvLayout, Sequence};
 use crate::math::{self, sincos};
 use crate::matmul::{matmul, PackedMatrix, Stored, WeightDtype};
 use crate::ops::{self, KvView};
+use crate::quant::{self, BlockType, QBlock, QK};
 use crate::EngineError;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -192,9 +193,18 @@ struct Layer {
     bdown: Option<Vec<f32>>,
 }
 
+/// A tensor handed to [`Model::new`]: f32 values, or GGUF blocks (`[rows][K / 32]` raw blocks).
+#[derive(Clone, Copy, Debug)]
+pub enum Tensor<'a> {
+    F32(&'a [f32]),
+    Blocks(BlockType, &'a [u8]),
+}
+
 enum Table {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
+    /// Raw GGUF rows, de-quantized one row at a time on lookup.
+    Blocks(BlockType, Vec<u8>),
 }
 
 impl Table {
@@ -202,6 +212,45 @@ impl Table {
         match self {
             Table::F32(v) => Stored::F32(v),
             Table::Bf16(v) => Stored::Bf16(v),
+            Table::Blocks(_, v) => Stored::Blocks(v),
+        }
+    }
+
+    fn format(&self) -> WeightDtype {
+        match self {
+            Table::F32(_) => WeightDtype::F32,
+            Table::Bf16(_) => WeightDtype::Bf16,
+            Table::Blocks(bt, _) => WeightDtype::Blocks(*bt),
+        }
+    }
+
+    /// Bytes of one row of `h` values.
+    fn row_bytes(&self, h: usize) -> usize {
+        match self {
+            Table::F32(_) => 4 * h,
+            Table::Bf16(_) => 2 * h,
+            Table::Blocks(bt, _) => h / QK * bt.raw_bytes(),
+        }
+    }
+
+    /// Row `r` (of `h` values) as f32.
+    fn row(&self, r: usize, h: usize, dst: &mut [f32]) {
+        match self {
+            Table::F32(v) => dst.copy_from_slice(&v[r * h..(r + 1) * h]),
+            Table::Bf16(v) => {
+                for (d, &b) in dst.iter_mut().zip(&v[r * h..(r + 1) * h]) {
+                    *d = bf16_to_f32(b);
+                }
+            }
+            Table::Blocks(bt, v) => {
+                let rb = self.row_bytes(h);
+                for (o, raw) in dst
+                    .chunks_mut(QK)
+                    .zip(v[r * rb..(r + 1) * rb].chunks(bt.raw_bytes()))
+                {
+                    QBlock::from_raw(*bt, raw).values(*bt, o);
+                }
+            }
         }
     }
 }
@@ -259,10 +308,16 @@ unsafe impl Send for PagePtrs {}
 unsafe impl Sync for PagePtrs {}
 
 /// The checks both [`Model`] constructors start with, and the KV layout they give the model.
-fn checked_kv_layout(cfg: &Config, kv_dtype: KvDtype, page_tokens: usize) -> Result<KvLayout, EngineError> {
+fn checked_kv_layout(
+    cfg: &Config,
+    kv_dtype: KvDtype,
+    page_tokens: usize,
+) -> Result<KvLayout, EngineError> {
     cfg.validate()?;
     if page_tokens == 0 {
-        return Err(EngineError::InvalidInput("page_tokens must be positive".into()));
+        return Err(EngineError::InvalidInput(
+            "page_tokens must be positive".into(),
+        ));
     }
     Ok(KvLayout {
         layers: cfg.num_layers,
@@ -274,7 +329,10 @@ fn checked_kv_layout(cfg: &Config, kv_dtype: KvDtype, page_tokens: usize) -> Res
 }
 
 impl Model {
-    /// Builds a model from named f32 tensors (row-major), rounding them to `dtype`.
+    /// Builds a model from named tensors (row-major f32, or GGUF blocks for the matrices and
+    /// `embed`). f32 values are rounded to `dtype` (kept exact unless it is bf16). Blocks are
+    /// kept as blocks when `dtype` is a block type (any of them: a GGUF mixes types), else
+    /// de-quantized exactly and stored as f32 values are.
     ///
     /// Names: `embed` `[V, H]`, `lm_head` `[V, H]` (absent = tied to `embed`), `norm` `[H]`,
     /// and per layer `layers.{i}.` + `input_norm` `[H]`, `q` `[nh*hd, H]`, `k`, `v` `[nkv*hd, H]`,
@@ -282,7 +340,7 @@ impl Model {
     /// optional biases `q_bias`, `k_bias`, `v_bias`, `o_bias`, `gate_bias`, `up_bias`, `down_bias`.
     pub fn new<'a>(
         cfg: Config,
-        get: &(dyn Fn(&str) -> Option<&'a [f32]> + Sync),
+        get: &(dyn Fn(&str) -> Option<Tensor<'a>> + Sync),
         dtype: WeightDtype,
         kv_dtype: KvDtype,
         page_tokens: usize,
@@ -290,9 +348,21 @@ impl Model {
         let kv = checked_kv_layout(&cfg, kv_dtype, page_tokens)?;
         let (h, i_sz, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let keep_blocks = matches!(dtype, WeightDtype::Blocks(_));
+        let float = dtype.float_storage();
+        let tensor = |name: &str| {
+            get(name).ok_or_else(|| EngineError::InvalidInput(format!("missing tensor {name}")))
+        };
         let fetch = |name: &str, len: usize| -> Result<&'a [f32], EngineError> {
-            let t = get(name)
-                .ok_or_else(|| EngineError::InvalidInput(format!("missing tensor {name}")))?;
+            let t = match tensor(name)? {
+                Tensor::F32(t) => t,
+                Tensor::Blocks(bt, _) => {
+                    return Err(EngineError::InvalidInput(format!(
+                        "tensor {name} must be f32 values, not {} blocks",
+                        bt.name()
+                    )))
+                }
+            };
             if t.len() != len {
                 return Err(EngineError::InvalidInput(format!(
                     "tensor {name} has {} values, expected {len}",
@@ -321,8 +391,19 @@ impl Model {
         };
         let norm = |name: &str, len: usize| vector(name, len).map(with_offset);
         let opt_norm = |name: &str, len: usize| opt_vector(name, len).map(|o| o.map(with_offset));
+        let blocks_err =
+            |name: &str, e: String| EngineError::InvalidInput(format!("tensor {name}: {e}"));
         let mat = |name: &str, n: usize, k: usize| -> Result<PackedMatrix, EngineError> {
-            Ok(PackedMatrix::from_nk(fetch(name, n * k)?, n, k, dtype))
+            match tensor(name)? {
+                Tensor::Blocks(bt, raw) if keep_blocks => {
+                    PackedMatrix::from_blocks(bt, raw, n, k).map_err(|e| blocks_err(name, e))
+                }
+                Tensor::Blocks(bt, raw) => {
+                    let w = dequantize(bt, raw, n, k).map_err(|e| blocks_err(name, e))?;
+                    Ok(PackedMatrix::from_nk(&w, n, k, float))
+                }
+                Tensor::F32(_) => Ok(PackedMatrix::from_nk(fetch(name, n * k)?, n, k, float)),
+            }
         };
         let cat_bias = |parts: &[Option<Vec<f32>>], lens: &[usize]| -> Option<Vec<f32>> {
             if parts.iter().all(|p| p.is_none()) {
@@ -382,17 +463,48 @@ impl Model {
                 bdown: opt_vector(&p("down_bias"), h)?,
             });
         }
-        let embed_f = fetch("embed", cfg.vocab_size * h)?;
-        let embed = match dtype {
-            WeightDtype::F32 => Table::F32(embed_f.to_vec()),
-            WeightDtype::Bf16 => Table::Bf16(embed_f.par_iter().map(|&x| f32_to_bf16(x)).collect()),
+        let v = cfg.vocab_size;
+        let (embed, lm_head) = match tensor("embed")? {
+            Tensor::Blocks(bt, raw) if keep_blocks => {
+                let tied = match get("lm_head") {
+                    Some(_) => None,
+                    None => Some(
+                        PackedMatrix::from_blocks(bt, raw, v, h)
+                            .map_err(|e| blocks_err("embed", e))?,
+                    ),
+                };
+                (Table::Blocks(bt, raw.to_vec()), tied)
+            }
+            t => {
+                let owned;
+                let embed_f: &[f32] = match t {
+                    Tensor::F32(_) => fetch("embed", v * h)?,
+                    Tensor::Blocks(bt, raw) => {
+                        owned = dequantize(bt, raw, v, h).map_err(|e| blocks_err("embed", e))?;
+                        &owned
+                    }
+                };
+                let table = match float {
+                    WeightDtype::Bf16 => {
+                        Table::Bf16(embed_f.par_iter().map(|&x| f32_to_bf16(x)).collect())
+                    }
+                    _ => Table::F32(embed_f.to_vec()),
+                };
+                let tied = match get("lm_head") {
+                    Some(_) => None,
+                    None => Some(PackedMatrix::from_nk(embed_f, v, h, float)),
+                };
+                (table, tied)
+            }
         };
-        let lm_head = match get("lm_head") {
-            Some(_) => mat("lm_head", cfg.vocab_size, h)?,
-            None => PackedMatrix::from_nk(embed_f, cfg.vocab_size, h, dtype),
+        let lm_head = match lm_head {
+            Some(m) => m,
+            None => mat("lm_head", v, h)?,
         };
         let final_norm = norm("norm", h)?;
-        Ok(Model::assemble(cfg, dtype, kv, embed, layers, final_norm, lm_head))
+        Ok(Model::assemble(
+            cfg, dtype, kv, embed, layers, final_norm, lm_head,
+        ))
     }
 
     /// Every array of the built model as stored (weights packed and rounded to the model's
@@ -455,7 +567,7 @@ impl Model {
                 other => Err(bad(format!(
                     "{name} must be {len} f32 values, got {} {}",
                     other.len(),
-                    other.dtype().name()
+                    other.kind()
                 ))),
             }
         };
@@ -467,14 +579,21 @@ impl Model {
         };
         let mat = |name: &str, k: usize, n: usize| -> Result<PackedMatrix, EngineError> {
             let data = fetch(name)?;
-            if data.dtype() != dtype {
+            let m =
+                PackedMatrix::from_packed(k, n, data).map_err(|e| bad(format!("{name}: {e}")))?;
+            // A block model holds blocks of any type and exact f32 values; a float model only its dtype.
+            let fits = match dtype {
+                WeightDtype::Blocks(_) => m.dtype() != WeightDtype::Bf16,
+                d => m.dtype() == d,
+            };
+            if !fits {
                 return Err(bad(format!(
                     "{name} is {}, the model is {}",
-                    data.dtype().name(),
+                    m.dtype().name(),
                     dtype.name()
                 )));
             }
-            PackedMatrix::from_packed(k, n, data).map_err(|e| bad(format!("{name}: {e}")))
+            Ok(m)
         };
         let (h, isz, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
@@ -498,25 +617,39 @@ impl Model {
                 bdown: opt_vector(&p("bdown"), h)?,
             });
         }
+        let float = dtype.float_storage();
         let embed = match fetch("embed")? {
-            Stored::F32(v) if dtype == WeightDtype::F32 && v.len() == cfg.vocab_size * h => {
+            Stored::F32(v) if float == WeightDtype::F32 && v.len() == cfg.vocab_size * h => {
                 Table::F32(v.to_vec())
             }
-            Stored::Bf16(v) if dtype == WeightDtype::Bf16 && v.len() == cfg.vocab_size * h => {
+            Stored::Bf16(v) if float == WeightDtype::Bf16 && v.len() == cfg.vocab_size * h => {
                 Table::Bf16(v.to_vec())
+            }
+            Stored::Blocks(v) if matches!(dtype, WeightDtype::Blocks(_)) => {
+                match BlockType::from_raw_len(cfg.vocab_size, h, v.len()) {
+                    Some(bt) => Table::Blocks(bt, v.to_vec()),
+                    None => {
+                        return Err(bad(format!(
+                            "embed: {} bytes are no block type's rows",
+                            v.len()
+                        )))
+                    }
+                }
             }
             other => {
                 return Err(bad(format!(
                     "embed must be {} {} values, got {} {}",
                     cfg.vocab_size * h,
-                    dtype.name(),
+                    float.name(),
                     other.len(),
-                    other.dtype().name()
+                    other.kind()
                 )))
             }
         };
         let (final_norm, lm_head) = (vector("norm", h)?, mat("lm_head", h, cfg.vocab_size)?);
-        Ok(Model::assemble(cfg, dtype, kv, embed, layers, final_norm, lm_head))
+        Ok(Model::assemble(
+            cfg, dtype, kv, embed, layers, final_norm, lm_head,
+        ))
     }
 
     /// The model both constructors end with: a fresh id and the default row cap.
@@ -553,9 +686,29 @@ impl Model {
         &self.kv
     }
 
+    /// The storage of every weight matrix and of the embedding table, by
+    /// [`Model::packed_state`] name (a block model may mix block types and f32).
+    pub fn weight_formats(&self) -> Vec<(String, WeightDtype)> {
+        let mut out = vec![
+            ("embed".to_string(), self.embed.format()),
+            ("lm_head".to_string(), self.lm_head.dtype()),
+        ];
+        for (i, l) in self.layers.iter().enumerate() {
+            for (name, m) in [
+                ("wqkv", &l.wqkv),
+                ("wo", &l.wo),
+                ("wgu", &l.wgu),
+                ("wdown", &l.wdown),
+            ] {
+                out.push((format!("layers.{i}.{name}"), m.dtype()));
+            }
+        }
+        out
+    }
+
     /// Bytes of weights one decode step reads (all matrices plus one embedding row).
     pub fn step_weight_bytes(&self) -> usize {
-        let mut b = self.lm_head.nbytes() + self.cfg.hidden_size * self.dtype.bytes();
+        let mut b = self.lm_head.nbytes() + self.embed.row_bytes(self.cfg.hidden_size);
         for l in &self.layers {
             b += l.wqkv.nbytes() + l.wo.nbytes() + l.wgu.nbytes() + l.wdown.nbytes();
             b += (l.input_norm.len() + l.post_norm.len()) * 4;
@@ -572,6 +725,7 @@ impl Model {
         match &self.embed {
             Table::F32(v) => f32s(v, &mut sink),
             Table::Bf16(v) => sink(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()),
+            Table::Blocks(_, v) => sink(v),
         }
         for l in &self.layers {
             f32s(&l.input_norm, &mut sink);
@@ -721,17 +875,7 @@ impl Model {
         let mut x = vec![0f32; rows * h];
         for (r, &tok) in row_tok.iter().enumerate() {
             let dst = &mut x[r * h..(r + 1) * h];
-            match &self.embed {
-                Table::F32(v) => dst.copy_from_slice(&v[tok as usize * h..(tok as usize + 1) * h]),
-                Table::Bf16(v) => {
-                    for (d, &b) in dst
-                        .iter_mut()
-                        .zip(&v[tok as usize * h..(tok as usize + 1) * h])
-                    {
-                        *d = bf16_to_f32(b);
-                    }
-                }
-            }
+            self.embed.row(tok as usize, h, dst);
             if let Some(scale) = cfg.embed_scale {
                 dst.iter_mut().for_each(|d| *d *= scale);
             }
@@ -1014,4 +1158,17 @@ fn add_rows(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
     }
+}
+
+/// [`quant::dequantize`] with the shape checked.
+fn dequantize(bt: BlockType, raw: &[u8], rows: usize, k: usize) -> Result<Vec<f32>, String> {
+    if k % QK != 0 || raw.len() != rows * (k / QK) * bt.raw_bytes() {
+        return Err(format!(
+            "{rows}x{k} {} blocks take {} bytes (K a multiple of {QK}), got {}",
+            bt.name(),
+            rows * (k / QK.max(1)) * bt.raw_bytes(),
+            raw.len()
+        ));
+    }
+    Ok(quant::dequantize(bt, raw, rows, k))
 }

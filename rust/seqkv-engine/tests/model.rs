@@ -2,7 +2,7 @@
 //! composition and every ISA gives the same logits and KV bits.
 
 use proptest::prelude::*;
-use seqkv_engine::model::{Activation, RopeTable};
+use seqkv_engine::model::{Activation, RopeTable, Tensor};
 use seqkv_engine::{Config, Isa, KvDtype, Logits, Model, Sequence, WeightDtype};
 use std::collections::HashMap;
 
@@ -78,7 +78,7 @@ fn tiny_with(dtype: WeightDtype, kv: KvDtype, page_tokens: usize, gemma_like: bo
             add(format!("layers.{l}.mlp_out_norm"), h, 0.1, 0.0);
         }
     }
-    let get = |name: &str| t.get(name).map(|v| v.as_slice());
+    let get = |name: &str| t.get(name).map(|v| Tensor::F32(v.as_slice()));
     Model::new(cfg, &get, dtype, kv, page_tokens).unwrap()
 }
 

@@ -9,9 +9,9 @@ use numpy::{
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
-use seqkv_engine::model::{Activation, RopeTable};
+use seqkv_engine::model::{Activation, RopeTable, Tensor};
 use seqkv_engine::{
-    Config, Isa, KvDtype, KvLayout, Logits, Model, Sequence, Stored, WeightDtype,
+    BlockType, Config, Isa, KvDtype, KvLayout, Logits, Model, Sequence, Stored, WeightDtype,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,8 +44,11 @@ fn cfg_get<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) ->
 }
 
 fn parse_dtype(dtype: &str) -> NResult<WeightDtype> {
-    WeightDtype::parse(dtype)
-        .ok_or_else(|| invalid(format!("dtype must be 'bf16' or 'f32', not {dtype:?}")))
+    WeightDtype::parse(dtype).ok_or_else(|| {
+        invalid(format!(
+            "dtype must be 'bf16', 'f32' or a block type ('q4_0', 'q4_1', 'q8_0'), not {dtype:?}"
+        ))
+    })
 }
 
 fn parse_kv_dtype(kv_dtype: &str) -> NResult<KvDtype> {
@@ -124,18 +127,34 @@ impl PyEngine {
         let (dtype, kv_dtype) = (parse_dtype(dtype)?, parse_kv_dtype(kv_dtype)?);
         let cfg = read_config(config)?;
         let mut arrays: Vec<(String, PyReadonlyArrayDyn<'_, f32>)> = Vec::new();
+        let mut blocks: Vec<(String, BlockType, PyReadonlyArrayDyn<'_, u8>)> = Vec::new();
         for (k, v) in tensors.iter() {
             let name: String = k.extract()?;
-            let arr = v
-                .cast::<PyArrayDyn<f32>>()
-                .map_err(|_| invalid(format!("tensor {name:?} must be a float32 numpy array")))?;
+            if let Ok((kind, raw)) = v.extract::<(String, Bound<'_, PyArrayDyn<u8>>)>() {
+                let bt = BlockType::parse(&kind).ok_or_else(|| {
+                    invalid(format!(
+                        "tensor {name:?}: block type {kind:?} is not one the engine computes with \
+                         (q4_0, q4_1, q8_0)"
+                    ))
+                })?;
+                blocks.push((name.clone(), bt, contiguous(&raw, "tensor", &name)?));
+                continue;
+            }
+            let arr = v.cast::<PyArrayDyn<f32>>().map_err(|_| {
+                invalid(format!(
+                    "tensor {name:?} must be a float32 numpy array or a (block type, uint8 array) pair"
+                ))
+            })?;
             let arr = contiguous(arr, "tensor", &name)?;
             arrays.push((name, arr));
         }
-        let map: HashMap<&str, &[f32]> = arrays
+        let mut map: HashMap<&str, Tensor<'_>> = arrays
             .iter()
-            .map(|(n, a)| (n.as_str(), a.as_slice().expect("contiguous")))
+            .map(|(n, a)| (n.as_str(), Tensor::F32(a.as_slice().expect("contiguous"))))
             .collect();
+        for (n, bt, a) in &blocks {
+            map.insert(n.as_str(), Tensor::Blocks(*bt, a.as_slice().expect("contiguous")));
+        }
         let model = py
             .detach(|| {
                 let get = |name: &str| map.get(name).copied();
@@ -164,14 +183,17 @@ impl PyEngine {
         let cfg = read_config(config)?;
         let mut f32s: Vec<(String, PyReadonlyArrayDyn<'_, f32>)> = Vec::new();
         let mut u16s: Vec<(String, PyReadonlyArrayDyn<'_, u16>)> = Vec::new();
+        let mut u8s: Vec<(String, PyReadonlyArrayDyn<'_, u8>)> = Vec::new();
         for (k, v) in arrays.iter() {
             let name: String = k.extract()?;
             if let Ok(a) = v.cast::<PyArrayDyn<f32>>() {
                 f32s.push((name.clone(), contiguous(a, "array", &name)?));
             } else if let Ok(a) = v.cast::<PyArrayDyn<u16>>() {
                 u16s.push((name.clone(), contiguous(a, "array", &name)?));
+            } else if let Ok(a) = v.cast::<PyArrayDyn<u8>>() {
+                u8s.push((name.clone(), contiguous(a, "array", &name)?));
             } else {
-                return Err(invalid(format!("array {name:?} must be a float32 or uint16 numpy array")));
+                return Err(invalid(format!("array {name:?} must be a float32, uint16 or uint8 numpy array")));
             }
         }
         let mut map: HashMap<&str, Stored<'_>> = HashMap::new();
@@ -180,6 +202,9 @@ impl PyEngine {
         }
         for (n, a) in &u16s {
             map.insert(n.as_str(), Stored::Bf16(a.as_slice().expect("contiguous")));
+        }
+        for (n, a) in &u8s {
+            map.insert(n.as_str(), Stored::Blocks(a.as_slice().expect("contiguous")));
         }
         let model = py.detach(|| {
             let get = |name: &str| map.get(name).copied();
@@ -191,14 +216,15 @@ impl PyEngine {
         })
     }
 
-    /// Every array of the built engine as stored (packed weights as float32 or uint16 — bf16
-    /// bits — 1-D arrays; norms and biases float32), for `from_packed_state`.
+    /// Every array of the built engine as stored (packed weights as float32, uint16 — bf16
+    /// bits — or uint8 — block tiles — 1-D arrays; norms and biases float32), for `from_packed_state`.
     fn packed_state<'py>(&self, py: Python<'py>) -> NResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         for (name, data) in self.model.packed_state() {
             match data {
                 Stored::F32(v) => out.set_item(name, PyArray1::from_slice(py, v))?,
                 Stored::Bf16(v) => out.set_item(name, PyArray1::from_slice(py, v))?,
+                Stored::Blocks(v) => out.set_item(name, PyArray1::from_slice(py, v))?,
             }
         }
         Ok(out)
@@ -328,6 +354,16 @@ impl PyEngine {
     #[getter]
     fn num_layers(&self) -> usize {
         self.model.config().num_layers
+    }
+    /// The storage of every weight matrix and of the embedding table, by packed-state name
+    /// (`"f32"`, `"bf16"`, `"q4_0"`, `"q4_1"`, `"q8_0"`).
+    #[getter]
+    fn weight_formats<'py>(&self, py: Python<'py>) -> NResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (name, f) in self.model.weight_formats() {
+            out.set_item(name, f.name())?;
+        }
+        Ok(out)
     }
     /// Bytes of weights one decode step reads.
     #[getter]
