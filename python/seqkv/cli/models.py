@@ -175,12 +175,11 @@ class ModelChoice:
         start_token = smollm2_tokenizer().token_to_id("<|endoftext|>")
         if start_token is None:
             return None
-        from ..codecs.sources import EngineLogitsSource, choose_engine
+        from ..codecs.sources import LM_CPU_ENGINE_DTYPE, EngineLogitsSource
         from ..engine.cpu import smollm2_engine
 
         self._say(f"loading {self.name}'s engine from the model cache")
-        # the weights dtype LMCodec's engine takes for a model on the CPU: the same bits
-        eng = smollm2_engine(choose_engine.__kwdefaults__["cpu_dtype"])
+        eng = smollm2_engine(LM_CPU_ENGINE_DTYPE)
         if eng is None:
             self._say(
                 f"the model cache has no seqkv engine of {self.name} yet: loading the model through "

@@ -17,7 +17,7 @@ from ..errors import InvalidInputError
 from ..integrations.transformers import forward_with_cache
 
 __all__ = ["LogitsSource", "CallableSource", "TransformersSource", "EngineLogitsSource", "GpuEngineLogitsSource",
-           "default_source", "choose_engine", "EngineChoice"]
+           "default_source", "choose_engine", "EngineChoice", "LM_CPU_ENGINE_DTYPE"]
 
 if TYPE_CHECKING:
     from ..engine.cpu import Engine, Sequence as EngineSequence
@@ -262,7 +262,11 @@ class EngineDecision:
         self.fallback_reason = fallback_reason
 
 
-def choose_engine(model: Any, engine: Any = "auto", *, cpu_dtype: str = "bf16") -> EngineDecision:
+#: The weights of the CPU engine an ``lm`` codec codes under when nothing else is asked for.
+LM_CPU_ENGINE_DTYPE = "bf16"
+
+
+def choose_engine(model: Any, engine: Any = "auto", *, cpu_dtype: str = LM_CPU_ENGINE_DTYPE) -> EngineDecision:
     """The batch-invariant engine for ``model`` under an :data:`EngineChoice`, on the model's device:
     the shared CPU ``Engine`` (weights in ``cpu_dtype``) for a model on the CPU, the shared
     ``GpuEngine`` for a model on CUDA (bf16 weights; needs CuPy). ``"auto"`` falls back to
