@@ -20,7 +20,10 @@ can be decoded in one batch.
 
 Weights are taken from a loaded transformers model (nothing is downloaded) and stored in
 bf16 (default; the model's weights rounded to nearest-even, as ``model.to(torch.bfloat16)``
-does) or f32; activations and accumulations are f32. Only NumPy is needed to run it;
+does), f32, or — for a model converted from a GGUF — the GGUF's own blocks (``"q4_1"``,
+``"q4_0"``, ``"q8_0"``: :meth:`Engine.from_gguf`), de-quantized exactly in the kernels, so a
+block engine computes the f32 engine's bits with a quarter of its bytes per step;
+activations and accumulations are f32. Only NumPy is needed to run it;
 :meth:`Engine.from_hf` and :meth:`Sequence.kv_cache` import torch.
 
 :class:`GpuEngine` runs the same definition on a CUDA GPU (``seqkv/cuda/kernels/engine.cu``,
@@ -31,6 +34,7 @@ see ``docs/engine.md``). :class:`EngineLogitsSource` plugs the engine into the `
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import weakref
 from typing import Any, Sequence as Seq
@@ -52,6 +56,8 @@ __all__ = [
     "hf_tensors",
     "engine_fingerprint",
     "smollm2_engine",
+    "BLOCK_TYPES",
+    "gguf_tensors",
 ]
 
 #: Version of the arithmetic the kernels define (bump when any result bit can change).
@@ -63,6 +69,20 @@ _STATIC_ROPE_TYPES = frozenset({"default", "linear", "llama3", "yarn"})
 #: the MLP activation of each family (transformers' name) and the engine's name for it
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 _GEMMA = frozenset({"gemma3_text"})
+
+
+#: GGUF block types the kernels compute with (any other GGUF tensor type is kept as f32).
+BLOCK_TYPES = frozenset({"q4_0", "q4_1", "q8_0"})
+_FLOAT_DTYPES = {"f32": "f32", "float32": "f32", "fp32": "f32", "bf16": "bf16", "bfloat16": "bf16"}
+
+
+def _dtype_name(dtype: Any) -> str:
+    """The canonical weight dtype name (``"f32"``, ``"bf16"`` or a block type); raises on others."""
+    name = str(dtype).lower()
+    name = _FLOAT_DTYPES.get(name, name)
+    if name not in _FLOAT_DTYPES.values() and name not in BLOCK_TYPES:
+        raise InvalidInputError(f"dtype must be 'bf16', 'f32' or a block type {sorted(BLOCK_TYPES)}, not {dtype!r}")
+    return name
 
 
 def read_bandwidth(nbytes: int = 1 << 29, repeats: int = 5) -> float:
@@ -84,13 +104,16 @@ def _as_token_array(tokens: Any, vocab: int, what: str = "tokens") -> np.ndarray
 
 def engine_fingerprint(source_fingerprint: bytes | None, dtype: str, kv_dtype: str) -> bytes:
     """32 bytes naming a model as the engine computes it, on any device: the source model's
-    fingerprint, the weight and KV dtypes and the kernel definition."""
+    fingerprint, the weight and KV dtypes and the kernel definition. Block weights count as
+    f32: an engine on a GGUF's blocks (checked to de-quantize to the source model's f32 weights
+    when built) computes the f32 engine's bits, so their streams decode with each other."""
     if source_fingerprint is None:
         raise InvalidInputError("this engine was built without a model fingerprint (fingerprint=False)")
+    computes = "f32" if str(dtype) in BLOCK_TYPES else str(dtype)
     h = hashlib.blake2b(digest_size=32)
     h.update(b"seqkv-engine")
     h.update(bytes(source_fingerprint))
-    h.update(f"|def={KERNEL_DEFINITION}|dtype={dtype}|kv={kv_dtype}".encode())
+    h.update(f"|def={KERNEL_DEFINITION}|dtype={computes}|kv={kv_dtype}".encode())
     return h.digest()
 
 
@@ -317,6 +340,100 @@ def random_tensors(
     return config, t
 
 
+#: GGUF tensor names (llama.cpp's) and the engine's names for them (per layer after ``blk.{i}.``).
+_GGUF_NAMES = {"token_embd.weight": "embed", "output_norm.weight": "norm", "output.weight": "lm_head"}
+_GGUF_LAYER_NAMES = {
+    "attn_norm.weight": "input_norm", "ffn_norm.weight": "post_norm",
+    "attn_q.weight": "q", "attn_k.weight": "k", "attn_v.weight": "v", "attn_output.weight": "o",
+    "ffn_gate.weight": "gate", "ffn_up.weight": "up", "ffn_down.weight": "down",
+    "attn_q.bias": "q_bias", "attn_k.bias": "k_bias", "attn_v.bias": "v_bias",
+}
+
+
+def _gguf_engine_name(name: str) -> str | None:
+    if name in _GGUF_NAMES:
+        return _GGUF_NAMES[name]
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _GGUF_LAYER_NAMES:
+        return f"layers.{parts[1]}.{_GGUF_LAYER_NAMES[parts[2]]}"
+    return None
+
+
+def gguf_tensors(path: Any, num_heads: int, num_kv_heads: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors of a Llama-family GGUF file in the engine's naming (see :func:`hf_tensors`),
+    without de-quantizing: ``(tensors, types)``. A tensor of a type in :data:`BLOCK_TYPES` is a
+    ``(type, uint8 [rows, bytes per row])`` pair of its raw blocks, an F32/F16 tensor a float32
+    array, and any other type is left out; ``types`` gives every engine tensor's GGUF type name
+    (``"Q4_1"``, ``"Q6_K"``, ...). The rows of ``q`` and ``k`` are put back in transformers'
+    order (llama.cpp stores them permuted for its RoPE), as transformers' GGUF loader does.
+    Needs the ``gguf`` package."""
+    try:
+        import gguf
+    except ImportError as exc:  # pragma: no cover - gguf is a dependency of the torch extra
+        raise InvalidInputError("reading GGUF blocks needs the 'gguf' package") from exc
+    reader = gguf.GGUFReader(str(path))
+    tensors: dict[str, Any] = {}
+    types: dict[str, str] = {}
+    for t in reader.tensors:
+        name = _gguf_engine_name(t.name)
+        if name is None:
+            continue
+        kind = t.tensor_type.name
+        types[name] = kind
+        data = np.asarray(t.data)
+        if kind in ("F32", "F16"):
+            tensors[name] = np.ascontiguousarray(data, dtype=np.float32).reshape(data.shape)
+            continue
+        if kind.lower() not in BLOCK_TYPES:
+            continue
+        if name.endswith((".q", ".k")):
+            heads = num_heads if name.endswith(".q") else num_kv_heads
+            data = data.reshape(heads, data.shape[0] // heads // 2, 2, data.shape[1]).swapaxes(1, 2).reshape(data.shape)
+        tensors[name] = (kind.lower(), np.ascontiguousarray(data, dtype=np.uint8))
+    return tensors, types
+
+
+def _dequantized(blocks: tuple[str, np.ndarray]) -> np.ndarray:
+    import gguf
+
+    kind, raw = blocks
+    return np.asarray(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[kind.upper()]), dtype=np.float32)
+
+
+def _with_gguf_blocks(model: Any, config: dict[str, Any], tensors: dict[str, np.ndarray],
+                      dtype: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``tensors`` (the f32 weights of a model converted from a GGUF) with every matrix the GGUF
+    holds in a block type replaced by its blocks — only where the blocks de-quantize to exactly
+    the model's f32 weights, so the engine computes the same bits as on the f32 weights — and
+    what was kept in f32 and why (``{name: reason}``)."""
+    from ..integrations.model_cache import gguf_path_of
+
+    path = gguf_path_of(model)
+    if path is None:
+        raise InvalidInputError(
+            f"dtype={dtype!r} computes with a GGUF's own blocks: load the model with "
+            "seqkv.integrations.models.load_model(folder, gguf_file=...) or use Engine.from_gguf(path)")
+    blocks, types = gguf_tensors(path, config["num_heads"], config["num_kv_heads"])
+    layer_types = {types[n] for n in types if n.startswith("layers.") and isinstance(blocks.get(n), tuple)}
+    if layer_types and dtype.upper() not in layer_types:
+        raise InvalidInputError(f"{os.path.basename(path)} holds its layer weights as {sorted(layer_types)}, not {dtype}")
+    out = dict(tensors)
+    kept: dict[str, str] = {}
+    for name, t in tensors.items():
+        b = blocks.get(name)
+        if not isinstance(b, tuple):
+            if t.ndim == 2:
+                kept[name] = f"GGUF type {types.get(name, 'absent')} (no block kernel)"
+            continue
+        if _dequantized(b).reshape(t.shape).view(np.uint32).tobytes() != t.view(np.uint32).tobytes():
+            kept[name] = f"{types[name]} blocks do not de-quantize to the model's weights"
+            continue
+        out[name] = b
+    if "lm_head" not in tensors and isinstance(out.get("embed"), np.ndarray):
+        kept["lm_head"] = kept.get("embed", "tied to embed")
+    return out, kept
+
+
 class Sequence:
     """One token sequence's cached state in an :class:`Engine`: its KV pages, the tokens fed
     so far and the chunk sizes they were fed in (the latter only for the record: results do
@@ -444,8 +561,12 @@ class Engine:
     ) -> "Engine":
         """Take the weights of a loaded transformers Llama-family causal LM.
 
-        ``dtype``: ``"bf16"`` (weights rounded to bfloat16, half the bytes per step) or
-        ``"f32"``. ``kv_dtype``: storage of cached keys/values (``"f32"`` or ``"bf16"``).
+        ``dtype``: ``"bf16"`` (weights rounded to bfloat16, half the bytes per step), ``"f32"``,
+        or the block type of the GGUF the model was converted from (``"q4_1"`` for SmolLM2:
+        its blocks, checked to de-quantize to the model's weights, so the bits are the f32
+        engine's; tensors of other GGUF types stay f32: :attr:`weight_formats`, and why in
+        ``info["kept_f32"]`` of a fresh build).
+        ``kv_dtype``: storage of cached keys/values (``"f32"`` or ``"bf16"``).
         ``page_tokens``: positions per KV page. ``fingerprint``: also record the model's
         :func:`seqkv.integrations.models.fingerprint` (used by :class:`EngineLogitsSource`).
         """
@@ -454,10 +575,16 @@ class Engine:
             from ..integrations.models import fingerprint as model_fingerprint
 
             source_fp = model_fingerprint(model)
+        dtype = _dtype_name(dtype)
         eng = cls._from_cache(model, dtype, source_fp, kv_dtype=kv_dtype, page_tokens=page_tokens)
         if eng is None:
             config, tensors = hf_tensors(model)
+            kept: dict[str, str] = {}
+            if dtype in BLOCK_TYPES:
+                tensors, kept = _with_gguf_blocks(model, config, tensors, dtype)
             eng = cls.from_tensors(config, tensors, dtype, kv_dtype=kv_dtype, page_tokens=page_tokens)
+            if kept:
+                eng.info["kept_f32"] = kept
             if source_fp is not None:
                 from ..integrations.model_cache import store_engine_state
 
@@ -467,12 +594,31 @@ class Engine:
         return eng
 
     @classmethod
+    def from_gguf(cls, gguf_path: Any, dtype: str = "q4_1", *, kv_dtype: str = "f32", page_tokens: int = 64) -> "Engine":
+        """The engine of a Llama-family GGUF file computing with its own blocks (``dtype`` the
+        block type of its layer weights, e.g. ``"q4_1"``) or ``"f32"`` / ``"bf16"``: from the
+        model cache when an earlier build stored it (no torch), else built once through
+        :func:`seqkv.integrations.models.load_model` (the cached de-quantized model gives the
+        config and the fingerprint) and stored. Its fingerprint is the one the f32 engine of
+        that model has (:func:`engine_fingerprint`)."""
+        dtype = _dtype_name(dtype)
+        eng = cls.from_cached_gguf(gguf_path, dtype, kv_dtype=kv_dtype, page_tokens=page_tokens)
+        if eng is not None:
+            return eng
+        from ..integrations.models import load_model
+
+        path = os.path.abspath(os.fspath(gguf_path))
+        model, _ = load_model(os.path.dirname(path), gguf_file=os.path.basename(path))
+        return cls.from_hf(model, dtype, kv_dtype=kv_dtype, page_tokens=page_tokens)
+
+    @classmethod
     def from_cached_gguf(cls, gguf_path: Any, dtype: str = "bf16", *, kv_dtype: str = "f32",
                          page_tokens: int = 64) -> "Engine | None":
         """The engine of a GGUF straight from the model cache — no torch, no transformers — when
         an earlier :meth:`from_hf` of the cached model stored its ``dtype`` weights, else ``None``
         (:func:`seqkv.integrations.model_cache.cached_engine_state`). Its fingerprint is the one
         ``Engine.for_model(load_model(...))`` has, so streams of either decode with the other."""
+        dtype = _dtype_name(dtype)
         from ..integrations.model_cache import cached_engine_state
 
         cached = cached_engine_state(gguf_path, dtype)
@@ -493,8 +639,7 @@ class Engine:
         from ..integrations.model_cache import load_engine_state
 
         config = hf_config(model)
-        dtype_name = {"bfloat16": "bf16", "float32": "f32", "fp32": "f32"}.get(str(dtype).lower(), str(dtype).lower())
-        cached = load_engine_state(model, dtype_name, source_fp)
+        cached = load_engine_state(model, dtype, source_fp)
         if cached is None or cached[0] != config:
             return None
         core = _native.EngineCore.from_packed_state(_native_config(config), cached[1], dtype=dtype, kv_dtype=kv_dtype,
@@ -532,8 +677,12 @@ class Engine:
         page_tokens: int = 64,
     ) -> "Engine":
         """Build from a config dict and named float32 arrays (see :func:`hf_tensors` for the
-        names and shapes); no torch needed."""
-        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+        names and shapes); no torch needed. A matrix or ``embed`` may instead be a
+        ``(block type, uint8 array)`` pair of GGUF blocks (``[rows, K / 32 * block bytes]``, as
+        :func:`gguf_tensors` gives): kept as blocks when ``dtype`` is a block type, else
+        de-quantized exactly. A block type outside :data:`BLOCK_TYPES` is an error naming it."""
+        tensors = {k: (str(v[0]), np.ascontiguousarray(v[1], dtype=np.uint8)) if isinstance(v, tuple)
+                   else np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
         core = _native.EngineCore(_native_config(config), tensors, dtype=dtype, kv_dtype=kv_dtype, page_tokens=int(page_tokens))
         return cls(core, info=dict(config))
 
@@ -570,6 +719,12 @@ class Engine:
         return int(self._core.page_tokens)
 
     @property
+    def weight_formats(self) -> dict[str, str]:
+        """Storage of every weight matrix and of the embedding table (``"f32"``, ``"bf16"``,
+        ``"q4_0"``, ``"q4_1"``, ``"q8_0"``), by packed-state name (``layers.{i}.wqkv``, ...)."""
+        return dict(self._core.weight_formats)
+
+    @property
     def step_weight_bytes(self) -> int:
         """Bytes of weights one decode step reads."""
         return int(self._core.step_weight_bytes)
@@ -580,11 +735,18 @@ class Engine:
 
     def numerics_profile(self) -> dict[str, Any]:
         """What determines the engine's bits: the kernel definition, weight and KV dtypes.
-        The ISA and thread count are recorded for information only — they do not change results."""
+        The ISA and thread count are recorded for information only — they do not change results;
+        nor does the storage of block weights (``weights``: how many matrices of each format),
+        which compute as f32 (``computes_as``)."""
+        counts: dict[str, int] = {}
+        for fmt in self.weight_formats.values():
+            counts[fmt] = counts.get(fmt, 0) + 1
         return {
             "engine": "seqkv-engine",
             "kernel_definition": KERNEL_DEFINITION,
             "dtype": self.dtype,
+            "weights": dict(sorted(counts.items())),
+            "computes_as": "f32" if self.dtype in BLOCK_TYPES else self.dtype,
             "kv_dtype": self.kv_dtype,
             "isa": self.isa,
             "threads": int(_native.engine_threads()),
@@ -660,7 +822,8 @@ class Engine:
 
 def smollm2_engine(dtype: str = "bf16") -> Engine | None:
     """SmolLM2's engine from the model cache without importing torch (:meth:`Engine.from_cached_gguf`),
-    or ``None`` until a run has built it (``Engine.for_model(load_smollm2()[0], dtype)`` stores it)."""
+    or ``None`` until a run has built it (``Engine.for_model(load_smollm2()[0], dtype)`` or
+    ``Engine.from_gguf(path, dtype)`` stores it). ``"q4_1"`` computes with the GGUF's own blocks."""
     import os
 
     from ..integrations.models import SMOLLM2_GGUF, smollm2_folder

@@ -11,7 +11,9 @@ later loads read it back::
         config.json           the model's config, exactly as ``config.to_dict()`` gave it
         model.safetensors     the float32 parameters (tied tensors stored once)
         tokenizer/            ``tokenizer.save_pretrained``
-        engine-<dtype>-p<N>/  the engine's packed weights (``manifest.json``, ``weights.safetensors``)
+        engine-<dtype>-p<N>/  the engine's packed weights (``manifest.json``, ``weights.safetensors``);
+                              ``<dtype>`` a block type (``q4_1``) for an engine on the GGUF's own
+                              blocks, re-blocked for its kernels
 
 ``<root>`` is ``$SEQKV_CACHE_DIR``, else ``$XDG_CACHE_HOME/seqkv``, else ``~/.cache/seqkv``.
 
@@ -50,6 +52,7 @@ __all__ = [
     "load_engine_state",
     "store_engine_state",
     "cached_engine_state",
+    "gguf_path_of",
 ]
 
 #: Layout of a cache entry (bump when the files or their meaning change).
@@ -58,6 +61,7 @@ CACHE_FORMAT = 1
 _MANIFEST = "manifest.json"
 _ENTRY_ATTR = "_seqkv_cache_entry"
 _FP_ATTR = "_seqkv_fingerprint"
+_GGUF_ATTR = "_seqkv_gguf_path"
 _CHUNK = 16 << 20
 _index_lock = threading.Lock()
 
@@ -299,7 +303,9 @@ def load_or_convert(gguf_path: str | os.PathLike[str], convert: Callable[[], tup
     folder = _models_dir() / sha
     if folder.exists():
         try:
-            return _load_entry(folder)
+            model, tokenizer = _load_entry(folder)
+            setattr(model, _GGUF_ATTR, str(gguf.resolve()))
+            return model, tokenizer
         except CacheEntryError as exc:
             print(f"seqkv: rebuilding the model cache: {exc}", file=sys.stderr)
             _remove(folder)
@@ -308,6 +314,7 @@ def load_or_convert(gguf_path: str | os.PathLike[str], convert: Callable[[], tup
     with tqdm(total=3, desc=f"seqkv: converting {gguf.name} once", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str("de-quantizing")
         model, tokenizer = convert()
+        setattr(model, _GGUF_ATTR, str(gguf.resolve()))
         bar.update()
         try:
             with _staging(folder) as tmp:
@@ -322,6 +329,11 @@ def load_or_convert(gguf_path: str | os.PathLike[str], convert: Callable[[], tup
             return model, tokenizer
     setattr(model, _ENTRY_ATTR, str(folder))
     return model, tokenizer
+
+
+def gguf_path_of(model: Any) -> str | None:
+    """The GGUF file a model returned by :func:`load_or_convert` was converted from, else ``None``."""
+    return getattr(model, _GGUF_ATTR, None)
 
 
 # -- engine weights ----------------------------------------------------------------------------
