@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from _summary import GatewayBench, machine, write_summary  # noqa: E402
 
+from seqkv.gateway.record import decode_record  # noqa: E402
 from seqkv.gateway.residency import SlotFiles, SlotPool  # noqa: E402
 from seqkv.gateway.service import GREEDY, Gateway, Replica, TurnResult  # noqa: E402
 from seqkv.gateway.sessions import NODE_PREFIX, ConversationStore  # noqa: E402
@@ -108,7 +109,8 @@ async def session_row(gw: Gateway, rep: Replica, text: English, target: int, tur
     store, up = gw.store, rep.upstream
     node = store.node(parent)
     chain = store.chain(parent)
-    tokens_bytes = sum(len(store.backend.get(NODE_PREFIX + n.id).container) for n in chain)
+    tokens_bytes = sum(len(b.payload) for n in chain
+                       for b in decode_record(store.backend.get(NODE_PREFIX + n.id).container, n.id).blocks)
     record_bytes = store.coded_bytes(parent)
     transcript = (await up.detokenize(store.tokens(parent).tolist())).encode()
     slot_file = up.slot_path(rep.files.filename(parent))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,7 +30,7 @@ QUESTIONS = ["What is the capital of France?", "And of Italy?", "Name one river 
 class Bed:
     """Servers, a gateway over them and an HTTP client, all in one event loop."""
 
-    def __init__(self, tmp: Path, gguf: Path, replicas: int = 1, parallel: int = 1):
+    def __init__(self, tmp: Path, gguf: Path, replicas: int = 1, parallel: int = 1, exact: bool = False):
         self.procs = [
             LlamaServerProcess(ServerOptions(model=gguf, slot_dir=tmp / f"r{i}", n_parallel=parallel, n_ctx_slot=1024,
                                             threads=1))
@@ -37,13 +38,14 @@ class Bed:
         ]
         for p in self.procs:
             p.start()
-        self.tmp = tmp
+        self.tmp, self.exact = tmp, exact
         self.store = ConversationStore(str(tmp / "g.sqlite"), 49152)
         self.gateway = self._gateway()
 
     def _gateway(self) -> Gateway:
         reps = [Replica(LlamaCppUpstream(p.url, p.options, name=f"r{i}"), SlotPool(p.options.n_parallel),
-                        SlotFiles(p.options.slot_dir, 1 << 34)) for i, p in enumerate(self.procs)]
+                        SlotFiles(p.options.slot_dir, 1 << 34), exact_sessions=self.exact)
+                for i, p in enumerate(self.procs)]
         return Gateway(self.store, reps)
 
     def restart_gateway(self) -> None:
@@ -65,7 +67,7 @@ class Bed:
 def bed(tmp_path, gguf):
     beds: list[Bed] = []
 
-    def make(**kw: int) -> Bed:
+    def make(**kw: Any) -> Bed:
         beds.append(Bed(tmp_path / f"bed{len(beds)}", gguf, **kw))
         return beds[-1]
 
@@ -97,9 +99,10 @@ def test_kill_restart_resume_is_exact_by_replay_and_by_slot_file(bed):
 
         # the same conversation, with llama-server and the gateway killed after each turn
         b = bed()
-        parent = None
+        parent, answers = None, []
         for k, q in enumerate(QUESTIONS):
             r = await _turn(b.gateway, parent, q)
+            answers.append(r.completion.text)
             assert r.completion.tokens == outs[k]  # greedy continuation as uninterrupted
             assert r.node.kv_sha256 == ref_hashes[k]  # the KV after the turn, bit for bit
             expected = "empty" if k == 0 else ("replay" if k == 1 else "slot_file")
@@ -111,6 +114,12 @@ def test_kill_restart_resume_is_exact_by_replay_and_by_slot_file(bed):
                     f.unlink()
             b.procs[0].start()
             b.restart_gateway()
+        # the messages come back from the stored tokens (no text is stored where tokens spell it)
+        history = await b.gateway.history(parent)
+        assert [m["content"] for m in history[0::2]] == QUESTIONS
+        assert [m["role"] for m in history[1::2]] == ["assistant"] * 3
+        assert all(m.span is not None for n in b.store.chain(parent) for m in n.messages)
+        assert [m["content"] for m in history[1::2]] == answers
     asyncio.run(run())
 
 
@@ -207,6 +216,45 @@ def test_two_slots_in_parallel_and_a_replica_removed(bed):
         # the replay's KV is reported exact or faithful, never silently assumed
         assert moved.resume.exactness in ("exact", "faithful")
         assert moved.resume.kv_sha256 is not None
+    asyncio.run(run())
+
+
+PROSE = (
+    "The river rises in the hills to the north and runs south through farmland for most of its length. Its "
+    "valley was settled early, and the towns along it grew up around mills, bridges and river crossings. In "
+    "the last century the mills closed one by one, and the towns turned to trade, schools and small workshops. "
+    "Today the valley is known for its orchards, its old stone bridges and a long footpath that follows the "
+    "water from its source to the sea, passing through woods, meadows and a dozen villages on the way down. "
+)
+
+
+def test_exact_sessions_on_a_two_slot_server_replay_exactly(bed):
+    """Two conversations at once on two slots: with exact_sessions their tokens are never
+    evaluated in one batch and each stays on its slot (a KV replays bit for bit only on the slot
+    index that computed it), so after a restart (slots and slot files gone) both replay to the
+    recorded KV. (Without it, one's prefill shares batches with the other's steps, and such a
+    KV does not come back by replay.)"""
+    async def chat(i: int) -> str:
+        parent = None
+        for k in range(3):
+            at = (150 * (2 * k + i)) % 300
+            parent = (await _turn(b.gateway, parent, PROSE[at: at + 200], 16)).node.id
+        return parent
+
+    async def run() -> None:
+        heads = await asyncio.gather(chat(0), chat(1))
+        b.procs[0].kill()
+        for f in b.procs[0].options.slot_dir.glob("*.ggsq"):
+            f.unlink()
+        b.procs[0].start()
+        b.restart_gateway()
+        assert {b.store.node(h).slot for h in heads} == {0, 1}
+        for head in reversed(heads):  # each continues on the slot that computed it, wherever it is free
+            got = (await _turn(b.gateway, head, "Thanks.", 4)).resume
+            assert got.how == "replay"
+            assert got.kv_sha256 == b.store.node(head).kv_sha256 and got.exactness == "exact"
+
+    b = bed(parallel=2, exact=True)
     asyncio.run(run())
 
 

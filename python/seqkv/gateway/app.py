@@ -216,7 +216,7 @@ def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway", lifespan:
                 return JSONResponse({"id": session_id, "object": "chat.session.deleted", "deleted": True})
             node = gateway.store.node(head) if head else None
             return JSONResponse({
-                "id": session_id, "object": "chat.session", "messages": gateway.store.messages(head),
+                "id": session_id, "object": "chat.session", "messages": await gateway.history(head),
                 "tokens": node.n_tokens if node else 0, "kv_sha256": node.kv_sha256 if node else None,
                 "exactness": node.lineage if node else None, "head": head,
             })
@@ -225,14 +225,15 @@ def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway", lifespan:
 
     # -- responses ---------------------------------------------------------------------------
 
-    def response_object(node_id: str, previous: str | None, result: TurnResult | None = None) -> dict[str, Any]:
+    def response_object(node_id: str, previous: str | None, output_text: str,
+                        result: TurnResult | None = None) -> dict[str, Any]:
         node = gateway.store.node(node_id)
         out: dict[str, Any] = {
             "id": node.id, "object": "response", "created_at": int(node.created), "status": "completed",
             "model": model_name, "previous_response_id": previous,
             "output": [{"type": "message", "id": "msg_" + node.id[5:], "status": "completed", "role": "assistant",
-                        "content": [{"type": "output_text", "text": node.output_text, "annotations": []}]}],
-            "output_text": node.output_text,
+                        "content": [{"type": "output_text", "text": output_text, "annotations": []}]}],
+            "output_text": output_text,
             "seqkv": {"tokens": node.n_tokens, "kv_sha256": node.kv_sha256, "exactness": node.lineage},
         }
         if result is not None:
@@ -261,7 +262,7 @@ def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway", lifespan:
 
             def final(result: TurnResult) -> str:
                 return _sse({"type": "response.completed",
-                             "response": response_object(result.node.id, previous, result)}, "response.completed")
+                             "response": response_object(result.node.id, previous, result.completion.text, result)}, "response.completed")
 
             def on_error(exc: SeqkvError) -> str:
                 return _sse({"type": "error", **json.loads(bytes(_status_of(exc).body))}, "error")
@@ -271,7 +272,7 @@ def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway", lifespan:
             result = await first_result(turn)
         except SeqkvError as exc:
             return _status_of(exc)
-        return JSONResponse(response_object(result.node.id, previous, result))
+        return JSONResponse(response_object(result.node.id, previous, result.completion.text, result))
 
     async def response_item(request: Request) -> Response:
         node_id = request.path_params["response_id"]
@@ -280,7 +281,7 @@ def create_app(gateway: Gateway, *, model_name: str = "seqkv-gateway", lifespan:
             if request.method == "DELETE":
                 gateway.delete_response(node_id)
                 return JSONResponse({"id": node_id, "object": "response", "deleted": True})
-            return JSONResponse(response_object(node_id, node.parent))
+            return JSONResponse(response_object(node_id, node.parent, await gateway.output_text(node)))
         except SeqkvError as exc:
             return _status_of(exc)
 

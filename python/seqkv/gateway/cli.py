@@ -4,7 +4,7 @@ parser by :func:`register`.
 ::
 
     seqkv gateway --upstream llama-server:MODEL.gguf [--upstream ...] [--db PATH|redis://...]
-                  [--host 127.0.0.1] [--port 8000] [--parallel N] [--state-dir DIR]
+                  [--host 127.0.0.1] [--port 8000] [--parallel N] [--state-dir DIR] [--exact-sessions]
     seqkv slots import SLOT.ggsq -o OUT.skv [--vocab-size V]
     seqkv slots export IN.skv -o SLOT.ggsq --model MODEL.gguf
 
@@ -48,6 +48,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--parallel", type=int, default=2, help="slots per llama-server (default 2)")
     g.add_argument("--ctx", type=int, default=8192, help="context tokens per slot (default 8192)")
     g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--exact-sessions", action="store_true",
+                   help="one request at a time per llama-server, each conversation on the slot that computed it: "
+                        "every session replays bit for bit (default: slots run in parallel, and a replay of KV "
+                        "computed alongside another conversation is served as faithful)")
     g.add_argument("--slot-file-budget", type=int, default=4 << 30, metavar="BYTES",
                    help="slot files kept per replica (default 4 GiB); older ones are replayed instead")
     g.set_defaults(func=_cmd_gateway)
@@ -173,6 +177,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"--upstream {spec!r}: expected llama-server:PATH_TO_GGUF")
         models.append(Path(path))
     app, _ = launch_gateway(models, state, db=args.db, parallel=args.parallel, n_ctx_slot=args.ctx,
-                            threads=args.threads, slot_file_budget=args.slot_file_budget)
+                            threads=args.threads, slot_file_budget=args.slot_file_budget,
+                            exact_sessions=args.exact_sessions)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -32,7 +32,8 @@ async def supervise(processes: Sequence[LlamaServerProcess], every_s: float = 1.
 
 def launch_gateway(models: Sequence[Path], state_dir: Path, *, db: str | None = None, parallel: int = 2,
                    n_ctx_slot: int = 8192, threads: int = 2, slot_file_budget: int = 4 << 30,
-                   vocab_size: int | None = None) -> tuple[Any, list[LlamaServerProcess]]:
+                   vocab_size: int | None = None, exact_sessions: bool = False
+                   ) -> tuple[Any, list[LlamaServerProcess]]:
     """Start one llama-server per model path (replicas) and return ``(app, processes)``; the
     app's lifespan supervises the servers and stops them at shutdown."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,7 @@ def launch_gateway(models: Sequence[Path], state_dir: Path, *, db: str | None = 
         processes.append(LlamaServerProcess(options).start())
     replicas = [
         Replica(LlamaCppUpstream(p.url, p.options, name=f"replica{i}"), SlotPool(parallel),
-                SlotFiles(p.options.slot_dir, slot_file_budget))
+                SlotFiles(p.options.slot_dir, slot_file_budget), exact_sessions=exact_sessions)
         for i, p in enumerate(processes)
     ]
     store = ConversationStore(db or str(state_dir / "gateway.sqlite"), vocab_size or _vocab_size(processes[0]))

@@ -34,7 +34,7 @@ class SlotState:
 
 class SlotPool:
     """The slots of one upstream: a turn takes the slot holding its parent when there is one,
-    else the least recently used free slot."""
+    else the least recently used free slot (or waits for the slot ``index`` it asks for)."""
 
     def __init__(self, n_slots: int):
         self.slots = [SlotState(i) for i in range(n_slots)]
@@ -45,12 +45,15 @@ class SlotPool:
             return None
         return next((s for s in self.slots if s.node == node), None)
 
-    async def acquire(self, parent: str | None) -> SlotState:
+    async def acquire(self, parent: str | None, index: int | None = None) -> SlotState:
         async with self._changed:
             while True:
                 held = self.holding(parent)
-                if held is not None and not held.lock.locked():
-                    choice: SlotState | None = held
+                choice: SlotState | None
+                if index is not None:
+                    choice = None if self.slots[index].lock.locked() else self.slots[index]
+                elif held is not None and not held.lock.locked():
+                    choice = held
                 elif held is not None:
                     choice = None  # wait for the slot that has our state
                 else:

@@ -13,9 +13,10 @@ hash is compared with the one recorded: ``exact`` when equal, ``faithful`` (and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,21 +28,35 @@ from .errors import UpstreamError, UpstreamUnavailableError
 from .residency import SlotFiles, SlotPool, SlotState
 from .routing import Router
 from .schedule import Schedule
+from .record import Message
 from .sessions import EXACT, FAITHFUL, ConversationStore, Node
 from .slots import read_slot_file
 from .upstream.llamacpp import Completion, LlamaCppUpstream
 
-__all__ = ["Gateway", "Replica", "TurnResult", "ResumeReport", "GREEDY"]
+__all__ = ["Gateway", "Replica", "TurnResult", "ResumeReport", "Prompt", "message_spans", "GREEDY"]
 
+#: Nodes whose message texts are kept in memory (the store derives them from the tokens).
+TEXT_CACHE = 1024
 #: Sampling for deterministic continuations (and the only sampling a replay uses).
 GREEDY: Mapping[str, Any] = {"temperature": 0.0, "top_k": 1, "seed": 0}
 
 
 @dataclass
 class Replica:
+    """One upstream with its slots and slot files. ``exact_sessions``: evaluate one request at a
+    time (llama-server batches the tokens of every busy slot together, and a KV computed
+    alongside another conversation's tokens is not reproduced by replaying the session's own
+    schedule); off, its slots run in parallel and a replay of such a KV is served ``faithful``."""
+
     upstream: LlamaCppUpstream
     pool: SlotPool
     files: SlotFiles
+    exact_sessions: bool = False
+    _evaluating: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    def evaluation(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Held while a turn evaluates on this replica: exclusive under ``exact_sessions``."""
+        return self._evaluating if self.exact_sessions else contextlib.nullcontext()
 
     @property
     def name(self) -> str:
@@ -63,6 +78,45 @@ class ResumeReport:
     requests: int = 0
     kv_sha256: str | None = None
     mismatches: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A turn's prompt: the conversation's tokens, and the new messages as token spans where
+    their content falls on token boundaries."""
+
+    tokens: np.ndarray
+    messages: tuple[Message, ...]
+    retokenized: bool
+
+
+def message_spans(text: str, pieces: Sequence[bytes], messages: Sequence[Mapping[str, Any]],
+                  base: int) -> tuple[Message, ...]:
+    """Each message of ``messages`` as the span of ``text``'s tokens (whose bytes are
+    ``pieces``; token positions offset by ``base``) that spells its content exactly, or as its
+    text where no run of whole tokens does (a template that rewrites it, a token across its
+    edge)."""
+    raw = text.encode()
+    if b"".join(pieces) != raw:
+        return tuple(Message(str(m["role"]), text=str(m["content"])) for m in messages)
+    bounds = {0: 0}
+    at = 0
+    for i, piece in enumerate(pieces, 1):
+        at += len(piece)
+        bounds[at] = i
+    out = []
+    cursor = 0
+    for m in messages:
+        content = str(m["content"]).encode()
+        found = raw.find(content, cursor)
+        while found >= 0 and not (found in bounds and found + len(content) in bounds):
+            found = raw.find(content, found + 1)
+        if found < 0:
+            out.append(Message(str(m["role"]), text=str(m["content"])))
+            continue
+        cursor = found + len(content)
+        out.append(Message(str(m["role"]), span=(base + bounds[found], base + bounds[cursor])))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -97,6 +151,7 @@ class Gateway:
         for r in replicas:
             self._adopt_files(r)
         self.metrics = Metrics()
+        self._texts: OrderedDict[str, list[dict[str, str]]] = OrderedDict()
         self._session_locks: dict[str, asyncio.Lock] = {}
 
     def _cached_tokens(self, node: str) -> np.ndarray:
@@ -144,23 +199,67 @@ class Gateway:
     # -- prompts: the only tokenization of text ----------------------------------------------
 
     async def build_prompt(self, upstream: LlamaCppUpstream, parent: str | None,
-                           new_messages: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, bool]:
+                           new_messages: Sequence[Mapping[str, Any]]) -> Prompt:
         """The parent's tokens followed by the new turn's, tokenizing only the text the chat
-        template adds after the parent's tokens; ``(tokens, retokenized)``, where
-        ``retokenized`` says the template did not extend the parent's text and the whole
-        prompt had to be tokenized again (the parent's KV is then reused only up to the
-        first token that differs)."""
-        history = self.store.messages(parent) if parent else []
+        template adds after the parent's tokens. ``retokenized`` says the template did not
+        extend the parent's text and the whole prompt had to be tokenized again (the parent's KV
+        is then reused only up to the first token that differs)."""
+        history = await self.history(parent, upstream) if parent else []
         rendered = await upstream.apply_template([*history, *new_messages])
-        if parent is None:
-            return np.asarray(await upstream.tokenize(rendered), np.uint32), False
-        prefix = self.store.tokens(parent)
-        prefix_text = await upstream.detokenize(prefix.tolist())
-        if rendered.startswith(prefix_text):
-            delta = await upstream.tokenize(rendered[len(prefix_text):])
-            return np.concatenate([prefix, np.asarray(delta, np.uint32)]), False
-        self.metrics.counters["retokenized_prompts"] += 1
-        return np.asarray(await upstream.tokenize(rendered), np.uint32), True
+        prefix = self.store.tokens(parent) if parent else np.zeros(0, np.uint32)
+        text, retokenized = rendered, False
+        if parent is not None:
+            prefix_text = await upstream.detokenize(prefix.tolist())
+            if rendered.startswith(prefix_text):
+                text = rendered[len(prefix_text):]
+            else:
+                self.metrics.counters["retokenized_prompts"] += 1
+                prefix, retokenized = np.zeros(0, np.uint32), True
+        pieces = await upstream.tokenize_pieces(text)
+        tokens = np.concatenate([prefix, np.asarray([t for t, _ in pieces], np.uint32)])
+        return Prompt(tokens, message_spans(text, [p for _, p in pieces], new_messages, int(prefix.size)), retokenized)
+
+    # -- text, derived from the tokens ----------------------------------------------------------
+
+    async def history(self, node_id: str | None, upstream: LlamaCppUpstream | None = None) -> list[dict[str, str]]:
+        """The messages up to ``node_id`` as ``{"role", "content"}``, their text detokenized
+        from the stored tokens (by ``upstream``, else any healthy replica) and kept in memory."""
+        out: list[dict[str, str]] = []
+        for node in self.store.chain(node_id):
+            out.extend(await self.node_messages(node, upstream))
+        return out
+
+    async def node_messages(self, node: Node, upstream: LlamaCppUpstream | None = None) -> list[dict[str, str]]:
+        texts = self._texts.get(node.id)
+        if texts is None:
+            tokens = self.store.tokens(node.id)
+            texts = []
+            for m in node.messages:
+                if m.span is None:
+                    texts.append({"role": m.role, "content": m.text or ""})
+                else:
+                    up = upstream or self._any_upstream()
+                    texts.append({"role": m.role, "content": await up.detokenize(tokens[m.span[0]: m.span[1]].tolist())})
+            self._remember_texts(node.id, texts)
+        else:
+            self._texts.move_to_end(node.id)
+        return texts
+
+    async def output_text(self, node: Node) -> str:
+        """The text of ``node``'s answer."""
+        return next((m["content"] for m in reversed(await self.node_messages(node)) if m["role"] == "assistant"), "")
+
+    def _any_upstream(self) -> LlamaCppUpstream:
+        for name, ok in self.router.healthy.items():
+            if ok:
+                return self.replicas[name].upstream
+        raise UpstreamUnavailableError("no upstream is up to detokenize the stored messages")
+
+    def _remember_texts(self, node_id: str, texts: list[dict[str, str]]) -> None:
+        self._texts[node_id] = texts
+        self._texts.move_to_end(node_id)
+        while len(self._texts) > TEXT_CACHE:
+            self._texts.popitem(last=False)
 
     # -- slots -----------------------------------------------------------------------------------
 
@@ -272,22 +371,24 @@ class Gateway:
                        ) -> AsyncIterator[str | TurnResult]:
         up = replica.upstream
         t0 = time.perf_counter()
-        prompt, retokenized = await self.build_prompt(up, parent, new_messages)
-        slot = await replica.pool.acquire(parent)
+        built = await self.build_prompt(up, parent, new_messages)
+        prompt = built.tokens
+        slot = await replica.pool.acquire(parent, self._exact_slot(replica, parent))
         try:
-            report = await self.resume(replica, slot, parent)
-            before = self.store.node(parent, include_hidden=True).schedule if parent else Schedule()
-            completion: Completion | None = None
-            async for item in up.stream(prompt.tolist(), slot.index, max_tokens, {**GREEDY, **(sampling or {})}):
-                if isinstance(item, Completion):
-                    completion = item
-                else:
-                    yield item
-            if completion is None:
-                raise UpstreamUnavailableError(f"{up.name}: no final answer")
-            slot.forget()
-            node = await self._record(replica, slot, parent, prompt, completion, before, new_messages, report,
-                                      node_id)
+            async with replica.evaluation():
+                report = await self.resume(replica, slot, parent)
+                before = self.store.node(parent, include_hidden=True).schedule if parent else Schedule()
+                completion: Completion | None = None
+                async for item in up.stream(prompt.tolist(), slot.index, max_tokens, {**GREEDY, **(sampling or {})}):
+                    if isinstance(item, Completion):
+                        completion = item
+                    else:
+                        yield item
+                if completion is None:
+                    raise UpstreamUnavailableError(f"{up.name}: no final answer")
+                slot.forget()
+                node = await self._record(replica, slot, parent, built, completion, before, new_messages, report,
+                                          node_id)
         finally:
             await replica.pool.release(slot)
         self.metrics.counters["turns"] += 1
@@ -295,12 +396,21 @@ class Gateway:
         self.metrics.counters["cached_prompt_tokens"] += completion.n_past
         self.metrics.counters["generated_tokens"] += len(completion.tokens)
         self.metrics.observe("turn", time.perf_counter() - t0)
-        yield TurnResult(node, completion, report, replica.name, int(prompt.size), retokenized)
+        yield TurnResult(node, completion, report, replica.name, int(prompt.size), built.retokenized)
 
-    async def _record(self, replica: Replica, slot: SlotState, parent: str | None, prompt: np.ndarray,
+    def _exact_slot(self, replica: Replica, parent: str | None) -> int | None:
+        """Under ``exact_sessions``, the slot a conversation must continue on: the one that
+        computed its KV (a KV replays bit for bit only on the slot index that computed it)."""
+        if not replica.exact_sessions or parent is None:
+            return None
+        slot = self.store.node(parent, include_hidden=True).slot
+        return slot if slot is not None and slot < len(replica.pool.slots) else None
+
+    async def _record(self, replica: Replica, slot: SlotState, parent: str | None, built: Prompt,
                       completion: Completion, before: Schedule, new_messages: Sequence[Mapping[str, Any]],
                       report: ResumeReport, node_id: str | None) -> Node:
         up = replica.upstream
+        prompt = built.tokens
         tokens = np.concatenate([prompt, np.asarray(completion.tokens, np.uint32)])
         if completion.n_past > before.cached:
             # the slot reused more than the parent's state: it held something we did not put there
@@ -313,10 +423,22 @@ class Gateway:
                 f"slot {slot.index} holds {saved.tokens.size} tokens after the turn, the schedule says {schedule.cached}"
             )
         lineage = report.exactness if parent else EXACT
-        messages = [*new_messages, {"role": "assistant", "content": completion.text}]
-        node = self.store.add(parent, tokens, messages=messages, output_text=completion.text, schedule=schedule,
+        answer = await self._answer_message(up, int(prompt.size), completion)
+        node = self.store.add(parent, tokens, messages=[*built.messages, answer], schedule=schedule,
                               engine=await up.engine_config(), kv_sha256=saved.kv_sha256, lineage=lineage,
-                              node_id=new_id)
+                              node_id=new_id, slot=slot.index)
+        self._remember_texts(new_id, [*({"role": str(m["role"]), "content": str(m["content"])} for m in new_messages),
+                                      {"role": "assistant", "content": completion.text}])
         self._files_added(replica, new_id)
         await self._remember_slot(replica, slot, new_id, schedule.cached)
         return node
+
+    @staticmethod
+    async def _answer_message(up: LlamaCppUpstream, start: int, completion: Completion) -> Message:
+        """The answer as the span of its sampled tokens that detokenizes to its text (all of
+        them, or all but an end-of-generation token whose text is not part of the answer)."""
+        n = len(completion.tokens)
+        for k in (n - 1, n) if completion.stop_type == "eos" else (n, n - 1):
+            if k >= 0 and await up.detokenize(completion.tokens[:k]) == completion.text:
+                return Message("assistant", span=(start, start + k))
+        return Message("assistant", text=completion.text)

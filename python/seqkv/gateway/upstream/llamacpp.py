@@ -106,6 +106,17 @@ class LlamaCppUpstream:
         body = await self._post("/tokenize", {"content": text, "add_special": False, "parse_special": True})
         return [int(t) for t in body["tokens"]]
 
+    async def tokenize_pieces(self, text: str) -> list[tuple[int, bytes]]:
+        """``text``'s tokens with the bytes of each (a piece that is not whole UTF-8 comes as a
+        list of byte values)."""
+        body = await self._post("/tokenize", {"content": text, "add_special": False, "parse_special": True,
+                                              "with_pieces": True})
+        out = []
+        for t in body["tokens"]:
+            piece = t["piece"]
+            out.append((int(t["id"]), piece.encode() if isinstance(piece, str) else bytes(piece)))
+        return out
+
     async def detokenize(self, tokens: Sequence[int]) -> str:
         body = await self._post("/detokenize", {"tokens": list(tokens)})
         return str(body["content"])
