@@ -5,7 +5,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use seqkv_engine::probe::{cpu_seconds, CpuClock};
-use seqkv_engine::{matmul, Isa, PackedMatrix, WeightDtype};
+use seqkv_engine::quant::quantize;
+use seqkv_engine::{matmul, BlockType, Isa, PackedMatrix, WeightDtype};
 
 fn main() {
     let isa = Isa::detect();
@@ -17,14 +18,30 @@ fn main() {
         (1536, 576),
         (576, 49152),
     ];
-    for dtype in [WeightDtype::Bf16, WeightDtype::F32] {
+    let dtypes = [
+        WeightDtype::Blocks(BlockType::Q4_1),
+        WeightDtype::Blocks(BlockType::Q8_0),
+        WeightDtype::Bf16,
+        WeightDtype::F32,
+    ];
+    let only = std::env::args().nth(1);
+    for dtype in dtypes {
+        if only.as_deref().is_some_and(|o| o != dtype.name()) {
+            continue;
+        }
         let mats: Vec<PackedMatrix> = shapes
             .iter()
             .map(|&(k, n)| {
                 let w: Vec<f32> = (0..k * n)
                     .map(|i| ((i * 2654435761usize) % 1000) as f32 * 1e-3 - 0.5)
                     .collect();
-                PackedMatrix::from_kn(&w, k, n, dtype)
+                match dtype {
+                    // (the values as [N][K]: only the speed matters here)
+                    WeightDtype::Blocks(bt) => {
+                        PackedMatrix::from_blocks(bt, &quantize(bt, &w, n, k), n, k).unwrap()
+                    }
+                    _ => PackedMatrix::from_kn(&w, k, n, dtype),
+                }
             })
             .collect();
         for rows in [1usize, 8, 64, 256] {

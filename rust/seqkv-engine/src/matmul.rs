@@ -608,11 +608,11 @@ mod avx2 {
         }
     }
 
-    /// Few-row tile of a block matrix (decode): `MR` rows x one panel, full K, each weight
-    /// de-quantized in registers once for all `MR` rows. `w` is the panel's first tile.
+    /// Few-row tile of a block matrix (decode): `MR` rows x `NP` panels, full K, each weight
+    /// de-quantized in registers once for all `MR` rows. `w` is the first panel's first tile.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_direct_q<const F: u8, const MR: usize>(
+    unsafe fn tile_direct_q<const F: u8, const MR: usize, const NP: usize>(
         k: usize,
         x: *const f32,
         ldx: usize,
@@ -621,48 +621,70 @@ mod avx2 {
         ldo: usize,
         ncols: usize,
     ) {
-        // SAFETY: AVX2, FMA and F16C are available (caller); `x` holds `MR` rows of `k` f32 at stride
-        // `ldx`, `w` the `k / 32` tiles of one panel, and `out` `MR` rows of `min(ncols, 16)` writable
-        // f32 at stride `ldo` (`block_direct_q`'s tile).
+        // SAFETY: AVX2, FMA and F16C are available (caller); `x` holds `MR` rows of `k` f32 at
+        // stride `ldx`, `w` the `k / 32` tiles of `NP` consecutive panels, and `out` `MR` rows of
+        // `min(ncols, 16 * NP)` writable f32 at stride `ldo` (`block_direct_q`'s tile).
         unsafe {
             let bt = block_type(F);
-            let (tb, qo) = (bt.tile_bytes(), bt.quant_offset());
-            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let (tb, qo, kb) = (bt.tile_bytes(), bt.quant_offset(), k / QK);
+            let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
             let mask = _mm256_set1_epi32(0xf);
-            for b in 0..k / QK {
-                let t = w.add(b * tb);
-                let [d0, d1, m0, m1] = tile_scales::<F>(t);
-                let qs = t.add(qo);
+            for b in 0..kb {
+                let mut sc = [[_mm256_setzero_ps(); 4]; NP];
+                for p in 0..NP {
+                    sc[p] = tile_scales::<F>(w.add((p * kb + b) * tb));
+                }
                 let xb0 = x.add(b * QK);
                 if F == Q8_0 {
                     for kk in 0..QK {
-                        let (w0, w1) = bytes16(qs.add(kk * NR), d0, d1);
-                        for r in 0..MR {
-                            let xb = _mm256_broadcast_ss(&*xb0.add(r * ldx + kk));
-                            acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
-                            acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+                        for p in 0..NP {
+                            let qs = w.add((p * kb + b) * tb + qo);
+                            let (w0, w1) = bytes16(qs.add(kk * NR), sc[p][0], sc[p][1]);
+                            for r in 0..MR {
+                                let xb = _mm256_broadcast_ss(&*xb0.add(r * ldx + kk));
+                                acc[r][p][0] = _mm256_fmadd_ps(xb, w0, acc[r][p][0]);
+                                acc[r][p][1] = _mm256_fmadd_ps(xb, w1, acc[r][p][1]);
+                            }
                         }
                     }
                 } else {
                     for g in 0..QK / 8 {
-                        let mut v0 = _mm256_loadu_si256(qs.add(g * 64) as *const __m256i);
-                        let mut v1 = _mm256_loadu_si256(qs.add(g * 64 + 32) as *const __m256i);
+                        let mut v = [[_mm256_setzero_si256(); 2]; NP];
+                        for p in 0..NP {
+                            let qs = w.add((p * kb + b) * tb + qo + g * 64);
+                            v[p] = [
+                                _mm256_loadu_si256(qs as *const __m256i),
+                                _mm256_loadu_si256(qs.add(32) as *const __m256i),
+                            ];
+                        }
                         for j in 0..8 {
-                            let w0 = nibbles::<F>(_mm256_and_si256(v0, mask), d0, m0);
-                            let w1 = nibbles::<F>(_mm256_and_si256(v1, mask), d1, m1);
-                            v0 = _mm256_srli_epi32::<4>(v0);
-                            v1 = _mm256_srli_epi32::<4>(v1);
-                            for r in 0..MR {
-                                let xb = _mm256_broadcast_ss(&*xb0.add(r * ldx + g * 8 + j));
-                                acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
-                                acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+                            for p in 0..NP {
+                                let [d0, d1, m0, m1] = sc[p];
+                                let w0 = nibbles::<F>(_mm256_and_si256(v[p][0], mask), d0, m0);
+                                let w1 = nibbles::<F>(_mm256_and_si256(v[p][1], mask), d1, m1);
+                                v[p][0] = _mm256_srli_epi32::<4>(v[p][0]);
+                                v[p][1] = _mm256_srli_epi32::<4>(v[p][1]);
+                                for r in 0..MR {
+                                    let xb = _mm256_broadcast_ss(&*xb0.add(r * ldx + g * 8 + j));
+                                    acc[r][p][0] = _mm256_fmadd_ps(xb, w0, acc[r][p][0]);
+                                    acc[r][p][1] = _mm256_fmadd_ps(xb, w1, acc[r][p][1]);
+                                }
                             }
                         }
                     }
                 }
             }
             for r in 0..MR {
-                store16(out.add(r * ldo), acc[r][0], acc[r][1], ncols);
+                for p in 0..NP {
+                    if p * NR < ncols {
+                        store16(
+                            out.add(r * ldo + p * NR),
+                            acc[r][p][0],
+                            acc[r][p][1],
+                            ncols - p * NR,
+                        );
+                    }
+                }
             }
         }
     }
@@ -678,20 +700,29 @@ mod avx2 {
     ) {
         // SAFETY: AVX2, FMA and F16C are available (`matmul`'s caller checked); `ptr.x` holds
         // `rows * k` f32, `ptr.w` the tiles of `panels` panels (`k / 32` each) and `ptr.out`
-        // `rows * n` f32; `rows` and `panels` lie inside them.
+        // `rows * n` f32; `rows` and `panels` lie inside them, and a tile of 2 panels is only
+        // taken when 2 are left.
         unsafe {
             let (r0, r1) = rows;
             let x = ptr.x.add(r0 * k);
             let panel_bytes = (k / QK) * block_type(F).tile_bytes();
-            for p in panels.0..panels.1 {
+            let mut p = panels.0;
+            while p < panels.1 {
                 let w = ptr.w.add(p * panel_bytes);
                 let out = ptr.out.add(r0 * n + p * NR);
                 let ncols = n - p * NR;
-                match r1 - r0 {
-                    1 => tile_direct_q::<F, 1>(k, x, k, w, out, n, ncols),
-                    2 => tile_direct_q::<F, 2>(k, x, k, w, out, n, ncols),
-                    3 => tile_direct_q::<F, 3>(k, x, k, w, out, n, ncols),
-                    _ => tile_direct_q::<F, 4>(k, x, k, w, out, n, ncols),
+                macro_rules! go {
+                    ($mr:literal, $np:literal) => {{
+                        tile_direct_q::<F, $mr, $np>(k, x, k, w, out, n, ncols);
+                        p += $np;
+                    }};
+                }
+                match (r1 - r0, panels.1 - p) {
+                    (1, 2..) => go!(1, 2),
+                    (1, _) => go!(1, 1),
+                    (2, _) => go!(2, 1),
+                    (3, _) => go!(3, 1),
+                    _ => go!(4, 1),
                 }
             }
         }
