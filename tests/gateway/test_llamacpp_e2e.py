@@ -30,7 +30,8 @@ QUESTIONS = ["What is the capital of France?", "And of Italy?", "Name one river 
 class Bed:
     """Servers, a gateway over them and an HTTP client, all in one event loop."""
 
-    def __init__(self, tmp: Path, gguf: Path, replicas: int = 1, parallel: int = 1, exact: bool = False):
+    def __init__(self, tmp: Path, gguf: Path, replicas: int = 1, parallel: int = 1, exact: bool = False,
+                 db: str | None = None):
         self.procs = [
             LlamaServerProcess(ServerOptions(model=gguf, slot_dir=tmp / f"r{i}", n_parallel=parallel, n_ctx_slot=1024,
                                             threads=1))
@@ -38,20 +39,25 @@ class Bed:
         ]
         for p in self.procs:
             p.start()
-        self.tmp, self.exact = tmp, exact
-        self.store = ConversationStore(str(tmp / "g.sqlite"), 49152)
-        self.gateway = self._gateway()
+        self.tmp, self.exact, self.db = tmp, exact, db or str(tmp / "g.sqlite")
+        self.store = ConversationStore(self.db, 49152)
+        self.gateway = self._gateway(self.store)
 
-    def _gateway(self) -> Gateway:
+    def _gateway(self, store: ConversationStore) -> Gateway:
         reps = [Replica(LlamaCppUpstream(p.url, p.options, name=f"r{i}"), SlotPool(p.options.n_parallel),
                         SlotFiles(p.options.slot_dir, 1 << 34), exact_sessions=self.exact)
                 for i, p in enumerate(self.procs)]
-        return Gateway(self.store, reps)
+        return Gateway(store, reps)
 
     def restart_gateway(self) -> None:
         self.store.close()
-        self.store = ConversationStore(str(self.tmp / "g.sqlite"), 49152)
-        self.gateway = self._gateway()
+        self.store = ConversationStore(self.db, 49152)
+        self.gateway = self._gateway(self.store)
+
+    def another_gateway(self) -> tuple[Gateway, ConversationStore]:
+        """A second gateway on the same store and servers (as a second process would be)."""
+        store = ConversationStore(self.db, 49152)
+        return self._gateway(store), store
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(self.gateway)), base_url="http://gw",
@@ -256,6 +262,34 @@ def test_exact_sessions_on_a_two_slot_server_replay_exactly(bed):
 
     b = bed(parallel=2, exact=True)
     asyncio.run(run())
+
+
+@pytest.mark.redis
+def test_a_redis_store_is_shared_by_two_gateways_and_survives_a_restart(bed):
+    from seqkv.backends.testing import local_redis_server, redis_server_binary
+
+    if redis_server_binary() is None:
+        pytest.skip("no redis-server binary (apt-get install redis-server)")
+    pytest.importorskip("redis", reason="redis-py not installed (seqkv[redis])")
+
+    async def run(url: str) -> None:
+        b = bed(db=url + "?namespace=gw")
+        first = await _turn(b.gateway, None, QUESTIONS[0], 8)
+        other, other_store = b.another_gateway()
+        try:  # the second gateway continues the first one's conversation
+            second = await _turn(other, first.node.id, QUESTIONS[1], 8)
+            assert second.resume.exactness == "exact" and second.resume.how in ("slot_file", "replay")
+        finally:
+            other_store.close()
+        b.restart_gateway()  # and the first, restarted, continues the second's
+        third = await _turn(b.gateway, second.node.id, QUESTIONS[2], 8)
+        assert third.resume.exactness == "exact"
+        assert [n.id for n in b.store.chain(third.node.id)] == [first.node.id, second.node.id, third.node.id]
+        assert [m["content"] for m in (await b.gateway.history(third.node.id))[0::2]] == QUESTIONS
+        assert type(b.store.backend).__name__ == "RedisBackend"
+
+    with local_redis_server() as url:
+        asyncio.run(run(url))
 
 
 def test_slots_import_then_export_by_replay_is_exact(tmp_path, gguf):

@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -179,5 +180,9 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     app, _ = launch_gateway(models, state, db=args.db, parallel=args.parallel, n_ctx_slot=args.ctx,
                             threads=args.threads, slot_file_budget=args.slot_file_budget,
                             exact_sessions=args.exact_sessions)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM (the app's lifespan stops the llama-servers),
+    # then raises the signal again under the handlers it found: a requested stop exits with 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
