@@ -17,7 +17,6 @@ schedule on a llama-server it starts and writes the slot file; it prints whether
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -48,7 +47,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--port", type=int, default=8000)
     g.add_argument("--parallel", type=int, default=2, help="slots per llama-server (default 2)")
     g.add_argument("--ctx", type=int, default=8192, help="context tokens per slot (default 8192)")
-    g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--threads", type=int, default=usable_cpus(),
+                   help="threads per llama-server (default: the CPUs this process may use, here %(default)s)")
     g.add_argument("--exact-sessions", action="store_true",
                    help="one request at a time per llama-server, each conversation on the slot that computed it: "
                         "every session replays bit for bit (default: slots run in parallel, and a replay of KV "
@@ -70,6 +70,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     se.add_argument("-o", "--output", required=True, metavar="SLOT")
     se.add_argument("--model", required=True, metavar="GGUF")
     se.set_defaults(func=_cmd_export)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask): what llama-server should use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 # -- slots import / export ------------------------------------------------------------------
@@ -155,6 +163,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    import asyncio
+
     exactness, digest = asyncio.run(export_slot(Path(args.file).read_bytes(), Path(args.model), Path(args.output)))
     print(f"{args.output}: KV sha256 {digest} ({exactness})")
     return 0 if exactness == "exact" else 3
