@@ -74,6 +74,7 @@ Machine = TypedDict("Machine", {
     "torch_threads": int,  # engine, serve
     "engine_threads": int,  # engine
     "engine_isa": str,  # engine
+    "note": str,  # engine --weights: what else shared the machine
     "sqlite": str,  # store
     "redis_server": str | None,  # store
     "workdir_filesystem": str | None,  # store
@@ -414,6 +415,35 @@ class EngineProfile(TypedDict):
     version: str
 
 
+class EngineWeightsRow(TypedDict):
+    """One weight format of ``benches/engine.py --weights``."""
+    load_cold_s: float
+    load_warm_s: float
+    weight_formats: list[str]
+    step_weight_bytes: int
+    step_bound_tokens_per_s: float
+    step_tokens_per_s: float
+    step_fraction_of_bound: float
+    decode_8_streams_tokens_per_s: float
+    decode_64_streams_tokens_per_s: float
+    prefill_tokens_per_s: float
+    lm_encode_tokens_per_s: float
+    lm_decode_tokens_per_s: float
+    lm_tokens: int
+    lm_cross_entropy_bits_per_token: float
+    fingerprint: str
+
+
+class EngineWeights(TypedDict):
+    """``benches/engine.py --weights``: SmolLM2's GGUF blocks (q4_1) beside bf16 and f32 weights."""
+    formats: dict[str, EngineWeightsRow]  # keyed by the engine dtype
+    read_bandwidth_bytes_per_s: float
+    q4_1_bits_equal_f32: bool
+    targets: dict[str, bool]
+    quick: bool
+    machine: Machine
+
+
 class EngineLoadRun(TypedDict):
     import_torch_transformers_s: float
     load_smollm2_s: float
@@ -473,6 +503,7 @@ class Engine(TypedDict):
     engine: EngineProfile
     seconds: float
     load: NotRequired[EngineLoad]  # merged in by engine.py --load (its own run and machine)
+    weights: NotRequired[EngineWeights]  # merged in by engine.py --weights (its own run and machine)
 
 
 # --- engine.py --gpu ------------------------------------------------------------------------------
@@ -1152,7 +1183,7 @@ class GatewaySession(TypedDict):
     turns: int
     transcript_bytes: int
     seqkv_record_bytes: int  # container + metadata of every node on the session's chain
-    seqkv_tokens_bytes: int  # the plt containers alone
+    seqkv_tokens_bytes: int  # the plt blocks' payloads alone
     seqkv_metadata_bytes: int
     slot_file_bytes: int
     zstd_transcript_bytes: int
@@ -1165,7 +1196,7 @@ class GatewaySession(TypedDict):
 
 
 class GatewayLoadRow(TypedDict):
-    mode: Literal["direct", "gateway"]
+    mode: Literal["direct", "gateway", "gateway_exact"]  # gateway_exact: seqkv gateway --exact-sessions
     clients: int
     requests: int
     seconds: float
@@ -1183,6 +1214,8 @@ class GatewayBench(TypedDict):
     replays: int
     exact_replays: int
     exact_restore_rate: float
+    exact_sessions_replays: int  # short sessions built two at a time with exact_sessions, replayed
+    exact_sessions_exact_replays: int
     load_turns_per_client: int
     load_n_parallel: int
     load: list[GatewayLoadRow]

@@ -523,6 +523,89 @@ def check_stream_main(args) -> None:
     print("cross-machine decode", res["cross_machine_decode"])
 
 
+def weights_row(model, tok, path: str, dtype: str, ids: np.ndarray, bw: float, q: bool) -> dict:
+    """One weight format of SmolLM2: load (cold: built from the loaded model with its engine cache
+    entry removed; warm: from the cache, no torch), decode of 1 / 8 / 64 streams, prefill, lm
+    coding and its cross-entropy on held-out text, and the memory bound of its bytes per step."""
+    import shutil
+
+    from seqkv.codecs.lm import LMCodec
+    from seqkv.integrations.model_cache import cache_root, gguf_sha256
+
+    shutil.rmtree(cache_root() / "models" / gguf_sha256(path) / f"engine-{dtype}-p{_native.engine.PACKED_STATE_VERSION}",
+                  ignore_errors=True)
+    t = time.perf_counter()
+    Engine.from_hf(model, dtype)
+    row: dict = {"load_cold_s": time.perf_counter() - t}
+    t = time.perf_counter()
+    eng = Engine.from_cached_gguf(path, dtype)
+    row["load_warm_s"] = time.perf_counter() - t
+    row["weight_formats"] = sorted(set(eng.weight_formats.values()))
+    row["step_weight_bytes"] = eng.step_weight_bytes
+    row["step_bound_tokens_per_s"] = bw / eng.step_weight_bytes
+    reps, steps = (2, 8) if q else (3, 16)
+    row["step_tokens_per_s"] = steps / min(engine_steps(eng, ids[:32], steps) for _ in range(reps))
+    row["step_fraction_of_bound"] = row["step_tokens_per_s"] / row["step_bound_tokens_per_s"]
+    for n, bsteps in ((8, 4), (64, 2)):
+        prompts = [ids[i * 8 : i * 8 + 24] for i in range(n)]
+        dt = min(batched_decode(eng, prompts, bsteps)[0] for _ in range(reps - 1))
+        row[f"decode_{n}_streams_tokens_per_s"] = n * bsteps / dt
+    n_pre = 128
+    row["prefill_tokens_per_s"] = n_pre / min(best(lambda: eng.prefill(eng.new_sequence(), ids[:n_pre]), 1)
+                                              for _ in range(reps))
+    lm_n = 128 if q else 256
+    lm_ids = ids[1024 : 1024 + lm_n]  # held out: past everything timed above
+    codec = LMCodec(model, source=EngineLogitsSource(eng), tokenizer=tok)
+    t = time.perf_counter()
+    data, stats = codec.encode_with_stats(lm_ids)
+    row["lm_encode_tokens_per_s"] = lm_n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    assert np.array_equal(codec.decode(data), lm_ids)
+    row["lm_decode_tokens_per_s"] = lm_n / (time.perf_counter() - t)
+    row["lm_tokens"] = lm_n
+    row["lm_cross_entropy_bits_per_token"] = (stats.cross_entropy_bits or 0.0) / lm_n
+    row["fingerprint"] = eng.fingerprint().hex()[:16]
+    return row
+
+
+def weights_main(args) -> None:
+    """``--weights``: the engine on SmolLM2's GGUF blocks (q4_1) beside bf16 and f32 weights,
+    merged into the results file as ``weights`` (the rest of the file is kept)."""
+    from seqkv.integrations.models import SMOLLM2_GGUF, load_smollm2, smollm2_folder
+
+    host = engine_machine()
+    host["note"] = "shared, busy 2-core VM: other engineers' builds and tests run beside this bench"
+    model, tok = load_smollm2()
+    torch.set_grad_enabled(False)
+    path = os.path.join(smollm2_folder(), SMOLLM2_GGUF)
+    ids = text_tokens(tok, 1024 + 512)
+    bw = read_bandwidth()
+    rows = {dtype: weights_row(model, tok, path, dtype, ids, bw, args.quick) for dtype in ("q4_1", "bf16", "f32")}
+    out = Path(args.out)
+    res = json.loads(out.read_text()) if out.exists() else {}
+    res["weights"] = {
+        "formats": rows,
+        "read_bandwidth_bytes_per_s": bw,
+        "q4_1_bits_equal_f32": rows["q4_1"]["fingerprint"] == rows["f32"]["fingerprint"],
+        "targets": {
+            "q4_1_one_stream_ge_200_tokens_per_s": rows["q4_1"]["step_tokens_per_s"] >= 200,
+            "q4_1_lm_decode_ge_150_tokens_per_s": rows["q4_1"]["lm_decode_tokens_per_s"] >= 150,
+            "q4_1_64_streams_ge_10x_one": rows["q4_1"]["decode_64_streams_tokens_per_s"]
+            >= 10 * rows["q4_1"]["step_tokens_per_s"],
+            "q4_1_cross_entropy_within_0.02_of_bf16": rows["q4_1"]["lm_cross_entropy_bits_per_token"]
+            <= rows["bf16"]["lm_cross_entropy_bits_per_token"] + 0.02,
+        },
+        "quick": bool(args.quick),
+        "machine": {**host, "loadavg_end": list(os.getloadavg())},
+    }
+    earlier_end = res.get("machine", {}).get("loadavg_end")
+    write_summary(out, EngineSummary, res)
+    if earlier_end is not None:  # write_summary stamps the top-level machine: keep the earlier run's
+        res["machine"]["loadavg_end"] = earlier_end
+        out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res["weights"], indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
@@ -533,6 +616,8 @@ def main() -> None:
     ap.add_argument("--stream-out", default=None, help="--gpu: write the GPU-encoded lm stream here (+ .tokens.npy)")
     ap.add_argument("--no-peer", action="store_true", help="--gpu: leave the transformers peer out")
     ap.add_argument("--peer-budget-s", type=float, default=240.0, help="--gpu: seconds the peer may take")
+    ap.add_argument("--weights", action="store_true",
+                    help="only the weight formats side by side (q4_1 / bf16 / f32), merged into --out as 'weights'")
     ap.add_argument("--load", action="store_true",
                     help="only the load section: SmolLM2 cold (empty model cache) and warm, merged into engine.json")
     ap.add_argument("--check-stream", default=None,
@@ -549,6 +634,9 @@ def main() -> None:
     args.out = args.out or str(ROOT / "benches" / "results" / "engine.json")
     if args.load:
         load_main(args)
+        return
+    if args.weights:
+        weights_main(args)
         return
     q = args.quick
     N = 128 if q else 256  # prefill length
