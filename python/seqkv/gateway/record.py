@@ -12,7 +12,7 @@ what changes later (children, hidden, a corrected lineage) is the record's JSON 
 Layout (version 1), integers as LEB128 varints unless said otherwise::
 
     u8 version | parent | n_tokens | u8 has_hash [32 bytes SHA-256] | u8 lineage | slot + 1 | created (s)
-    | keep | n_runs | runs (zigzag: +n prefill of n tokens, -n n one-token steps) | u8 clipped
+    | keep | n_runs | runs (2n - 2: a prefill of n tokens; 2n - 1: n one-token steps) | u8 clipped
     | u8 engine (0 inherit, 1 none, 2 and 8 bytes: a reference) | n_messages | messages
     | codec params (bytes; empty: the store's) | n_blocks | blocks (n_tokens, u32 crc32c, payload bytes)
 
@@ -117,7 +117,7 @@ def encode_record(r: NodeRecord) -> bytes:
     _uint(out, len(r.segments))
     for seg in r.segments:
         n = seg.end - seg.start
-        _uint(out, 2 * n - 2 if seg.kind == PREFILL else 2 * n - 1)  # zigzag of +n / -n, n >= 1
+        _uint(out, 2 * n - 2 if seg.kind == PREFILL else 2 * n - 1)
     out.append(int(r.clipped))
     if isinstance(r.engine, _Inherit):
         out.append(0)
@@ -196,7 +196,8 @@ def decode_record(data: bytes, where: str) -> NodeRecord:
         blocks.append(TokenBlock(n, crc, rd.take(rd.uint())))
     if not rd.done():
         raise CorruptStreamError(f"{where}: trailing bytes after the node record")
-    return NodeRecord(parent, n_tokens, kv, lineage, None if slot < 0 else slot, created, keep, tuple(segments), clipped, engine,
+    return NodeRecord(parent, n_tokens, kv, lineage, None if slot < 0 else slot, created, keep, tuple(segments),
+                      clipped, engine,
                       tuple(messages), params, tuple(blocks))
 
 

@@ -239,7 +239,8 @@ class Gateway:
                     texts.append({"role": m.role, "content": m.text or ""})
                 else:
                     up = upstream or self._any_upstream()
-                    texts.append({"role": m.role, "content": await up.detokenize(tokens[m.span[0]: m.span[1]].tolist())})
+                    content = await up.detokenize(tokens[m.span[0]: m.span[1]].tolist())
+                    texts.append({"role": m.role, "content": content})
             self._remember_texts(node.id, texts)
         else:
             self._texts.move_to_end(node.id)

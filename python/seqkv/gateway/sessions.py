@@ -6,8 +6,9 @@ tokens, so a node costs only its new tokens and a branch shares its prefix), its
 role and the span of tokens holding each content: text is derived from the tokens, see
 :mod:`seqkv.gateway.record`), the evaluation :class:`~seqkv.gateway.schedule.Schedule` that
 produced the slot's KV after it (stored as what it kept of its parent's plus its own segments),
-the upstream slot that computed it, the :class:`~seqkv.gateway.schedule.EngineConfig` it ran on (a reference to one shared record,
-stored when it differs from its parent's) and the SHA-256 of that KV. A chat session is a named pointer to its newest node.
+the upstream slot that computed it, the :class:`~seqkv.gateway.schedule.EngineConfig` it ran on
+(a reference to one shared record, stored when it differs from its parent's) and the SHA-256 of
+that KV. A chat session is a named pointer to its newest node.
 
 ``seqkv.SessionStore`` needs a transformers model to open (it computes and hashes KV itself),
 and the gateway's KV lives in llama.cpp, so nodes are kept directly in a seqkv backend
@@ -236,7 +237,8 @@ class ConversationStore:
             record = NodeRecord(
                 parent=parent, n_tokens=int(toks.size), kv_sha256=kv_sha256, lineage=lineage, slot=slot,
                 created=int(time.time()),
-                keep=keep, segments=own, clipped=schedule.clipped and not (base and base.schedule.truncated(keep).clipped),
+                keep=keep, segments=own,
+                clipped=schedule.clipped and not (base and base.schedule.truncated(keep).clipped),
                 engine=(INHERIT if base is not None and engine == base.engine
                         else None if engine is None else self._engine_ref(engine)),
                 messages=tuple(messages),
