@@ -581,9 +581,7 @@ def weights_main(args) -> None:
     ids = text_tokens(tok, 1024 + 512)
     bw = read_bandwidth()
     rows = {dtype: weights_row(model, tok, path, dtype, ids, bw, args.quick) for dtype in ("q4_1", "bf16", "f32")}
-    out = Path(args.out)
-    res = json.loads(out.read_text()) if out.exists() else {}
-    res["weights"] = {
+    section = {
         "formats": rows,
         "read_bandwidth_bytes_per_s": bw,
         "q4_1_bits_equal_f32": rows["q4_1"]["fingerprint"] == rows["f32"]["fingerprint"],
@@ -598,12 +596,29 @@ def weights_main(args) -> None:
         "quick": bool(args.quick),
         "machine": {**host, "loadavg_end": list(os.getloadavg())},
     }
+    merge_section(Path(args.out), "weights", section)
+
+
+def merge_section(out: Path, key: str, section: dict) -> None:
+    """Writes ``section`` (with its own machine record) under ``key`` of the existing engine.json,
+    whose other sections keep the figures, and the machine record, of their own run."""
+    res = json.loads(out.read_text()) if out.exists() else {}
+    res[key] = section
     earlier_end = res.get("machine", {}).get("loadavg_end")
     write_summary(out, EngineSummary, res)
     if earlier_end is not None:  # write_summary stamps the top-level machine: keep the earlier run's
         res["machine"]["loadavg_end"] = earlier_end
         out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res["weights"], indent=1))
+    print(json.dumps(section, indent=1))
+
+
+def load_main(args) -> None:
+    """Measures the load section (SmolLM2 cold and warm, each in a fresh process) into engine.json."""
+    from _engine_load import measure_load
+
+    section = measure_load(ROOT)
+    section["machine"] = {**machine(), "loadavg_end": list(os.getloadavg())}
+    merge_section(Path(args.out), "load", section)
 
 
 def main() -> None:
