@@ -8,12 +8,14 @@ costs per request, on llama-server (``make llama-server``) with SmolLM2-135M-Ins
    slot-file restore, by schedule replay and by a plain re-prefill of the same tokens (median of
    2 runs), with whether the re-prefill reproduced the recorded KV SHA-256.
 2. Exact-restore rate: every schedule replay of the bench compared with the recorded KV hash
-   (those of 1., and one per short session built two at a time on a two-slot server, replayed
-   after the server was restarted and its slot files deleted).
+   (those of 1., and one per short session built two at a time on a two-slot server, replayed on
+   the slot that computed it after the server was restarted and its slot files deleted); the
+   short sessions again with ``exact_sessions`` (one evaluation at a time per server), counted
+   apart.
 3. Load: 1/4/16 concurrent clients, each a TURNS-turn chat, against llama-server directly
    (``/v1/chat/completions`` with the whole history, ``cache_prompt``) and through ``seqkv
-   gateway`` (a session id, only the new message); both with N_PARALLEL slots: requests/s and
-   p50/p99 latency of a whole (non-streamed) answer.
+   gateway`` (a session id, only the new message; and with ``--exact-sessions``); all with
+   N_PARALLEL slots: requests/s and p50/p99 latency of a whole (non-streamed) answer.
 
 Writes benches/results/gateway.json (gateway-quick.json with --quick, or --out PATH).
 """
@@ -76,9 +78,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _gateway(proc: LlamaServerProcess, store: ConversationStore) -> tuple[Gateway, Replica]:
+def _gateway(proc: LlamaServerProcess, store: ConversationStore, exact: bool = False) -> tuple[Gateway, Replica]:
     o = proc.options
-    rep = Replica(LlamaCppUpstream(proc.url, o, name="r0"), SlotPool(o.n_parallel), SlotFiles(o.slot_dir, 1 << 40))
+    rep = Replica(LlamaCppUpstream(proc.url, o, name="r0"), SlotPool(o.n_parallel), SlotFiles(o.slot_dir, 1 << 40),
+                  exact_sessions=exact)
     return Gateway(store, [rep]), rep
 
 
@@ -178,12 +181,13 @@ async def sessions_part(model: Path, tmp: Path, targets: list[int], reps: int) -
 # -- 2. exact-restore rate of short sessions built two at a time ---------------------------------------
 
 
-async def short_sessions_replayed(model: Path, tmp: Path, n: int) -> list[bool]:
-    opts = ServerOptions(model=model, slot_dir=tmp / "short", n_parallel=2, n_ctx_slot=1024, threads=THREADS)
+async def short_sessions_replayed(model: Path, tmp: Path, n: int, exact: bool) -> list[bool]:
+    name = "short-exact" if exact else "short"
+    opts = ServerOptions(model=model, slot_dir=tmp / name, n_parallel=2, n_ctx_slot=1024, threads=THREADS)
     proc = LlamaServerProcess(opts).start()
     try:
-        store = ConversationStore(str(tmp / "short.sqlite"), VOCAB)
-        gw, rep = _gateway(proc, store)
+        store = ConversationStore(str(tmp / f"{name}.sqlite"), VOCAB)
+        gw, rep = _gateway(proc, store, exact)
 
         async def chat(i: int) -> str:
             text, parent = English(offset=5_000 * i + 101), None
@@ -197,17 +201,17 @@ async def short_sessions_replayed(model: Path, tmp: Path, n: int) -> list[bool]:
         for f in opts.slot_dir.glob("*.ggsq"):
             f.unlink()
         proc.start()
-        gw, rep = _gateway(proc, store)
+        gw, rep = _gateway(proc, store, exact)
         out = []
-        for head in heads:
-            got = await gw.resume(rep, rep.pool.slots[0], head)
+        for head in heads:  # on the slot that computed it (a KV replays exactly only there)
+            got = await gw.resume(rep, rep.pool.slots[store.node(head).slot], head)
             assert got.how == "replay", got
             out.append(got.kv_sha256 == store.node(head).kv_sha256)
         await rep.upstream.aclose()
         store.close()
     finally:
         proc.kill()
-    print(f"short sessions replayed: {sum(out)}/{len(out)} exact", flush=True)
+    print(f"short sessions (exact_sessions={exact}) replayed: {sum(out)}/{len(out)} exact", flush=True)
     return out
 
 
@@ -271,24 +275,25 @@ def load_part(model: Path, tmp: Path, clients: list[int], turns: int) -> list[di
         with LlamaServerProcess(opts) as proc:
             rows.append({"mode": "direct", **asyncio.run(_load(proc.url, n, turns, _direct_client))})
         print(rows[-1], flush=True)
-        port = _free_port()
-        gw = subprocess.Popen(
-            [str(Path(sys.executable).parent / "seqkv"), "gateway", "--upstream", f"llama-server:{model}",
-             "--port", str(port), "--parallel", str(N_PARALLEL), "--ctx", "2048", "--threads", str(THREADS),
-             "--state-dir", str(tmp / f"gateway{n}")],
-            stdin=subprocess.DEVNULL, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_healthy(url, gw)
-            rows.append({"mode": "gateway", **asyncio.run(_load(url, n, turns, _gateway_client))})
-        finally:
-            os.killpg(gw.pid, signal.SIGTERM)  # uvicorn's shutdown stops the llama-server it started
+        for mode in ("gateway", "gateway_exact"):
+            port = _free_port()
+            gw = subprocess.Popen(
+                [str(Path(sys.executable).parent / "seqkv"), "gateway", "--upstream", f"llama-server:{model}",
+                 "--port", str(port), "--parallel", str(N_PARALLEL), "--ctx", "2048", "--threads", str(THREADS),
+                 "--state-dir", str(tmp / f"{mode}{n}"), *(["--exact-sessions"] if mode == "gateway_exact" else [])],
+                stdin=subprocess.DEVNULL, start_new_session=True)
+            url = f"http://127.0.0.1:{port}"
             try:
-                gw.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(gw.pid, signal.SIGKILL)
-                gw.wait()
-        print(rows[-1], flush=True)
+                _wait_healthy(url, gw)
+                rows.append({"mode": mode, **asyncio.run(_load(url, n, turns, _gateway_client))})
+            finally:
+                os.killpg(gw.pid, signal.SIGTERM)  # uvicorn's shutdown stops the llama-server it started
+                try:
+                    gw.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(gw.pid, signal.SIGKILL)
+                    gw.wait()
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -306,7 +311,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
         sessions, replays, build = asyncio.run(sessions_part(model, tmp, targets, reps))
-        replays += asyncio.run(short_sessions_replayed(model, tmp, short))
+        replays += asyncio.run(short_sessions_replayed(model, tmp, short, exact=False))
+        exact_replays = asyncio.run(short_sessions_replayed(model, tmp, short, exact=True))
         load = load_part(model, tmp, clients, turns)
     out = Path(args.out) if args.out else ROOT / "benches" / "results" / ("gateway-quick.json" if q else "gateway.json")
     write_summary(out, GatewayBench, {
@@ -316,6 +322,7 @@ def main() -> None:
                      "cache_type": ServerOptions.cache_type_k},
         "max_tokens": MAX_TOKENS, "sessions": sessions,
         "replays": len(replays), "exact_replays": sum(replays), "exact_restore_rate": sum(replays) / len(replays),
+        "exact_sessions_replays": len(exact_replays), "exact_sessions_exact_replays": sum(exact_replays),
         "load_turns_per_client": turns, "load_n_parallel": N_PARALLEL, "load": load,
     }, indent=1)
     print(f"wrote {out}")

@@ -1151,20 +1151,21 @@ class Report:
         self.table(["tokens", "turns", "seqkv record B", "of which tokens B", "slot file B", "zstd -19 transcript B",
                     "slot restore s", "schedule replay s", "plain re-prefill s"], rows)
         self.w(f"Schedule replays reproducing the recorded KV SHA-256: {d['exact_replays']} of {d['replays']} "
-               f"({d['exact_restore_rate']:.0%}).", "")
+               f"({d['exact_restore_rate']:.0%}); of short sessions built two at a time with `--exact-sessions`: "
+               f"{d['exact_sessions_exact_replays']} of {d['exact_sessions_replays']}.", "")
         rows = []
         by = {(r["mode"], r["clients"]): r for r in d["load"]}
         for n in sorted({r["clients"] for r in d["load"]}):
             cells = [str(n)]
-            for mode in ("direct", "gateway"):
+            for mode in ("direct", "gateway", "gateway_exact"):
                 r = by.get((mode, n))
                 cells += [fmt(get(r, "requests_per_s"), ".2f"), fmt(get(r, "p50_s"), ".3f"), fmt(get(r, "p99_s"), ".3f")]
             rows.append(cells)
         self.w(f"Load: each client a {d['load_turns_per_client']}-turn chat, {d['load_n_parallel']} server slots; "
                "direct = llama-server's /v1/chat/completions with the whole history, gateway = `seqkv gateway` "
-               "with a session id:", "")
+               "with a session id, exact = the same with `--exact-sessions`:", "")
         self.table(["clients", "direct req/s", "direct p50 s", "direct p99 s", "gateway req/s", "gateway p50 s",
-                    "gateway p99 s"], rows)
+                    "gateway p99 s", "exact req/s", "exact p50 s", "exact p99 s"], rows)
 
     def sources(self) -> None:
         self.w("## Where each figure comes from", "")
