@@ -33,8 +33,7 @@ class SlotState:
 
 
 class SlotPool:
-    """The slots of one upstream: a turn takes the slot holding its parent when there is one,
-    else the least recently used free slot (or waits for the slot ``index`` it asks for)."""
+    """The slots of one upstream (see :meth:`acquire`)."""
 
     def __init__(self, n_slots: int):
         self.slots = [SlotState(i) for i in range(n_slots)]
@@ -45,19 +44,23 @@ class SlotPool:
             return None
         return next((s for s in self.slots if s.node == node), None)
 
-    async def acquire(self, parent: str | None, index: int | None = None) -> SlotState:
+    async def acquire(self, parent: str | None, home: int | None = None, *, wait_for_home: bool = False
+                      ) -> SlotState:
+        """A slot for a turn after ``parent``: the one holding it, else ``home`` (the slot that
+        computed it) when free, else the least recently used free one; with ``wait_for_home``,
+        ``home`` and no other."""
         async with self._changed:
             while True:
                 held = self.holding(parent)
+                free = [s for s in self.slots if not s.lock.locked()]
                 choice: SlotState | None
-                if index is not None:
-                    choice = None if self.slots[index].lock.locked() else self.slots[index]
-                elif held is not None and not held.lock.locked():
-                    choice = held
+                if home is not None and wait_for_home:
+                    choice = self.slots[home] if self.slots[home] in free else None
                 elif held is not None:
-                    choice = None  # wait for the slot that has our state
+                    choice = held if held in free else None  # wait for the slot that has our state
+                elif home is not None and self.slots[home] in free:
+                    choice = self.slots[home]
                 else:
-                    free = [s for s in self.slots if not s.lock.locked()]
                     choice = min(free, key=lambda s: s.last_used) if free else None
                 if choice is not None:
                     await choice.lock.acquire()

@@ -374,7 +374,8 @@ class Gateway:
         t0 = time.perf_counter()
         built = await self.build_prompt(up, parent, new_messages)
         prompt = built.tokens
-        slot = await replica.pool.acquire(parent, self._exact_slot(replica, parent))
+        slot = await replica.pool.acquire(parent, self._home_slot(replica, parent),
+                                          wait_for_home=replica.exact_sessions)
         try:
             async with replica.evaluation():
                 report = await self.resume(replica, slot, parent)
@@ -399,10 +400,11 @@ class Gateway:
         self.metrics.observe("turn", time.perf_counter() - t0)
         yield TurnResult(node, completion, report, replica.name, int(prompt.size), built.retokenized)
 
-    def _exact_slot(self, replica: Replica, parent: str | None) -> int | None:
-        """Under ``exact_sessions``, the slot a conversation must continue on: the one that
-        computed its KV (a KV replays bit for bit only on the slot index that computed it)."""
-        if not replica.exact_sessions or parent is None:
+    def _home_slot(self, replica: Replica, parent: str | None) -> int | None:
+        """The slot that computed ``parent``'s KV: a KV replays bit for bit only on the slot
+        index that computed it, so a conversation continues there when it is free (and, under
+        ``exact_sessions``, waits for it)."""
+        if parent is None:
             return None
         slot = self.store.node(parent, include_hidden=True).slot
         return slot if slot is not None and slot < len(replica.pool.slots) else None
