@@ -321,7 +321,7 @@ def bench_shared_prefix(quick: bool, n_sessions: int, system_tokens: int) -> dic
         "how": "SessionStore(codec='raw', capacity_bytes=16 GiB): put each session (its KV computed by the store), "
                "then get (hot) and get_prefix(system prompt + a new tail) per session; bytes from tier_stats()",
     }
-    for name, engine in (("transformers", None), ("engine", "auto")):
+    for name, engine in (("transformers", "transformers"), ("engine", "auto")):
         store = SessionStore(model, codec="raw", capacity_bytes=1 << 34, engine=engine)
         put_ms, get_ms, prefix_ms = [], [], []
         for i in range(n_sessions):
