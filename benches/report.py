@@ -1130,6 +1130,32 @@ class Report:
                    "`fuzz/tests/replay.rs` (stable Rust, the first step of `make fuzz`):", "")
             self.table(["target", "corpus (minimized)", "crashes kept as regressions"], rows)
 
+    def weight_formats(self) -> None:
+        self.w("## 9. Engine weight formats on the CPU", "")
+        d = get(self.engine, "weights")
+        if d is None:
+            self.w(f"Weight formats: {NM} (no `weights` in engine.json; `benches/engine.py --weights`).", "")
+            return
+        self.w(f"`benches/engine.py --weights` ({self.f('engine')}, {'quick' if d['quick'] else 'full'} run, "
+               f"read bandwidth {d['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; q4_1 computes the f32 engine's "
+               f"bits: {fmt(d['q4_1_bits_equal_f32'])}). The same engine on the GGUF's blocks, bf16 and f32 weights:", "")
+        keys = [("one stream tok/s", "step_tokens_per_s", ",.1f"), ("memory bound tok/s", "step_bound_tokens_per_s", ",.0f"),
+                ("8 streams tok/s", "decode_8_streams_tokens_per_s", ",.0f"),
+                ("64 streams tok/s", "decode_64_streams_tokens_per_s", ",.0f"),
+                ("prefill tok/s", "prefill_tokens_per_s", ",.0f"), ("lm encode tok/s", "lm_encode_tokens_per_s", ",.0f"),
+                ("lm decode tok/s", "lm_decode_tokens_per_s", ",.0f"),
+                ("cross-entropy bits/token", "lm_cross_entropy_bits_per_token", ".3f"),
+                ("load cold / warm s", None, "")]
+        fmts = list(d["formats"])
+        rows = []
+        for label, key, spec in keys:
+            if key is None:
+                rows.append([label] + [f"{d['formats'][f]['load_cold_s']:.1f} / {d['formats'][f]['load_warm_s']:.2f}" for f in fmts])
+            else:
+                rows.append([label] + [fmt(d["formats"][f][key], spec) for f in fmts])
+        self.table(["", *fmts], rows)
+        self.w("Targets (issue 20): " + ", ".join(f"{k} {met(v)}" for k, v in d["targets"].items()) + ".", "")
+
     def gateway_section(self) -> None:
         self.w("## 8. Gateway over llama-server", "")
         d = self.gateway
@@ -1233,6 +1259,7 @@ class Report:
         self.competitors_section()
         self.hardening()
         self.gateway_section()
+        self.weight_formats()
         self.runs_section()
         self.sources()
         return "\n".join(self.lines).rstrip() + "\n"
