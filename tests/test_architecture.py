@@ -214,3 +214,15 @@ def test_private_modules_are_imported_only_inside_their_package():
 def _ancestors(module: str) -> list[str]:
     parts = module.split(".")
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test files by basename (rootdir-relative, no packages): two files of one
+    name in different folders stop the whole run at collection."""
+    seen: dict[str, Path] = {}
+    tests = Path(__file__).resolve().parent
+    for path in sorted(tests.rglob("test_*.py")):
+        if "wheel" in path.relative_to(tests).parts:
+            continue  # run by its own pytest with its own rootdir
+        assert path.name not in seen, f"{path.relative_to(tests)} and {seen[path.name].relative_to(tests)} share a name"
+        seen[path.name] = path
