@@ -1,19 +1,17 @@
 """The GPU engine's host side, run without a GPU: which engine ``engine="auto"`` / ``True`` pick for
 a model on CUDA when CuPy or the GPU is missing or the model is unsupported (transformers with the
-reason, MissingExtraError naming seqkv[cuda], InvalidInputError), how a forward of more rows than
-``max_rows`` is cut into passes, and the weight arrays of each weight format."""
+reason, MissingExtraError naming seqkv[cuda], InvalidInputError), and how a forward of more rows than
+``max_rows`` is cut into passes."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from seqkv.codecs import sources
 from seqkv.codecs.sources import EngineLogitsSource, TransformersSource, choose_engine, default_source
-from seqkv.engine.cpu import random_tensors
-from seqkv.engine.gpu import _chunk_end_rows, _passes, gpu_unsupported_reason, gpu_weight_arrays
+from seqkv.engine.gpu import _chunk_end_rows, _passes, gpu_unsupported_reason
 from seqkv.errors import InvalidInputError, MissingExtraError
 
 pytest.importorskip("transformers")
@@ -126,25 +124,3 @@ def test_passes_cut_the_rows_in_order(sizes, max_rows):
         rows = [(i, r) for i, a, b in p for r in range(a, b)]
         lasts += [rows[k] for k in _chunk_end_rows(p, sizes)]
     assert lasts == [(i, n - 1) for i, n in enumerate(sizes) if n]
-
-
-def test_weight_arrays_per_format():
-    """f32: every weight exact (matrices [K][N], the tied lm_head the embedding's transpose, norms
-    unrounded); bf16: the same values rounded to bf16; other formats are refused."""
-    config, t = random_tensors(50, 32, 48, 1, 4, 2, 8, seed=2)
-    f32 = gpu_weight_arrays(config, t, 4, "f32")
-    bf16 = gpu_weight_arrays(config, t, 4)
-    qkv = np.concatenate([t["layers.0.q"].T, t["layers.0.k"].T, t["layers.0.v"].T], axis=1)
-    assert f32["layers.0.qkv"].dtype == np.float32 and f32["layers.0.qkv"].tobytes() == qkv.tobytes()
-    assert f32["embed"].tobytes() == t["embed"].tobytes() and f32["lm_head"].tobytes() == t["embed"].T.copy().tobytes()
-    assert f32["layers.0.in_norm"].tobytes() == t["layers.0.input_norm"].tobytes()
-    for name, a in bf16.items():
-        b = f32[name]
-        want = (b.view(np.uint32) + 0x7FFF + ((b.view(np.uint32) >> 16) & 1)) >> 16
-        if a.dtype == np.uint16:
-            assert np.array_equal(a, want.astype(np.uint16)), name
-        elif "norm" in name:
-            assert np.array_equal(a.view(np.uint32), want << 16), name
-            assert not np.array_equal(a, b), name  # random norm weights: rounding shows
-    with pytest.raises(InvalidInputError):
-        gpu_weight_arrays(config, t, 4, "q4_1")

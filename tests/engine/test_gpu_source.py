@@ -107,29 +107,6 @@ def test_kv_cache_is_built_on_the_gpu_with_the_cpu_hashes(tiny_pair):
     assert layer_hashes(cache) == want
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "f32"])
-def test_fingerprint_and_profile_are_the_cpu_engines_of_the_dtype(tiny_pair, dtype):
-    """A GPU engine of ``dtype`` weights names the computation as the CPU engine of that dtype does
-    (fingerprint, dtype, weight formats) and computes its bits; the two dtypes differ."""
-    from seqkv.engine import Engine, GpuEngine
-
-    model_cpu, model_gpu = tiny_pair
-    gpu = GpuEngine.for_model(model_gpu, dtype, max_slots=2, max_len=64)
-    cpu = Engine.for_model(model_cpu, dtype)
-    assert gpu.dtype == dtype and gpu.fingerprint() == cpu.fingerprint()
-    assert GpuEngine.for_model(model_gpu, dtype, max_slots=2, max_len=64) is gpu
-    other = "f32" if dtype == "bf16" else "bf16"
-    assert GpuEngine.for_model(model_gpu, other, max_slots=2, max_len=64).fingerprint() != gpu.fingerprint()
-    info = ("isa", "device", "threads", "version")
-    gp, cpp = gpu.numerics_profile(), cpu.numerics_profile()
-    assert {k: v for k, v in gp.items() if k not in info} == {k: v for k, v in cpp.items() if k not in info}
-    toks = np.random.default_rng(6).integers(0, 512, 40)
-    gs, cs = gpu.new_sequence(), cpu.new_sequence()
-    assert bits(gpu.prefill(gs, toks)) == bits(cpu.prefill(cs, toks))
-    assert gs.layer_hashes() == cs.layer_hashes()
-    gs.release()
-
-
 def test_lm_streams_cross_devices(tiny_pair):
     from seqkv.codecs.lm import LMCodec
     from seqkv.codecs.sources import EngineLogitsSource, GpuEngineLogitsSource

@@ -11,8 +11,7 @@ import numpy as np
 
 from ..errors import CapacityError, InvalidInputError, MissingExtraError
 from ..kv.hashing import layer_hashes
-from .cpu import (KERNEL_DEFINITION, _as_token_array, _dequantized, engine_fingerprint, hf_config, hf_tensors,
-                  unsupported_reason)
+from .cpu import KERNEL_DEFINITION, _as_token_array, engine_fingerprint, hf_config, hf_tensors, unsupported_reason
 
 __all__ = ["GpuEngine", "GpuSequence", "gpu_unsupported_reason", "gpu_weight_arrays", "rope_table", "bf16_round_bits"]
 
@@ -73,48 +72,27 @@ def _bf16_values(a: Any) -> np.ndarray:
 # ---- GPU port ---------------------------------------------------------------------------------
 
 
-#: weight formats of the GPU port (the CPU engine's float dtypes): the stored matrices and
-#: embedding (``engine.cu``'s ``WT``) and how norm weights are taken
-GPU_DTYPES = ("bf16", "f32")
-
-
-def _gpu_dtype(dtype: Any) -> str:
-    name = str(dtype).lower()
-    if name not in GPU_DTYPES:
-        raise InvalidInputError(f"the GPU port's weights are 'bf16' or 'f32' (as the CPU engine's), not {dtype!r}")
-    return name
-
-
-def gpu_weight_arrays(config: dict[str, Any], tensors: dict[str, Any], max_len: int,
-                      dtype: str = "bf16") -> dict[str, np.ndarray]:
-    """Host arrays of the GPU port in weight format ``dtype``: the matrices ``[K][N]`` (fused
-    ``qkv``; fused ``gu`` with gate and up columns interleaved in groups of 4; ``o``, ``down``,
-    ``lm_head``) and ``embed`` ``[V][H]`` as bf16 bit patterns (``"bf16"``) or exact float32
-    (``"f32"``), norm weights as the values the CPU engine of that dtype holds (bf16-rounded, or
-    exact), and the RoPE ``cos``/``sin`` tables for positions ``0..max_len``. Block tensors
-    (``(type, raw)``, as :func:`seqkv.engine.cpu.gguf_tensors` gives) are de-quantized exactly.
-    The intermediate size must be even."""
-    dtype = _gpu_dtype(dtype)
+def gpu_weight_arrays(config: dict[str, Any], tensors: dict[str, Any], max_len: int) -> dict[str, np.ndarray]:
+    """Host arrays of the GPU port: bf16 bit patterns ``[K][N]`` (fused ``qkv``; fused ``gu``
+    with gate and up columns interleaved in groups of 4; ``o``, ``down``, ``lm_head``), ``embed``
+    ``[V][H]`` bf16, norm weights as their bf16 values in float32, and the RoPE ``cos``/``sin``
+    tables for positions ``0..max_len``. The intermediate size must be even."""
     if int(config["intermediate_size"]) % 2:
         raise InvalidInputError("the GPU port needs an even intermediate_size")
-    t = {k: _dequantized(v) if isinstance(v, tuple) else np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
-    if dtype == "bf16":
-        stored, vector = bf16_round_bits, _bf16_values
-    else:
-        stored = vector = np.ascontiguousarray
+    t = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
 
-    def w_kn(*names: str) -> np.ndarray:  # [N][K] Linear weights -> [K][sum N]
-        return stored(np.concatenate([t[n].T for n in names], axis=1))
+    def w_kn(*names: str) -> np.ndarray:  # [N][K] Linear weights -> bf16 [K][sum N]
+        return bf16_round_bits(np.concatenate([t[n].T for n in names], axis=1))
 
     out = {
-        "embed": stored(t["embed"]),
-        "lm_head": stored(t.get("lm_head", t["embed"]).T),
-        "norm": vector(t["norm"]),
+        "embed": bf16_round_bits(t["embed"]),
+        "lm_head": bf16_round_bits(t.get("lm_head", t["embed"]).T),
+        "norm": _bf16_values(t["norm"]),
     }
     for i in range(int(config["num_layers"])):
         p = f"layers.{i}."
-        out[p + "in_norm"] = vector(t[p + "input_norm"])
-        out[p + "post_norm"] = vector(t[p + "post_norm"])
+        out[p + "in_norm"] = _bf16_values(t[p + "input_norm"])
+        out[p + "post_norm"] = _bf16_values(t[p + "post_norm"])
         out[p + "qkv"] = w_kn(p + "q", p + "k", p + "v")
         out[p + "o"] = w_kn(p + "o")
         # gate and up columns interleaved in groups of 4: (g 2q, g 2q+1, u 2q, u 2q+1), so one
@@ -342,19 +320,15 @@ def _shared_sizes(cp: Any, model: Any, sizes: dict[str, int]) -> dict[str, int]:
     return out
 
 
-#: engine.cu's weight type ``WT`` per weight format (the kernels' template argument)
-_WEIGHT_CTYPE = {"bf16": "unsigned short", "f32": "float"}
-
-_SHARED: "weakref.WeakKeyDictionary[Any, dict[str, GpuEngine]]" = weakref.WeakKeyDictionary()
+_SHARED: "weakref.WeakKeyDictionary[Any, GpuEngine]" = weakref.WeakKeyDictionary()
 _SHARED_LOCK = threading.Lock()
 
 
 class GpuEngine:
     """The engine's forward pass on a CUDA GPU through CuPy (``seqkv/cuda/kernels/engine.cu``), with
     the CPU engine's per-element arithmetic: logits and KV are meant to be the same bits as
-    :class:`Engine` with the same ``dtype`` (``"bf16"`` or ``"f32"`` weights; the f32 engine's bits
-    are also those of a GGUF's block engine) and ``kv_dtype="f32"`` (``benches/engine.py --gpu``
-    checks bf16). KV lives in fixed slots ``[slot][layer][k|v][max_len][kv_heads][head_dim]``.
+    :class:`Engine` with ``dtype="bf16"``, ``kv_dtype="f32"`` (``benches/engine.py --gpu``
+    checks it). KV lives in fixed slots ``[slot][layer][k|v][max_len][kv_heads][head_dim]``.
 
     Weights must have no biases. CuPy is the ``seqkv[cuda]`` extra.
     """
@@ -374,9 +348,7 @@ class GpuEngine:
 
     def __init__(self, config: dict[str, Any], tensors: dict[str, Any], *, max_slots: int = 256,
                  max_len: int = 512, max_rows: int | None = None, source_fingerprint: bytes | None = None,
-                 hf_config: Any = None, dtype: str = "bf16"):
-        #: weight format (``"bf16"`` or ``"f32"``: the CPU engine's dtype of the same bits)
-        self.dtype = _gpu_dtype(dtype)
+                 hf_config: Any = None):
         cp = _require_cupy()
         from ..cuda.runtime import _allow_smem, kernel_dir
 
@@ -398,7 +370,7 @@ class GpuEngine:
         self.scale = np.float32(c["attention_scale"])
         self.max_slots, self.max_len = int(max_slots), int(max_len)
         self.max_rows = int(max_rows or max(self.max_slots, 256))
-        host = gpu_weight_arrays(c, tensors, self.max_len, self.dtype)
+        host = gpu_weight_arrays(c, tensors, self.max_len)
         self.embed = cp.asarray(host["embed"])
         self.lm_head = cp.asarray(host["lm_head"])
         self.norm = cp.asarray(host["norm"])
@@ -408,13 +380,11 @@ class GpuEngine:
         self.kv = cp.zeros((self.max_slots, self.L, 2, self.max_len, self.nkv, self.hd), dtype=cp.float32)
         gemm_names = [self._gemm_name(shape, mode) for shape in self.GEMM_SHAPES for mode in self._modes(shape)]
         att_name = f"eng_attention<{self.G},{self.hd}>"
-        embed_name = f"eng_embed<{_WEIGHT_CTYPE[self.dtype]}>"
         src = (kernel_dir() / "engine.cu").read_text()
-        self.mod = cp.RawModule(code=src, options=("-std=c++17",),
-                                name_expressions=gemm_names + [att_name, embed_name])
-        self.fn = {n: self.mod.get_function(n) for n in ("eng_rmsnorm", "eng_rope_kv", "eng_argmax", "eng_advance")}
+        self.mod = cp.RawModule(code=src, options=("-std=c++17",), name_expressions=gemm_names + [att_name])
+        self.fn = {n: self.mod.get_function(n) for n in
+                   ("eng_embed", "eng_rmsnorm", "eng_rope_kv", "eng_argmax", "eng_advance")}
         self.fn["eng_attention"] = self.mod.get_function(att_name)
-        self.fn["eng_embed"] = self.mod.get_function(embed_name)
         self.gemm_fn = {name: self.mod.get_function(name) for name in gemm_names}
         for shape in self.GEMM_SHAPES:
             if self._gemm_smem(shape) > 48 * 1024:
@@ -456,9 +426,9 @@ class GpuEngine:
         "down": (16, 72, 64, 2, 2), "lm_head": (128, 128, 8, 8, 8),
     }
 
-    def _gemm_name(self, shape: tuple[int, int, int, int, int], mode: int) -> str:
-        """The eng_gemm instance of a shape and mode for this engine's weight format."""
-        return "eng_gemm<{},{},{},{},{},{},{}>".format(*shape, mode, _WEIGHT_CTYPE[self.dtype])
+    @staticmethod
+    def _gemm_name(shape: tuple[int, int, int, int, int], mode: int) -> str:
+        return "eng_gemm<{},{},{},{},{},{}>".format(*shape, mode)
 
     @staticmethod
     def _modes(shape: tuple[int, int, int, int, int]) -> tuple[int, ...]:
@@ -567,12 +537,10 @@ class GpuEngine:
     KV_MEMORY_SHARE, MAX_SHARED_SLOTS = 0.125, 64
 
     @classmethod
-    def from_hf(cls, model: Any, *, dtype: str = "bf16", max_slots: int = 32, max_len: int = 4096,
-                max_rows: int = 256) -> "GpuEngine":
-        """The engine of a loaded transformers model (``dtype`` ``"bf16"`` or ``"f32"`` weights, f32
-        KV: the numerics of ``Engine.from_hf(model, dtype)``), on the current CuPy device.
-        ``max_slots`` sequences of up to ``max_len`` positions; KV is allocated up front
-        (SmolLM2-135M: 46 KB a position)."""
+    def from_hf(cls, model: Any, *, max_slots: int = 32, max_len: int = 4096, max_rows: int = 256) -> "GpuEngine":
+        """The engine of a loaded transformers model (bf16 weights, f32 KV: the numerics of
+        ``Engine.from_hf(model, "bf16")``), on the current CuPy device. ``max_slots`` sequences of
+        up to ``max_len`` positions; KV is allocated up front (SmolLM2-135M: 46 KB a position)."""
         _require_cupy()
         why = gpu_unsupported_reason(model)
         if why is not None:
@@ -581,13 +549,12 @@ class GpuEngine:
 
         config, tensors = hf_tensors(model)
         return cls(config, tensors, max_slots=max_slots, max_len=max_len, max_rows=max_rows,
-                   source_fingerprint=model_fingerprint(model), hf_config=model.config, dtype=dtype)
+                   source_fingerprint=model_fingerprint(model), hf_config=model.config)
 
     @classmethod
-    def for_model(cls, model: Any, dtype: str = "bf16", **sizes: int) -> "GpuEngine":
-        """A shared engine of ``model`` with ``dtype`` weights (built once per dtype by :meth:`from_hf`
-        on the model's GPU, reused while the model lives and its fingerprint is unchanged;
-        thread-safe). ``sizes``: :meth:`from_hf`'s
+    def for_model(cls, model: Any, **sizes: int) -> "GpuEngine":
+        """A shared engine of ``model`` (built once by :meth:`from_hf` on the model's GPU, reused while
+        the model lives and its fingerprint is unchanged; thread-safe). ``sizes``: :meth:`from_hf`'s
         ``max_slots``, ``max_len``, ``max_rows``; a shared engine with other sizes is rebuilt. By
         default sequences hold :attr:`DEFAULT_MAX_LEN` positions and the slots take at most
         :attr:`KV_MEMORY_SHARE` of the GPU's free memory (at most :attr:`MAX_SHARED_SLOTS`)."""
@@ -597,17 +564,15 @@ class GpuEngine:
         param = next(iter(model.parameters()))
         if param.device.type != "cuda":
             raise InvalidInputError(f"GpuEngine.for_model: the model's parameters are on {param.device}, not a GPU")
-        dtype = _gpu_dtype(dtype)
         fp = model_fingerprint(model)
         with _SHARED_LOCK:
-            engines = _SHARED.setdefault(model, {})
-            eng = engines.get(dtype)
+            eng = _SHARED.get(model)
             same = eng is not None and eng.source_fingerprint == fp and all(
                 getattr(eng, k) == int(v) for k, v in sizes.items())
             if not same:
                 with cp.cuda.Device(param.device.index or 0):
-                    eng = cls.from_hf(model, dtype=dtype, **_shared_sizes(cp, model, sizes))
-                engines[dtype] = eng
+                    eng = cls.from_hf(model, **_shared_sizes(cp, model, sizes))
+                _SHARED[model] = eng
         assert eng is not None
         return eng
 
@@ -619,7 +584,8 @@ class GpuEngine:
     def num_layers(self) -> int:
         return self.L
 
-    #: KV storage of the GPU port (the CPU engine's ``kv_dtype="f32"``)
+    #: weight and KV storage of the GPU port (the CPU engine's ``dtype="bf16"``, ``kv_dtype="f32"``)
+    dtype = "bf16"
     kv_dtype = "f32"
 
     def fingerprint(self) -> bytes:
@@ -628,8 +594,8 @@ class GpuEngine:
         return engine_fingerprint(self.source_fingerprint, self.dtype, self.kv_dtype)
 
     def numerics_profile(self) -> dict[str, Any]:
-        """What determines the bits (kernel definition, dtypes, the weights' formats: as on the CPU
-        for the same dtype) and, for information, the device that computed them."""
+        """What determines the bits (kernel definition, dtypes: as on the CPU) and, for
+        information, the device that computed them."""
         from .. import _native
 
         props = self.cp.cuda.runtime.getDeviceProperties(self.device_id)
@@ -638,8 +604,6 @@ class GpuEngine:
             "engine": "seqkv-engine",
             "kernel_definition": KERNEL_DEFINITION,
             "dtype": self.dtype,
-            "weights": {self.dtype: 2 + 4 * self.L},  # embed, lm_head; per layer qkv, o, gate/up, down
-            "computes_as": self.dtype,
             "kv_dtype": self.kv_dtype,
             "isa": "cuda",
             "device": name.decode() if isinstance(name, bytes) else str(name),

@@ -1,5 +1,5 @@
 // Drives the emulated kernels like seqkv.engine.GpuEngine._layers does, on arrays written by
-// tests/engine/test_engine.py; writes the logits of each pass and the KV buffer.
+// tests/test_engine.py; writes the logits of each pass and the KV buffer.
 #include "cuda_emu.h"
 #include "engine_emu.cu"
 #include <cstdio>
@@ -20,52 +20,47 @@ template <class T> void save(const std::string& path, const std::vector<T>& v) {
     f.write(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
 }
 
-template <int BM, int BN, int BK, int TM, int TN, class WT>
-void gemm(const float* x, const WT* w, float* y, int M, int K, int N, int mode) {
+template <int BM, int BN, int BK, int TM, int TN>
+void gemm(const float* x, const u16* w, float* y, int M, int K, int N, int mode) {
     dim3e grid{(unsigned)((N + BN - 1) / BN), (unsigned)((M + BM - 1) / BM), 1};
     dim3e block{(unsigned)((BN / TN) * (BM / TM)), 1, 1};
     int vec = (K % 4 == 0 && N % 8 == 0) ? 1 : 0;
     size_t smem = 4 * 2 * BK * (BM + 4 + BN);
     if (mode == 2) {
-        if constexpr (TN % 4 == 0) launch(grid, block, smem, [&] { eng_gemm<BM, BN, BK, TM, TN, 2, WT>(x, w, y, M, N, K, vec); });
+        if constexpr (TN % 4 == 0) launch(grid, block, smem, [&] { eng_gemm<BM, BN, BK, TM, TN, 2>(x, w, y, M, N, K, vec); });
         else { std::fprintf(stderr, "driver: the SiLU epilogue needs TN %% 4 == 0\n"); std::exit(2); }
-    } else if (mode == 1) launch(grid, block, smem, [&] { eng_gemm<BM, BN, BK, TM, TN, 1, WT>(x, w, y, M, N, K, vec); });
-    else launch(grid, block, smem, [&] { eng_gemm<BM, BN, BK, TM, TN, 0, WT>(x, w, y, M, N, K, vec); });
+    } else if (mode == 1) launch(grid, block, smem, [&] { eng_gemm<BM, BN, BK, TM, TN, 1>(x, w, y, M, N, K, vec); });
+    else launch(grid, block, smem, [&] { eng_gemm<BM, BN, BK, TM, TN, 0>(x, w, y, M, N, K, vec); });
 }
 // three of the GPU engine's tile shapes (any shape gives the same bits; all are exercised, the
 // 16x72 one with its warp-aligned thread order and partial column tiles)
-template <class WT>
-void gemm_any(const float* x, const WT* w, float* y, int M, int K, int N, int mode) {
+void gemm_any(const float* x, const u16* w, float* y, int M, int K, int N, int mode) {
     if (N >= 2048) gemm<64, 64, 16, 8, 8>(x, w, y, M, K, N, mode);
     else if (mode == 2) gemm<32, 32, 16, 2, 4>(x, w, y, M, K, N, mode);
     else gemm<16, 72, 16, 2, 2>(x, w, y, M, K, N, mode);
 }
 
-// weights of format WT (u16: bf16 bit patterns in .u16 files; float: f32 in .f32 files)
-template <class WT> std::string wext();
-template <> std::string wext<u16>() { return ".u16"; }
-template <> std::string wext<float>() { return ".f32"; }
-
-template <class WT> int run(const std::string& d, const std::vector<int32_t>& cfg) {
+int main(int argc, char** argv) {
+    std::string d = argv[1];
+    auto cfg = load<int32_t>(d + "/config.i32");  // V H I L nh nkv hd max_len slots
     int V = cfg[0], H = cfg[1], I = cfg[2], L = cfg[3], nh = cfg[4], nkv = cfg[5], hd = cfg[6], max_len = cfg[7], slots = cfg[8];
     auto fl = load<float>(d + "/scalars.f32");  // eps scale
     float eps = fl[0], scale = fl[1];
-    const std::string we = wext<WT>();
-    auto embed = load<WT>(d + "/embed" + we);
-    auto lm = load<WT>(d + "/lm_head" + we);
+    auto embed = load<u16>(d + "/embed.u16");
+    auto lm = load<u16>(d + "/lm_head.u16");
     auto norm = load<float>(d + "/norm.f32");
     auto cosv = load<float>(d + "/cos.f32");
     auto sinv = load<float>(d + "/sin.f32");
     std::vector<std::vector<float>> in_norm(L), post_norm(L);
-    std::vector<std::vector<WT>> qkv_w(L), o_w(L), gu_w(L), down_w(L);
+    std::vector<std::vector<u16>> qkv_w(L), o_w(L), gu_w(L), down_w(L);
     for (int l = 0; l < L; l++) {
         std::string p = d + "/layers." + std::to_string(l) + ".";
         in_norm[l] = load<float>(p + "in_norm.f32");
         post_norm[l] = load<float>(p + "post_norm.f32");
-        qkv_w[l] = load<WT>(p + "qkv" + we);
-        o_w[l] = load<WT>(p + "o" + we);
-        gu_w[l] = load<WT>(p + "gu" + we);
-        down_w[l] = load<WT>(p + "down" + we);
+        qkv_w[l] = load<u16>(p + "qkv.u16");
+        o_w[l] = load<u16>(p + "o.u16");
+        gu_w[l] = load<u16>(p + "gu.u16");
+        down_w[l] = load<u16>(p + "down.u16");
     }
     std::vector<float> kv((size_t)slots * L * 2 * max_len * nkv * hd, 0.0f);
     auto passes = load<int32_t>(d + "/passes.i32");  // [R, (slot, pos, token) * R] ...
@@ -108,10 +103,4 @@ template <class WT> int run(const std::string& d, const std::vector<int32_t>& cf
     }
     save(d + "/kv.f32", kv);
     return 0;
-}
-
-int main(int argc, char** argv) {
-    std::string d = argv[1];
-    auto cfg = load<int32_t>(d + "/config.i32");  // V H I L nh nkv hd max_len slots format (0 bf16, 1 f32)
-    return cfg[9] == 1 ? run<float>(d, cfg) : run<u16>(d, cfg);
 }

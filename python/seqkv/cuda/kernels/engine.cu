@@ -7,8 +7,7 @@
 // engine's own polynomial. Matmul: one fmaf chain over k = 0..K-1 per output (tiled, no
 // split-K), which is the CPU's definition whatever the tile shape or the number of rows.
 //
-// Layouts: activations row-major f32; weights [K][N] row-major, bf16 (u16) or f32 (the weight
-// format WT of eng_embed / eng_gemm: GpuEngine's dtype); KV cache f32
+// Layouts: activations row-major f32; weights bf16 (u16) [K][N] row-major; KV cache f32
 // [slot][layer][2][max_len][kv_heads][head_dim]; rows of a pass are (slot, pos) pairs.
 
 typedef unsigned short u16;
@@ -16,9 +15,6 @@ typedef unsigned long long u64;
 #define NEG_INF __uint_as_float(0xff800000u)
 
 __device__ __forceinline__ float bf16f(u16 h) { return __uint_as_float(((unsigned)h) << 16); }
-// a stored weight's value (exact in both formats)
-__device__ __forceinline__ float wval(u16 h) { return bf16f(h); }
-__device__ __forceinline__ float wval(float f) { return f; }
 
 // ---- exp / silu (rust/seqkv-engine/src/math.rs); constants as f32 bit patterns ---------------
 __device__ __forceinline__ float eng_exp(float x) {
@@ -43,13 +39,12 @@ __device__ __forceinline__ float eng_exp(float x) {
 }
 
 // ---- embedding -----------------------------------------------------------------------------
-template <class WT>
-__global__ void eng_embed(const unsigned* __restrict__ tokens, const WT* __restrict__ table,
-                          float* __restrict__ out, int rows, int H) {
+extern "C" __global__ void eng_embed(const unsigned* __restrict__ tokens, const u16* __restrict__ table,
+                                     float* __restrict__ out, int rows, int H) {
     int r = blockIdx.x;
     if (r >= rows) return;
-    const WT* src = table + (u64)tokens[r] * H;
-    for (int i = threadIdx.x; i < H; i += blockDim.x) out[(u64)r * H + i] = wval(src[i]);
+    const u16* src = table + (u64)tokens[r] * H;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) out[(u64)r * H + i] = bf16f(src[i]);
 }
 
 // ---- RMSNorm: one block per row; rows[] selects input rows (or null). The row and the weights
@@ -111,7 +106,7 @@ extern "C" __global__ void eng_rmsnorm(const float* __restrict__ x, const int* _
     for (int i = threadIdx.x; i < H; i += blockDim.x) out[(u64)r * H + i] = __fmul_rn(sm[H + i], __fmul_rn(sm[i], rr));
 }
 
-// ---- matmul: Y[M][N] (=, or +=) X[M][K] @ W[K][N] (bf16 or f32), one fmaf chain over k per output -
+// ---- matmul: Y[M][N] (=, or +=) X[M][K] @ W[K][N] (bf16), one fmaf chain over k per output -----
 // MODE 0: Y = XW; 1: Y += XW (one rounded add); 2: the fused gate/up projection with the SiLU gate
 // in the epilogue (W's columns interleaved by GpuEngine, see the epilogue).
 // Block tile BM x BN, K tile BK (both operands staged in shared memory as f32, two buffers: the
@@ -122,8 +117,6 @@ extern "C" __global__ void eng_rmsnorm(const float* __restrict__ x, const int* _
 // float4/float2 loads without bank conflicts. Every output is one fmaf chain over k = 0..K-1
 // whatever the tile shape (the chain only moves from register to register), so any
 // configuration gives the same bits. VEC: K % 4 == 0 and N % 8 == 0 (16-byte global loads).
-// W's format WT only changes the loads: 8 consecutive weights of a row (one uint4 of bf16 or two
-// float4 of f32) go to registers, then as f32 into the same shared-memory tile.
 template <int N_> struct FVec;
 template <> struct FVec<1> { typedef float T; };
 template <> struct FVec<2> { typedef float2 T; };
@@ -138,63 +131,15 @@ __device__ __forceinline__ void lds_vec(const float* p, float* d) {
     for (int i = 0; i < R; i++) d[i] = f[i];
 }
 
-// 8 consecutive weights W[gk][gn..gn+8) in registers; entries out of range read as 0
-template <class WT> struct WRow8;
-template <> struct WRow8<u16> {
-    unsigned r[4];  // 8 bf16, widened in get(): a use at load time would wait for the load
-    __device__ __forceinline__ void load(const u16* W, int gk, int gn, int K, int N, int vec) {
-        if (vec) {
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (gk < K && gn < N) v = *reinterpret_cast<const uint4*>(W + (u64)gk * N + gn);
-            r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
-        } else {
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                const unsigned lo = (gk < K && gn + 2 * c < N) ? W[(u64)gk * N + gn + 2 * c] : 0u;
-                const unsigned hi = (gk < K && gn + 2 * c + 1 < N) ? W[(u64)gk * N + gn + 2 * c + 1] : 0u;
-                r[c] = lo | (hi << 16);
-            }
-        }
-    }
-    __device__ __forceinline__ void get(float* f) const {
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            f[2 * c] = __uint_as_float(r[c] << 16);
-            f[2 * c + 1] = __uint_as_float(r[c] & 0xffff0000u);
-        }
-    }
-};
-template <> struct WRow8<float> {
-    float r[8];
-    __device__ __forceinline__ void load(const float* W, int gk, int gn, int K, int N, int vec) {
-        if (vec) {
-            float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f), b = a;
-            if (gk < K && gn < N) {
-                a = *reinterpret_cast<const float4*>(W + (u64)gk * N + gn);
-                b = *reinterpret_cast<const float4*>(W + (u64)gk * N + gn + 4);
-            }
-            r[0] = a.x; r[1] = a.y; r[2] = a.z; r[3] = a.w;
-            r[4] = b.x; r[5] = b.y; r[6] = b.z; r[7] = b.w;
-        } else {
-#pragma unroll
-            for (int c = 0; c < 8; c++) r[c] = (gk < K && gn + c < N) ? W[(u64)gk * N + gn + c] : 0.0f;
-        }
-    }
-    __device__ __forceinline__ void get(float* f) const {
-#pragma unroll
-        for (int c = 0; c < 8; c++) f[c] = r[c];
-    }
-};
-
-template <int BM, int BN, int BK, int TM, int TN, int MODE, class WT>
+template <int BM, int BN, int BK, int TM, int TN, int MODE>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), 1)
-eng_gemm(const float* __restrict__ X, const WT* __restrict__ W, float* __restrict__ Y, int M, int N, int K, int vec) {
+eng_gemm(const float* __restrict__ X, const u16* __restrict__ W, float* __restrict__ Y, int M, int N, int K, int vec) {
     constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
     constexpr int RM = TM < 4 ? TM : 4, RN = TN < 4 ? TN : 4;   // rows / columns per chunk
     constexpr int CM = TM / RM, CN = TN / RN;                    // chunks
     constexpr int SM_ = BM / CM, SN = BN / CN;                   // chunk spacing
     constexpr int SA = BM + 4;                                   // padded row of As
-    constexpr int AV = BM * BK / 4, BV = BK * BN / 8;            // loads per tile: X 16 bytes, W 8 weights
+    constexpr int AV = BM * BK / 4, BV = BK * BN / 8;            // 16-byte loads per tile
     constexpr int AL = (AV + NT - 1) / NT, BL = (BV + NT - 1) / NT;
     static_assert(BK % 8 == 0 && BM % 8 == 0 && BN % 8 == 0 && BM % TM == 0 && BN % TN == 0, "tile shape");
     static_assert(MODE != 2 || RN == 4, "MODE 2 needs column chunks of 4");
@@ -224,7 +169,7 @@ eng_gemm(const float* __restrict__ X, const WT* __restrict__ W, float* __restric
 #pragma unroll
         for (int j = 0; j < TN; j++) acc[i][j] = 0.0f;
     float ra[AL][4];
-    WRow8<WT> rb[BL];
+    unsigned rb[BL][4];  // 8 bf16, widened in store(): a use here would wait for the load
     // A's 16-byte load `idx` -> (row m, k4): a pair of threads reads the two halves of one row's
     // 32-byte sector and consecutive pairs take consecutive rows, so that a warp's transposed
     // stores into As (stride SA, 4 * SA = 16 mod 32 banks between the pair) hit 32 distinct banks
@@ -257,7 +202,21 @@ eng_gemm(const float* __restrict__ X, const WT* __restrict__ W, float* __restric
         for (int l = 0; l < BL; l++) {
             const int idx = tid + l * NT;
             const int k = idx / (BN / 8), n8 = (idx % (BN / 8)) * 8;
-            if (idx < BV) rb[l].load(W, k0 + k, n0 + n8, K, N, vec);
+            const int gk = k0 + k, gn = n0 + n8;
+            if (idx < BV) {
+                if (vec) {
+                    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+                    if (gk < K && gn < N) v = *reinterpret_cast<const uint4*>(W + (u64)gk * N + gn);
+                    rb[l][0] = v.x; rb[l][1] = v.y; rb[l][2] = v.z; rb[l][3] = v.w;
+                } else {
+#pragma unroll
+                    for (int c = 0; c < 4; c++) {
+                        const unsigned lo = (gk < K && gn + 2 * c < N) ? W[(u64)gk * N + gn + 2 * c] : 0u;
+                        const unsigned hi = (gk < K && gn + 2 * c + 1 < N) ? W[(u64)gk * N + gn + 2 * c + 1] : 0u;
+                        rb[l][c] = lo | (hi << 16);
+                    }
+                }
+            }
         }
     };
     // registers -> shared buffer `buf`
@@ -278,7 +237,11 @@ eng_gemm(const float* __restrict__ X, const WT* __restrict__ W, float* __restric
             const int k = idx / (BN / 8), n8 = (idx % (BN / 8)) * 8;
             if (idx < BV) {
                 float f[8];
-                rb[l].get(f);
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    f[2 * c] = __uint_as_float(rb[l][c] << 16);
+                    f[2 * c + 1] = __uint_as_float(rb[l][c] & 0xffff0000u);
+                }
                 // odd threads store their upper half first: each of the two stores then covers
                 // consecutive 16-byte chunks across the warp (no bank conflicts)
                 const bool h = idx & 1;
