@@ -2,33 +2,12 @@
 //! Kernel properties: a row's result does not depend on the other rows, on the
 //! task split, or on the instruction set.
 
+mod common;
+
+use common::{bits, isas, values};
 use proptest::prelude::*;
 use seqkv_engine::ops::{self, KvView};
-use seqkv_engine::{matmul, Isa, PackedMatrix, WeightDtype};
-
-fn isas() -> Vec<Isa> {
-    let mut v = vec![Isa::Scalar];
-    if Isa::Avx2Fma.available() {
-        v.push(Isa::Avx2Fma);
-    }
-    v
-}
-
-fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
+use seqkv_engine::{matmul, PackedMatrix, WeightDtype};
 
 fn check_rows_independent(
     k: usize,

@@ -1,22 +1,13 @@
 //! Whole-model invariance on a small random Llama: every schedule, every batch
 //! composition and every ISA gives the same logits and KV bits.
 
+mod common;
+
+use common::{bits, kv_bits, values};
 use proptest::prelude::*;
 use seqkv_engine::model::{Activation, RopeTable, Tensor};
 use seqkv_engine::{Config, Isa, KvDtype, Logits, Model, Sequence, WeightDtype};
 use std::collections::HashMap;
-
-fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn tiny(dtype: WeightDtype, kv: KvDtype, page_tokens: usize) -> Model {
     tiny_with(dtype, kv, page_tokens, false)
@@ -80,22 +71,6 @@ fn tiny_with(dtype: WeightDtype, kv: KvDtype, page_tokens: usize, gemma_like: bo
     }
     let get = |name: &str| t.get(name).map(|v| Tensor::F32(v.as_slice()));
     Model::new(cfg, &get, dtype, kv, page_tokens).unwrap()
-}
-
-fn kv_bits(m: &Model, s: &Sequence) -> Vec<u32> {
-    (0..m.config().num_layers)
-        .flat_map(|l| {
-            let (k, v) = s.export_layer(m.kv_layout(), l);
-            k.into_iter()
-                .chain(v)
-                .map(|x| x.to_bits())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// Runs `tokens` through a fresh sequence with the given chunk sizes; returns all logits.

@@ -1,38 +1,16 @@
 //! GGUF block weights: a matrix or model on Q4_0 / Q4_1 / Q8_0 blocks gives exactly the bits of
 //! the f32 engine on the de-quantized weights, for every row split, schedule and ISA.
 
+mod common;
+
+use common::{bits, isas, kv_bits, values};
 use proptest::prelude::*;
 use seqkv_engine::model::Tensor;
 use seqkv_engine::quant::{dequantize, quantize};
 use seqkv_engine::{
-    matmul, BlockType, Config, Isa, KvDtype, Logits, Model, PackedMatrix, Sequence, Stored,
-    WeightDtype,
+    matmul, BlockType, Config, Isa, KvDtype, Logits, Model, PackedMatrix, Stored, WeightDtype,
 };
 use std::collections::HashMap;
-
-fn isas() -> Vec<Isa> {
-    let mut v = vec![Isa::Scalar];
-    if Isa::Avx2Fma.available() {
-        v.push(Isa::Avx2Fma);
-    }
-    v
-}
-
-fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
 
 fn block_type(i: usize) -> BlockType {
     BlockType::ALL[i % 3]
@@ -147,18 +125,6 @@ fn models(pick: impl Fn(usize) -> BlockType) -> (Model, Model) {
     .unwrap();
     let f = Model::new(cfg, &get_f, WeightDtype::F32, KvDtype::F32, 8).unwrap();
     (q, f)
-}
-
-fn kv_bits(m: &Model, s: &Sequence) -> Vec<u32> {
-    (0..m.config().num_layers)
-        .flat_map(|l| {
-            let (k, v) = s.export_layer(m.kv_layout(), l);
-            k.into_iter()
-                .chain(v)
-                .map(|x| x.to_bits())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 fn run(m: &Model, isa: Isa, tokens: &[u32], chunk: usize) -> (Vec<u32>, Vec<u32>) {
