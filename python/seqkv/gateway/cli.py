@@ -53,6 +53,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="one request at a time per llama-server, each conversation on the slot that computed it: "
                         "every session replays bit for bit (default: slots run in parallel, and a replay of KV "
                         "computed alongside another conversation is served as faithful)")
+    g.add_argument("--lm", action="store_true",
+                   help="code conversations with the lm codec of the first upstream's GGUF (seqkv's engine on its "
+                        "own blocks, on this machine's CPU) instead of plt: fewer bytes, more CPU per turn")
     g.add_argument("--slot-file-budget", type=int, default=4 << 30, metavar="BYTES",
                    help="slot files kept per replica (default 4 GiB); older ones are replayed instead")
     g.set_defaults(func=_cmd_gateway)
@@ -189,7 +192,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         models.append(Path(path))
     app, _ = launch_gateway(models, state, db=args.db, parallel=args.parallel, n_ctx_slot=args.ctx,
                             threads=args.threads, slot_file_budget=args.slot_file_budget,
-                            exact_sessions=args.exact_sessions)
+                            exact_sessions=args.exact_sessions, lm=args.lm)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM (the app's lifespan stops the llama-servers),
     # then raises the signal again under the handlers it found: a requested stop exits with 0
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,7 +13,7 @@ from typing import Any
 from .app import create_app
 from .residency import SlotFiles, SlotPool
 from .service import Gateway, Replica
-from .sessions import ConversationStore
+from .sessions import ConversationStore, lm_codec
 from .upstream.llamacpp import LlamaCppUpstream
 from .upstream.process import LlamaServerProcess, ServerOptions
 
@@ -32,10 +32,11 @@ async def supervise(processes: Sequence[LlamaServerProcess], every_s: float = 1.
 
 def launch_gateway(models: Sequence[Path], state_dir: Path, *, db: str | None = None, parallel: int = 2,
                    n_ctx_slot: int = 8192, threads: int = 2, slot_file_budget: int = 4 << 30,
-                   vocab_size: int | None = None, exact_sessions: bool = False
+                   vocab_size: int | None = None, exact_sessions: bool = False, lm: bool = False
                    ) -> tuple[Any, list[LlamaServerProcess]]:
     """Start one llama-server per model path (replicas) and return ``(app, processes)``; the
-    app's lifespan supervises the servers and stops them at shutdown."""
+    app's lifespan supervises the servers and stops them at shutdown. ``lm``: the store codes
+    tokens with the ``lm`` codec of the first model (:func:`~seqkv.gateway.sessions.lm_codec`)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     processes: list[LlamaServerProcess] = []
     for i, model in enumerate(models):
@@ -47,7 +48,8 @@ def launch_gateway(models: Sequence[Path], state_dir: Path, *, db: str | None = 
                 SlotFiles(p.options.slot_dir, slot_file_budget), exact_sessions=exact_sessions)
         for i, p in enumerate(processes)
     ]
-    store = ConversationStore(db or str(state_dir / "gateway.sqlite"), vocab_size or _vocab_size(processes[0]))
+    store = ConversationStore(db or str(state_dir / "gateway.sqlite"), vocab_size or _vocab_size(processes[0]),
+                              codec=lm_codec(str(models[0])) if lm else None)
     gateway = Gateway(store, replicas)
 
     @contextlib.asynccontextmanager

@@ -43,6 +43,7 @@ __all__ = ["Node", "Message", "ConversationStore", "NODE_PREFIX", "CHAT_PREFIX"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 NODE_PREFIX = "node:"
+_CODEC_BLOB = "gateway-codec"
 ENGINE_PREFIX = "engine:"
 CHAT_PREFIX = "chat:"
 #: Exactness of a node's KV lineage: computed (or certified) bit for bit, or not.
@@ -77,16 +78,22 @@ class ConversationStore:
 
     ``backend``: a path or URL for :func:`seqkv.backends.open_backend` (or a Backend).
     ``vocab_size``: the upstream model's vocabulary (the ``plt`` codec's alphabet).
+    ``codec``: what codes the tokens: ``None`` for ``plt``, or a codec instance over the same
+    vocabulary (an ``LMCodec`` of the upstream's model: :func:`lm_codec`). A store keeps the
+    identity of the codec that wrote it (``"gateway-codec"`` blob) and refuses another.
     """
 
-    def __init__(self, backend: Any, vocab_size: int, *, token_cache: int = 256):
+    def __init__(self, backend: Any, vocab_size: int, *, codec: Any = None, token_cache: int = 256):
         from .. import codecs
         from ..backends import open_backend
         from ..coding import container
 
         self.backend = open_backend(backend)
         self.vocab_size = int(vocab_size)
-        self.codec = codecs.get("plt", vocab_size=self.vocab_size)
+        self.codec = codecs.get("plt", vocab_size=self.vocab_size) if codec is None else codec
+        if int(self.codec.vocab_size) != self.vocab_size:
+            raise InvalidInputError(f"the codec's vocabulary has {self.codec.vocab_size} ids, the upstream's {self.vocab_size}")
+        self._check_codec()
         # every node's container header but its token count and params: rebuilt, not stored
         self._header = container.unpack(self.codec.encode_with_stats(np.zeros(1, np.uint32))[0]).header
         self._lock = threading.RLock()
@@ -94,6 +101,16 @@ class ConversationStore:
         self._resolved_cache: OrderedDict[str, _Resolved] = OrderedDict()
         self._engines: dict[bytes, EngineConfig] = {}
         self._token_cache = token_cache
+
+    def _check_codec(self) -> None:
+        """Record which codec writes this store, or refuse a codec other than the one that did."""
+        fingerprint = getattr(self.codec, "fingerprint", b"")
+        ident = f"{self.codec.name}:{bytes(fingerprint).hex()}".encode()
+        update = self.backend.update_blob(_CODEC_BLOB, lambda old: ident if old is None else None)
+        if update.data != ident:
+            raise InvalidInputError(
+                f"this gateway store was written with codec {update.data.decode(errors='replace')!r}, not "
+                f"{ident.decode()!r}: open it with the same codec (and model)")
 
     # -- nodes ----------------------------------------------------------------------------
 
@@ -347,3 +364,14 @@ def _delta(schedule: Schedule, base: Schedule) -> tuple[int, tuple[Segment, ...]
         if base.truncated(keep).segments == segs[:i]:
             return keep, segs[i:]
     raise InternalError("unreachable: every schedule extends the empty truncation")  # i == 0 always matches
+
+
+def lm_codec(gguf: str, *, weights: str = "q4_1") -> Any:
+    """The ``lm`` codec of a Llama-family GGUF for :class:`ConversationStore`: the batch-invariant
+    CPU engine on the file's own blocks (:meth:`seqkv.engine.cpu.Engine.from_gguf`), so any
+    gateway on any machine decodes what another wrote."""
+    from .. import codecs
+    from ..codecs.sources import EngineLogitsSource
+    from ..engine.cpu import Engine
+
+    return codecs.get("lm", source=EngineLogitsSource(Engine.from_gguf(gguf, weights)), start_token=None)
