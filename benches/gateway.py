@@ -46,7 +46,7 @@ from seqkv.gateway.residency import SlotFiles, SlotPool  # noqa: E402
 from seqkv.gateway.service import GREEDY, Gateway, Replica, TurnResult  # noqa: E402
 from seqkv.gateway.sessions import NODE_PREFIX, ConversationStore  # noqa: E402
 from seqkv.gateway.upstream.llamacpp import LlamaCppUpstream  # noqa: E402
-from seqkv.gateway.upstream.process import LlamaServerProcess, ServerOptions, find_llama_server  # noqa: E402
+from seqkv.gateway.upstream.process import LlamaServerProcess, ServerOptions, find_llama_server, wait_healthy  # noqa: E402
 from seqkv.integrations.models import SMOLLM2_GGUF, smollm2_folder  # noqa: E402
 
 LICENSES = Path("/usr/share/common-licenses")
@@ -253,20 +253,6 @@ async def _load(url: str, clients: int, turns: int, client_fn) -> dict:
             "p50_s": float(np.percentile(lat, 50)), "p99_s": float(np.percentile(lat, 99))}
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"seqkv gateway exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("seqkv gateway did not become healthy")
-
-
 def load_part(model: Path, tmp: Path, clients: list[int], turns: int) -> list[dict]:
     rows = []
     for n in clients:  # a fresh server per run: no run starts with another's cached prompts
@@ -284,7 +270,7 @@ def load_part(model: Path, tmp: Path, clients: list[int], turns: int) -> list[di
                 stdin=subprocess.DEVNULL, start_new_session=True)
             url = f"http://127.0.0.1:{port}"
             try:
-                _wait_healthy(url, gw)
+                wait_healthy(url, gw, 180, what="seqkv gateway")
                 rows.append({"mode": mode, **asyncio.run(_load(url, n, turns, _gateway_client))})
             finally:
                 os.killpg(gw.pid, signal.SIGTERM)  # uvicorn's shutdown stops the llama-server it started

@@ -15,22 +15,9 @@ import httpx
 import pytest
 
 from seqkv.backends.testing import free_port
+from seqkv.gateway.upstream.process import wait_healthy
 
 pytestmark = pytest.mark.llamacpp
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode}: {proc.stdout.read().decode() if proc.stdout else ''}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up within {timeout_s:.0f} s")
 
 
 def _children(pid: int) -> list[int]:
@@ -67,7 +54,7 @@ def test_seqkv_gateway_command_restarts_a_killed_upstream_and_stops_cleanly(tmp_
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        _wait(url, gateway)
+        wait_healthy(url, gateway, 120, what="seqkv gateway")
         (upstream,) = _children(gateway.pid)
         with httpx.Client(base_url=url, timeout=120) as c:
             r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
@@ -80,7 +67,7 @@ def test_seqkv_gateway_command_restarts_a_killed_upstream_and_stops_cleanly(tmp_
                 assert time.monotonic() < deadline, "the supervisor did not restart llama-server"
                 time.sleep(0.2)
             (restarted,) = _children(gateway.pid)
-            _wait(_upstream_url(tmp_path))
+            wait_healthy(_upstream_url(tmp_path), None, 120, what="the restarted llama-server")
 
             r = c.post("/v1/chat/completions", json={"session_id": sid, "max_tokens": 8,
                                                      "messages": [{"role": "user", "content": "Again"}]})

@@ -18,7 +18,7 @@ from ..errors import UpstreamUnavailableError
 from ...errors import InvalidInputError
 
 __all__ = ["LLAMA_CPP_VERSION", "ServerOptions", "LlamaServerProcess", "find_llama_server", "default_build_dir",
-           "default_source_dir"]
+           "default_source_dir", "wait_healthy"]
 
 #: The llama-cpp-python sdist whose vendored llama.cpp tree ``make llama-server`` builds.
 LLAMA_CPP_VERSION = "0.3.36"
@@ -115,20 +115,12 @@ class LlamaServerProcess:
             )
         finally:
             log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise UpstreamUnavailableError(
-                    f"llama-server exited with {self._proc.returncode} at start-up; see {self.log_path}"
-                )
-            try:
-                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise UpstreamUnavailableError(f"llama-server did not become healthy within {timeout_s:.0f} s")
+        try:
+            wait_healthy(self.url, self._proc, timeout_s, what=f"llama-server (log: {self.log_path})")
+        except UpstreamUnavailableError:
+            self.kill()
+            raise
+        return self
 
     def kill(self) -> None:
         """Stop the server at once (SIGKILL: what a crash looks like to the gateway)."""
@@ -142,3 +134,19 @@ class LlamaServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None, timeout_s: float, *, what: str = "the server") -> None:
+    """Poll ``url``'s ``/health`` until it answers 200; :class:`UpstreamUnavailableError` when
+    ``proc`` (the server's process, if known) exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise UpstreamUnavailableError(f"{what} exited with {proc.returncode} at start-up")
+        try:
+            if httpx.get(url + "/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise UpstreamUnavailableError(f"{what} did not become healthy within {timeout_s:.0f} s")
