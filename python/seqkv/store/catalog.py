@@ -166,7 +166,7 @@ class RecordMeta:
         kv_source = table.value("sources", r.uint())
         tokens_crc = int.from_bytes(r.raw(4), "little")
         hidden = bool(flags & _HIDDEN)
-        sid = r.rest().decode("utf-8", "surrogatepass") if hidden else _bound_id(r, key)
+        sid = r.rest().decode("utf-8", "surrogatepass") if hidden else _bound_id(r, key, required=True)
         return cls(sid=sid, number=number, n_tokens=n_tokens, prefix=prefix, parent=parent,
                    parent_crc32c=parent_crc, codec=_CODEC_NAMES[codec], schedule=schedule, hashes=hashes,
                    payload_bits=payload_bits, container_bytes=container_bytes, residual_bytes=residual_bytes,
@@ -265,10 +265,11 @@ def _read_schedule(r: Reader) -> tuple[int, ...]:
     return _unrle([[r.uint(), r.uint()] for _ in range(r.uint())])
 
 
-def _bound_id(r: Reader, key: str) -> str:
+def _bound_id(r: Reader, key: str, *, required: bool = False) -> str:
     """The session id of a visible record read under ``key``: ``key`` itself, unless the record
-    carries a checksum of its id that another id has (a swapped row, refused by the caller)."""
-    if not r.rest_len():
+    carries a checksum of its id that another id has (a swapped row, refused by the caller).
+    ``required``: the layout always writes the checksum (layout 2), so its absence is corruption."""
+    if not r.rest_len() and not required:
         return key
     bound = int.from_bytes(r.raw(4), "little")
     r.end()
